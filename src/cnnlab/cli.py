@@ -1,0 +1,228 @@
+"""The `cnnlab` command: parse arguments, call the library, print. No logic of its own.
+
+Each subcommand has one `_cmd_*` handler below. User mistakes raise `CnnlabError`, which `main`
+prints as one line on stderr with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from cnnlab import __version__
+from cnnlab.errors import CnnlabError
+
+EXIT_USER_ERROR = 2
+
+
+# --- data -------------------------------------------------------------------------------------
+
+
+def _cmd_data_info(args: argparse.Namespace) -> int:
+    raise NotImplementedError("data info")
+
+
+def _cmd_data_show(args: argparse.Namespace) -> int:
+    raise NotImplementedError("data show")
+
+
+def _cmd_data_fetch(args: argparse.Namespace) -> int:
+    raise NotImplementedError("data fetch")
+
+
+# --- convolution ------------------------------------------------------------------------------
+
+
+def _cmd_convolve(args: argparse.Namespace) -> int:
+    raise NotImplementedError("convolve")
+
+
+# --- models and training ----------------------------------------------------------------------
+
+
+def _cmd_archs(args: argparse.Namespace) -> int:
+    raise NotImplementedError("archs")
+
+
+def _cmd_summary(args: argparse.Namespace) -> int:
+    raise NotImplementedError("summary")
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    raise NotImplementedError("train")
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    raise NotImplementedError("evaluate")
+
+
+# --- studies ----------------------------------------------------------------------------------
+
+
+def _cmd_study(args: argparse.Namespace) -> int:
+    raise NotImplementedError("study")
+
+
+def _cmd_results(args: argparse.Namespace) -> int:
+    raise NotImplementedError("results")
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    raise NotImplementedError("compare")
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    raise NotImplementedError("report")
+
+
+# --- the parser -------------------------------------------------------------------------------
+
+
+def _add_data_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data",
+        metavar="PATH",
+        help="CIFAR-10 source: official python/binary archive or folder, or an image-folder "
+        "directory/.zip/.tar/.tar.gz (default: $CNNLAB_DATA, then the cache, then download)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cnnlab", description="A laboratory for convolutional networks on CIFAR-10."
+    )
+    parser.add_argument("--version", action="version", version=f"cnnlab {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data = commands.add_parser("data", help="inspect, show or fetch CIFAR-10")
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    info = data_commands.add_parser("info", help="source, checksum, counts, channel statistics")
+    _add_data_option(info)
+    info.set_defaults(handler=_cmd_data_info)
+    show = data_commands.add_parser("show", help="write a PNG grid of sample images per class")
+    _add_data_option(show)
+    show.add_argument("--out", default="cifar10-samples.png", metavar="FILE", help="PNG to write")
+    show.add_argument("--per-class", type=int, default=8, metavar="N", help="images per class")
+    show.add_argument("--split", choices=["train", "test"], default="train")
+    show.set_defaults(handler=_cmd_data_show)
+    fetch = data_commands.add_parser("fetch", help="download and verify the official archive")
+    fetch.add_argument("--dest", metavar="DIR", help="where to keep it (default: the cache)")
+    fetch.set_defaults(handler=_cmd_data_fetch)
+
+    convolve = commands.add_parser("convolve", help="filter images with kernels (NumPy, by hand)")
+    convolve.add_argument("images", nargs="*", metavar="IMAGE", help="image files to filter")
+    convolve.add_argument("--sample", action="store_true", help="also use the two drawn samples")
+    convolve.add_argument(
+        "--kernel",
+        action="append",
+        required=True,
+        metavar="K",
+        help="a kernel name, a literal like '[[0,-1,0],[-1,8,-1],[0,-1,0]]', or a .npy/.txt file;"
+        " repeatable",
+    )
+    convolve.add_argument(
+        "--channel", choices=["red", "green", "blue", "gray", "all"], default="red"
+    )
+    convolve.add_argument("--mode", choices=["same", "valid", "full"], default="same")
+    convolve.add_argument(
+        "--boundary", choices=["fill", "reflect", "symmetric", "wrap"], default="fill"
+    )
+    convolve.add_argument(
+        "--scale",
+        choices=["clip", "abs", "stretch"],
+        default="clip",
+        help="float result -> 8 bit: clip to 0..255, absolute value, or stretch min..max",
+    )
+    convolve.add_argument(
+        "--correlate",
+        action="store_true",
+        help="slide the kernel without flipping it (what the report computed)",
+    )
+    convolve.add_argument("--out", default="convolved", metavar="DIR")
+    convolve.set_defaults(handler=_cmd_convolve)
+
+    archs = commands.add_parser("archs", help="list the registered architectures")
+    archs.set_defaults(handler=_cmd_archs)
+    summary = commands.add_parser("summary", help="Keras-style layer table of an architecture")
+    summary.add_argument("arch", metavar="ARCH")
+    summary.set_defaults(handler=_cmd_summary)
+
+    train = commands.add_parser("train", help="train one ConvNet with Keras semantics")
+    _add_data_option(train)
+    train.add_argument("--arch", default="seed")
+    train.add_argument("--train-size", type=int, default=5000, metavar="N")
+    train.add_argument(
+        "--l1",
+        type=float,
+        default=None,
+        help="L1 weight on the dense kernels (default: the architecture's)",
+    )
+    train.add_argument("--epochs", type=int, default=20)
+    train.add_argument("--batch-size", type=int, default=128)
+    train.add_argument("--validation-split", type=float, default=0.1)
+    train.add_argument("--learning-rate", type=float, default=1e-3)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    train.add_argument("--out", default=None, metavar="DIR", help="run folder to write")
+    train.set_defaults(handler=_cmd_train)
+
+    evaluate = commands.add_parser("evaluate", help="re-evaluate a run folder's saved weights")
+    evaluate.add_argument("run_dir", metavar="RUN_DIR")
+    _add_data_option(evaluate)
+    evaluate.add_argument("--device", default="auto")
+    evaluate.set_defaults(handler=_cmd_evaluate)
+
+    study = commands.add_parser("study", help="run a study file (resumable) and write its report")
+    study.add_argument("study_file", metavar="FILE")
+    _add_data_option(study)
+    study.add_argument(
+        "--out", default=None, metavar="DIR", help="study folder (default: results/<study name>)"
+    )
+    study.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        metavar="N",
+        help="seeds per grid point (default: the study file's)",
+    )
+    study.add_argument("--dry-run", action="store_true", help="list the runs, run nothing")
+    study.add_argument(
+        "--force",
+        action="store_true",
+        help="use an output folder that belongs to a different study",
+    )
+    study.add_argument("--device", default="auto")
+    study.set_defaults(handler=_cmd_study)
+
+    results = commands.add_parser("results", help="print or export a study's results")
+    results.add_argument("study_dir", metavar="STUDY_DIR")
+    results.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    results.set_defaults(handler=_cmd_results)
+
+    compare = commands.add_parser("compare", help="show what differs between runs")
+    compare.add_argument(
+        "runs",
+        nargs="+",
+        metavar="RUN",
+        help="run ids (in a study folder given by --study) or run folders",
+    )
+    compare.add_argument("--study", metavar="STUDY_DIR", default=None)
+    compare.set_defaults(handler=_cmd_compare)
+
+    report = commands.add_parser("report", help="write report.md and report.html for a study")
+    report.add_argument("study_dir", metavar="STUDY_DIR")
+    report.set_defaults(handler=_cmd_report)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except CnnlabError as error:
+        print(f"cnnlab: error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("cnnlab: interrupted", file=sys.stderr)
+        return 130
