@@ -17,3 +17,167 @@ def save_figure(figure: Figure, path: str | os.PathLike[str], dpi: int = 110) ->
     """Write `figure` as PNG (or the format of the suffix) atomically."""
     with atomic_path(path) as tmp:
         figure.savefig(tmp, dpi=dpi, bbox_inches="tight")
+
+
+# --- report charts (cnnlab.report) ------------------------------------------------------------
+
+_TRAIN_COLOUR, _TEST_COLOUR, _TIME_COLOUR, _REPORT_COLOUR = "#1f77b4", "#d62728", "#7f7f7f", "#111"
+
+
+def validation_curves_figure(curves: list[tuple[str, list[list[float]]]], title: str) -> Figure:
+    """Validation accuracy per epoch, one line per label: the mean over repeats, ±1 std band."""
+    import numpy as np
+
+    figure = Figure(figsize=(6.4, 3.8), layout="constrained")
+    axes = figure.add_subplot()
+    for index, (label, runs) in enumerate(curves):
+        length = min((len(run) for run in runs), default=0)
+        if length == 0:
+            continue
+        values = np.array([run[:length] for run in runs], dtype=float)
+        epochs = np.arange(1, length + 1)
+        mean = values.mean(axis=0)
+        colour = f"C{index % 10}"
+        axes.plot(epochs, mean, color=colour, label=f"{label} (n={len(runs)})", linewidth=1.6)
+        if len(runs) > 1:
+            std = values.std(axis=0, ddof=1)
+            axes.fill_between(epochs, mean - std, mean + std, color=colour, alpha=0.15)
+    axes.set_xlabel("epoch")
+    axes.set_ylabel("validation accuracy")
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    if axes.get_legend_handles_labels()[0]:
+        axes.legend(fontsize="small")
+    return figure
+
+
+def accuracy_versus_figure(
+    x: list[float],
+    train: list[tuple[float, float]],
+    test: list[tuple[float, float]],
+    *,
+    xlabel: str,
+    xscale: str,
+    title: str,
+    seconds: list[tuple[float, float]] | None = None,
+    reference: dict[str, list[float | None]] | None = None,
+) -> Figure:
+    """Train and test accuracy (mean ± std) against a grid field, the report's as open markers.
+
+    `xscale` is "log" or "symlog" (symlog keeps x = 0 on the axis); `seconds` adds the fit time
+    on a second y axis.
+    """
+    figure = Figure(figsize=(6.4, 3.8), layout="constrained")
+    axes = figure.add_subplot()
+    for name, values, colour in (("train", train, _TRAIN_COLOUR), ("test", test, _TEST_COLOUR)):
+        axes.errorbar(
+            x,
+            [mean for mean, _ in values],
+            yerr=[std for _, std in values],
+            color=colour,
+            marker="o",
+            capsize=3,
+            label=f"{name} (cnnlab)",
+        )
+        points = (reference or {}).get(f"{name}_accuracy") or []
+        shown = [(xi, value) for xi, value in zip(x, points, strict=False) if value is not None]
+        if shown:
+            axes.scatter(
+                [xi for xi, _ in shown],
+                [value for _, value in shown],
+                facecolors="none",
+                edgecolors=colour,
+                marker="s",
+                s=48,
+                label=f"{name} (report)",
+            )
+    if xscale == "symlog":
+        positive = [value for value in x if value > 0]
+        axes.set_xscale("symlog", linthresh=min(positive) if positive else 1.0)
+    else:
+        axes.set_xscale(xscale)
+    axes.set_xticks(x)
+    axes.set_xticklabels([f"{value:g}" for value in x])
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel("accuracy")
+    axes.set_ylim(0, 1)
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    handles, labels = axes.get_legend_handles_labels()
+    if seconds is not None:
+        time_axes = axes.twinx()
+        time_axes.errorbar(
+            x,
+            [mean for mean, _ in seconds],
+            yerr=[std for _, std in seconds],
+            color=_TIME_COLOUR,
+            linestyle="--",
+            marker="^",
+            capsize=3,
+            label="fit time (cnnlab)",
+        )
+        time_axes.set_ylabel("fit time (s)")
+        time_axes.set_ylim(bottom=0)
+        more_handles, more_labels = time_axes.get_legend_handles_labels()
+        handles, labels = handles + more_handles, labels + more_labels
+    axes.legend(handles, labels, fontsize="small", loc="upper left")
+    return figure
+
+
+def comparison_bars_figure(
+    labels: list[str],
+    panels: list[tuple[str, list[tuple[float, float]], list[float | None]]],
+    title: str,
+) -> Figure:
+    """One small bar chart per quantity (title, cnnlab mean ± std per label, report's value)."""
+    figure = Figure(figsize=(2.4 * len(panels) + 0.6, 3.2), layout="constrained")
+    figure.suptitle(title)
+    positions = list(range(len(labels)))
+    for index, (panel_title, values, reference) in enumerate(panels):
+        axes = figure.add_subplot(1, len(panels), index + 1)
+        axes.bar(
+            [p - 0.2 for p in positions],
+            [mean for mean, _ in values],
+            width=0.4,
+            yerr=[std for _, std in values],
+            capsize=3,
+            color=_TRAIN_COLOUR,
+            label="cnnlab",
+        )
+        axes.bar(
+            [p + 0.2 for p in positions],
+            [value or 0 for value in reference],
+            width=0.4,
+            color="#bbbbbb",
+            edgecolor=_REPORT_COLOUR,
+            label="report",
+        )
+        axes.set_xticks(positions)
+        axes.set_xticklabels(labels, fontsize="small")
+        axes.set_title(panel_title, fontsize="medium")
+        axes.grid(axis="y", alpha=0.3)
+        if index == 0:
+            axes.legend(fontsize="x-small")
+    return figure
+
+
+def confusion_matrix_figure(matrix: list[list[int]], class_names: list[str], title: str) -> Figure:
+    """A confusion matrix with counts in the cells (rows: true class, columns: predicted)."""
+    import numpy as np
+
+    counts = np.asarray(matrix)
+    figure = Figure(figsize=(6.0, 5.2), layout="constrained")
+    axes = figure.add_subplot()
+    image = axes.imshow(counts, cmap="Blues")
+    figure.colorbar(image, ax=axes, shrink=0.8)
+    ticks = range(len(class_names))
+    axes.set_xticks(ticks, class_names, rotation=45, ha="right", fontsize="small")
+    axes.set_yticks(ticks, class_names, fontsize="small")
+    threshold = counts.max() / 2 if counts.size else 0
+    for (row, column), value in np.ndenumerate(counts):
+        colour = "white" if value > threshold else "black"
+        axes.text(column, row, str(value), ha="center", va="center", fontsize=7, color=colour)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    axes.set_title(title)
+    return figure
