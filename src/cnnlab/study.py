@@ -127,8 +127,14 @@ def run_id(config: RunConfig) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
-def load_study(path: str | os.PathLike[str], text: str | None = None) -> Study:
-    """Read and validate a study file; any mistake raises one CnnlabError naming file/key/line."""
+def load_study(
+    path: str | os.PathLike[str], text: str | None = None, *, check_architectures: bool = True
+) -> Study:
+    """Read and validate a study file; any mistake raises one CnnlabError naming file/key/line.
+
+    `text` replaces the file's content (the store keeps the text a study ran with);
+    `check_architectures=False` skips building them (reports of finished studies).
+    """
     path = Path(path)
     if text is None:
         try:
@@ -139,15 +145,16 @@ def load_study(path: str | os.PathLike[str], text: str | None = None) -> Study:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise CnnlabError(f"{path}: not valid TOML: {error}") from None
-    return _Parser(path, text).study(document)
+    return _Parser(path, text, check_architectures).study(document)
 
 
 class _Parser:
     """Strict validation of a decoded study file with messages that point into the text."""
 
-    def __init__(self, path: Path, text: str):
+    def __init__(self, path: Path, text: str, check_architectures: bool):
         self.path = path
         self.text = text
+        self.check_architectures = check_architectures
         self.field_types = typing.get_type_hints(RunConfig)
 
     def fail(self, keys: tuple[str, ...], message: str) -> typing.NoReturn:
@@ -232,7 +239,8 @@ class _Parser:
             if not layers or not all(isinstance(layer, dict) for layer in layers):
                 self.fail((*keys, "layers"), "expected a non-empty list of layer tables")
             architectures[arch_name] = tuple(layers)
-            _check_builds(self, arch_name, tuple(layers), (*keys, "layers"))
+            if self.check_architectures:
+                _check_builds(self, arch_name, tuple(layers), (*keys, "layers"))
 
         experiments = []
         tables = document.get("experiments")
@@ -245,7 +253,7 @@ class _Parser:
         for experiment in experiments:
             used_archs.add(experiment.fixed.get("arch", RunConfig.arch))
             used_archs.update(experiment.grid.get("arch", ()))
-        for arch in sorted(used_archs - set(architectures)):
+        for arch in sorted(used_archs - set(architectures)) if self.check_architectures else ():
             _check_registered(self, arch)
         return Study(
             name=name,

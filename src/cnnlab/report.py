@@ -1,0 +1,629 @@
+"""Results -> tables and plots -> report.md and a self-contained report.html.
+
+The report reads only the study folder: the store (runs, metrics, histories, and the study file's
+text as it ran) and the run folders' figures. The seed report's numbers come from the study file's
+`[[experiments.NAME.reference]]` rows, so no number of SEED.md is written here.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import itertools
+import json
+import math
+import os
+import platform
+import re
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from cnnlab import atomic, plots
+from cnnlab.store import FINISHED, RunRecord, Store
+from cnnlab.study import Experiment, Study, load_study
+
+FILES_FOLDER = "report_files"
+METRIC_LABELS = {
+    "train_accuracy": "train acc",
+    "test_accuracy": "test acc",
+    "fit_seconds": "fit s",
+    "parameters": "params",
+}
+FIELD_LABELS = {"train_size": "n", "l1": "L1 weight", "arch": "architecture"}
+COLLAPSE_MARGIN = 0.02  # test accuracy this close to the baseline counts as a collapsed model
+
+
+# --- a small document model rendered twice: Markdown and HTML ---------------------------------
+
+
+@dataclass
+class _Image:
+    name: str  # file name under report_files/
+    png: bytes
+    caption: str
+
+
+@dataclass
+class _Document:
+    title: str
+    blocks: list[tuple[str, Any]] = field(default_factory=list)
+
+    def heading(self, text: str, level: int = 2) -> None:
+        self.blocks.append(("heading", (level, text)))
+
+    def paragraph(self, text: str) -> None:
+        self.blocks.append(("paragraph", text))
+
+    def bullets(self, items: list[str]) -> None:
+        if items:
+            self.blocks.append(("bullets", items))
+
+    def table(self, headers: list[str], rows: list[list[str]]) -> None:
+        self.blocks.append(("table", (headers, rows)))
+
+    def image(self, image: _Image) -> None:
+        self.blocks.append(("image", image))
+
+    def images(self) -> list[_Image]:
+        return [value for kind, value in self.blocks if kind == "image"]
+
+    def markdown(self) -> str:
+        lines = [f"# {self.title}", ""]
+        for kind, value in self.blocks:
+            if kind == "heading":
+                lines += [f"{'#' * value[0]} {value[1]}", ""]
+            elif kind == "paragraph":
+                lines += [value, ""]
+            elif kind == "bullets":
+                lines += [f"- {item}" for item in value] + [""]
+            elif kind == "table":
+                headers, rows = value
+                lines.append("| " + " | ".join(headers) + " |")
+                lines.append("|" + "|".join("---" for _ in headers) + "|")
+                lines += ["| " + " | ".join(row) + " |" for row in rows]
+                lines.append("")
+            elif kind == "image":
+                lines += [f"![{value.caption}]({FILES_FOLDER}/{value.name})", ""]
+        return "\n".join(lines)
+
+    def html(self) -> str:
+        body = [f"<h1>{_inline(self.title)}</h1>"]
+        for kind, value in self.blocks:
+            if kind == "heading":
+                level = value[0]
+                anchor = re.sub(r"[^a-z0-9]+", "-", value[1].lower()).strip("-")
+                body.append(f'<h{level} id="{anchor}">{_inline(value[1])}</h{level}>')
+            elif kind == "paragraph":
+                body.append(f"<p>{_inline(value)}</p>")
+            elif kind == "bullets":
+                body.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in value) + "</ul>")
+            elif kind == "table":
+                headers, rows = value
+                head = "".join(f"<th>{_inline(h)}</th>" for h in headers)
+                cells = "".join(
+                    "<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in row) + "</tr>"
+                    for row in rows
+                )
+                body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{cells}</tbody></table>")
+            elif kind == "image":
+                data = base64.b64encode(value.png).decode("ascii")
+                alt = html.escape(value.caption)
+                body.append(
+                    f'<figure><img src="data:image/png;base64,{data}" alt="{alt}">'
+                    f"<figcaption>{_inline(value.caption)}</figcaption></figure>"
+                )
+        return _HTML_PAGE.format(title=html.escape(self.title), body="\n".join(body))
+
+
+def _inline(text: str) -> str:
+    """Escape, then render the two bits of Markdown the report uses: `code` and **bold**."""
+    escaped = html.escape(text)
+    escaped = re.sub(r"`([^`]+)`", r"<code>\1</code>", escaped)
+    return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", escaped)
+
+
+_HTML_PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title}</title>
+<style>
+body {{ font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1d1d1f;
+  max-width: 980px; margin: 2rem auto; padding: 0 1.25rem; line-height: 1.5; }}
+h1 {{ font-size: 1.9rem; margin-bottom: .25rem; }}
+h2 {{ border-bottom: 2px solid #e5e5ea; padding-bottom: .25rem; margin-top: 2.5rem; }}
+h3 {{ margin-top: 1.75rem; }}
+table {{ border-collapse: collapse; margin: 1rem 0; font-size: .92rem;
+  font-variant-numeric: tabular-nums; }}
+th, td {{ border: 1px solid #d2d2d7; padding: .3rem .6rem; text-align: right; }}
+th {{ background: #f5f5f7; }}
+td:first-child, th:first-child {{ text-align: left; }}
+tbody tr:nth-child(even) {{ background: #fafafa; }}
+figure {{ margin: 1.25rem 0; text-align: center; }}
+img {{ max-width: 100%; height: auto; }}
+figcaption {{ color: #6e6e73; font-size: .9rem; }}
+code {{ background: #f5f5f7; padding: 0 .25rem; border-radius: 3px; font-size: .9em; }}
+</style>
+</head>
+<body>
+{body}
+</body>
+</html>
+"""
+
+
+# --- numbers ----------------------------------------------------------------------------------
+
+
+@dataclass
+class _Stat:
+    values: list[float]
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.values) if self.values else math.nan
+
+    @property
+    def std(self) -> float:
+        return statistics.stdev(self.values) if len(self.values) > 1 else 0.0
+
+    def show(self, metric: str) -> str:
+        if not self.values:
+            return "–"
+        if metric == "parameters" and len(set(self.values)) == 1:
+            return f"{int(self.values[0]):,}"
+        digits = 1 if metric == "fit_seconds" else 3
+        return f"{self.mean:.{digits}f} ± {self.std:.{digits}f} ({self.n})"
+
+
+def _stat(records: list[RunRecord], metric: str) -> _Stat:
+    values = []
+    for record in records:
+        value = record.metrics.get(metric)
+        if record.status in FINISHED and isinstance(value, int | float) and math.isfinite(value):
+            values.append(float(value))
+    return _Stat(values)
+
+
+def _show_reference(value: Any, metric: str) -> str:
+    if value is None:
+        return "–"
+    if metric == "parameters":
+        return f"{int(value):,}"
+    return f"{value:.1f}" if metric == "fit_seconds" else f"{value:.2f}"
+
+
+def _show_value(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{value:g}"
+
+
+def _point_label(point: dict[str, Any]) -> str:
+    return ", ".join(f"{FIELD_LABELS.get(k, k)}={_show_value(v)}" for k, v in point.items()) or "-"
+
+
+@dataclass
+class _Point:
+    values: dict[str, Any]  # grid field -> value
+    records: list[RunRecord]
+    reference: dict[str, Any]
+
+
+def _points(experiment: Experiment, records: list[RunRecord]) -> list[_Point]:
+    """The experiment's grid points in declaration order, each with its runs and report row."""
+    mine = [r for r in records if experiment.name in r.experiments]
+    names = list(experiment.grid)
+    points = []
+    for values in itertools.product(*experiment.grid.values()):
+        point = dict(zip(names, values, strict=True))
+        runs = [
+            r
+            for r in mine
+            if all(r.experiments[experiment.name].get(k) == v for k, v in point.items())
+        ]
+        runs.sort(key=lambda r: r.seed)
+        reference = next(
+            (
+                row
+                for row in experiment.reference
+                if all(row.get(k) == v for k, v in point.items() if k in row)
+            ),
+            {},
+        )
+        points.append(_Point(point, runs, reference))
+    return points
+
+
+# --- figures ----------------------------------------------------------------------------------
+
+
+def _png(figure: Figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def _artifact(study_dir: Path, record: RunRecord, suffix: str) -> bytes | None:
+    for relative in record.artifacts.values():
+        path = study_dir / relative
+        if relative.endswith(suffix) and path.is_file():
+            return path.read_bytes()
+    return None
+
+
+# --- the report -------------------------------------------------------------------------------
+
+
+def write_report(study_dir: str | os.PathLike[str]) -> dict[str, Path]:
+    """Write report.md (+ report_files/*.png) and self-contained report.html; returns paths."""
+    study_dir = Path(study_dir)
+    with Store.open(study_dir, create=False) as store:
+        meta = store.meta()
+        records = store.runs(planned_only=True)
+    if "study_text" not in meta:
+        from cnnlab.errors import CnnlabError
+
+        raise CnnlabError(f"{study_dir}: the store holds no study yet; run `cnnlab study` first")
+    study = load_study(
+        study_dir / f"{meta['study_name']}.toml", meta["study_text"], check_architectures=False
+    )
+    document = build_report(study, records, meta, study_dir)
+    files = study_dir / FILES_FOLDER
+    for image in document.images():
+        atomic.write_bytes(files / image.name, image.png)
+    paths = {"md": study_dir / "report.md", "html": study_dir / "report.html"}
+    atomic.write_text(paths["md"], document.markdown())
+    atomic.write_text(paths["html"], document.html())
+    return paths
+
+
+def build_report(
+    study: Study, records: list[RunRecord], meta: dict[str, str], study_dir: Path
+) -> _Document:
+    """The whole report as a document: summary, experiments, best run, observations, machine."""
+    document = _Document(f"cnnlab study “{study.name}”")
+    counts = {status: sum(r.status == status for r in records) for status in _STATUS_ORDER}
+    seeds = sorted({r.seed for r in records})
+    if study.description:
+        document.paragraph(study.description)
+    document.paragraph(
+        f"{len(records)} runs ({len(seeds)} seed(s) per grid point): "
+        + ", ".join(f"{count} {status}" for status, count in counts.items() if count)
+        + ". Our numbers are **mean ± std (number of runs)** over seeds; the report's are single"
+        " runs on its author's machine, so differences of a few points are within its noise."
+    )
+    observations: list[str] = []
+    class_names = json.loads(meta.get("class_names", "[]"))
+    for experiment in study.experiments:
+        _experiment_section(document, experiment, records, study_dir, observations)
+    finished = [r for r in records if r.status in FINISHED and "test_accuracy" in r.metrics]
+    if finished:
+        _best_run_section(document, finished, class_names, observations)
+    document.heading("Observations")
+    document.bullets(observations or ["No finished runs yet."])
+    problems = [r for r in records if r.status in ("diverged", "failed")]
+    if problems:
+        document.heading("Diverged and failed runs")
+        document.table(
+            ["run", "status", "experiments", "reason"],
+            [[f"`{r.id}`", r.status, ", ".join(r.experiments), r.reason or "–"] for r in problems],
+        )
+    _environment_section(document, records, meta)
+    return document
+
+
+_STATUS_ORDER = ("done", "diverged", "failed", "running", "pending")
+
+
+def _experiment_section(
+    document: _Document,
+    experiment: Experiment,
+    records: list[RunRecord],
+    study_dir: Path,
+    observations: list[str],
+) -> None:
+    points = _points(experiment, records)
+    document.heading(experiment.title)
+    if experiment.description:
+        document.paragraph(experiment.description)
+    referenced = [m for m in METRIC_LABELS if any(m in row for row in experiment.reference)]
+    headers = [FIELD_LABELS.get(name, name) for name in experiment.grid] or ["run"]
+    for metric, label in METRIC_LABELS.items():
+        if metric in referenced:
+            headers.append(f"{label} (report)")
+        headers.append(f"{label} (cnnlab)")
+    rows = []
+    for point in points:
+        row = [_show_value(v) for v in point.values.values()] or [experiment.name]
+        for metric in METRIC_LABELS:
+            if metric in referenced:
+                row.append(_show_reference(point.reference.get(metric), metric))
+            row.append(_stat(point.records, metric).show(metric))
+        rows.append(row)
+    document.table(headers, rows)
+    if "fit_seconds" in referenced:
+        document.paragraph(
+            "Fit times: the report's on its author's machine, ours on the device named under"
+            " *Environment*; compare their ratios, not their values."
+        )
+    slug = re.sub(r"[^a-z0-9]+", "-", experiment.name.lower())
+    curves = [
+        (_point_label(p.values), [[h["val_accuracy"] for h in r.history] for r in p.records])
+        for p in points
+        if any(r.history for r in p.records)
+    ]
+    curves = [(label, [run for run in runs if run]) for label, runs in curves]
+    if curves:
+        figure = plots.validation_curves_figure(curves, f"{experiment.title}: validation accuracy")
+        document.image(
+            _Image(f"{slug}-curves.png", _png(figure), "Validation accuracy per epoch, mean ± std")
+        )
+    if experiment.kind in ("size", "l1") and len(experiment.grid) == 1:
+        _versus_figure(document, experiment, points, slug)
+    if experiment.kind == "pooling":
+        _pooling_figure(document, experiment, points, slug)
+    _observe(experiment, points, observations)
+    representative = next((r for p in points for r in p.records if r.status in FINISHED), None)
+    if representative is not None:
+        png = _artifact(study_dir, representative, "history.png")
+        placed = representative.experiments[experiment.name]
+        if png is not None:
+            document.image(
+                _Image(
+                    f"{slug}-history.png",
+                    png,
+                    f"History of a representative run (`{representative.id}`, seed"
+                    f" {representative.seed}, {_point_label(placed)})",
+                )
+            )
+
+
+def _versus_figure(
+    document: _Document, experiment: Experiment, points: list[_Point], slug: str
+) -> None:
+    (name,) = experiment.grid
+    shown = [p for p in points if _stat(p.records, "test_accuracy").n]
+    if not shown:
+        return
+    x = [float(p.values[name]) for p in shown]
+
+    def pairs(metric: str) -> list[tuple[float, float]]:
+        return [(s.mean, s.std) for s in (_stat(p.records, metric) for p in shown)]
+
+    reference = {
+        metric: [p.reference.get(metric) for p in shown]
+        for metric in ("train_accuracy", "test_accuracy")
+    }
+    if experiment.kind == "size":
+        figure = plots.accuracy_versus_figure(
+            x,
+            pairs("train_accuracy"),
+            pairs("test_accuracy"),
+            xlabel="training images (log scale)",
+            xscale="log",
+            title="Accuracy and fit time against training-set size",
+            seconds=pairs("fit_seconds"),
+            reference=reference,
+        )
+        caption = "Accuracy (left axis) and fit time (right axis) against the training-set size"
+    else:
+        figure = plots.accuracy_versus_figure(
+            x,
+            pairs("train_accuracy"),
+            pairs("test_accuracy"),
+            xlabel=f"{FIELD_LABELS.get(name, name)} (symlog scale)",
+            xscale="symlog",
+            title="Accuracy against the L1 weight",
+            reference=reference,
+        )
+        caption = "Accuracy against the L1 weight on the dense kernel; open squares: the report"
+    document.image(_Image(f"{slug}-versus.png", _png(figure), caption))
+
+
+def _pooling_figure(
+    document: _Document, experiment: Experiment, points: list[_Point], slug: str
+) -> None:
+    labels = [_point_label(p.values).split("=", 1)[-1] for p in points]
+    panels = []
+    for metric, title in (
+        ("parameters", "parameters"),
+        ("fit_seconds", "fit time (s)"),
+        ("train_accuracy", "train accuracy"),
+        ("test_accuracy", "test accuracy"),
+    ):
+        stats = [_stat(p.records, metric) for p in points]
+        values = [(s.mean if s.n else 0.0, s.std) for s in stats]
+        panels.append((title, values, [p.reference.get(metric) for p in points]))
+    figure = plots.comparison_bars_figure(labels, panels, experiment.title)
+    caption = "Parameters, fit time and accuracy (report's fit times are from its machine)"
+    document.image(_Image(f"{slug}-comparison.png", _png(figure), caption))
+
+
+def _observe(experiment: Experiment, points: list[_Point], observations: list[str]) -> None:
+    """Plain sentences read off the numbers (where it over-fits, where L1 collapses it)."""
+    measured = [p for p in points if _stat(p.records, "test_accuracy").n]
+    if not measured:
+        return
+    title = experiment.title
+
+    def mean(point: _Point, metric: str) -> float:
+        return _stat(point.records, metric).mean
+
+    overfit = []
+    for point in measured:
+        stops = []
+        for record in point.records:
+            losses = [h.get("val_loss", math.nan) for h in record.history]
+            finite = [(loss, epoch) for epoch, loss in enumerate(losses, 1) if math.isfinite(loss)]
+            if len(finite) >= 3:
+                best_epoch = min(finite)[1]
+                if best_epoch < len(losses) - 1:
+                    stops.append(best_epoch)
+        if stops:
+            overfit.append((point, statistics.fmean(stops), len(point.records[0].history)))
+    if overfit:
+        parts = [
+            f"epoch {epoch:.0f} of {total} ({_point_label(p.values)})"
+            for p, epoch, total in overfit[:4]
+        ]
+        observations.append(
+            f"{title}: validation loss is lowest at "
+            + "; ".join(parts)
+            + " and rises afterwards: it over-fits from there."
+        )
+    if experiment.kind == "size" and len(measured) >= 2:
+        first, last = measured[0], measured[-1]
+        gap_first = mean(first, "train_accuracy") - mean(first, "test_accuracy")
+        gap_last = mean(last, "train_accuracy") - mean(last, "test_accuracy")
+        trend = "shrinks" if gap_last < gap_first else "grows"
+        observations.append(
+            f"{title}: test accuracy goes from {mean(first, 'test_accuracy'):.3f} to"
+            f" {mean(last, 'test_accuracy'):.3f} between {_point_label(first.values)} and"
+            f" {_point_label(last.values)}; the train−test gap {trend} from {gap_first:.3f} to"
+            f" {gap_last:.3f}."
+        )
+    if experiment.kind == "l1":
+        baseline = (
+            statistics.fmean(
+                r.metrics["baseline_accuracy"]
+                for p in measured
+                for r in p.records
+                if isinstance(r.metrics.get("baseline_accuracy"), int | float)
+            )
+            if any("baseline_accuracy" in r.metrics for p in measured for r in p.records)
+            else 0.1
+        )
+        collapsed = [p for p in measured if mean(p, "test_accuracy") <= baseline + COLLAPSE_MARGIN]
+        best = max(measured, key=lambda p: mean(p, "test_accuracy"))
+        sentence = (
+            f"{title}: the best test accuracy is {mean(best, 'test_accuracy'):.3f} at"
+            f" {_point_label(best.values)}."
+        )
+        if collapsed:
+            sentence += (
+                f" From {_point_label(collapsed[0].values)} on, L1 collapses the model to the"
+                f" most-frequent-class baseline (test accuracy ≈ {baseline:.2f}): the penalty"
+                " drives the dense kernel to zero."
+            )
+        observations.append(sentence)
+    if experiment.kind == "pooling" and len(measured) == 2:
+        strided, pooled = measured
+        ratio_parameters = mean(pooled, "parameters") / max(mean(strided, "parameters"), 1)
+        ratio_time = mean(pooled, "fit_seconds") / max(mean(strided, "fit_seconds"), 1e-9)
+        gain = mean(pooled, "test_accuracy") - mean(strided, "test_accuracy")
+        observations.append(
+            f"{title}: {_point_label(pooled.values)} has {ratio_parameters:.2f}× the parameters"
+            f" of {_point_label(strided.values)}, takes {ratio_time:.1f}× as long to fit, and"
+            f" changes test accuracy by {gain:+.3f}."
+        )
+    agree = [
+        (mean(p, "test_accuracy"), p.reference["test_accuracy"])
+        for p in measured
+        if "test_accuracy" in p.reference
+    ]
+    if agree:
+        close = sum(abs(ours - theirs) <= 0.03 for ours, theirs in agree)
+        observations.append(
+            f"{title}: our mean test accuracy is within 0.03 of the report's at {close} of"
+            f" {len(agree)} points."
+        )
+
+
+def _best_run_section(
+    document: _Document, finished: list[RunRecord], class_names: list[str], notes: list[str]
+) -> None:
+    best = max(finished, key=lambda r: r.metrics["test_accuracy"])
+    metrics = best.metrics
+    document.heading("Best run and the baseline")
+    where = "; ".join(f"{name}: {_point_label(f)}" for name, f in best.experiments.items())
+    document.paragraph(
+        f"The best test accuracy, {metrics['test_accuracy']:.3f}, is run `{best.id}` ({where},"
+        f" seed {best.seed}; train accuracy {metrics.get('train_accuracy', math.nan):.3f})."
+    )
+    baseline = metrics.get("baseline_accuracy")
+    if isinstance(baseline, int | float):
+        predicted = metrics.get("baseline_class", "?")
+        if isinstance(predicted, int) and 0 <= predicted < len(class_names):
+            predicted = class_names[predicted]
+        document.paragraph(
+            f"Most-frequent-class baseline (always predict the training set's most frequent class,"
+            f" `{predicted}`): test accuracy **{baseline:.3f}** (report: 0.10)."
+        )
+        notes.append(
+            f"The best run beats the most-frequent-class baseline by"
+            f" {metrics['test_accuracy'] - baseline:+.3f} test accuracy."
+        )
+    matrix = (metrics.get("confusion_matrix") or {}).get("test")
+    if matrix:
+        names = class_names or [str(i) for i in range(len(matrix))]
+        figure = plots.confusion_matrix_figure(matrix, names, f"Test set, run {best.id}")
+        document.image(
+            _Image("best-confusion-test.png", _png(figure), "Confusion matrix of the best run")
+        )
+
+
+def _environment_section(
+    document: _Document, records: list[RunRecord], meta: dict[str, str]
+) -> None:
+    document.heading("Environment")
+    finished = [r for r in records if r.status in FINISHED]
+    devices = sorted({str(r.metrics.get("device")) for r in finished if r.metrics.get("device")})
+    versions: dict[str, Any] = {}
+    for record in finished:
+        if isinstance(record.metrics.get("versions"), dict):
+            versions = record.metrics["versions"]
+            break
+    if not versions:
+        import numpy
+        import torch
+
+        versions = {"python": platform.python_version(), "torch": torch.__version__}
+        versions["numpy"] = numpy.__version__
+    from cnnlab import __version__
+
+    versions = {"cnnlab": __version__, **versions}
+    fit_total = sum(r.fit_seconds or 0.0 for r in finished)
+    spans = [r.finished_at - r.started_at for r in records if r.finished_at and r.started_at]
+    sources = sorted(
+        {str(r.metrics.get("data_source")) for r in finished if r.metrics.get("data_source")}
+    )
+    checksum = meta.get("data_sha256") or next(
+        (r.metrics.get("data_sha256") for r in finished if r.metrics.get("data_sha256")), ""
+    )
+    rows = [
+        ["machine", f"{platform.node()}: {platform.platform()}, {_cpu_name()}"],
+        ["CPU cores", str(os.cpu_count())],
+        ["device", ", ".join(devices) or "–"],
+        ["versions", ", ".join(f"{k} {v}" for k, v in versions.items())],
+        ["data source", meta.get("data_source") or ", ".join(sources) or "–"],
+        ["data SHA-256", f"`{checksum}`" if checksum else "–"],
+        ["total fit time", f"{fit_total:.1f} s over {len(finished)} runs"],
+        ["total run time", f"{sum(spans):.1f} s (fit, evaluation and saving)"],
+        ["last invocation", f"{float(meta.get('last_wall_seconds', 'nan')):.1f} s wall"],
+        ["report written", time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())],
+    ]
+    document.table(["", ""], rows)
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -1,0 +1,145 @@
+"""A stand-in for `fit` and `save_run` for orchestration tests: deterministic, instant, no torch.
+
+The numbers follow the seed report's shape (more data helps, large L1 collapses to 0.10) so the
+report's tables, plots and observations have something real to say. Special configs misbehave:
+learning_rate 0.5 raises (a failed run), l1 >= 50 diverges.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+from cnnlab.train import RunConfig, RunResult
+
+_PNG = None
+
+
+def fake_fit(config: RunConfig, data, *, device="auto", progress=None) -> RunResult:
+    """A deterministic RunResult computed from the config alone."""
+    if config.learning_rate == 0.5:
+        raise RuntimeError("the fake runner refuses learning_rate 0.5")
+    delay = float(__import__("os").environ.get("CNNLAB_FAKE_SECONDS", "0"))
+    if delay:
+        time.sleep(delay)
+    size_gain = 0.05 * math.log2(config.train_size / 5000) if config.train_size >= 5000 else 0
+    collapse = (config.l1 or 0) >= 1
+    jitter = 0.004 * ((config.seed * 7) % 3 - 1)
+    test = 0.10 if collapse else 0.50 + size_gain + jitter + (0.03 if "maxpool" in config.arch else 0)
+    train = 0.10 if collapse else test + 0.13 - size_gain / 2
+    history = []
+    for epoch in range(1, config.epochs + 1):
+        val = 0.10 if collapse else test * (1 - 0.5 ** epoch)
+        val_loss = 1.2 + 0.02 * (epoch - config.epochs / 2) ** 2 / config.epochs
+        history.append(
+            {
+                "epoch": epoch,
+                "loss": 2.0 / epoch,
+                "accuracy": train * (1 - 0.5**epoch),
+                "val_loss": val_loss,
+                "val_accuracy": val,
+                "seconds": 0.01,
+            }
+        )
+    diverged = (config.l1 or 0) >= 50
+    if diverged:
+        history = history[:2]
+        history[-1]["loss"] = math.nan
+    parameters = 98586 if "maxpool" in config.arch else 37146
+    metrics = {
+        "train_accuracy": train,
+        "train_loss": 1.0,
+        "test_accuracy": test,
+        "test_loss": 1.3,
+        "val_accuracy": history[-1]["val_accuracy"],
+        "val_loss": history[-1]["val_loss"],
+        "baseline_accuracy": 0.1,
+        "baseline_class": 0,
+        "parameters": parameters,
+        "fit_seconds": config.train_size / 1000 * (4 if "maxpool" in config.arch else 1),
+        "eval_seconds": 0.5,
+        "epochs_run": len(history),
+        "diverged_epoch": 2 if diverged else None,
+        "device": "cpu",
+        "versions": {"torch": "fake"},
+        "classification_report": {"train": {}, "test": {}},
+        "confusion_matrix": {
+            "train": [[5 if i == j else 1 for j in range(10)] for i in range(10)],
+            "test": [[80 if i == j else 2 for j in range(10)] for i in range(10)],
+        },
+        "data_source": "synthetic",
+        "data_sha256": "",
+    }
+    return RunResult(config, "diverged" if diverged else "done", history, metrics, {})
+
+
+def fake_save_run(result: RunResult, run_dir, class_names) -> dict[str, str]:
+    """Write the files `save_run` promises (small stand-ins) and return name -> path."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "config": run_dir / "config.json",
+        "metrics": run_dir / "metrics.json",
+        "history_png": run_dir / "history.png",
+        "weights": run_dir / "weights.pt",
+    }
+    paths["config"].write_text(json.dumps(result.config.__dict__, default=list))
+    paths["metrics"].write_text(json.dumps(result.metrics))
+    paths["history_png"].write_bytes(_tiny_png())
+    paths["weights"].write_bytes(b"fake weights")
+    return {name: str(path) for name, path in paths.items()}
+
+
+def _tiny_png() -> bytes:
+    global _PNG
+    if _PNG is None:
+        import io
+
+        from PIL import Image
+
+        buffer = io.BytesIO()
+        Image.new("RGB", (120, 60), (40, 120, 200)).save(buffer, format="PNG")
+        _PNG = buffer.getvalue()
+    return _PNG
+
+
+STUDY_TOML = """
+[study]
+name = "mini"
+description = "A small study for tests."
+repeats = 2
+
+[defaults]
+arch = "seed"
+train_size = 5000
+l1 = 0.0001
+epochs = 4
+
+[experiments.sizes]
+title = "Sizes"
+kind = "size"
+grid = { train_size = [5000, 10000] }
+
+[[experiments.sizes.reference]]
+train_size = 5000
+fit_seconds = 172.7
+train_accuracy = 0.63
+test_accuracy = 0.50
+
+[experiments.l1]
+title = "L1"
+kind = "l1"
+grid = { l1 = [0, 0.0001, 1] }
+
+[[experiments.l1.reference]]
+l1 = 1
+train_accuracy = 0.22
+test_accuracy = 0.22
+
+[experiments.pooling]
+title = "Pooling"
+kind = "pooling"
+grid = { arch = ["seed", "seed-maxpool"] }
+"""
