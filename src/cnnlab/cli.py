@@ -61,19 +61,50 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_study(args: argparse.Namespace) -> int:
-    raise NotImplementedError("study")
+    from cnnlab import study
+
+    if args.dry_run:
+        plan = study.plan_runs(study.load_study(args.study_file), args.repeats)
+        for line in study.describe_plan(plan):
+            print(line)
+        print(f"{len(plan)} runs (dry run: nothing was trained)")
+        return 0
+    outcome = study.run_study(
+        args.study_file,
+        out=args.out,
+        data=args.data,
+        repeats=args.repeats,
+        force=args.force,
+        device=args.device,
+    )
+    for line in study.summary_lines(outcome):
+        print(line)
+    return 1 if outcome.counts.get("failed") else 0
 
 
 def _cmd_results(args: argparse.Namespace) -> int:
-    raise NotImplementedError("results")
+    from cnnlab.report import format_results
+    from cnnlab.store import Store
+
+    with Store.open(args.study_dir, create=False) as store:
+        records = store.runs()
+    print(format_results(records, args.format))
+    return 0
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    raise NotImplementedError("compare")
+    from cnnlab.report import compare_runs, load_run
+
+    print(compare_runs([load_run(run, args.study) for run in args.runs]))
+    return 0
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    raise NotImplementedError("report")
+    from cnnlab.report import write_report
+
+    paths = write_report(args.study_dir)
+    print(f"report: {paths['html']} (and {paths['md']})")
+    return 0
 
 
 # --- the parser -------------------------------------------------------------------------------

@@ -8,6 +8,8 @@ text as it ran) and the run folders' figures. The seed report's numbers come fro
 from __future__ import annotations
 
 import base64
+import csv
+import dataclasses
 import html
 import io
 import itertools
@@ -25,6 +27,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from cnnlab import atomic, plots
+from cnnlab.errors import CnnlabError
 from cnnlab.store import FINISHED, RunRecord, Store
 from cnnlab.study import Experiment, Study, load_study
 
@@ -275,8 +278,6 @@ def write_report(study_dir: str | os.PathLike[str]) -> dict[str, Path]:
         meta = store.meta()
         records = store.runs(planned_only=True)
     if "study_text" not in meta:
-        from cnnlab.errors import CnnlabError
-
         raise CnnlabError(f"{study_dir}: the store holds no study yet; run `cnnlab study` first")
     study = load_study(
         study_dir / f"{meta['study_name']}.toml", meta["study_text"], check_architectures=False
@@ -627,3 +628,103 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+# --- results and comparisons as text ----------------------------------------------------------
+
+RESULT_METRICS = ("train_accuracy", "test_accuracy", "val_accuracy", "fit_seconds", "parameters")
+
+
+def format_results(records: list[RunRecord], form: str = "table") -> str:
+    """A study's runs as an aligned table, CSV (one flat row per run) or JSON (everything)."""
+    if form == "json":
+        return json.dumps([dataclasses.asdict(r) for r in records], indent=2, allow_nan=True)
+    config_fields = sorted({key for r in records for key in r.config if key != "layers"})
+    headers = ["id", "status", "experiments", *config_fields, *RESULT_METRICS]
+    headers += ["attempts", "reason"]
+    rows = []
+    for r in records:
+        metrics = [r.metrics.get(name, "") for name in RESULT_METRICS]
+        configs = [r.config.get(name, "") for name in config_fields]
+        rows.append(
+            [r.id, r.status, ";".join(r.experiments), *configs, *metrics, r.attempts, r.reason]
+        )
+    if form == "csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(headers)
+        writer.writerows(["" if v is None else v for v in row] for row in rows)
+        return buffer.getvalue()
+    short = ["id", "status", "experiments", "seed", "arch", "train_size", "l1", "epochs"]
+    shown = [h for h in short if h in headers] + ["train acc", "test acc", "fit s", "reason"]
+    lines = []
+    for r in records:
+        line = {
+            "id": r.id,
+            "status": r.status,
+            "experiments": ",".join(r.experiments) or "-",
+            **{k: _show_value(r.config.get(k, "")) for k in short[3:]},
+            "train acc": _number(r.metrics.get("train_accuracy"), ".3f"),
+            "test acc": _number(r.metrics.get("test_accuracy"), ".3f"),
+            "fit s": _number(r.metrics.get("fit_seconds"), ".1f"),
+            "reason": r.reason,
+        }
+        lines.append([str(line[h]) for h in shown])
+    return _aligned(shown, lines)
+
+
+def compare_runs(runs: list[tuple[str, dict[str, Any], dict[str, Any]]]) -> str:
+    """The config fields and scalar metrics that differ between (label, config, metrics) runs."""
+    labels = [label for label, _, _ in runs]
+    rows = []
+    for section, index in (("config", 1), ("metric", 2)):
+        keys = sorted({key for run in runs for key in run[index]})
+        for key in keys:
+            values = [run[index].get(key) for run in runs]
+            if section == "metric" and not all(
+                v is None or isinstance(v, int | float | str) for v in values
+            ):
+                continue
+            if len({json.dumps(v, sort_keys=True) for v in values}) > 1:
+                rows.append([f"{section} {key}", *(_compare_value(v) for v in values)])
+    if not rows:
+        return "the runs do not differ in any config field or metric"
+    return _aligned(["", *labels], rows)
+
+
+def _compare_value(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return _show_value(value) if not isinstance(value, list | dict) else json.dumps(value)
+
+
+def _number(value: Any, form: str) -> str:
+    return format(value, form) if isinstance(value, int | float) else "-"
+
+
+def _aligned(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(c)) for c in column) for column in zip(headers, *rows, strict=True)]
+    lines = [
+        "  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+        for row in [headers, *rows]
+    ]
+    return "\n".join(lines)
+
+
+def load_run(run: str, study_dir: str | None) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """(label, config, metrics) of a run id in `study_dir`, or of a run folder's JSON files."""
+    folder = Path(run)
+    if study_dir is None and folder.is_dir():
+        try:
+            config = json.loads((folder / "config.json").read_text())
+            metrics = json.loads((folder / "metrics.json").read_text())
+        except (OSError, ValueError) as error:
+            raise CnnlabError(f"{folder}: not a readable run folder ({error})") from None
+        return folder.name, config, metrics
+    if study_dir is None:
+        raise CnnlabError(f"{run}: not a run folder; give run ids with --study STUDY_DIR")
+    with Store.open(study_dir, create=False) as store:
+        record = store.get(run)
+    return record.id, record.config, record.metrics

@@ -661,3 +661,16 @@ def _load_data(data: Any, store: Store, *, force: bool) -> Any:
         }
     )
     return data
+
+
+def summary_lines(outcome: StudyOutcome) -> list[str]:
+    """The closing summary: counts, the runs that diverged or failed and why, time, report."""
+    counts = ", ".join(f"{count} {status}" for status, count in outcome.counts.items() if count)
+    lines = [
+        f"study finished in {outcome.seconds:.1f} s: {outcome.planned} runs ({counts};"
+        f" {outcome.skipped} were already finished)"
+    ]
+    lines += [f"  {status} {run}: {reason}" for run, status, reason in outcome.problems]
+    if outcome.report_path is not None:
+        lines.append(f"report: {outcome.report_path}")
+    return lines
