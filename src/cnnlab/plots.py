@@ -27,6 +27,7 @@ _TRAIN_COLOUR, _TEST_COLOUR, _TIME_COLOUR, _REPORT_COLOUR = "#1f77b4", "#d62728"
 def validation_curves_figure(curves: list[tuple[str, list[list[float]]]], title: str) -> Figure:
     """Validation accuracy per epoch, one line per label: the mean over repeats, ±1 std band."""
     import numpy as np
+    from matplotlib.ticker import MaxNLocator
 
     figure = Figure(figsize=(6.4, 3.8), layout="constrained")
     axes = figure.add_subplot()
@@ -42,6 +43,7 @@ def validation_curves_figure(curves: list[tuple[str, list[list[float]]]], title:
         if len(runs) > 1:
             std = values.std(axis=0, ddof=1)
             axes.fill_between(epochs, mean - std, mean + std, color=colour, alpha=0.15)
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_xlabel("epoch")
     axes.set_ylabel("validation accuracy")
     axes.set_title(title)
@@ -67,6 +69,8 @@ def accuracy_versus_figure(
     `xscale` is "log" or "symlog" (symlog keeps x = 0 on the axis); `seconds` adds the fit time
     on a second y axis.
     """
+    from matplotlib.ticker import NullFormatter
+
     figure = Figure(figsize=(6.4, 3.8), layout="constrained")
     axes = figure.add_subplot()
     for name, values, colour in (("train", train, _TRAIN_COLOUR), ("test", test, _TEST_COLOUR)):
@@ -98,6 +102,7 @@ def accuracy_versus_figure(
         axes.set_xscale(xscale)
     axes.set_xticks(x)
     axes.set_xticklabels([f"{value:g}" for value in x])
+    axes.xaxis.set_minor_formatter(NullFormatter())
     axes.set_xlabel(xlabel)
     axes.set_ylabel("accuracy")
     axes.set_ylim(0, 1)
@@ -120,7 +125,15 @@ def accuracy_versus_figure(
         time_axes.set_ylim(bottom=0)
         more_handles, more_labels = time_axes.get_legend_handles_labels()
         handles, labels = handles + more_handles, labels + more_labels
-    axes.legend(handles, labels, fontsize="small", loc="upper left")
+    axes.legend(
+        handles,
+        labels,
+        fontsize="small",
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.2),
+        ncol=3,
+        frameon=False,
+    )
     return figure
 
 
@@ -135,23 +148,26 @@ def comparison_bars_figure(
     positions = list(range(len(labels)))
     for index, (panel_title, values, reference) in enumerate(panels):
         axes = figure.add_subplot(1, len(panels), index + 1)
+        has_reference = any(value is not None for value in reference)
+        offset, width = (0.2, 0.4) if has_reference else (0.0, 0.6)
         axes.bar(
-            [p - 0.2 for p in positions],
+            [p - offset for p in positions],
             [mean for mean, _ in values],
-            width=0.4,
+            width=width,
             yerr=[std for _, std in values],
             capsize=3,
             color=_TRAIN_COLOUR,
             label="cnnlab",
         )
-        axes.bar(
-            [p + 0.2 for p in positions],
-            [value or 0 for value in reference],
-            width=0.4,
-            color="#bbbbbb",
-            edgecolor=_REPORT_COLOUR,
-            label="report",
-        )
+        if has_reference:
+            axes.bar(
+                [p + offset for p in positions],
+                [value or 0 for value in reference],
+                width=width,
+                color="#bbbbbb",
+                edgecolor=_REPORT_COLOUR,
+                label="report",
+            )
         axes.set_xticks(positions)
         axes.set_xticklabels(labels, fontsize="small")
         axes.set_title(panel_title, fontsize="medium")

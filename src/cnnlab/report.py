@@ -108,12 +108,17 @@ class _Document:
                 body.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in value) + "</ul>")
             elif kind == "table":
                 headers, rows = value
-                head = "".join(f"<th>{_inline(h)}</th>" for h in headers)
                 cells = "".join(
                     "<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in row) + "</tr>"
                     for row in rows
                 )
-                body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{cells}</tbody></table>")
+                if any(headers):
+                    head = "".join(f"<th>{_inline(h)}</th>" for h in headers)
+                    body.append(
+                        f"<table><thead><tr>{head}</tr></thead><tbody>{cells}</tbody></table>"
+                    )
+                else:  # a list of facts: name, value
+                    body.append(f'<table class="facts"><tbody>{cells}</tbody></table>')
             elif kind == "image":
                 data = base64.b64encode(value.png).decode("ascii")
                 alt = html.escape(value.caption)
@@ -125,10 +130,11 @@ class _Document:
 
 
 def _inline(text: str) -> str:
-    """Escape, then render the two bits of Markdown the report uses: `code` and **bold**."""
+    """Escape, then render the Markdown the report uses: `code`, **bold** and *emphasis*."""
     escaped = html.escape(text)
     escaped = re.sub(r"`([^`]+)`", r"<code>\1</code>", escaped)
-    return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", escaped)
+    escaped = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", escaped)
+    return re.sub(r"(?<![*\w])\*([^*\s][^*]*)\*(?![*\w])", r"<em>\1</em>", escaped)
 
 
 _HTML_PAGE = """<!DOCTYPE html>
@@ -146,9 +152,13 @@ h3 {{ margin-top: 1.75rem; }}
 table {{ border-collapse: collapse; margin: 1rem 0; font-size: .92rem;
   font-variant-numeric: tabular-nums; }}
 th, td {{ border: 1px solid #d2d2d7; padding: .3rem .6rem; text-align: right; }}
+td {{ white-space: nowrap; }}
+td:last-child {{ white-space: normal; }}
 th {{ background: #f5f5f7; }}
 td:first-child, th:first-child {{ text-align: left; }}
 tbody tr:nth-child(even) {{ background: #fafafa; }}
+table.facts td {{ text-align: left; white-space: normal; }}
+table.facts td:first-child {{ font-weight: 600; background: #f5f5f7; white-space: nowrap; }}
 figure {{ margin: 1.25rem 0; text-align: center; }}
 img {{ max-width: 100%; height: auto; }}
 figcaption {{ color: #6e6e73; font-size: .9rem; }}
