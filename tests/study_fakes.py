@@ -27,11 +27,13 @@ def fake_fit(config: RunConfig, data, *, device="auto", progress=None) -> RunRes
     size_gain = 0.05 * math.log2(config.train_size / 5000) if config.train_size >= 5000 else 0
     collapse = (config.l1 or 0) >= 1
     jitter = 0.004 * ((config.seed * 7) % 3 - 1)
-    test = 0.10 if collapse else 0.50 + size_gain + jitter + (0.03 if "maxpool" in config.arch else 0)
+    test = (
+        0.10 if collapse else 0.50 + size_gain + jitter + (0.03 if "maxpool" in config.arch else 0)
+    )
     train = 0.10 if collapse else test + 0.13 - size_gain / 2
     history = []
     for epoch in range(1, config.epochs + 1):
-        val = 0.10 if collapse else test * (1 - 0.5 ** epoch)
+        val = 0.10 if collapse else test * (1 - 0.5**epoch)
         val_loss = 1.2 + 0.02 * (epoch - config.epochs / 2) ** 2 / config.epochs
         history.append(
             {
