@@ -552,7 +552,7 @@ def prepare_folder(study_dir: Path, *, force: bool) -> None:
         raise CnnlabError(f"{study_dir}: exists and is not a folder")
     if (
         study_dir.is_dir()
-        and any(study_dir.iterdir())
+        and any(entry.name != LOCK_NAME for entry in study_dir.iterdir())
         and not (study_dir / DATABASE_NAME).exists()
         and not force
     ):

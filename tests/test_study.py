@@ -1,0 +1,366 @@
+"""Study files -> runs: strict parsing, the seed study's plan, resuming, failures, kill -9."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import study_fakes
+from cnnlab import study, train
+from cnnlab.cli import main
+from cnnlab.errors import CnnlabError
+from cnnlab.store import Store
+from cnnlab.study import load_study, plan_runs, run_id, run_study
+from cnnlab.train import RunConfig
+
+SEED_STUDY = Path(__file__).parents[1] / "studies" / "seed.toml"
+
+
+@pytest.fixture(autouse=True)
+def _registry(monkeypatch):
+    """Until cnnlab.models lands, architecture names are not checked."""
+    try:
+        import cnnlab.models  # noqa: F401
+    except ImportError:
+        monkeypatch.setattr(study, "_check_registered", lambda parser, arch: None)
+
+
+@pytest.fixture
+def fake_training(monkeypatch):
+    """`fit` and `save_run` replaced by instant stand-ins; returns the configs trained."""
+    trained: list[RunConfig] = []
+
+    def fit(config, data, *, device="auto", progress=None):
+        trained.append(config)
+        return study_fakes.fake_fit(config, data, device=device)
+
+    monkeypatch.setattr(train, "fit", fit, raising=False)
+    monkeypatch.setattr(train, "save_run", study_fakes.fake_save_run, raising=False)
+    return trained
+
+
+@pytest.fixture
+def tiny_data():
+    """Ten black images: the fake runner never looks at them."""
+    return study_fakes.zeros_cifar()
+
+
+@pytest.fixture
+def mini(tmp_path) -> Path:
+    path = tmp_path / "mini.toml"
+    path.write_text(study_fakes.STUDY_TOML)
+    return path
+
+
+def _run(path, out, data, **options):
+    return run_study(path, out=out, data=data, report=False, echo=lambda line: None, **options)
+
+
+# --- parsing ----------------------------------------------------------------------------------
+
+
+def test_the_seed_study_is_eleven_distinct_runs_per_repeat():
+    seed = load_study(SEED_STUDY)
+    plan = plan_runs(seed, repeats=1)
+    assert len(plan) == 11
+    assert len(plan_runs(seed)) == 33  # 3 repeats by default
+    (shared,) = [run for run in plan if len(run.experiments) > 1]
+    assert sorted(shared.experiments) == ["l1", "pooling", "sizes"]
+    assert (shared.config.arch, shared.config.train_size, shared.config.l1) == ("seed", 5000, 1e-4)
+    by_experiment = {name: [r for r in plan if name in r.experiments] for name in seed.defaults}
+    del by_experiment
+    sizes = sorted(r.config.train_size for r in plan if "sizes" in r.experiments)
+    assert sizes == [5000, 10000, 20000, 40000]
+    l1s = sorted(r.config.l1 for r in plan if "l1" in r.experiments)
+    assert l1s == [0, 1e-4, 1e-3, 1, 10, 100]
+    (deep,) = [r for r in plan if "depth" in r.experiments]
+    assert (deep.config.arch, deep.config.train_size) == ("seed-deep", 50000)
+    assert {r.config.epochs for r in plan} == {20}
+    sizes_table = {row["train_size"]: row for row in seed.experiments[0].reference}
+    assert sizes_table[40000]["fit_seconds"] == 914.9
+
+
+def test_repeats_use_consecutive_seeds_and_change_the_id():
+    plan = plan_runs(load_study(SEED_STUDY), repeats=3)
+    seeds = sorted(r.config.seed for r in plan if r.config.train_size == 10000)
+    assert seeds == [0, 1, 2]
+    assert len({r.id for r in plan}) == len(plan)
+
+
+def test_the_run_id_depends_on_the_config_only():
+    assert run_id(RunConfig(l1=0.0)) == run_id(RunConfig(l1=0.0))
+    assert run_id(RunConfig(seed=1)) != run_id(RunConfig(seed=0))
+    assert len(run_id(RunConfig())) == 12
+
+
+def test_integers_and_floats_for_a_float_field_give_one_run(tmp_path):
+    text = study_fakes.STUDY_TOML.replace("l1 = 0.0001\nepochs", "l1 = 0\nepochs")
+    path = tmp_path / "a.toml"
+    path.write_text(text.replace("grid = { l1 = [0, 0.0001, 1] }", "grid = { l1 = [0.0, 1] }"))
+    plan = plan_runs(load_study(path), repeats=1)
+    (shared,) = [r for r in plan if "l1" in r.experiments and "sizes" in r.experiments]
+    assert shared.config.l1 == 0.0
+
+
+def test_dry_run_lists_every_run_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["study", str(SEED_STUDY), "--dry-run", "--repeats", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1].startswith("11 runs")
+    assert len({line.split()[0] for line in lines[:-1]}) == 11
+    assert any("sizes: train_size=5000 | l1: l1=0.0001 | pooling: arch=seed" in x for x in lines)
+    assert not any(tmp_path.iterdir())
+
+
+BAD_INPUT = [
+    # (replace this, with this, the line that is wrong, what the message says)
+    ("epochs = 4", "epochs = 4\nepoch = 3", "epoch = 3", "defaults.epoch: unknown key; valid keys"),
+    ("epochs = 4", 'epochs = "four"', 'epochs = "four"', "expected an integer, got str 'four'"),
+    ("l1 = 0.0001\nepochs", 'l1 = "small"\nepochs', 'l1 = "small"', "expected a number"),
+    ("grid = { l1 = [0, 0.0001, 1] }", "grid = {}", "grid = {}", "empty grid"),
+    ("grid = { l1 = [0, 0.0001, 1] }", "grid = { l1 = [] }", "l1 = []", "non-empty list"),
+    ('kind = "l1"', 'kind = "l2"', 'kind = "l2"', "unknown kind 'l2'; valid kinds: size, l1"),
+    ("repeats = 2", "repeats = 0", "repeats = 0", "study.repeats: must be at least 1"),
+    ("train_size = 5000\nfit", "train_size = 7000\nfit", "train_size = 7000", "not among"),
+    (
+        '[experiments.l1]\ntitle = "L1"',
+        '[experiments.l1]\ntitle = "L1"\ncolour = 1',
+        "colour = 1",
+        "experiments.l1.colour: unknown key",
+    ),
+    ("[experiments.pooling]", "[experiments.sizes]", "[experiments.sizes]", "twice"),
+    ('name = "mini"', 'name = "a b"', 'name = "a b"', "must be letters, digits"),
+]
+
+
+@pytest.mark.parametrize(("old", "new", "wrong_line", "message"), BAD_INPUT)
+def test_bad_study_files_fail_in_one_line_naming_file_key_and_line(
+    tmp_path, capsys, old, new, wrong_line, message
+):
+    assert old in study_fakes.STUDY_TOML
+    text = study_fakes.STUDY_TOML.replace(old, new, 1)
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    lines = [n for n, t in enumerate(text.splitlines(), 1) if wrong_line in t]
+    assert main(["study", str(path), "--dry-run"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1
+    assert error.startswith("cnnlab: error: ")
+    assert message in error
+    assert any(f"{path}:{n}:" in error or f"at line {n}," in error for n in lines), lines
+
+
+def test_an_unknown_architecture_names_the_known_ones(tmp_path):
+    pytest.importorskip("cnnlab.models")
+    path = tmp_path / "bad.toml"
+    path.write_text(study_fakes.STUDY_TOML.replace('"seed-maxpool"', '"seed-maxpoool"'))
+    with pytest.raises(CnnlabError, match=r"bad.toml:\d+: arch 'seed-maxpoool'.*seed-maxpool"):
+        load_study(path)
+
+
+# --- running and resuming ---------------------------------------------------------------------
+
+
+def test_a_rerun_skips_finished_runs_and_redoes_broken_ones(
+    mini, tmp_path, tiny_data, fake_training
+):
+    out = tmp_path / "out"
+    outcome = _run(mini, out, tiny_data)
+    assert (outcome.planned, outcome.counts["done"], len(fake_training)) == (10, 10, 10)
+    assert len({run_id(config) for config in fake_training}) == 10
+
+    again = _run(mini, out, tiny_data)
+    assert (again.skipped, len(fake_training)) == (10, 10)
+
+    with Store.open(out) as store:
+        broken = store.runs()[3]
+    (out / broken.artifacts["weights"]).unlink()
+    _run(mini, out, tiny_data)
+    assert len(fake_training) == 11 and run_id(fake_training[-1]) == broken.id
+    with Store.open(out) as store:
+        assert len(store.runs()) == 10
+        assert all(r.status == "done" for r in store.runs())
+
+
+def test_editing_the_study_adds_runs_and_keeps_matching_ones(
+    mini, tmp_path, tiny_data, fake_training
+):
+    out = tmp_path / "out"
+    _run(mini, out, tiny_data)
+    mini.write_text(mini.read_text().replace("[5000, 10000]", "[5000, 10000, 20000]"))
+    outcome = _run(mini, out, tiny_data)
+    assert outcome.planned == 12
+    assert [c.train_size for c in fake_training[10:]] == [20000, 20000]
+    # Fewer repeats: every run of seed 0 is already there.
+    assert _run(mini, out, tiny_data, repeats=1).skipped == 6
+    assert len(fake_training) == 12
+
+
+def test_a_folder_of_another_study_is_refused_unless_forced(
+    mini, tmp_path, tiny_data, fake_training
+):
+    out = tmp_path / "out"
+    _run(mini, out, tiny_data)
+    other = tmp_path / "other.toml"
+    other.write_text(mini.read_text().replace('name = "mini"', 'name = "other"'))
+    with pytest.raises(CnnlabError, match="holds the study 'mini', not 'other'"):
+        _run(other, out, tiny_data)
+    assert _run(other, out, tiny_data, force=True).skipped == 10  # the same runs: kept
+
+
+def test_a_non_empty_folder_that_is_not_a_study_is_refused(mini, tmp_path, tiny_data):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "thesis.tex").write_text("precious")
+    with pytest.raises(CnnlabError, match="not empty and not a cnnlab study folder"):
+        _run(mini, out, tiny_data)
+
+
+def test_the_default_folder_is_results_slash_the_study_name(
+    mini, tmp_path, monkeypatch, tiny_data, fake_training
+):
+    monkeypatch.chdir(tmp_path)
+    outcome = _run(mini, None, tiny_data, repeats=1)
+    assert outcome.study_dir == Path("results/mini")
+    assert (tmp_path / "results/mini/study.sqlite").is_file()
+
+
+def test_failed_and_diverged_runs_are_recorded_and_the_study_goes_on(
+    mini, tmp_path, tiny_data, fake_training, monkeypatch, capsys
+):
+    text = mini.read_text().replace("[0, 0.0001, 1]", "[0, 0.0001, 1, 100]")
+    mini.write_text(text + "\n[experiments.broken]\nlearning_rate = 0.5\n")
+    monkeypatch.setattr("cnnlab.data.load_cifar10", lambda data=None: tiny_data, raising=False)
+    out = tmp_path / "out"
+    code = main(["study", str(mini), "--out", str(out), "--repeats", "1"])
+    printed = capsys.readouterr().out
+    assert code == 1  # a failed run makes the command fail, after all the others ran
+    with Store.open(out) as store:
+        status = {r.id: (r.status, r.reason) for r in store.runs()}
+    assert sorted(s for s, _ in status.values()) == [
+        "diverged",
+        "done",
+        "done",
+        "done",
+        "done",
+        "done",
+        "failed",
+    ]
+    failed = next(reason for s, reason in status.values() if s == "failed")
+    assert failed == "RuntimeError: the fake runner refuses learning_rate 0.5"
+    diverged = next(reason for s, reason in status.values() if s == "diverged")
+    assert diverged == "loss not finite at epoch 2"
+    summary = printed[printed.index("study finished") :]
+    assert "failed" in summary and "refuses learning_rate 0.5" in summary
+    assert "diverged" in summary and f"report: {out / 'report.html'}" in summary
+
+
+def test_a_write_that_fails_marks_the_run_failed_and_exits_2(
+    mini, tmp_path, tiny_data, fake_training, monkeypatch, capsys
+):
+    monkeypatch.setattr("cnnlab.data.load_cifar10", lambda data=None: tiny_data, raising=False)
+    out = tmp_path / "out"
+    first = plan_runs(load_study(mini), repeats=1)[0].id
+    Store.open(out).close()  # a study folder (empty) with a file where a run folder would go
+    (out / "runs").mkdir()
+    (out / "runs" / first).write_text("a file where the run folder should go")
+    assert main(["study", str(mini), "--out", str(out), "--repeats", "1"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and f"run {first} is marked failed" in error
+    with Store.open(out) as store:
+        assert store.integrity_ok()
+        assert [(r.status, r.attempts) for r in store.runs()][:2] == [("failed", 1), ("pending", 0)]
+    (out / "runs" / first).unlink()
+    assert main(["study", str(mini), "--out", str(out), "--repeats", "1"]) == 0
+    with Store.open(out) as store:
+        assert {r.status for r in store.runs()} == {"done"}
+
+
+def test_a_folder_that_cannot_be_created_is_one_clear_error(mini, tmp_path, tiny_data):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(CnnlabError, match="cannot create the study folder"):
+        _run(mini, tmp_path / "file" / "out", tiny_data)
+
+
+def test_a_read_only_folder_is_one_clear_error(mini, tmp_path, tiny_data, monkeypatch, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    out.chmod(0o555)
+    if os.geteuid() == 0:  # root writes anywhere: show the check what a user would see
+        monkeypatch.setattr(study.os, "access", lambda path, mode: False)
+    assert main(["study", str(mini), "--out", str(out)]) == 2
+    assert capsys.readouterr().err == f"cnnlab: error: {out}: the study folder is read-only\n"
+
+
+def test_two_processes_cannot_run_one_folder(mini, tmp_path, tiny_data):
+    out = tmp_path / "out"
+    out.mkdir()
+    with study._locked(out), pytest.raises(CnnlabError, match="another cnnlab process"):
+        _run(mini, out, tiny_data)
+
+
+# --- kill -9 ----------------------------------------------------------------------------------
+
+_CHILD = """
+import sys
+sys.path.insert(0, {tests!r})
+import study_fakes
+from cnnlab import study, train
+train.save_run = study_fakes.fake_save_run
+study._check_registered = lambda parser, arch: None
+data = study_fakes.zeros_cifar()
+study.run_study({path!r}, out={out!r}, data=data, runner=study_fakes.fake_fit, report=False)
+"""
+
+
+def _statuses(out: Path) -> list[str]:
+    try:
+        with sqlite3.connect(out / "study.sqlite", timeout=5) as connection:
+            return [row[0] for row in connection.execute("SELECT status FROM runs")]
+    except sqlite3.Error:
+        return []
+
+
+def _start(mini: Path, out: Path, seconds: float) -> subprocess.Popen:
+    code = _CHILD.format(tests=str(Path(__file__).parent), path=str(mini), out=str(out))
+    env = {**os.environ, "CNNLAB_FAKE_SECONDS": str(seconds)}
+    return subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL)
+
+
+def test_kill_9_at_several_points_loses_at_most_the_run_in_progress(mini, tmp_path):
+    out = tmp_path / "out"
+    # Kill when the first run is in progress, after two are done, and after seven.
+    for done_before_kill in (0, 2, 7):
+        child = _start(mini, out, seconds=0.15)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            statuses = _statuses(out)
+            if statuses.count("done") >= done_before_kill and "running" in statuses:
+                break
+            time.sleep(0.01)
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        statuses = _statuses(out)
+        assert len(statuses) == 10 and statuses.count("running") == 1
+        assert statuses.count("done") >= done_before_kill
+    child = _start(mini, out, seconds=0)
+    assert child.wait(timeout=60) == 0
+    with Store.open(out) as store:
+        runs = store.runs()
+        assert store.integrity_ok()
+    assert len(runs) == 10 and {r.status for r in runs} == {"done"}
+    assert max(r.attempts for r in runs) == 2  # a killed run was redone, once
+    # The results equal those of a run that was never interrupted.
+    clean = tmp_path / "clean"
+    child = _start(mini, clean, seconds=0)
+    assert child.wait(timeout=60) == 0
+    with Store.open(clean) as store:
+        expected = {r.id: (r.metrics, r.history) for r in store.runs()}
+    assert {r.id: (r.metrics, r.history) for r in runs} == expected
