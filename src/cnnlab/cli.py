@@ -35,7 +35,23 @@ def _cmd_data_fetch(args: argparse.Namespace) -> int:
 
 
 def _cmd_convolve(args: argparse.Namespace) -> int:
-    raise NotImplementedError("convolve")
+    from cnnlab import imaging
+
+    # Read and compute everything first, so a bad image or kernel leaves no partial output.
+    kernels = imaging.parse_kernels(args.kernel)
+    inputs = imaging.load_inputs(args.images, args.sample)
+    operation = "correlate" if args.correlate else "convolve"
+    everything = imaging.filter_images(
+        inputs, kernels, args.channel, args.mode, args.boundary, args.scale, args.correlate
+    )
+    channels = "all channels" if args.channel == "all" else f"{args.channel} channel"
+    caption = (
+        f"{operation}, {channels}, mode {args.mode}, boundary {args.boundary}, "
+        f"8-bit by {args.scale}"
+    )
+    for path in imaging.write_results(everything, args.out, caption):
+        print(path)
+    return 0
 
 
 # --- models and training ----------------------------------------------------------------------

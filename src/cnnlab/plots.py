@@ -197,3 +197,43 @@ def confusion_matrix_figure(matrix: list[list[int]], class_names: list[str], tit
     axes.set_ylabel("true")
     axes.set_title(title)
     return figure
+
+
+def convolution_figure(image, panels, title: str) -> Figure:
+    """The input image beside each kernel's 8-bit output, titled with the kernel (and its matrix).
+
+    `image` is H x W x 3 or H x W uint8; `panels` holds (kernel name, kernel array, uint8 pixels).
+    """
+    count = 1 + len(panels)
+    columns = min(count, 4)
+    rows = -(-count // columns)
+    height, width = image.shape[:2]
+    panel_width = 3.4
+    panel_height = panel_width * height / width + 0.8  # room for the title and the matrix
+    figure = Figure(figsize=(panel_width * columns, panel_height * rows + 0.2))
+    axes_grid = figure.subplots(rows, columns, squeeze=False)
+    entries = [("input", None, image), *panels]
+    for axes, (name, kernel, pixels) in zip(axes_grid.flat, entries, strict=False):
+        if pixels.ndim == 2:
+            axes.imshow(pixels, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        else:
+            axes.imshow(pixels, interpolation="nearest")
+        axes.set_xticks([])
+        axes.set_yticks([])
+        axes.set_title(name, fontsize=11)
+        if kernel is not None:
+            axes.set_xlabel(_kernel_text(kernel), family="monospace", fontsize=8)
+    for axes in list(axes_grid.flat)[count:]:
+        axes.set_visible(False)
+    figure.suptitle(title, fontsize=11)
+    figure.set_layout_engine("constrained")
+    return figure
+
+
+def _kernel_text(kernel) -> str:
+    """A small kernel as aligned rows of numbers; a large one as its shape."""
+    if kernel.ndim != 2 or max(kernel.shape) > 5:
+        return " x ".join(str(size) for size in kernel.shape) + " kernel"
+    cells = [[f"{value:.3g}" for value in row] for row in kernel.tolist()]
+    width = max(len(cell) for row in cells for cell in row)
+    return "\n".join(" ".join(cell.rjust(width) for cell in row) for row in cells)
