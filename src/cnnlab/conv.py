@@ -605,7 +605,7 @@ def describe_kernels() -> list[tuple[str, str]]:
 def parse_kernel(spec: str) -> tuple[str, np.ndarray]:
     """(short name, float64 kernel) from a name, a numeric literal, or a .npy/.txt file."""
     text = spec.strip()
-    if text.startswith("["):
+    if text.startswith(("[", "(")):
         return "literal", _parse_literal(text)
     lowered = text.lower()
     if lowered in KERNELS:
