@@ -55,7 +55,7 @@ def test_observations_are_read_off_the_numbers(finished):
     assert "From L1 weight=1 on, L1 collapses the model to the most-frequent-class" in markdown
     assert "the train−test gap shrinks from 0.130 to 0.105" in markdown
     assert "seed-maxpool has 2.65× the parameters" in markdown
-    assert re.search(r"validation loss is lowest at epoch 2 of 4 \(n=5,000\)", markdown)
+    assert "**Sizes**: validation loss is lowest at epoch 2 of 4 at every grid point" in markdown
 
 
 def test_diverged_runs_and_the_environment_are_listed(finished):

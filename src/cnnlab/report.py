@@ -108,10 +108,7 @@ class _Document:
                 body.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in value) + "</ul>")
             elif kind == "table":
                 headers, rows = value
-                cells = "".join(
-                    "<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in row) + "</tr>"
-                    for row in rows
-                )
+                cells = "".join("<tr>" + "".join(_cell(c) for c in row) + "</tr>" for row in rows)
                 if any(headers):
                     head = "".join(f"<th>{_inline(h)}</th>" for h in headers)
                     body.append(
@@ -127,6 +124,15 @@ class _Document:
                     f"<figcaption>{_inline(value.caption)}</figcaption></figure>"
                 )
         return _HTML_PAGE.format(title=html.escape(self.title), body="\n".join(body))
+
+
+_NUMBER = re.compile(r"[-+–]?[\d.,]+(e[-+]?\d+)?( ± [\d.,]+ \(\d+\))?|–")
+
+
+def _cell(text: str) -> str:
+    """A table cell; numbers (and mean ± std) align right."""
+    numeric = ' class="number"' if _NUMBER.fullmatch(text) else ""
+    return f"<td{numeric}>{_inline(text)}</td>"
 
 
 def _inline(text: str) -> str:
@@ -151,11 +157,12 @@ h2 {{ border-bottom: 2px solid #e5e5ea; padding-bottom: .25rem; margin-top: 2.5r
 h3 {{ margin-top: 1.75rem; }}
 table {{ border-collapse: collapse; margin: 1rem 0; font-size: .92rem;
   font-variant-numeric: tabular-nums; }}
-th, td {{ border: 1px solid #d2d2d7; padding: .3rem .6rem; text-align: right; }}
+th, td {{ border: 1px solid #d2d2d7; padding: .3rem .6rem; text-align: left; }}
+th {{ text-align: center; }}
+td.number {{ text-align: right; }}
 td {{ white-space: nowrap; }}
 td:last-child {{ white-space: normal; }}
 th {{ background: #f5f5f7; }}
-td:first-child, th:first-child {{ text-align: left; }}
 tbody tr:nth-child(even) {{ background: #fafafa; }}
 table.facts td {{ text-align: left; white-space: normal; }}
 table.facts td:first-child {{ font-weight: 600; background: #f5f5f7; white-space: nowrap; }}
@@ -227,6 +234,11 @@ def _show_value(value: Any) -> str:
 
 def _point_label(point: dict[str, Any]) -> str:
     return ", ".join(f"{FIELD_LABELS.get(k, k)}={_show_value(v)}" for k, v in point.items()) or "-"
+
+
+def _label(experiment: Experiment, point: _Point) -> str:
+    """A grid point's fields, or for an experiment without a grid, its fixed fields."""
+    return _point_label(point.values or experiment.fixed) or experiment.name
 
 
 @dataclass
@@ -352,14 +364,14 @@ def _experiment_section(
     if experiment.description:
         document.paragraph(experiment.description)
     referenced = [m for m in METRIC_LABELS if any(m in row for row in experiment.reference)]
-    headers = [FIELD_LABELS.get(name, name) for name in experiment.grid] or ["run"]
+    headers = [FIELD_LABELS.get(name, name) for name in experiment.grid] or ["runs"]
     for metric, label in METRIC_LABELS.items():
         if metric in referenced:
             headers.append(f"{label} (report)")
         headers.append(f"{label} (cnnlab)")
     rows = []
     for point in points:
-        row = [_show_value(v) for v in point.values.values()] or [experiment.name]
+        row = [_show_value(v) for v in point.values.values()] or [_label(experiment, point)]
         for metric in METRIC_LABELS:
             if metric in referenced:
                 row.append(_show_reference(point.reference.get(metric), metric))
@@ -373,7 +385,7 @@ def _experiment_section(
         )
     slug = re.sub(r"[^a-z0-9]+", "-", experiment.name.lower())
     curves = [
-        (_point_label(p.values), [[h["val_accuracy"] for h in r.history] for r in p.records])
+        (_label(experiment, p), [[h["val_accuracy"] for h in r.history] for r in p.records])
         for p in points
         if any(r.history for r in p.records)
     ]
@@ -469,7 +481,7 @@ def _observe(experiment: Experiment, points: list[_Point], observations: list[st
     measured = [p for p in points if _stat(p.records, "test_accuracy").n]
     if not measured:
         return
-    title = experiment.title
+    title = f"**{experiment.title}**"
 
     def mean(point: _Point, metric: str) -> float:
         return _stat(point.records, metric).mean
@@ -488,13 +500,15 @@ def _observe(experiment: Experiment, points: list[_Point], observations: list[st
             overfit.append((point, statistics.fmean(stops), len(point.records[0].history)))
     if overfit:
         parts = [
-            f"epoch {epoch:.0f} of {total} ({_point_label(p.values)})"
-            for p, epoch, total in overfit[:4]
+            f"epoch {epoch:.0f} of {total} ({_label(experiment, p)})"
+            for p, epoch, total in overfit[:6]
         ]
+        if len(overfit) > 1 and len({(round(e), t) for _, e, t in overfit}) == 1:
+            parts = [f"epoch {overfit[0][1]:.0f} of {overfit[0][2]} at every grid point"]
         observations.append(
             f"{title}: validation loss is lowest at "
             + "; ".join(parts)
-            + " and rises afterwards: it over-fits from there."
+            + " and rises afterwards: the net over-fits from there on."
         )
     if experiment.kind == "size" and len(measured) >= 2:
         first, last = measured[0], measured[-1]

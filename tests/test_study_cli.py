@@ -1,0 +1,141 @@
+"""End to end through the `cnnlab` command: real training of the tiny net on a PNG folder."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cnnlab.data import CLASS_NAMES
+from cnnlab.store import Store
+
+pytestmark = pytest.mark.slow
+
+TINY_STUDY = """
+[study]
+name = "tiny"
+repeats = 1
+
+[defaults]
+arch = "tiny"
+train_size = 150
+epochs = 2
+batch_size = 32
+
+[experiments.l1]
+kind = "l1"
+grid = { l1 = [0, 0.0001, 1] }
+
+[experiments.seeds]
+grid = { seed = [0, 1] }
+l1 = 0.0001
+subset_seed = 1
+"""
+
+
+@pytest.fixture(scope="module")
+def png_folder(tmp_path_factory) -> Path:
+    """An image-folder CIFAR look-alike: 20 train and 10 test PNGs per class, coloured by class."""
+    root = tmp_path_factory.mktemp("pngs")
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 20), ("test", 10)):
+        for label, name in enumerate(CLASS_NAMES):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for index in range(count):
+                pixels = rng.integers(0, 96, size=(32, 32, 3), dtype=np.uint8)
+                pixels[..., label % 3] += np.uint8(16 * label)
+                Image.fromarray(pixels).save(folder / f"{index:03d}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def study_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("study") / "tiny.toml"
+    path.write_text(TINY_STUDY)
+    return path
+
+
+def _cnnlab(*arguments: str, **options) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "cnnlab", *arguments],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **options,
+    )
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(png_folder, study_file, tmp_path_factory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("clean") / "out"
+    child = _cnnlab("study", str(study_file), "--data", str(png_folder), "--out", str(out))
+    stdout, stderr = child.communicate(timeout=300)
+    assert child.returncode == 0, stderr
+    return out, stdout
+
+
+def test_a_study_trains_every_run_and_says_where_the_report_is(uninterrupted):
+    out, stdout = uninterrupted
+    assert stdout.rstrip().splitlines()[-1] == f"report: {out / 'report.html'}"
+    with Store.open(out) as store:
+        runs = store.runs()
+    # Three L1 weights, and two seeds on another subset of images (subset_seed 1).
+    assert len(runs) == 5
+    assert all(r.status == "done" for r in runs), [(r.id, r.reason) for r in runs]
+    for run in runs:
+        assert len(run.history) == 2
+        assert 0 <= run.metrics["test_accuracy"] <= 1
+        assert all((out / path).stat().st_size > 0 for path in run.artifacts.values())
+    html = (out / "report.html").read_text()
+    assert html.count("<img ") >= 4
+
+
+def test_kill_9_then_rerun_gives_the_uninterrupted_results(
+    uninterrupted, png_folder, study_file, tmp_path
+):
+    out = tmp_path / "out"
+    database = out / "study.sqlite"
+    for done_before_kill in (0, 2):
+        child = _cnnlab("study", str(study_file), "--data", str(png_folder), "--out", str(out))
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and child.poll() is None:
+            statuses = _statuses(database)
+            if statuses.count("done") >= done_before_kill and "running" in statuses:
+                break
+            time.sleep(0.005)
+        child.send_signal(signal.SIGKILL)
+        child.communicate()
+        assert _statuses(database).count("running") <= 1
+    child = _cnnlab("study", str(study_file), "--data", str(png_folder), "--out", str(out))
+    _, stderr = child.communicate(timeout=300)
+    assert child.returncode == 0, stderr
+    with Store.open(out) as store, Store.open(uninterrupted[0]) as clean:
+        resumed = {r.id: r for r in store.runs()}
+        expected = {r.id: r for r in clean.runs()}
+    assert sorted(resumed) == sorted(expected)
+    assert max(r.attempts for r in resumed.values()) == 2
+    for run_id, run in expected.items():
+        assert resumed[run_id].status == "done"
+        for metric in ("train_accuracy", "test_accuracy", "val_loss", "parameters"):
+            assert resumed[run_id].metrics[metric] == run.metrics[metric], (run_id, metric)
+        assert [h["val_loss"] for h in resumed[run_id].history] == [
+            h["val_loss"] for h in run.history
+        ]
+
+
+def _statuses(database: Path) -> list[str]:
+    if not database.is_file():
+        return []
+    try:
+        with sqlite3.connect(database, timeout=5) as connection:
+            return [row[0] for row in connection.execute("SELECT status FROM runs")]
+    except sqlite3.Error:
+        return []
