@@ -25,7 +25,9 @@ def tiny_cifar() -> Cifar10:
     def split(per_class: int) -> tuple[np.ndarray, np.ndarray]:
         labels = np.repeat(np.arange(10), per_class)
         images = rng.integers(0, 64, size=(labels.size, 32, 32, 3), dtype=np.uint8)
-        images[..., labels % 3] += (labels * 19).astype(np.uint8)[:, None, None]
+        # One channel per image (chosen by its label) brightened by a label-dependent amount.
+        brightness = (labels * 19).astype(np.uint8)[:, None, None]
+        images[np.arange(labels.size), :, :, labels % 3] += brightness
         return images, labels.astype(np.int64)
 
     train_images, train_labels = split(20)

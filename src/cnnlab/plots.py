@@ -237,3 +237,34 @@ def _kernel_text(kernel) -> str:
     cells = [[f"{value:.3g}" for value in row] for row in kernel.tolist()]
     width = max(len(cell) for row in cells for cell in row)
     return "\n".join(" ".join(cell.rjust(width) for cell in row) for row in cells)
+
+
+# --- training runs (cnnlab.train) -------------------------------------------------------------
+
+
+def history_figure(history: list[dict[str, float]], title: str) -> Figure:
+    """Keras-style history: accuracy and loss per epoch, train and validation, side by side."""
+    from matplotlib.ticker import MaxNLocator
+
+    figure = Figure(figsize=(9.6, 3.6), layout="constrained")
+    figure.suptitle(title)
+    epochs = [row["epoch"] for row in history]
+    for index, (metric, label) in enumerate((("accuracy", "accuracy"), ("loss", "loss"))):
+        axes = figure.add_subplot(1, 2, index + 1)
+        axes.plot(
+            epochs, [row[metric] for row in history], color=_TRAIN_COLOUR, marker=".", label="train"
+        )
+        axes.plot(
+            epochs,
+            [row[f"val_{metric}"] for row in history],
+            color=_TEST_COLOUR,
+            marker=".",
+            label="validation",
+        )
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.set_xlabel("epoch")
+        axes.set_ylabel(label)
+        axes.set_title(f"model {label}")
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize="small")
+    return figure
