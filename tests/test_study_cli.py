@@ -13,10 +13,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cnnlab import train
 from cnnlab.data import CLASS_NAMES
 from cnnlab.store import Store
 
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not hasattr(train, "fit"), reason="cnnlab.train.fit has not landed yet"),
+]
 
 TINY_STUDY = """
 [study]
