@@ -231,7 +231,7 @@ def fetch_official(
     url: str = OFFICIAL_URL,
     md5: str = OFFICIAL_MD5,
     sha256: str = OFFICIAL_SHA256,
-    opener: Callable[..., Any] = urllib.request.urlopen,
+    opener: Callable[..., Any] | None = None,
 ) -> Path:
     """Download the official python archive into `dest` (default: the cache), verified, or fail.
 
@@ -241,8 +241,9 @@ def fetch_official(
     target = Path(dest if dest is not None else cache_dir()).expanduser() / OFFICIAL_NAME
     if target.is_file() and _file_digests(target) == {"md5": md5, "sha256": sha256}:
         return target.resolve()
+    open_url = opener if opener is not None else urllib.request.urlopen
     try:
-        response = opener(url, timeout=30)
+        response = open_url(url, timeout=30)
     except (urllib.error.URLError, OSError) as error:
         reason = getattr(error, "reason", error)
         raise CnnlabError(

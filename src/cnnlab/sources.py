@@ -207,7 +207,9 @@ def _decode_batches(
     train = [
         read_batch(members[name + suffix], f"{source}: {name + suffix}") for name in TRAIN_BATCHES
     ]
-    test_images, test_labels = read_batch(members[TEST_BATCH + suffix], f"{source}: {TEST_BATCH}")
+    test_images, test_labels = read_batch(
+        members[TEST_BATCH + suffix], f"{source}: {TEST_BATCH + suffix}"
+    )
     return Arrays(
         np.concatenate([images for images, _ in train]),
         np.concatenate([labels for _, labels in train]),
@@ -270,19 +272,23 @@ def _allowed_global(module: str, name: str) -> Any:
     return objects[name]
 
 
+class _RefusedGlobal(pickle.UnpicklingError):
+    """A pickle asked for a global outside the NumPy array rebuilders."""
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
     """An unpickler that builds only NumPy arrays and plain containers; other globals raise."""
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in _ARRAY_GLOBALS:
-            raise pickle.UnpicklingError(f"refused global {module}.{name}")
+            raise _RefusedGlobal(f"refused global {module}.{name}")
         return _allowed_global(module, name)
 
 
 def _unpickle(content: bytes, where: str) -> Any:
     try:
         return _RestrictedUnpickler(io.BytesIO(content), encoding="bytes").load()
-    except pickle.UnpicklingError as error:
+    except _RefusedGlobal as error:
         raise CnnlabError(
             f"{where}: not a CIFAR-10 batch pickle ({error}; only NumPy arrays are admitted)"
         ) from None
