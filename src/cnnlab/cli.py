@@ -165,8 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         required=True,
         metavar="K",
-        help="a kernel name, a literal like '[[0,-1,0],[-1,8,-1],[0,-1,0]]', or a .npy/.txt file;"
-        " repeatable",
+        help="a kernel name (laplacian8, laplacian4-boost, sobel-x, gaussian:7:1.5, ...; an "
+        "unknown name lists them all), a literal like '[[0,-1,0],[-1,8,-1],[0,-1,0]]', or a "
+        ".npy/.txt file; repeatable",
     )
     convolve.add_argument(
         "--channel", choices=["red", "green", "blue", "gray", "all"], default="red"
