@@ -57,20 +57,108 @@ def _cmd_convolve(args: argparse.Namespace) -> int:
 # --- models and training ----------------------------------------------------------------------
 
 
+EXIT_DIVERGED = 3  # `cnnlab train`: the loss became NaN or infinite; the run folder is written
+
+
 def _cmd_archs(args: argparse.Namespace) -> int:
-    raise NotImplementedError("archs")
+    from cnnlab import models
+
+    for name, layers in models.ARCHITECTURES.items():
+        parameters = models.architecture_summary(layers)[1]
+        print(f"{name:<14}{parameters:>8,} params  {models.DESCRIPTIONS.get(name, '')}")
+    return 0
 
 
 def _cmd_summary(args: argparse.Namespace) -> int:
-    raise NotImplementedError("summary")
+    from cnnlab import models
+
+    print(models.format_summary(args.arch, models.get_architecture(args.arch)))
+    return 0
+
+
+def _epoch_line(row: dict) -> str:
+    return (
+        f"epoch {row['epoch']:>3}/{row['epochs']}  loss {row['loss']:.4f}  accuracy"
+        f" {row['accuracy']:.4f}  val_loss {row['val_loss']:.4f}  val_accuracy"
+        f" {row['val_accuracy']:.4f}  {row['elapsed']:.1f} s  ETA {row['eta']:.0f} s"
+    )
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    raise NotImplementedError("train")
+    import contextlib
+    import time
+
+    from cnnlab import models, train
+    from cnnlab.data import load_cifar10
+
+    config = train.RunConfig(
+        arch=args.arch,
+        train_size=args.train_size,
+        l1=args.l1,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        validation_split=args.validation_split,
+        learning_rate=args.learning_rate,
+        seed=args.seed,
+    )
+    # Mistakes in the arguments surface before the data is decoded.
+    train.resolve_device(args.device)
+    models.resolve_layers(config)
+    train.check_config(config)
+    data = load_cifar10(args.data)
+    out = args.out or (
+        f"runs/{config.arch}-{config.train_size}-seed{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+    )
+    with contextlib.ExitStack() as stack:
+        if sys.stdout.isatty():
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            display = stack.enter_context(
+                Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
+            )
+            task = display.add_task(f"training {config.arch}", total=config.epochs)
+
+            def progress(row: dict) -> None:
+                display.console.print(_epoch_line(row))
+                display.update(task, completed=row["epoch"])
+        else:
+
+            def progress(row: dict) -> None:
+                print(_epoch_line(row), flush=True)
+
+        result = train.fit(config, data, device=args.device, progress=progress)
+    train.save_run(result, out, data.class_names)
+    metrics = result.metrics
+    if result.status == "diverged":
+        print(
+            f"cnnlab: diverged: the loss is not finite at epoch {metrics['diverged_epoch']};"
+            f" run folder {out}",
+            file=sys.stderr,
+        )
+        return EXIT_DIVERGED
+    print(
+        f"train accuracy {metrics['train_accuracy']:.4f}  test accuracy"
+        f" {metrics['test_accuracy']:.4f}  baseline {metrics['baseline_accuracy']:.4f}"
+        f"  fit {metrics['fit_seconds']:.1f} s on {metrics['device']}  ->  {out}"
+    )
+    return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    raise NotImplementedError("evaluate")
+    from cnnlab import train
+    from cnnlab.data import load_cifar10
+
+    run = train.load_run(args.run_dir)
+    data = load_cifar10(args.data)
+    for split, (labels, scores) in train.evaluate_run(run, data, args.device).items():
+        saved = run.metrics.get(f"{split}_accuracy")
+        was = f" (saved: {saved:.4f})" if isinstance(saved, float) else ""
+        print(
+            f"== {split}: {len(labels):,} images, accuracy {scores.accuracy:.4f}{was},"
+            f" loss {scores.loss:.4f}"
+        )
+        print(train.report_text(labels, scores, data.class_names))
+    return 0
 
 
 # --- studies ----------------------------------------------------------------------------------

@@ -181,14 +181,15 @@ def train_one_epoch(
     return loss_mean, accuracy
 
 
-def check_config(config: RunConfig, data: data_module.Cifar10) -> None:
-    """Raise CnnlabError naming the first setting that cannot run on `data`."""
-    available = len(data.train_labels)
-    classes = len(data.class_names)
+def check_config(config: RunConfig, data: data_module.Cifar10 | None = None) -> None:
+    """Raise CnnlabError naming the first setting that cannot run (on `data`, if given)."""
+    classes = len(data.class_names) if data is not None else len(data_module.CLASS_NAMES)
+    available = len(data.train_labels) if data is not None else 50_000
     if not classes <= config.train_size <= available:
+        source = "the training images available" if data is not None else "CIFAR-10's training set"
         raise CnnlabError(
             f"train_size {config.train_size}: must be between {classes} (one image per class)"
-            f" and {available:,} (the training images available)"
+            f" and {available:,} ({source})"
         )
     if not 0 < config.validation_split < 1:
         raise CnnlabError(
@@ -452,3 +453,45 @@ def load_run(run_dir: str | Path) -> SavedRun:
     except RuntimeError as error:
         raise CnnlabError(f"{run_dir / 'weights.pt'}: weights do not fit {config.arch}") from error
     return SavedRun(config, history, metrics, model)
+
+
+def evaluate_run(
+    run: SavedRun, data: data_module.Cifar10, device: str = "auto"
+) -> dict[str, tuple[np.ndarray, Evaluation]]:
+    """A saved run's model on its training subset and the test set: split -> (labels, scores)."""
+    target = resolve_device(device)
+    config = run.config
+    subset = data_module.stratified_subset(data.train_labels, config.train_size, config.subset_seed)
+    model = run.model.to(target)
+    splits = {"train": (data.train_images[subset], data.train_labels[subset])}
+    splits["test"] = (data.test_images, data.test_labels)
+    results = {}
+    for split, (images, labels) in splits.items():
+        tensor_labels = torch.from_numpy(labels.astype(np.int64)).to(target)
+        scores = evaluate_model(model, images_to_device(images, target), tensor_labels)
+        results[split] = (labels, scores)
+    return results
+
+
+def report_text(labels: np.ndarray, scores: Evaluation, class_names: tuple[str, ...]) -> str:
+    """scikit-learn's classification report and the confusion matrix, as text."""
+    from sklearn.metrics import classification_report, confusion_matrix
+
+    classes = list(range(len(class_names)))
+    report = classification_report(
+        labels,
+        scores.predictions,
+        labels=classes,
+        target_names=list(class_names),
+        digits=3,
+        zero_division=0,
+    )
+    matrix = confusion_matrix(labels, scores.predictions, labels=classes)
+    width = max(max(len(name) for name in class_names), len(str(matrix.max()))) + 1
+    header = " " * width + "".join(name[:5].rjust(6) for name in class_names)
+    rows = [
+        name.rjust(width) + "".join(str(count).rjust(6) for count in row)
+        for name, row in zip(class_names, matrix, strict=True)
+    ]
+    lines = [report, "confusion matrix (rows: true class, columns: predicted)", header, *rows]
+    return "\n".join(lines)
