@@ -191,6 +191,13 @@ def test_select_channel(photo):
     assert imaging.select_channel(image, "all").shape == (20, 30, 3)
 
 
+def test_read_image_applies_exif_rotation(tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90° clockwise to display
+    Image.new("RGB", (30, 20), (200, 10, 10)).save(tmp_path / "phone.jpg", exif=exif)
+    assert imaging.read_image(tmp_path / "phone.jpg").shape == (30, 20, 3)
+
+
 def test_samples_are_deterministic_with_hard_edges_and_many_tiles():
     shapes, mosaic = imaging.draw_shapes(), imaging.draw_mosaic()
     assert shapes.shape == mosaic.shape == (*imaging.SAMPLE_SIZE, 3)

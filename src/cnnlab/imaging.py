@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, UnidentifiedImageError
+from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 
 from cnnlab import conv
 from cnnlab.atomic import atomic_path
@@ -39,7 +39,8 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
         return _read_array(path)
     try:
         with Image.open(path) as opened:
-            rgb = np.asarray(opened.convert("RGB"), dtype=np.float64)
+            upright = ImageOps.exif_transpose(opened)  # phone photos store their rotation in EXIF
+            rgb = np.asarray(upright.convert("RGB"), dtype=np.float64)
     except UnidentifiedImageError:
         raise CnnlabError(f"{path} is not an image Pillow can read (PNG, JPEG, ...)") from None
     except (OSError, ValueError, Image.DecompressionBombError) as error:
