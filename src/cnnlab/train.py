@@ -204,6 +204,29 @@ def check_config(config: RunConfig, data: data_module.Cifar10 | None = None) -> 
         raise CnnlabError("Adam needs beta_1 and beta_2 in [0, 1) and epsilon >= 0")
 
 
+def subset_indices(config: RunConfig, data: data_module.Cifar10) -> tuple[np.ndarray, np.ndarray]:
+    """(training part, validation part) of the run's subset: Keras holds out the last fraction."""
+    check_config(config, data)
+    subset = data_module.stratified_subset(data.train_labels, config.train_size, config.subset_seed)
+    train_part, validation_part = data_module.validation_split(subset, config.validation_split)
+    if len(train_part) == 0 or len(validation_part) == 0:
+        raise CnnlabError(
+            f"validation_split {config.validation_split} of {config.train_size} images leaves"
+            f" {len(train_part)} to train on and {len(validation_part)} to validate on"
+        )
+    return train_part, validation_part
+
+
+def make_optimizer(model: torch.nn.Module, config: RunConfig) -> torch.optim.Adam:
+    """Adam with Keras's defaults (epsilon 1e-7) unless the config says otherwise."""
+    return torch.optim.Adam(
+        model.parameters(),
+        lr=config.learning_rate,
+        betas=(config.beta_1, config.beta_2),
+        eps=config.epsilon,
+    )
+
+
 def _generators(seed: int, device: torch.device) -> tuple[torch.Generator, ...]:
     """Independent streams for initialisation, shuffles (CPU) and dropout (on the device)."""
     init_seed, shuffle_seed, dropout_seed = np.random.SeedSequence(seed).generate_state(3)
@@ -226,14 +249,7 @@ def fit(
     """Train `config` on `data` as Keras would; `progress` gets each epoch's row as it ends."""
     target = resolve_device(device)
     layers = models.resolve_layers(config)
-    check_config(config, data)
-    subset = data_module.stratified_subset(data.train_labels, config.train_size, config.subset_seed)
-    train_part, validation_part = data_module.validation_split(subset, config.validation_split)
-    if len(train_part) == 0 or len(validation_part) == 0:
-        raise CnnlabError(
-            f"validation_split {config.validation_split} of {config.train_size} images leaves"
-            f" {len(train_part)} to train on and {len(validation_part)} to validate on"
-        )
+    train_part, validation_part = subset_indices(config, data)
     ordered = np.concatenate([train_part, validation_part])
     train_count = len(train_part)
     images = images_to_device(data.train_images[ordered], target)
@@ -244,12 +260,7 @@ def fit(
     models.initialise(model, init_generator)
     model.to(target)
     model.set_dropout_generator(dropout_generator)
-    optimizer = torch.optim.Adam(
-        model.parameters(),
-        lr=config.learning_rate,
-        betas=(config.beta_1, config.beta_2),
-        eps=config.epsilon,
-    )
+    optimizer = make_optimizer(model, config)
 
     history: list[dict[str, float]] = []
     status, diverged_epoch = "done", None
