@@ -28,8 +28,7 @@ def finished(tmp_path_factory) -> Path:
     path = folder / "mini.toml"
     path.write_text(study_fakes.STUDY_TOML.replace("[0, 0.0001, 1]", "[0, 0.0001, 1, 100]"))
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(train, "save_run", study_fakes.fake_save_run, raising=False)
-        patch.setattr(study, "_check_registered", lambda parser, arch: None)
+        patch.setattr(train, "save_run", study_fakes.fake_save_run)
         outcome = study.run_study(
             path,
             out=folder / "out",

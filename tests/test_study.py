@@ -23,15 +23,6 @@ from cnnlab.train import RunConfig
 SEED_STUDY = Path(__file__).parents[1] / "studies" / "seed.toml"
 
 
-@pytest.fixture(autouse=True)
-def _registry(monkeypatch):
-    """Until cnnlab.models lands, architecture names are not checked."""
-    try:
-        import cnnlab.models  # noqa: F401
-    except ImportError:
-        monkeypatch.setattr(study, "_check_registered", lambda parser, arch: None)
-
-
 @pytest.fixture
 def fake_training(monkeypatch):
     """`fit` and `save_run` replaced by instant stand-ins; returns the configs trained."""
@@ -41,8 +32,8 @@ def fake_training(monkeypatch):
         trained.append(config)
         return study_fakes.fake_fit(config, data, device=device)
 
-    monkeypatch.setattr(train, "fit", fit, raising=False)
-    monkeypatch.setattr(train, "save_run", study_fakes.fake_save_run, raising=False)
+    monkeypatch.setattr(train, "fit", fit)
+    monkeypatch.setattr(train, "save_run", study_fakes.fake_save_run)
     return trained
 
 
@@ -158,7 +149,6 @@ def test_bad_study_files_fail_in_one_line_naming_file_key_and_line(
 
 
 def test_an_unknown_architecture_names_the_known_ones(tmp_path):
-    pytest.importorskip("cnnlab.models")
     path = tmp_path / "bad.toml"
     path.write_text(study_fakes.STUDY_TOML.replace('"seed-maxpool"', '"seed-maxpoool"'))
     with pytest.raises(CnnlabError, match=r"bad.toml:\d+: arch 'seed-maxpoool'.*seed-maxpool"):
@@ -237,7 +227,7 @@ def test_failed_and_diverged_runs_are_recorded_and_the_study_goes_on(
 ):
     text = mini.read_text().replace("[0, 0.0001, 1]", "[0, 0.0001, 1, 100]")
     mini.write_text(text + "\n[experiments.broken]\nlearning_rate = 0.5\n")
-    monkeypatch.setattr("cnnlab.data.load_cifar10", lambda data=None: tiny_data, raising=False)
+    monkeypatch.setattr("cnnlab.data.load_cifar10", lambda data=None: tiny_data)
     out = tmp_path / "out"
     code = main(["study", str(mini), "--out", str(out), "--repeats", "1"])
     printed = capsys.readouterr().out
@@ -265,7 +255,7 @@ def test_failed_and_diverged_runs_are_recorded_and_the_study_goes_on(
 def test_a_write_that_fails_marks_the_run_failed_and_exits_2(
     mini, tmp_path, tiny_data, fake_training, monkeypatch, capsys
 ):
-    monkeypatch.setattr("cnnlab.data.load_cifar10", lambda data=None: tiny_data, raising=False)
+    monkeypatch.setattr("cnnlab.data.load_cifar10", lambda data=None: tiny_data)
     out = tmp_path / "out"
     first = plan_runs(load_study(mini), repeats=1)[0].id
     Store.open(out).close()  # a study folder (empty) with a file where a run folder would go
@@ -314,7 +304,6 @@ sys.path.insert(0, {tests!r})
 import study_fakes
 from cnnlab import study, train
 train.save_run = study_fakes.fake_save_run
-study._check_registered = lambda parser, arch: None
 data = study_fakes.zeros_cifar()
 study.run_study({path!r}, out={out!r}, data=data, runner=study_fakes.fake_fit, report=False)
 """
@@ -364,3 +353,34 @@ def test_kill_9_at_several_points_loses_at_most_the_run_in_progress(mini, tmp_pa
     with Store.open(clean) as store:
         expected = {r.id: (r.metrics, r.history) for r in store.runs()}
     assert {r.id: (r.metrics, r.history) for r in runs} == expected
+
+
+# --- architectures defined in the study file ---------------------------------------------------
+
+INLINE = """
+[architectures.narrow]
+description = "seed with half the filters"
+layers = [
+    { type = "conv", filters = 8, kernel = 3, stride = 2, padding = "same", activation = "relu" },
+    { type = "flatten" },
+    { type = "dense", units = 10, activation = "softmax", l1 = 0.0001 },
+]
+
+[experiments.narrow]
+grid = { arch = ["seed", "narrow"] }
+"""
+
+
+def test_an_inline_architecture_becomes_the_runs_layers(mini):
+    mini.write_text(mini.read_text() + INLINE)
+    plan = plan_runs(load_study(mini), repeats=1)
+    (narrow,) = [r for r in plan if r.config.arch == "narrow"]
+    assert narrow.config.layers[0]["filters"] == 8
+    assert all(r.config.layers is None for r in plan if r.config.arch != "narrow")
+
+
+def test_an_inline_architecture_that_does_not_build_names_its_key(mini):
+    mini.write_text(mini.read_text() + INLINE.replace("units = 10", "units = 7"))
+    line = next(n for n, t in enumerate(mini.read_text().splitlines(), 1) if "layers = [" in t)
+    with pytest.raises(CnnlabError, match=rf"mini.toml:{line}: architectures.narrow.layers: does"):
+        load_study(mini)

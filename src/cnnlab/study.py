@@ -477,8 +477,16 @@ def execute_runs(
     for index, run in enumerate(plan, 1):
         echo(f"[{index}/{len(plan)}] {run.id}  seed={run.config.seed}  {run.label()}")
         store.mark_running(run.id)
+
+        def progress(row: dict[str, Any]) -> None:
+            echo(
+                f"    epoch {row['epoch']}/{row.get('epochs', '?')}  loss {row['loss']:.4f}"
+                f"  acc {row['accuracy']:.3f}  val_loss {row['val_loss']:.4f}"
+                f"  val_acc {row['val_accuracy']:.3f}  {row['seconds']:.1f} s"
+            )
+
         try:
-            result = runner(run.config, data, device=device)
+            result = runner(run.config, data, device=device, progress=progress)
         except KeyboardInterrupt:
             store.mark_pending(run.id)
             raise
