@@ -20,15 +20,55 @@ EXIT_USER_ERROR = 2
 
 
 def _cmd_data_info(args: argparse.Namespace) -> int:
-    raise NotImplementedError("data info")
+    import numpy as np
+
+    from cnnlab.data import load_cifar10_with_cache_info
+
+    loaded = load_cifar10_with_cache_info(args.data)
+    data = loaded.dataset
+    train_counts = np.bincount(data.train_labels, minlength=len(data.class_names))
+    test_counts = np.bincount(data.test_labels, minlength=len(data.class_names))
+    width = max(len(name) for name in data.class_names)
+    print(f"source: {data.source}")
+    print(f"sha256: {data.source_sha256}")
+    print(f"{'class':<{width}}  {'train':>6}  {'test':>6}")
+    for name, train, test in zip(data.class_names, train_counts, test_counts, strict=True):
+        print(f"{name:<{width}}  {train:>6,}  {test:>6,}")
+    print(f"{'total':<{width}}  {train_counts.sum():>6,}  {test_counts.sum():>6,}")
+    mean = " ".join(f"{value:.4f}" for value in loaded.train_channel_mean)
+    std = " ".join(f"{value:.4f}" for value in loaded.train_channel_std)
+    print(f"train mean (R G B, 0..1): {mean}")
+    print(f"train std  (R G B, 0..1): {std}")
+    how = "loaded from the cache" if loaded.from_cache else "decoded now and cached"
+    print(f"cache: {loaded.cache_path} ({how})")
+    return 0
 
 
 def _cmd_data_show(args: argparse.Namespace) -> int:
-    raise NotImplementedError("data show")
+    from pathlib import Path
+
+    from cnnlab.data import load_cifar10, sample_images_per_class
+    from cnnlab.plots import class_samples_figure, save_figure
+
+    data = load_cifar10(args.data)
+    images, labels = (
+        (data.train_images, data.train_labels)
+        if args.split == "train"
+        else (data.test_images, data.test_labels)
+    )
+    samples = sample_images_per_class(images, labels, args.per_class)
+    title = f"CIFAR-10 {args.split}: {args.per_class} per class ({Path(data.source).name})"
+    save_figure(class_samples_figure(samples, data.class_names, title), args.out)
+    print(f"wrote {args.out}: {args.per_class} {args.split} images per class")
+    return 0
 
 
 def _cmd_data_fetch(args: argparse.Namespace) -> int:
-    raise NotImplementedError("data fetch")
+    from cnnlab.data import fetch_official
+
+    path = fetch_official(args.dest)
+    print(f"{path}: md5 and sha256 verified")
+    return 0
 
 
 # --- convolution ------------------------------------------------------------------------------

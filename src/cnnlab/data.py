@@ -45,6 +45,7 @@ __all__ = [
     "fetch_official",
     "load_cifar10",
     "load_cifar10_with_cache_info",
+    "sample_images_per_class",
     "stratified_order",
     "stratified_subset",
     "validation_split",
@@ -339,3 +340,19 @@ def channel_statistics(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         means[channel] = counts @ values / total
         stds[channel] = np.sqrt(max(counts @ values**2 / total - means[channel] ** 2, 0.0))
     return means, stds
+
+
+def sample_images_per_class(
+    images: np.ndarray, labels: np.ndarray, per_class: int, seed: int = 0
+) -> list[list[np.ndarray]]:
+    """`per_class` images of each class, the first of that class in the stratified order."""
+    class_count = len(CLASS_NAMES)
+    smallest = int(np.bincount(labels, minlength=class_count).min())
+    if isinstance(per_class, bool) or not 1 <= per_class <= min(smallest, 100):
+        raise CnnlabError(
+            f"images per class {per_class} is not in 1..{min(smallest, 100)} for this split"
+        )
+    order = stratified_order(labels, seed)[: per_class * class_count]
+    return [
+        [images[index] for index in order[labels[order] == label]] for label in range(class_count)
+    ]

@@ -268,3 +268,28 @@ def history_figure(history: list[dict[str, float]], title: str) -> Figure:
         axes.grid(alpha=0.3)
         axes.legend(fontsize="small")
     return figure
+
+
+# --- data (cnnlab data show) ------------------------------------------------------------------
+
+
+def class_samples_figure(
+    images: list[list[object]], class_names: list[str] | tuple[str, ...], title: str
+) -> Figure:
+    """A grid of 32×32 images: one row per class, named on the left; `images[row]` per class."""
+    columns = max(len(row) for row in images)
+    figure = Figure(figsize=(1.2 + 0.62 * columns, 0.66 * len(images) + 0.5), layout="constrained")
+    figure.suptitle(title)
+    grid = figure.add_gridspec(len(images), columns, wspace=0.04, hspace=0.04)
+    for row, (class_name, row_images) in enumerate(zip(class_names, images, strict=True)):
+        for column in range(columns):
+            axes = figure.add_subplot(grid[row, column])
+            axes.set_xticks([])
+            axes.set_yticks([])
+            for spine in axes.spines.values():
+                spine.set_visible(False)
+            if column < len(row_images):
+                axes.imshow(row_images[column], interpolation="nearest")
+            if column == 0:
+                axes.set_ylabel(class_name, rotation=0, ha="right", va="center", fontsize=9)
+    return figure
