@@ -257,6 +257,27 @@ def test_official_layout_wrapped_in_a_parent_folder_is_found(tmp_path: Path):
     assert np.array_equal(data.train_images, arrays["train_images"])
 
 
+def test_pickles_naming_numpy_1_modules_load_as_the_official_python_2_batches_do(tmp_path: Path):
+    """The official batches name numpy.core.multiarray; NumPy 2 calls it numpy._core.multiarray."""
+    arrays = tiny_arrays()
+    folder = write_pickle_folder(tmp_path, arrays)
+    for name in [*(f"data_batch_{number}" for number in range(1, 6)), "test_batch"]:
+        content = (folder / name).read_bytes()
+        assert b"numpy._core.multiarray\n_reconstruct" in content  # protocol 2: text GLOBALs
+        old_names = content.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+        (folder / name).write_bytes(old_names)
+    assert np.array_equal(load_cifar10(folder).train_images, arrays["train_images"])
+
+
+def test_pickles_of_the_newest_protocol_load(tmp_path: Path):
+    arrays = tiny_arrays()
+    folder = write_pickle_folder(tmp_path, arrays)
+    for name, (images, labels) in batches(arrays).items():
+        batch = {"data": planes(images), "labels": labels}  # str keys, an int64 label array
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL))
+    assert np.array_equal(load_cifar10(folder).test_images, arrays["test_images"])
+
+
 def test_a_folder_checksum_follows_its_listing(tmp_path: Path):
     source = write_binary_folder(tmp_path, tiny_arrays())
     before = load_cifar10(source).source_sha256
@@ -468,6 +489,21 @@ def test_dangerous_zip_members_are_refused(tmp_path: Path):
     with zipfile.ZipFile(zip_folder(tmp_path / "images", tmp_path / "b.zip"), "a") as packed:
         packed.writestr(link, "0000.png")
     assert_refused(tmp_path / "b.zip", "is a link; refused")
+
+
+def test_an_archive_with_a_backslash_name_is_refused(tmp_path: Path):
+    archive = zip_folder(
+        write_image_folders(tmp_path / "images", tiny_arrays()), tmp_path / "a.zip"
+    )
+    with zipfile.ZipFile(archive, "a") as packed:
+        packed.writestr("train\\cat\\0000.png", b"x")
+    assert_refused(archive, "has a backslash in its name")
+
+
+def test_an_empty_archive_has_no_layout(tmp_path: Path):
+    with zipfile.ZipFile(tmp_path / "empty.zip", "w"):
+        pass
+    assert_refused(tmp_path / "empty.zip", "no CIFAR-10 layout found")
 
 
 def test_a_symlink_in_a_folder_source_is_refused(tmp_path: Path):

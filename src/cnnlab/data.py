@@ -16,6 +16,9 @@ Cache ($CNNLAB_CACHE, default ~/.cache/cnnlab):
 - arrays/<sha256[:32]>/{train,test}_{images,labels}.npy and manifest.json (shapes and dtypes,
   written last); a load memory-maps the arrays, and one that disagrees with its manifest is rebuilt.
 - cifar-10-python.tar.gz: where `cnnlab data fetch` puts the official archive.
+
+Loaded arrays are read-only memory maps of the cache (copy before writing into them); the cache
+is replaced by atomic renames, so a map held by another process is never changed under it.
 """
 
 from __future__ import annotations
@@ -169,7 +172,8 @@ def _source_sha256(source: Path) -> str:
     except (OSError, ValueError, KeyError, TypeError):
         pass  # not remembered yet, or a damaged memo: hash again
     checksum = _file_digests(source)["sha256"]
-    write_json(memo, {"path": str(source), "size": facts.st_size, "sha256": checksum})
+    remembered_facts = {"size": facts.st_size, "mtime_ns": facts.st_mtime_ns}
+    write_json(memo, {"path": str(source), **remembered_facts, "sha256": checksum})
     return checksum
 
 
@@ -262,6 +266,7 @@ def fetch_official(
 
 def _download(response: Any, tmp: Path, url: str) -> dict[str, str]:
     """Copy `response` into `tmp` with a progress bar on stderr; the md5 and sha256 of what came."""
+    from rich.console import Console
     from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
 
     md5, sha256 = hashlib.md5(usedforsecurity=False), hashlib.sha256()
@@ -271,7 +276,10 @@ def _download(response: Any, tmp: Path, url: str) -> dict[str, str]:
             response,
             tmp.open("wb") as stream,
             Progress(
-                *Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn()
+                *Progress.get_default_columns(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                console=Console(stderr=True),  # stdout is for results
             ) as progress,
         ):
             task = progress.add_task(f"{OFFICIAL_NAME}", total=int(length) if length else None)

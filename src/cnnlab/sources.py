@@ -80,8 +80,10 @@ def _member_name(raw_name: str, source: Path) -> str:
     """The member's relative POSIX name; absolute paths and `..` are refused."""
     if raw_name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", raw_name):
         raise CnnlabError(f"{source}: member {raw_name!r} has an absolute path; refused")
+    if "\\" in raw_name:
+        raise CnnlabError(f"{source}: member {raw_name!r} has a backslash in its name; refused")
     parts = [part for part in PurePosixPath(raw_name).parts if part not in ("", ".")]
-    if ".." in parts or "\\" in raw_name:
+    if ".." in parts:
         raise CnnlabError(f"{source}: member {raw_name!r} points outside the archive; refused")
     return "/".join(parts)
 
