@@ -94,15 +94,17 @@ def fake_save_run(result: RunResult, run_dir, class_names) -> dict[str, str]:
     return {name: str(path) for name, path in paths.items()}
 
 
-def zeros_cifar():
-    """Ten black images, one per class: data for runs that never look at it."""
+def zeros_cifar(train_count: int = 50_000):
+    """Black images (allocated lazily, never touched): data for runs that never look at it."""
     import numpy as np
 
     from cnnlab.data import Cifar10
 
-    images = np.zeros((10, 32, 32, 3), np.uint8)
-    labels = np.arange(10, dtype=np.int64)
-    return Cifar10(images, labels, images, labels, source="zeros", source_sha256="0" * 64)
+    images = np.zeros((train_count, 32, 32, 3), np.uint8)
+    labels = np.arange(train_count, dtype=np.int64) % 10
+    return Cifar10(
+        images, labels, images[:100], labels[:100], source="zeros", source_sha256="0" * 64
+    )
 
 
 def _tiny_png() -> bytes:

@@ -384,3 +384,23 @@ def test_an_inline_architecture_that_does_not_build_names_its_key(mini):
     line = next(n for n, t in enumerate(mini.read_text().splitlines(), 1) if "layers = [" in t)
     with pytest.raises(CnnlabError, match=rf"mini.toml:{line}: architectures.narrow.layers: does"):
         load_study(mini)
+
+
+def test_runs_that_cannot_train_on_the_data_stop_before_any_training(
+    mini, tmp_path, fake_training, capsys
+):
+    small = study_fakes.zeros_cifar(train_count=6000)
+    with pytest.raises(CnnlabError, match=r"experiments.sizes: train_size 10000: must be between"):
+        _run(mini, tmp_path / "out", small)
+    assert fake_training == []
+
+
+def test_an_unavailable_device_is_one_clear_error(mini, tmp_path, fake_training, tiny_data):
+    with pytest.raises(CnnlabError, match="device 'cuda:7' is not available here"):
+        _run(mini, tmp_path / "out", tiny_data, device="cuda:7")
+
+
+def test_settings_the_loop_refuses_name_the_experiment(mini):
+    mini.write_text(mini.read_text().replace("epochs = 4", "epochs = 4\nlearning_rate = 0"))
+    with pytest.raises(CnnlabError, match=r"mini.toml: experiments.sizes: learning_rate 0.0"):
+        plan_runs(load_study(mini))

@@ -194,8 +194,8 @@ class _Parser:
             self.fail(keys, f"must be at least 1, got {value}")
         if name in _NOT_NEGATIVE and value < 0:
             self.fail(keys, f"must not be negative, got {value}")
-        if name == "validation_split" and not 0 <= value < 1:
-            self.fail(keys, f"must be in [0, 1), got {value}")
+        if name == "validation_split" and not 0 < value < 1:
+            self.fail(keys, f"must be between 0 and 1 (exclusive), got {value}")
         return value
 
     def run_fields(self, table: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
@@ -428,11 +428,24 @@ def plan_runs(study: Study, repeats: int | None = None) -> list[PlannedRun]:
                 fields["layers"] = study.architectures[arch]
             for offset in range(count):
                 config = RunConfig(**fields, seed=base_seed + offset)
+                _check_config(study, experiment, config)
                 identifier = run_id(config)
                 run = planned.setdefault(identifier, PlannedRun(identifier, config, {}))
                 # What places the run in this experiment: its grid point and fixed fields.
                 run.experiments.setdefault(experiment.name, {**experiment.fixed, **point})
     return list(planned.values())
+
+
+def _check_config(
+    study: Study, experiment: Experiment, config: RunConfig, data: Any = None
+) -> None:
+    """The training loop's own checks, reported against the study file and experiment."""
+    from cnnlab import train
+
+    try:
+        train.check_config(config, data)
+    except CnnlabError as error:
+        raise CnnlabError(f"{study.path}: experiments.{experiment.name}: {error}") from None
 
 
 def describe_plan(plan: list[PlannedRun]) -> Iterator[str]:
@@ -623,7 +636,14 @@ def run_study(
             f" {len(todo)} to run -> {study_dir}"
         )
         if todo:
+            from cnnlab import train
+
+            train.resolve_device(device)
             dataset = _load_data(data if data is not None else study.data, store, force=force)
+            experiments = {experiment.name: experiment for experiment in study.experiments}
+            for run in todo:
+                first = experiments[next(iter(run.experiments))]
+                _check_config(study, first, run.config, dataset)
             execute_runs(todo, dataset, store, study_dir, device=device, runner=runner, echo=echo)
         final = store.runs(planned_only=True)
         store.set_meta({"last_wall_seconds": f"{time.perf_counter() - started:.3f}"})
