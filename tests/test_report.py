@@ -188,3 +188,17 @@ def test_the_html_loads_in_headless_chromium_and_every_image_decodes(finished, t
     result, console = _render(broken, tmp_path / "profile")
     assert result == "1:1"
     assert len(console) == 1 and "Uncaught ReferenceError" in console[0]
+
+
+def test_compare_finds_run_ids_in_the_studies_under_results(
+    finished, tmp_path, monkeypatch, capsys
+):
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "mini").symlink_to(finished)
+    monkeypatch.chdir(tmp_path)
+    with Store.open(finished) as store:
+        first, second = (r.id for r in store.runs()[:2])
+    assert main(["compare", first, second]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split() == ["config", "seed", "0", "1"]
+    assert main(["compare", "ffffffff", first]) == 2
+    assert "in no study under ./results" in capsys.readouterr().err

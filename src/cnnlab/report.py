@@ -721,7 +721,8 @@ def _compare_value(value: Any) -> str:
         return "-"
     if isinstance(value, float):
         return f"{value:.4g}"
-    return _show_value(value) if not isinstance(value, list | dict) else json.dumps(value)
+    text = _show_value(value) if not isinstance(value, list | dict) else json.dumps(value)
+    return text if len(text) <= 40 else text[:39] + "…"
 
 
 def _number(value: Any, form: str) -> str:
@@ -748,7 +749,23 @@ def load_run(run: str, study_dir: str | None) -> tuple[str, dict[str, Any], dict
             raise CnnlabError(f"{folder}: not a readable run folder ({error})") from None
         return folder.name, config, metrics
     if study_dir is None:
-        raise CnnlabError(f"{run}: not a run folder; give run ids with --study STUDY_DIR")
+        # Without --study, look in the studies under ./results (where `cnnlab study` writes).
+        found = [p.parent for p in sorted(Path("results").glob("*/study.sqlite")) if _has(p, run)]
+        if len(found) != 1:
+            where = "in no study under ./results" if not found else "in several studies"
+            raise CnnlabError(
+                f"{run}: not a run folder, and {where}; give the study with --study STUDY_DIR"
+            )
+        study_dir = str(found[0])
     with Store.open(study_dir, create=False) as store:
         record = store.get(run)
     return record.id, record.config, record.metrics
+
+
+def _has(database: Path, run: str) -> bool:
+    with Store.open(database.parent, create=False) as store:
+        try:
+            store.get(run)
+        except CnnlabError:
+            return False
+    return True
