@@ -29,7 +29,7 @@ from matplotlib.figure import Figure
 from cnnlab import atomic, plots
 from cnnlab.errors import CnnlabError
 from cnnlab.store import FINISHED, RunRecord, Store
-from cnnlab.study import Experiment, Study, load_study
+from cnnlab.study import Experiment, Study, load_study, machine_description
 
 FILES_FOLDER = "report_files"
 METRIC_LABELS = {
@@ -630,8 +630,8 @@ def _environment_section(
         (r.metrics.get("data_sha256") for r in finished if r.metrics.get("data_sha256")), ""
     )
     rows = [
-        ["machine", f"{platform.node()}: {platform.platform()}, {_cpu_name()}"],
-        ["CPU cores", str(os.cpu_count())],
+        ["machine", meta.get("machine") or machine_description()],
+        ["CPU cores", meta.get("cpu_count") or str(os.cpu_count())],
         ["device", ", ".join(devices) or "–"],
         ["versions", ", ".join(f"{k} {v}" for k, v in versions.items())],
         ["data source", meta.get("data_source") or ", ".join(sources) or "–"],
@@ -642,16 +642,6 @@ def _environment_section(
         ["report written", time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())],
     ]
     document.table(["", ""], rows)
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 # --- results and comparisons as text ----------------------------------------------------------

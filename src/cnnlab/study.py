@@ -23,6 +23,7 @@ import hashlib
 import itertools
 import json
 import os
+import platform
 import re
 import time
 import tomllib
@@ -686,9 +687,22 @@ def _load_data(data: Any, store: Store, *, force: bool) -> Any:
             "data_source": str(data.source),
             "data_sha256": data.source_sha256,
             "class_names": json.dumps(list(data.class_names)),
+            "machine": machine_description(),
+            "cpu_count": str(os.cpu_count()),
         }
     )
     return data
+
+
+def machine_description() -> str:
+    """Host, OS and CPU model of this machine, for the report's environment section."""
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return f"{platform.node()}: {platform.platform()}, {cpu}"
 
 
 def summary_lines(outcome: StudyOutcome) -> list[str]:
