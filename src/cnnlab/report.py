@@ -126,7 +126,7 @@ class _Document:
         return _HTML_PAGE.format(title=html.escape(self.title), body="\n".join(body))
 
 
-_NUMBER = re.compile(r"[-+–]?[\d.,]+(e[-+]?\d+)?( ± [\d.,]+ \(\d+\))?|–")
+_NUMBER = re.compile(r"[-+–]?[\d.,]+(e[-+]?\d+)?( ± [\d.,]+)?( \(\d+\))?|–")
 
 
 def _cell(text: str) -> str:
@@ -204,6 +204,8 @@ class _Stat:
         if metric == "parameters" and len(set(self.values)) == 1:
             return f"{int(self.values[0]):,}"
         digits = 1 if metric == "fit_seconds" else 3
+        if self.n == 1:  # one run has no spread to show
+            return f"{self.mean:.{digits}f} (1)"
         return f"{self.mean:.{digits}f} ± {self.std:.{digits}f} ({self.n})"
 
 
@@ -514,12 +516,15 @@ def _observe(experiment: Experiment, points: list[_Point], observations: list[st
         first, last = measured[0], measured[-1]
         gap_first = mean(first, "train_accuracy") - mean(first, "test_accuracy")
         gap_last = mean(last, "train_accuracy") - mean(last, "test_accuracy")
-        trend = "shrinks" if gap_last < gap_first else "grows"
+        if abs(gap_last - gap_first) < 0.005:
+            trend = f"stays near {gap_first:.3f}"
+        else:
+            direction = "shrinks" if gap_last < gap_first else "grows"
+            trend = f"{direction} from {gap_first:.3f} to {gap_last:.3f}"
         observations.append(
             f"{title}: test accuracy goes from {mean(first, 'test_accuracy'):.3f} to"
             f" {mean(last, 'test_accuracy'):.3f} between {_point_label(first.values)} and"
-            f" {_point_label(last.values)}; the train−test gap {trend} from {gap_first:.3f} to"
-            f" {gap_last:.3f}."
+            f" {_point_label(last.values)}; the train−test gap {trend}."
         )
     if experiment.kind == "l1":
         baseline = (
