@@ -103,7 +103,8 @@ def test_kill_9_then_rerun_gives_the_uninterrupted_results(
 ):
     out = tmp_path / "out"
     database = out / "study.sqlite"
-    for done_before_kill in (0, 2):
+    # One kill mid-study here (tests/test_study.py kills a stand-in study at several points).
+    for done_before_kill in (1,):
         child = _cnnlab("study", str(study_file), "--data", str(png_folder), "--out", str(out))
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and child.poll() is None:
