@@ -99,7 +99,7 @@ def test_results_export_one_row_per_run(finished, capsys):
     shared = [row for row in rows if row["experiments"] == "l1;pooling;sizes"]
     assert len(shared) == 2 and {row["seed"] for row in shared} == {"0", "1"}
     assert main(["results", str(finished), "--format", "json"]) == 0
-    records = json.loads(capsys.readouterr().out)
+    records = json.loads(capsys.readouterr().out, parse_constant=pytest.fail)  # no NaN
     assert len(records) == 12 and len(records[0]["history"]) == 4
     assert main(["results", str(finished)]) == 0
     table = capsys.readouterr().out.splitlines()

@@ -656,8 +656,8 @@ RESULT_METRICS = ("train_accuracy", "test_accuracy", "val_accuracy", "fit_second
 
 def format_results(records: list[RunRecord], form: str = "table") -> str:
     """A study's runs as an aligned table, CSV (one flat row per run) or JSON (everything)."""
-    if form == "json":
-        return json.dumps([dataclasses.asdict(r) for r in records], indent=2, allow_nan=True)
+    if form == "json":  # strict JSON: a diverged run's NaN losses become null
+        return json.dumps([_finite(dataclasses.asdict(r)) for r in records], indent=2)
     config_fields = sorted({key for r in records for key in r.config if key != "layers"})
     headers = ["id", "status", "experiments", *config_fields, *RESULT_METRICS]
     headers += ["attempts", "reason"]
@@ -709,6 +709,17 @@ def compare_runs(runs: list[tuple[str, dict[str, Any], dict[str, Any]]]) -> str:
     if not rows:
         return "the runs do not differ in any config field or metric"
     return _aligned(["", *labels], rows)
+
+
+def _finite(value: Any) -> Any:
+    """`value` with every non-finite float replaced by None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
 
 
 def _compare_value(value: Any) -> str:
