@@ -250,12 +250,17 @@ class _Parser:
         self.check_keys(tables, ("experiments",), tables)
         for experiment_name, table in tables.items():
             experiments.append(self.experiment(experiment_name, table, run_keys, architectures))
-        used_archs = {defaults.get("arch", RunConfig.arch)}
-        for experiment in experiments:
-            used_archs.add(experiment.fixed.get("arch", RunConfig.arch))
-            used_archs.update(experiment.grid.get("arch", ()))
-        for arch in sorted(used_archs - set(architectures)) if self.check_architectures else ():
-            _check_registered(self, arch)
+        if self.check_architectures:
+            # Every architecture a run uses, with the key that names it.
+            used = [(defaults.get("arch", RunConfig.arch), ("defaults", "arch"))]
+            for experiment in experiments:
+                keys = ("experiments", experiment.name)
+                used.append((experiment.fixed.get("arch"), (*keys, "arch")))
+                grid_archs = experiment.grid.get("arch", ())
+                used += [(arch, (*keys, "grid", "arch")) for arch in grid_archs]
+            for arch, keys in used:
+                if arch is not None and arch not in architectures:
+                    _check_registered(self, arch, keys)
         return Study(
             name=name,
             description=header.get("description", ""),
@@ -331,16 +336,14 @@ class _Parser:
         )
 
 
-def _check_registered(parser: _Parser, arch: str) -> None:
+def _check_registered(parser: _Parser, arch: str, keys: tuple[str, ...]) -> None:
     """An architecture that is neither defined in the file nor registered is an error."""
     from cnnlab import models
 
     try:
         models.get_architecture(arch)
     except CnnlabError as error:
-        line = _find_text_line(parser.text, f'"{arch}"') or _find_text_line(parser.text, arch)
-        where = f"{parser.path}:{line}" if line else str(parser.path)
-        raise CnnlabError(f"{where}: arch {arch!r}: {error}") from None
+        parser.fail(keys, f"{error} (or define it under [architectures.{arch}])")
 
 
 def _check_builds(
@@ -355,13 +358,6 @@ def _check_builds(
         parser.fail(keys, f"does not build: {error}")
     except (TypeError, ValueError, KeyError, RuntimeError) as error:
         parser.fail(keys, f"does not build: {type(error).__name__}: {error}")
-
-
-def _find_text_line(text: str, needle: str) -> int | None:
-    for number, line in enumerate(text.splitlines(), 1):
-        if needle in line.split("#", 1)[0]:
-            return number
-    return None
 
 
 def _line_of(text: str, keys: tuple[str, ...]) -> int | None:
