@@ -318,12 +318,13 @@ def resolve_layers(config: Any) -> tuple[LayerSpec, ...]:
 
 
 def _activate(name: str, tensor: torch.Tensor) -> torch.Tensor:
+    """In place: `tensor` is a fresh conv/dense output that no backward pass reads."""
     if name == "relu":
-        return F.relu(tensor)
+        return tensor.relu_()
     if name == "tanh":
-        return torch.tanh(tensor)
+        return tensor.tanh_()
     if name == "sigmoid":
-        return torch.sigmoid(tensor)
+        return tensor.sigmoid_()
     return tensor  # linear; a final softmax is applied by the loss (logits out)
 
 
