@@ -25,9 +25,9 @@ from plain_port import evaluate_plain, fit_plain, to_tensors
 REPORT = {"train_accuracy": 0.63, "test_accuracy": 0.50}
 
 
-def spread(values: list[float]) -> str:
+def spread(values: list[float], digits: int = 3) -> str:
     deviation = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.3f} ± {deviation:.3f}"
+    return f"{statistics.mean(values):.{digits}f} ± {deviation:.{digits}f}"
 
 
 def main() -> None:
@@ -81,7 +81,7 @@ def main() -> None:
     for name, scores in rows.items():
         print(
             f"{name:12}{spread(scores['train']):>16}{spread(scores['test']):>16}"
-            f"{spread(scores['seconds']):>16}"
+            f"{spread(scores['seconds'], 1):>16}"
         )
     gap = statistics.mean(rows["cnnlab"]["test"]) - REPORT["test_accuracy"]
     verdict = "within" if abs(gap) <= 0.04 else "OUTSIDE"
