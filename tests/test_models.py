@@ -204,3 +204,11 @@ def test_dropout_masks_come_from_the_generator():
     assert masks[0].mean().item() == pytest.approx(1.0, abs=0.05)
     dropout.eval()
     assert torch.equal(dropout(activations), activations)
+
+
+def test_asymmetric_padding_gradients_are_exact():
+    spec = models.Conv(filters=2, kernel=(3, 3), stride=(2, 2), padding="same")
+    conv = models.KerasConv2d(spec, 2, (6, 6)).double()
+    images = torch.rand(2, 2, 6, 6, dtype=torch.float64, requires_grad=True)
+    assert conv.extra_padding == (0, 1, 0, 1)  # the case that goes through the custom pad
+    assert torch.autograd.gradcheck(conv, (images,))
