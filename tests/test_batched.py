@@ -1,0 +1,126 @@
+"""Several runs trained as one grouped network end where each would end alone."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from cnnlab import batched, train
+from cnnlab.errors import CnnlabError
+from cnnlab.train import RunConfig
+
+# Every layer kind, the asymmetric 'same' padding of a strided 3x3 conv, a 2x2 strided kernel,
+# and dropout on both sides of the flatten.
+LAYERS = (
+    {
+        "type": "conv",
+        "filters": 4,
+        "kernel": 3,
+        "stride": 2,
+        "padding": "same",
+        "activation": "relu",
+    },
+    {
+        "type": "conv",
+        "filters": 6,
+        "kernel": 2,
+        "stride": 2,
+        "padding": "same",
+        "activation": "relu",
+    },
+    {"type": "maxpool", "size": 2},
+    {"type": "dropout", "rate": 0.5},
+    {"type": "flatten"},
+    {"type": "dense", "units": 12, "activation": "tanh", "l2": 1e-3},
+    {"type": "dropout", "rate": 0.25},
+    {"type": "dense", "units": 10, "activation": "softmax", "l1": 1e-4},
+)
+BASE = RunConfig(
+    arch="probe", layers=LAYERS, train_size=100, epochs=2, batch_size=32, learning_rate=3e-3
+)
+# 90 training images in batches of 32: two full batches and a partial one of 26 each epoch.
+MEMBERS = [
+    dataclasses.replace(BASE, seed=0, l1=0.0),
+    dataclasses.replace(BASE, seed=1),
+    dataclasses.replace(BASE, seed=2, l1=1e-2, l2=0.0),
+]
+
+
+def assert_same_run(grouped: train.RunResult, lone: train.RunResult) -> None:
+    assert grouped.status == lone.status
+    assert grouped.state_dict.keys() == lone.state_dict.keys()
+    for name, weight in lone.state_dict.items():
+        torch.testing.assert_close(grouped.state_dict[name], weight, rtol=1e-4, atol=1e-5)
+    assert len(grouped.history) == len(lone.history)
+    for grouped_row, lone_row in zip(grouped.history, lone.history, strict=True):
+        for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            assert grouped_row[key] == pytest.approx(lone_row[key], rel=1e-4, abs=1e-5), key
+    for key in ("train_accuracy", "test_accuracy", "train_loss", "test_loss", "parameters"):
+        assert grouped.metrics[key] == pytest.approx(lone.metrics[key], rel=1e-4, abs=1e-5), key
+
+
+def test_group_members_end_with_the_weights_of_lone_runs(tiny_cifar):
+    grouped = batched.fit_group(MEMBERS, tiny_cifar, device="cpu")
+    assert [result.config for result in grouped] == MEMBERS
+    for result, config in zip(grouped, MEMBERS, strict=True):
+        assert_same_run(result, train.fit(config, tiny_cifar, device="cpu"))
+    # Members really differ: the same architecture, different seeds and penalties.
+    first, second = (result.state_dict["layers.0.weight"] for result in grouped[:2])
+    assert not torch.allclose(first, second)
+
+
+def test_a_diverging_member_leaves_the_others_untouched(tiny_cifar):
+    exploding = dataclasses.replace(BASE, seed=5, l1=1e38)
+    grouped = batched.fit_group([MEMBERS[0], exploding, MEMBERS[1]], tiny_cifar, device="cpu")
+    assert grouped[1].status == "diverged"
+    assert grouped[1].metrics["diverged_epoch"] == 1
+    assert len(grouped[1].history) == 1
+    assert not math.isfinite(grouped[1].history[0]["loss"])
+    assert_same_run(grouped[0], train.fit(MEMBERS[0], tiny_cifar, device="cpu"))
+    assert_same_run(grouped[2], train.fit(MEMBERS[1], tiny_cifar, device="cpu"))
+
+
+def test_epoch_drawn_masks_train_deterministically(tiny_cifar):
+    # The mask protocol of the CUDA path, exercised on the CPU through the same static buffers.
+    first = batched.fit_group(MEMBERS[:2], tiny_cifar, device="cpu", masks="epoch")
+    again = batched.fit_group(MEMBERS[:2], tiny_cifar, device="cpu", masks="epoch")
+    for a, b in zip(first, again, strict=True):
+        assert a.history == [
+            {**row, "seconds": a_row["seconds"]}
+            for row, a_row in zip(b.history, a.history, strict=True)
+        ]
+        for name, weight in a.state_dict.items():
+            assert torch.equal(weight, b.state_dict[name])
+    assert all(math.isfinite(row["loss"]) for result in first for row in result.history)
+    # Drawn per epoch, the masks differ from a lone run's per-step draws: the runs differ.
+    lone = train.fit(MEMBERS[0], tiny_cifar, device="cpu")
+    assert not torch.allclose(
+        first[0].state_dict["layers.0.weight"], lone.state_dict["layers.0.weight"]
+    )
+
+
+def test_plan_groups_puts_only_compatible_runs_together():
+    sizes = [dataclasses.replace(BASE, train_size=size) for size in (150, 200)]
+    configs = [*MEMBERS, *sizes, dataclasses.replace(BASE, seed=7)]
+    groups = batched.plan_groups(configs, max_members=3)
+    assert sorted(index for group in groups for index in group) == list(range(len(configs)))
+    for group in groups:
+        assert len({batched.group_key(configs[index]) for index in group}) == 1
+        assert len(group) <= 3
+    # BASE with seeds 0, 1, 2, 7 differs only in member fields: 4 runs -> groups of 3 and 1.
+    assert sorted(len(group) for group in groups) == [1, 1, 1, 3]
+
+
+def test_a_group_of_incompatible_runs_is_refused(tiny_cifar):
+    with pytest.raises(ValueError, match="differ only in"):
+        batched.fit_group([BASE, dataclasses.replace(BASE, epochs=3)], tiny_cifar, device="cpu")
+
+
+def test_a_missing_device_is_a_user_error(tiny_cifar):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(CnnlabError, match="available: cpu"):
+        batched.fit_group(MEMBERS, tiny_cifar, device="cuda")
