@@ -182,18 +182,13 @@ class _Dropout:
         self.mode = mode
         self.epoch_masks: list[torch.Tensor] = []
 
-    def _draw(self, shape: tuple[int, ...], keep: float, generator: torch.Generator):
-        # Exactly `models.GeneratorDropout`'s draw, so a member's masks are a lone run's.
-        noise = torch.rand(shape, generator=generator, device=self.device)
-        return (noise >= 1 - keep).float().mul_(1.0 / keep)
-
     def start_epoch(self, samples: int) -> None:
         """In epoch mode, draw every mask of the coming epoch (one row per training sample)."""
         if self.mode != "epoch":
             return
         shapes = self.net.dropout_shapes(samples)
         self.epoch_masks = [
-            torch.stack([self._draw(shape, 1 - rate, g) for g in self.generators])
+            torch.stack([models.dropout_mask(shape, rate, g, self.device) for g in self.generators])
             for shape, rate in zip(shapes, self.rates, strict=True)
         ]
 
@@ -204,7 +199,10 @@ class _Dropout:
         # Step mode: a lone run draws each dropout layer's mask in layer order per step.
         shapes = self.net.dropout_shapes(batch)
         per_member = [
-            [self._draw(shape, 1 - rate, g) for shape, rate in zip(shapes, self.rates, strict=True)]
+            [
+                models.dropout_mask(shape, rate, g, self.device)
+                for shape, rate in zip(shapes, self.rates, strict=True)
+            ]
             for g in self.generators
         ]
         return [
@@ -424,65 +422,22 @@ def fit_group(
 
     results = []
     for member, member_config in enumerate(configs):
-        state = final_states[member] or net.member_state_dict(member)
+        timings = {"fit_seconds": fit_seconds, "eval_seconds": eval_seconds, "group_size": members}
         results.append(
-            _make_result(
+            train.make_result(
                 member_config,
                 data,
                 ordered,
                 histories[member],
                 diverged[member],
-                train_scores[member],
-                test_scores[member],
-                parameters=models.count_parameters(nets[member]),
-                fit_seconds=fit_seconds,
-                eval_seconds=eval_seconds,
-                device=target,
-                state_dict=state,
-                extra={"group_size": members},
+                (train_scores[member], test_scores[member]),
+                models.count_parameters(nets[member]),
+                timings,
+                target,
+                final_states[member] or net.member_state_dict(member),
             )
         )
     return results
-
-
-def _make_result(
-    config: RunConfig,
-    data: data_module.Cifar10,
-    ordered: np.ndarray,
-    history: list[dict[str, float]],
-    diverged_epoch: int | None,
-    train_scores: train.Evaluation,
-    test_scores: train.Evaluation,
-    *,
-    parameters: int,
-    fit_seconds: float,
-    eval_seconds: float,
-    device: torch.device,
-    state_dict: dict[str, torch.Tensor],
-    extra: dict[str, Any],
-) -> RunResult:
-    """A member's RunResult with the metrics `train.fit` reports."""
-    subset_labels = data.train_labels[ordered]
-    metrics = {
-        **train.score_metrics(
-            subset_labels, train_scores, data.test_labels, test_scores, data.class_names
-        ),
-        "val_accuracy": history[-1]["val_accuracy"] if history else float("nan"),
-        "val_loss": history[-1]["val_loss"] if history else float("nan"),
-        **train.baseline(subset_labels, data.test_labels),
-        "parameters": parameters,
-        "fit_seconds": fit_seconds,
-        "eval_seconds": eval_seconds,
-        "epochs_run": len(history),
-        "diverged_epoch": diverged_epoch,
-        "device": str(device),
-        "versions": train.versions(),
-        "data_source": str(data.source),
-        "data_sha256": data.source_sha256,
-        **extra,
-    }
-    status = "done" if diverged_epoch is None else "diverged"
-    return RunResult(config, status, history, metrics, state_dict)
 
 
 # --- choosing the path ------------------------------------------------------------------------

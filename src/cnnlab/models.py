@@ -398,6 +398,22 @@ class MaxPool2d(nn.MaxPool2d):
     """MaxPooling2D, 'valid' padding."""
 
 
+def dropout_mask(
+    shape: Sequence[int],
+    rate: float,
+    generator: torch.Generator | None,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """A dropout keep-mask scaled by 1/(1 - rate): one uniform draw per unit, in NCHW order.
+
+    Keras keeps a unit where uniform noise >= rate; this is ~3x faster than bernoulli_ on the
+    CPU. Lone and grouped training both draw through here, so their masks are the same.
+    """
+    noise = torch.rand(tuple(shape), generator=generator, device=device, dtype=dtype)
+    return (noise >= rate).to(dtype).mul_(1.0 / (1.0 - rate))
+
+
 class GeneratorDropout(nn.Module):
     """Dropout whose mask comes from `self.generator` (set by the trainer) so runs repeat."""
 
@@ -409,11 +425,8 @@ class GeneratorDropout(nn.Module):
     def forward(self, tensor: torch.Tensor) -> torch.Tensor:
         if not self.training or self.rate == 0:
             return tensor
-        # Keras keeps a unit where uniform noise >= rate; this is ~3x faster than bernoulli_.
-        noise = torch.rand(
-            tensor.shape, generator=self.generator, device=tensor.device, dtype=tensor.dtype
-        )
-        return tensor * (noise >= self.rate).to(tensor.dtype).mul_(1.0 / (1.0 - self.rate))
+        mask = dropout_mask(tensor.shape, self.rate, self.generator, tensor.device, tensor.dtype)
+        return tensor * mask
 
     def extra_repr(self) -> str:
         return f"rate={self.rate}"

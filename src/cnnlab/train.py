@@ -266,7 +266,7 @@ def fit(
     optimizer = make_optimizer(model, config)
 
     history: list[dict[str, float]] = []
-    status, diverged_epoch = "done", None
+    diverged_epoch = None
     started = time.perf_counter()
     for epoch in range(1, config.epochs + 1):
         epoch_started = time.perf_counter()
@@ -294,7 +294,7 @@ def fit(
             remaining = elapsed / epoch * (config.epochs - epoch)
             progress({**row, "epochs": config.epochs, "elapsed": elapsed, "eta": remaining})
         if not (math.isfinite(loss) and math.isfinite(validation.loss)):
-            status, diverged_epoch = "diverged", epoch
+            diverged_epoch = epoch
             break
     fit_seconds = time.perf_counter() - started
 
@@ -305,28 +305,57 @@ def fit(
     test_scores = evaluate_model(model, test_images, test_labels)
     eval_seconds = time.perf_counter() - evaluated
 
+    state_dict = {name: value.detach().cpu().clone() for name, value in model.state_dict().items()}
+    timings = {"fit_seconds": fit_seconds, "eval_seconds": eval_seconds}
+    scores = (train_scores, test_scores)
+    parameters = models.count_parameters(model)
+    return make_result(
+        config,
+        data,
+        ordered,
+        history,
+        diverged_epoch,
+        scores,
+        parameters,
+        timings,
+        target,
+        state_dict,
+    )
+
+
+def make_result(
+    config: RunConfig,
+    data: data_module.Cifar10,
+    ordered: np.ndarray,
+    history: list[dict[str, float]],
+    diverged_epoch: int | None,
+    scores: tuple[Evaluation, Evaluation],
+    parameters: int,
+    timings: dict[str, float],
+    device: torch.device,
+    state_dict: dict[str, torch.Tensor],
+) -> RunResult:
+    """A finished run's RunResult: `scores` are (whole subset, test set) in eval mode."""
+    subset_labels = data.train_labels[ordered]
+    train_scores, test_scores = scores
+    last = history[-1] if history else {}
     metrics = {
         **score_metrics(
-            data.train_labels[ordered],
-            train_scores,
-            data.test_labels,
-            test_scores,
-            data.class_names,
+            subset_labels, train_scores, data.test_labels, test_scores, data.class_names
         ),
-        "val_accuracy": history[-1]["val_accuracy"],
-        "val_loss": history[-1]["val_loss"],
-        **baseline(data.train_labels[ordered], data.test_labels),
-        "parameters": models.count_parameters(model),
-        "fit_seconds": fit_seconds,
-        "eval_seconds": eval_seconds,
+        "val_accuracy": last.get("val_accuracy", math.nan),
+        "val_loss": last.get("val_loss", math.nan),
+        **baseline(subset_labels, data.test_labels),
+        "parameters": parameters,
+        **timings,
         "epochs_run": len(history),
         "diverged_epoch": diverged_epoch,
-        "device": str(target),
+        "device": str(device),
         "versions": versions(),
         "data_source": str(data.source),
         "data_sha256": data.source_sha256,
     }
-    state_dict = {name: value.detach().cpu().clone() for name, value in model.state_dict().items()}
+    status = "done" if diverged_epoch is None else "diverged"
     return RunResult(config, status, history, metrics, state_dict)
 
 
