@@ -18,21 +18,31 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 
-def build_plain_net() -> nn.Sequential:
-    """The seed net with PyTorch's defaults (37,146 parameters, like Keras's)."""
-    return nn.Sequential(
-        nn.Conv2d(3, 16, 3, padding=1),
+def _conv(in_channels: int, out_channels: int, kernel: int = 3, stride: int = 1) -> list[nn.Module]:
+    # What a port usually writes for Keras's 'same': symmetric padding=(kernel-1)//2.
+    return [
+        nn.Conv2d(in_channels, out_channels, kernel, stride, padding=(kernel - 1) // 2),
         nn.ReLU(),
-        nn.Conv2d(16, 16, 3, stride=2, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(16, 32, 3, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(32, 32, 3, stride=2, padding=1),
-        nn.ReLU(),
-        nn.Dropout(0.5),
-        nn.Flatten(),
-        nn.Linear(8 * 8 * 32, 10),
-    )
+    ]
+
+
+def build_plain_net(arch: str = "seed") -> nn.Sequential:
+    """The seed study's nets with PyTorch's defaults (the same parameter counts as Keras's)."""
+    if arch == "seed":
+        body = [*_conv(3, 16), *_conv(16, 16, stride=2), *_conv(16, 32), *_conv(32, 32, stride=2)]
+        features = 8 * 8 * 32
+    elif arch == "seed-maxpool":
+        body = [*_conv(3, 16), *_conv(16, 16), *_conv(16, 32), *_conv(32, 32), nn.MaxPool2d(2)]
+        features = 16 * 16 * 32
+    elif arch == "seed-deep":
+        body = [
+            *_conv(3, 8), *_conv(8, 8, kernel=2, stride=2), *_conv(8, 16),
+            *_conv(16, 16, stride=2), *_conv(16, 32), *_conv(32, 32, stride=2),
+        ]  # fmt: skip
+        features = 4 * 4 * 32
+    else:
+        raise ValueError(f"the plain port has no {arch!r}")
+    return nn.Sequential(*body, nn.Dropout(0.5), nn.Flatten(), nn.Linear(features, 10))
 
 
 def to_tensors(images: np.ndarray, labels: np.ndarray) -> TensorDataset:
@@ -50,12 +60,15 @@ class PlainResult:
     history: list[dict[str, float]]
 
 
-def evaluate_plain(model: nn.Module, dataset: TensorDataset) -> tuple[float, float]:
+def evaluate_plain(
+    model: nn.Module, dataset: TensorDataset, device: str | torch.device = "cpu"
+) -> tuple[float, float]:
     """(mean loss, accuracy) in eval mode, batch 128 through a DataLoader."""
     model.eval()
     loss_sum, correct = 0.0, 0
     with torch.no_grad():
         for images, labels in DataLoader(dataset, batch_size=128):
+            images, labels = images.to(device), labels.to(device)
             logits = model(images)
             loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum").item()
             correct += (logits.argmax(1) == labels).sum().item()
@@ -71,13 +84,15 @@ def fit_plain(
     learning_rate: float = 1e-3,
     validation_split: float = 0.1,
     seed: int = 0,
+    arch: str = "seed",
+    device: str | torch.device = "cpu",
 ) -> PlainResult:
     """Train on the first (1 - validation_split) of the images, validate on the rest per epoch."""
     torch.manual_seed(seed)
     split_at = int(len(train_labels) * (1 - validation_split))
     train_set = to_tensors(train_images[:split_at], train_labels[:split_at])
     validation_set = to_tensors(train_images[split_at:], train_labels[split_at:])
-    model = build_plain_net()
+    model = build_plain_net(arch).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
     loader = DataLoader(train_set, batch_size=128, shuffle=True)
     history = []
@@ -86,6 +101,7 @@ def fit_plain(
         model.train()
         loss_sum, correct, seen = 0.0, 0, 0
         for images, labels in loader:
+            images, labels = images.to(device), labels.to(device)
             optimizer.zero_grad()
             logits = model(images)
             loss = nn.functional.cross_entropy(logits, labels) + l1 * model[-1].weight.abs().sum()
@@ -94,7 +110,7 @@ def fit_plain(
             loss_sum += loss.item() * len(labels)
             correct += (logits.argmax(1) == labels).sum().item()
             seen += len(labels)
-        val_loss, val_accuracy = evaluate_plain(model, validation_set)
+        val_loss, val_accuracy = evaluate_plain(model, validation_set, device)
         history.append(
             {
                 "epoch": epoch,

@@ -1,0 +1,182 @@
+"""The seed study's 11 runs: cnnlab's fastest path against the plain PyTorch port, in one run.
+
+The runs are the seed study's first repeat (sizes 5K/10K/20K/40K; L1 0, 0.001, 1, 10, 100 at
+5K; max-pool at 5K; the deep net on all 50K; 20 epochs, batch 128), taken from
+studies/seed.toml. cnnlab trains them as `cnnlab study` does (`batched.train_runs`: lone runs on
+the CPU, grouped runs replayed from CUDA graphs on a GPU); the plain port (benchmarks/
+plain_port.py: DataLoader, default initialisation, symmetric padding) trains each in turn on the
+same device. Both sides are timed from their first step to their last metric, evaluation of the
+training subset and the test set included. Prints a per-run table, totals, the ratio, and the
+FLOP/s cnnlab achieved against the machine's peak.
+
+    python benchmarks/study_speed.py --data PATH [--device auto] [--epochs 20] [--skip-plain]
+"""
+
+from __future__ import annotations
+
+import time
+
+PROCESS_START = time.perf_counter()  # before the heavy imports: they count too
+
+import argparse
+import dataclasses
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from cnnlab import batched, models, study, train
+from cnnlab.data import load_cifar10
+from plain_port import evaluate_plain, fit_plain, to_tensors
+
+
+def forward_flops(layers: tuple[models.LayerSpec, ...]) -> int:
+    """Multiply-adds x 2 of one image's forward pass (convolutions and dense layers)."""
+    total, shape = 0, tuple(models.INPUT_SHAPE)
+    for layer in layers:
+        out = models.output_shape(layer, shape)
+        if isinstance(layer, models.Conv):
+            total += 2 * out[0] * out[1] * out[2] * layer.kernel[0] * layer.kernel[1] * shape[2]
+        elif isinstance(layer, models.Dense):
+            total += 2 * shape[0] * layer.units
+        shape = out
+    return total
+
+
+def run_flops(config: train.RunConfig, test_images: int) -> float:
+    """Training (forward + backward ~ 3 forwards) plus every evaluation pass of one run."""
+    forward = forward_flops(models.resolve_layers(config))
+    trained = int(config.train_size * (1 - config.validation_split))  # Keras's split
+    validation = config.train_size - trained
+    passes = 3 * trained * config.epochs + validation * config.epochs
+    passes += config.train_size + test_images
+    return float(forward) * passes
+
+
+def cpu_peak_flops() -> tuple[float, float | None]:
+    """(measured fp32 matrix-product FLOP/s, nominal peak from the clock if known)."""
+    size = 2048
+    a, b = torch.rand(size, size), torch.rand(size, size)
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - started)
+    measured = 2 * size**3 / best
+    nominal = None
+    try:
+        megahertz = max(
+            float(line.split(":")[1])
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("cpu MHz")
+        )
+        flags = Path("/proc/cpuinfo").read_text()
+        # fp32 FLOP per cycle per core: two FMA pipes x (16 lanes AVX-512 | 8 AVX2) x 2.
+        per_cycle = 64 if "avx512f" in flags else 32
+        nominal = torch.get_num_threads() * megahertz * 1e6 * per_cycle
+    except (OSError, ValueError):
+        pass
+    return measured, nominal
+
+
+def plain_run(config: train.RunConfig, data, device: torch.device) -> tuple[float, float]:
+    """(seconds, test accuracy) of the plain port on `config`'s images, evaluation included."""
+    train_part, validation_part = train.subset_indices(config, data)
+    ordered = np.concatenate([train_part, validation_part])
+    started = time.perf_counter()
+    plain = fit_plain(
+        data.train_images[ordered],
+        data.train_labels[ordered],
+        arch=config.arch,
+        epochs=config.epochs,
+        l1=config.l1 if config.l1 is not None else 1e-4,
+        seed=config.seed,
+        device=device,
+    )
+    evaluate_plain(
+        plain.model, to_tensors(data.train_images[ordered], data.train_labels[ordered]), device
+    )
+    _, test_accuracy = evaluate_plain(
+        plain.model, to_tensors(data.test_images, data.test_labels), device
+    )
+    return time.perf_counter() - started, test_accuracy
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=None, help="CIFAR-10 source (default: $CNNLAB_DATA)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--skip-plain", action="store_true", help="time cnnlab only")
+    args = parser.parse_args()
+    device = train.resolve_device(args.device)
+    data = load_cifar10(args.data)
+    seed_study = study.load_study(ROOT / "studies" / "seed.toml")
+    configs = [run.config for run in study.plan_runs(seed_study, repeats=1)]
+    if args.epochs != 20:
+        configs = [dataclasses.replace(c, epochs=args.epochs) for c in configs]
+
+    started = time.perf_counter()
+    ours = dict(batched.train_runs(configs, data, device=str(device)))
+    ours_total = time.perf_counter() - started
+    since_process = time.perf_counter() - PROCESS_START
+    ours_seconds = {
+        index: result.metrics["fit_seconds"] + result.metrics["eval_seconds"]
+        for index, result in ours.items()
+    }
+
+    plain: dict[int, tuple[float, float]] = {}
+    if not args.skip_plain:
+        for index, config in enumerate(configs):
+            plain[index] = plain_run(config, data, device)
+    plain_total = sum(seconds for seconds, _ in plain.values())
+
+    print(
+        f"seed study, 11 runs x {args.epochs} epochs on {device}"
+        f" ({torch.cuda.get_device_name(device) if device.type == 'cuda' else os.cpu_count()}"
+        f"{'' if device.type == 'cuda' else ' CPUs'}), torch {torch.__version__},"
+        f" {torch.get_num_threads()} threads"
+    )
+    print(f"{'run':<34}{'cnnlab s':>10}{'test acc':>10}{'plain s':>10}{'test acc':>10}")
+    for index, config in enumerate(configs):
+        label = f"{config.arch} n={config.train_size} l1={config.l1}"
+        result = ours[index]
+        row = f"{label:<34}{ours_seconds[index]:>10.1f}{result.metrics['test_accuracy']:>10.3f}"
+        if index in plain:
+            row += f"{plain[index][0]:>10.1f}{plain[index][1]:>10.3f}"
+        print(row)
+    print(
+        f"cnnlab total (wall, all runs): {ours_total:.1f} s;"
+        f" from process start to the last metric: {since_process:.1f} s"
+    )
+    if plain:
+        print(
+            f"plain port total: {plain_total:.1f} s;"
+            f" cnnlab / plain = {ours_total / plain_total:.3f}"
+            f" ({plain_total / ours_total:.1f}x faster)"
+        )
+    flops = sum(run_flops(config, len(data.test_labels)) for config in configs)
+    print(
+        f"network FLOPs, all runs: {flops / 1e12:.1f} TFLOP;"
+        f" cnnlab achieved {flops / ours_total / 1e9:.1f} GFLOP/s"
+    )
+    if device.type == "cpu":
+        measured, nominal = cpu_peak_flops()
+        line = (
+            f"CPU fp32 matmul (2048^2) reaches {measured / 1e9:.0f} GFLOP/s:"
+            f" cnnlab achieved {flops / ours_total / measured:.1%} of it"
+        )
+        if nominal:
+            line += (
+                f"; nominal peak {nominal / 1e9:.0f} GFLOP/s ({flops / ours_total / nominal:.1%})"
+            )
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
