@@ -34,7 +34,7 @@ def fake_fit(config: RunConfig, data, *, device="auto", progress=None) -> RunRes
     history = []
     for epoch in range(1, config.epochs + 1):
         val = 0.10 if collapse else test * (1 - 0.5**epoch)
-        val_loss = 1.2 + 0.02 * (epoch - config.epochs / 2) ** 2 / config.epochs
+        val_loss = 1.2 + 0.05 * (epoch - config.epochs / 2) ** 2 / config.epochs
         history.append(
             {
                 "epoch": epoch,

@@ -40,6 +40,7 @@ METRIC_LABELS = {
 }
 FIELD_LABELS = {"train_size": "n", "l1": "L1 weight", "arch": "architecture"}
 COLLAPSE_MARGIN = 0.02  # test accuracy this close to the baseline counts as a collapsed model
+OVERFIT_RISE = 0.02  # a final validation loss this much above its minimum counts as over-fitting
 
 
 # --- a small document model rendered twice: Markdown and HTML ---------------------------------
@@ -488,29 +489,29 @@ def _observe(experiment: Experiment, points: list[_Point], observations: list[st
     def mean(point: _Point, metric: str) -> float:
         return _stat(point.records, metric).mean
 
+    baseline = _baseline(measured)
+    alive = [p for p in measured if mean(p, "test_accuracy") > baseline + COLLAPSE_MARGIN]
     overfit = []
-    for point in measured:
-        stops = []
-        for record in point.records:
-            losses = [h.get("val_loss", math.nan) for h in record.history]
-            finite = [(loss, epoch) for epoch, loss in enumerate(losses, 1) if math.isfinite(loss)]
-            if len(finite) >= 3:
-                best_epoch = min(finite)[1]
-                if best_epoch < len(losses) - 1:
-                    stops.append(best_epoch)
-        if stops:
+    for point in alive:
+        stops = [epoch for epoch in map(_overfit_epoch, point.records) if epoch is not None]
+        if stops and len(stops) * 2 > len(point.records):  # most of the point's runs
             overfit.append((point, statistics.fmean(stops), len(point.records[0].history)))
     if overfit:
         parts = [
             f"epoch {epoch:.0f} of {total} ({_label(experiment, p)})"
             for p, epoch, total in overfit[:6]
         ]
-        if len(overfit) > 1 and len({(round(e), t) for _, e, t in overfit}) == 1:
+        if len(overfit) == len(alive) > 1 and len({(round(e), t) for _, e, t in overfit}) == 1:
             parts = [f"epoch {overfit[0][1]:.0f} of {overfit[0][2]} at every grid point"]
         observations.append(
             f"{title}: validation loss is lowest at "
             + "; ".join(parts)
             + " and rises afterwards: the net over-fits from there on."
+        )
+    elif alive:
+        observations.append(
+            f"{title}: validation loss is still at or near its lowest in the last epochs: no"
+            f" clear over-fitting within {len(alive[0].records[0].history)} epochs."
         )
     if experiment.kind == "size" and len(measured) >= 2:
         first, last = measured[0], measured[-1]
@@ -527,16 +528,6 @@ def _observe(experiment: Experiment, points: list[_Point], observations: list[st
             f" {_point_label(last.values)}; the train−test gap {trend}."
         )
     if experiment.kind == "l1":
-        baseline = (
-            statistics.fmean(
-                r.metrics["baseline_accuracy"]
-                for p in measured
-                for r in p.records
-                if isinstance(r.metrics.get("baseline_accuracy"), int | float)
-            )
-            if any("baseline_accuracy" in r.metrics for p in measured for r in p.records)
-            else 0.1
-        )
         collapsed = [p for p in measured if mean(p, "test_accuracy") <= baseline + COLLAPSE_MARGIN]
         best = max(measured, key=lambda p: mean(p, "test_accuracy"))
         sentence = (
@@ -555,10 +546,15 @@ def _observe(experiment: Experiment, points: list[_Point], observations: list[st
         ratio_parameters = mean(pooled, "parameters") / max(mean(strided, "parameters"), 1)
         ratio_time = mean(pooled, "fit_seconds") / max(mean(strided, "fit_seconds"), 1e-9)
         gain = mean(pooled, "test_accuracy") - mean(strided, "test_accuracy")
+
+        def gap(point: _Point) -> float:
+            return mean(point, "train_accuracy") - mean(point, "test_accuracy")
+
         observations.append(
             f"{title}: {_point_label(pooled.values)} has {ratio_parameters:.2f}× the parameters"
             f" of {_point_label(strided.values)}, takes {ratio_time:.1f}× as long to fit, and"
-            f" changes test accuracy by {gain:+.3f}."
+            f" changes test accuracy by {gain:+.3f}; its train−test gap is {gap(pooled):.3f}"
+            f" against {gap(strided):.3f}."
         )
     agree = [
         (mean(p, "test_accuracy"), p.reference["test_accuracy"])
@@ -571,6 +567,27 @@ def _observe(experiment: Experiment, points: list[_Point], observations: list[st
             f"{title}: our mean test accuracy is within 0.03 of the report's at {close} of"
             f" {len(agree)} points."
         )
+
+
+def _baseline(points: list[_Point]) -> float:
+    """The most-frequent-class test accuracy the runs recorded (0.10 on CIFAR-10's test set)."""
+    values = [
+        r.metrics["baseline_accuracy"]
+        for p in points
+        for r in p.records
+        if isinstance(r.metrics.get("baseline_accuracy"), int | float)
+    ]
+    return statistics.fmean(values) if values else 0.1
+
+
+def _overfit_epoch(record: RunRecord) -> int | None:
+    """The epoch of lowest validation loss, if the loss clearly rose after it (else None)."""
+    losses = [h.get("val_loss", math.nan) for h in record.history]
+    if len(losses) < 4 or not all(math.isfinite(loss) for loss in losses):
+        return None
+    best = min(range(len(losses)), key=losses.__getitem__)
+    rose = losses[-1] >= losses[best] * (1 + OVERFIT_RISE)
+    return best + 1 if rose and best + 1 <= len(losses) - 2 else None
 
 
 def _best_run_section(
