@@ -145,7 +145,7 @@ def _chromium() -> str:
 
 def _render(page: Path, profile: Path) -> tuple[str, list[str]]:
     """Load `page` headless with an image probe; returns its probe result and console lines."""
-    probed = page.with_name(f"probed-{page.name}")
+    probed = profile.parent / f"probed-{page.name}"  # beside the profile, not the report
     probed.write_text(page.read_text().replace("</body>", f"{_PROBE}</body>"))
     done = subprocess.run(
         [
