@@ -8,8 +8,9 @@ import math
 import pytest
 import torch
 
-from cnnlab import batched, train
+from cnnlab import batched, study, train
 from cnnlab.errors import CnnlabError
+from cnnlab.store import Store
 from cnnlab.train import RunConfig
 
 # Every layer kind, the asymmetric 'same' padding of a strided 3x3 conv, a 2x2 strided kernel,
@@ -124,3 +125,65 @@ def test_a_missing_device_is_a_user_error(tiny_cifar):
         pytest.skip("this machine has CUDA")
     with pytest.raises(CnnlabError, match="available: cpu"):
         batched.fit_group(MEMBERS, tiny_cifar, device="cuda")
+
+
+GROUPED_STUDY = """
+[study]
+name = "grouped"
+repeats = 2
+
+[defaults]
+arch = "probe"
+train_size = 100
+epochs = 2
+batch_size = 32
+learning_rate = 0.003
+
+[architectures.probe]
+layers = [
+  {type = "conv", filters = 4, kernel = 3, stride = 2, padding = "same", activation = "relu"},
+  {type = "dropout", rate = 0.5},
+  {type = "flatten"},
+  {type = "dense", units = 10, activation = "softmax", l1 = 0.0001},
+]
+
+[experiments.l1]
+grid = { l1 = [0.0, 0.001] }
+"""
+
+
+def test_a_study_trained_in_groups_records_what_lone_runs_record(tiny_cifar, tmp_path, monkeypatch):
+    study_file = tmp_path / "grouped.toml"
+    study_file.write_text(GROUPED_STUDY)
+
+    def run(out: str) -> dict:
+        study.run_study(
+            study_file,
+            out=tmp_path / out,
+            data=tiny_cifar,
+            report=False,
+            device="cpu",
+            echo=lambda line: None,
+        )
+        with Store.open(tmp_path / out, create=False) as store:
+            return {record.id: record for record in store.runs()}
+
+    lone = run("lone")
+    # What the CUDA path does: every compatible run in one group (here all four).
+    trained_together: list[int] = []
+
+    def schedule(configs, device):
+        groups = batched.plan_groups(configs, max_members=8)
+        trained_together.extend(len(group) for group in groups)
+        return groups
+
+    monkeypatch.setattr(batched, "schedule", schedule)
+    grouped = run("grouped")
+    assert trained_together == [4]
+    assert lone.keys() == grouped.keys() and len(lone) == 4
+    for run_id, record in grouped.items():
+        assert record.status == lone[run_id].status == "done"
+        assert record.metrics["group_size"] == 4
+        for key in ("train_accuracy", "test_accuracy", "train_loss", "test_loss"):
+            assert record.metrics[key] == pytest.approx(lone[run_id].metrics[key], rel=1e-4)
+        assert (tmp_path / "grouped" / record.artifacts["weights"]).stat().st_size > 0

@@ -477,58 +477,95 @@ def execute_runs(
 ) -> None:
     """Train every run of `plan` (in order), recording each in `store` as it finishes.
 
-    The one place that executes runs: a run is marked running, trained, its artifacts written,
-    then its result recorded. An exception inside a run marks it failed and the next one starts;
-    a failed write stops the study (the disk is full or gone), leaving the run marked failed.
+    The one place that executes runs. By default the fastest path for the device is taken
+    (`batched.schedule`: lone runs on the CPU, compatible runs trained together on CUDA);
+    `runner` (fit's signature) replaces it with one run at a time. The runs of a group are marked
+    running, trained, their artifacts written, then their results recorded. An exception while
+    training marks the group's runs failed and the next group starts; a failed write stops the
+    study (the disk is full or gone), leaving the run marked failed.
     """
-    from cnnlab import train
+    from cnnlab import batched, train
 
-    runner = runner or train.fit
-    for index, run in enumerate(plan, 1):
-        echo(f"[{index}/{len(plan)}] {run.id}  seed={run.config.seed}  {run.label()}")
-        store.mark_running(run.id)
+    if runner is None:
+        groups = batched.schedule([run.config for run in plan], train.resolve_device(device))
 
-        def progress(row: dict[str, Any]) -> None:
+        def train_group(configs: list[RunConfig], progress: Callable) -> list[Any]:
+            return batched.train_together(configs, data, device=device, progress=progress)
+
+    else:
+        groups = [[index] for index in range(len(plan))]
+
+        def train_group(configs: list[RunConfig], progress: Callable) -> list[Any]:
+            return [runner(configs[0], data, device=device, progress=progress)]
+
+    done = 0
+    for group in groups:
+        runs = [plan[index] for index in group]
+        for run in runs:
+            done += 1
+            echo(f"[{done}/{len(plan)}] {run.id}  seed={run.config.seed}  {run.label()}")
+            store.mark_running(run.id)
+
+        def progress(row: dict[str, Any], runs: list[PlannedRun] = runs) -> None:
+            member = f"{runs[row['member']].id}  " if len(runs) > 1 else ""
             echo(
-                f"    epoch {row['epoch']}/{row.get('epochs', '?')}  loss {row['loss']:.4f}"
-                f"  acc {row['accuracy']:.3f}  val_loss {row['val_loss']:.4f}"
-                f"  val_acc {row['val_accuracy']:.3f}  {row['seconds']:.1f} s"
+                f"    {member}epoch {row['epoch']}/{row.get('epochs', '?')}"
+                f"  loss {row['loss']:.4f}  acc {row['accuracy']:.3f}"
+                f"  val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.3f}"
+                f"  {row['seconds']:.1f} s"
             )
 
         try:
-            result = runner(run.config, data, device=device, progress=progress)
+            results = train_group([run.config for run in runs], progress)
         except KeyboardInterrupt:
-            store.mark_pending(run.id)
+            for run in runs:
+                store.mark_pending(run.id)
             raise
         except Exception as error:
             reason = f"{type(error).__name__}: {error}".strip()
-            store.record_failure(run.id, reason)
+            for run in runs:
+                store.record_failure(run.id, reason)
             echo(f"    failed: {reason}")
             continue
-        run_dir = study_dir / RUNS_FOLDER / run.id
-        try:
-            paths = train.save_run(result, run_dir, data.class_names)
-        except OSError as error:
-            where = error.filename or run_dir
-            store.record_failure(run.id, f"cannot write {where}: {error.strerror or error}")
-            raise CnnlabError(
-                f"{where}: cannot write the run's files ({error.strerror or error});"
-                f" run {run.id} is marked failed"
-            ) from None
-        artifacts = {name: os.path.relpath(path, study_dir) for name, path in paths.items()}
-        metrics = result.metrics
-        reason = ""
-        if result.status == "diverged":
-            reason = f"loss not finite at epoch {metrics.get('diverged_epoch', '?')}"
-        store.record_result(
-            run.id,
-            status=result.status,
-            metrics=metrics,
-            history=result.history,
-            artifacts=artifacts,
-            reason=reason,
-        )
-        echo("    " + _result_line(result.status, metrics, reason))
+        for run, result in zip(runs, results, strict=True):
+            _record(run, result, data, store, study_dir, echo)
+
+
+def _record(
+    run: PlannedRun,
+    result: Any,
+    data: Any,
+    store: Store,
+    study_dir: Path,
+    echo: Callable[[str], None],
+) -> None:
+    """Write a finished run's folder, then its row: a row marked done always has its files."""
+    from cnnlab import train
+
+    run_dir = study_dir / RUNS_FOLDER / run.id
+    try:
+        paths = train.save_run(result, run_dir, data.class_names)
+    except OSError as error:
+        where = error.filename or run_dir
+        store.record_failure(run.id, f"cannot write {where}: {error.strerror or error}")
+        raise CnnlabError(
+            f"{where}: cannot write the run's files ({error.strerror or error});"
+            f" run {run.id} is marked failed"
+        ) from None
+    artifacts = {name: os.path.relpath(path, study_dir) for name, path in paths.items()}
+    metrics = result.metrics
+    reason = ""
+    if result.status == "diverged":
+        reason = f"loss not finite at epoch {metrics.get('diverged_epoch', '?')}"
+    store.record_result(
+        run.id,
+        status=result.status,
+        metrics=metrics,
+        history=result.history,
+        artifacts=artifacts,
+        reason=reason,
+    )
+    echo(f"    {run.id} " + _result_line(result.status, metrics, reason))
 
 
 def _result_line(status: str, metrics: dict[str, Any], reason: str) -> str:
