@@ -18,9 +18,11 @@ a CUDA graph and nothing inside an epoch may wait for the host).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -257,9 +259,15 @@ class _Stepper:
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         self.optimizer.zero_grad(set_to_none=True)
-        with torch.cuda.graph(graph):
-            self.graph = graph  # set first so _step keeps the grads' memory in place
-            self._step()
+        try:
+            with torch.cuda.graph(graph):
+                self.graph = graph  # set first so _step keeps the grads' memory in place
+                self._step()
+        except RuntimeError as error:
+            # Capture records kernels without running them: nothing was trained, so the
+            # remaining steps can run eagerly, only slower.
+            self.graph = None
+            warnings.warn(f"CUDA graph capture failed, training eagerly: {error}", stacklevel=2)
 
     def run(self, indices: torch.Tensor, masks: Sequence[torch.Tensor]) -> None:
         self.indices.copy_(indices, non_blocking=True)
@@ -305,6 +313,27 @@ def _evaluate_group(net: GroupNet, images, labels, batch_size=train.EVAL_BATCH_S
     ]
 
 
+@contextlib.contextmanager
+def _fast_cuda_math() -> Iterator[None]:
+    """TF32 matrix products and cuDNN's autotuner while a group trains; restored afterwards."""
+    saved = (
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+        torch.backends.cudnn.benchmark,
+    )
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = True  # fixed shapes: the tuned kernels are reused
+    try:
+        yield
+    finally:
+        (
+            torch.backends.cuda.matmul.allow_tf32,
+            torch.backends.cudnn.allow_tf32,
+            torch.backends.cudnn.benchmark,
+        ) = saved
+
+
 def fit_group(
     configs: Sequence[RunConfig],
     data: data_module.Cifar10,
@@ -318,7 +347,15 @@ def fit_group(
 
     `masks` "step" or "epoch" and `cuda_graph` default to what suits the device (see the module
     docstring); `progress` gets each member's epoch row with its index under "member".
+    On CUDA the group trains in TF32 (fp32 storage, fp32 accumulation).
     """
+    target = train.resolve_device(device)
+    fast_math = _fast_cuda_math() if target.type == "cuda" else contextlib.nullcontext()
+    with fast_math:
+        return _fit_group(configs, data, device, masks, cuda_graph, progress)
+
+
+def _fit_group(configs, data, device, masks, cuda_graph, progress) -> list[RunResult]:
     if len({group_key(config) for config in configs}) != 1:
         raise ValueError("fit_group needs runs that differ only in " + ", ".join(MEMBER_FIELDS))
     target = train.resolve_device(device)
@@ -346,7 +383,7 @@ def fit_group(
         droppers.append(dropout_generator)
     net = GroupNet(nets).to(target)
     members = net.members
-    optimizer = train.make_optimizer(net, config)
+    optimizer = train.make_optimizer(net, config, capturable=cuda_graph)
     dropout = _Dropout(net, droppers, target, masks)
     batch = config.batch_size
     full = _Stepper(net, optimizer, images, labels, batch, memory_format)

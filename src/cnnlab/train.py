@@ -217,8 +217,14 @@ def subset_indices(config: RunConfig, data: data_module.Cifar10) -> tuple[np.nda
     return train_part, validation_part
 
 
-def make_optimizer(model: torch.nn.Module, config: RunConfig) -> torch.optim.Adam:
-    """Adam with Keras's defaults (epsilon 1e-7) unless the config says otherwise."""
+def make_optimizer(
+    model: torch.nn.Module, config: RunConfig, *, capturable: bool = False
+) -> torch.optim.Adam:
+    """Adam with Keras's defaults (epsilon 1e-7) unless the config says otherwise.
+
+    `capturable` keeps every step's state on the GPU so the step can be replayed from a CUDA
+    graph.
+    """
     parameters = list(model.parameters())
     return torch.optim.Adam(
         parameters,
@@ -227,6 +233,7 @@ def make_optimizer(model: torch.nn.Module, config: RunConfig) -> torch.optim.Ada
         eps=config.epsilon,
         # One kernel per tensor: the step costs 0.4 ms instead of 0.7 ms on the CPU (measured).
         fused=bool(parameters) and parameters[0].device.type in ("cpu", "cuda"),
+        capturable=capturable,
     )
 
 
