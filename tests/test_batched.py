@@ -187,3 +187,13 @@ def test_a_study_trained_in_groups_records_what_lone_runs_record(tiny_cifar, tmp
         for key in ("train_accuracy", "test_accuracy", "train_loss", "test_loss"):
             assert record.metrics[key] == pytest.approx(lone[run_id].metrics[key], rel=1e-4)
         assert (tmp_path / "grouped" / record.artifacts["weights"]).stat().st_size > 0
+
+
+def test_a_bfloat16_group_trains_in_mixed_precision(tiny_cifar):
+    mixed = [dataclasses.replace(config, precision="bfloat16") for config in MEMBERS[:2]]
+    grouped = batched.fit_group(mixed, tiny_cifar, device="cpu")
+    full = batched.fit_group(MEMBERS[:2], tiny_cifar, device="cpu")
+    for result, reference in zip(grouped, full, strict=True):
+        assert result.status == "done"
+        assert all(math.isfinite(row["loss"]) for row in result.history)
+        assert result.history[-1]["loss"] != reference.history[-1]["loss"]

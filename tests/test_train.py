@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -297,3 +298,19 @@ def test_cli_archs_and_summary(capsys):
     summary = capsys.readouterr().out
     assert "max_pooling2d (MaxPooling2D)" in summary and "Total params: 98,586" in summary
     assert main(["summary", "nope"]) == 2
+
+
+def test_bfloat16_is_opt_in_and_still_learns(tiny_cifar):
+    base = train.RunConfig(arch="tiny", train_size=200, epochs=3, batch_size=32, seed=0)
+    full = train.fit(base, tiny_cifar, device="cpu")
+    mixed = train.fit(dataclasses.replace(base, precision="bfloat16"), tiny_cifar, device="cpu")
+    assert all(value.dtype == torch.float32 for value in mixed.state_dict.values())
+    assert mixed.history[-1]["loss"] != full.history[-1]["loss"]  # bfloat16 arithmetic ran
+    assert mixed.history[-1]["loss"] < mixed.history[0]["loss"]
+    assert mixed.metrics["train_accuracy"] > 0.3  # the synthetic classes are easy
+
+
+def test_an_unknown_precision_is_one_clear_error(tiny_cifar):
+    config = train.RunConfig(arch="tiny", train_size=200, epochs=1, precision="float16")
+    with pytest.raises(CnnlabError, match="precision 'float16': expected one of float32, bfloat16"):
+        train.fit(config, tiny_cifar, device="cpu")

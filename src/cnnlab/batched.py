@@ -222,9 +222,10 @@ class _Stepper:
     replayed (CUDA, full batches).
     """
 
-    def __init__(self, net, optimizer, images, labels, batch, memory_format, totals=None):
+    def __init__(self, net, optimizer, images, labels, batch, config, totals=None):
         self.net, self.optimizer, self.images, self.labels = net, optimizer, images, labels
-        self.memory_format = memory_format
+        self.memory_format = torch.channels_last  # what the lone path's NHWC images amount to
+        self.precision = config.precision
         device, members = images.device, net.members
         self.indices = torch.zeros((members, batch), dtype=torch.long, device=device)
         self.masks = net.mask_buffers(batch, device)
@@ -238,7 +239,8 @@ class _Stepper:
         images = train.normalise(self.images[self.indices])  # (G, b, C, H, W)
         images = _to_group_layout(images).contiguous(memory_format=self.memory_format)
         labels = self.labels[self.indices]  # (G, b)
-        logits = self.net(images, self.masks)
+        with train.autocast(self.precision, images.device):
+            logits = self.net(images, self.masks).float()
         cross_entropy = F.cross_entropy(
             logits.reshape(members * batch, -1), labels.reshape(-1), reduction="none"
         ).view(members, batch)
@@ -279,7 +281,7 @@ class _Stepper:
             self._step()
 
 
-def _evaluate_group(net: GroupNet, images, labels, batch_size=train.EVAL_BATCH_SIZE):
+def _evaluate_group(net: GroupNet, images, labels, precision, batch_size=train.EVAL_BATCH_SIZE):
     """Per member: (loss, accuracy, predictions) in eval mode, every member on the same images."""
     net.eval()
     members = net.members
@@ -288,7 +290,8 @@ def _evaluate_group(net: GroupNet, images, labels, batch_size=train.EVAL_BATCH_S
     with torch.inference_mode():
         for start in range(0, len(labels), batch_size):
             batch_images = train.normalise(images[start : start + batch_size])
-            logits = net(batch_images.repeat(1, members, 1, 1))
+            with train.autocast(precision, images.device):
+                logits = net(batch_images.repeat(1, members, 1, 1)).float()
             batch_labels = labels[start : start + batch_size]
             cross_entropy += (
                 F.cross_entropy(
@@ -369,7 +372,6 @@ def _fit_group(configs, data, device, masks, cuda_graph, progress) -> list[RunRe
     train_count = len(train_part)
     images = train.images_to_device(data.train_images[ordered], target)
     labels = torch.from_numpy(data.train_labels[ordered].astype(np.int64)).to(target)
-    memory_format = torch.channels_last  # what the lone path's NHWC images amount to
 
     nets, shufflers, droppers = [], [], []
     for member, member_layers in zip(configs, layers, strict=True):
@@ -386,9 +388,9 @@ def _fit_group(configs, data, device, masks, cuda_graph, progress) -> list[RunRe
     optimizer = train.make_optimizer(net, config, capturable=cuda_graph)
     dropout = _Dropout(net, droppers, target, masks)
     batch = config.batch_size
-    full = _Stepper(net, optimizer, images, labels, batch, memory_format)
+    full = _Stepper(net, optimizer, images, labels, batch, config)
     totals = (full.loss_sum, full.correct)
-    last = _Stepper(net, optimizer, images, labels, train_count % batch, memory_format, totals)
+    last = _Stepper(net, optimizer, images, labels, train_count % batch, config, totals)
 
     histories: list[list[dict[str, float]]] = [[] for _ in range(members)]
     diverged: list[int | None] = [None] * members
@@ -417,7 +419,9 @@ def _fit_group(configs, data, device, masks, cuda_graph, progress) -> list[RunRe
             stepper = full if size == batch else last
             stepper.run(orders[:, start : start + size], dropout.for_step(start, size))
         epoch_scores = (torch.stack([full.loss_sum, full.correct]) / train_count).cpu()
-        validations = _evaluate_group(net, images[train_count:], labels[train_count:])
+        validations = _evaluate_group(
+            net, images[train_count:], labels[train_count:], config.precision
+        )
         now = time.perf_counter()
         for member in range(members):
             if diverged[member] is not None:
@@ -453,8 +457,8 @@ def _fit_group(configs, data, device, masks, cuda_graph, progress) -> list[RunRe
     evaluated = time.perf_counter()
     test_images = train.images_to_device(data.test_images, target)
     test_labels = torch.from_numpy(data.test_labels.astype(np.int64)).to(target)
-    train_scores = _evaluate_group(net, images, labels)
-    test_scores = _evaluate_group(net, test_images, test_labels)
+    train_scores = _evaluate_group(net, images, labels, config.precision)
+    test_scores = _evaluate_group(net, test_images, test_labels, config.precision)
     eval_seconds = time.perf_counter() - evaluated
 
     results = []

@@ -140,6 +140,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         validation_split=args.validation_split,
         learning_rate=args.learning_rate,
         seed=args.seed,
+        precision=args.precision,
     )
     # Mistakes in the arguments surface before the data is decoded.
     train.resolve_device(args.device)
@@ -338,6 +339,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int, default=128)
     train.add_argument("--validation-split", type=float, default=0.1)
     train.add_argument("--learning-rate", type=float, default=1e-3)
+    train.add_argument(
+        "--precision",
+        choices=["float32", "bfloat16"],
+        default="float32",
+        help="forward-pass arithmetic; bfloat16 mixed precision is opt-in",
+    )
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     train.add_argument("--out", default=None, metavar="DIR", help="run folder to write")

@@ -56,6 +56,7 @@ class RunConfig:
     epsilon: float = 1e-7  # Adam epsilon: Keras's default, not PyTorch's 1e-8
     seed: int = 0  # initialisation, dropout masks and per-epoch shuffles
     subset_seed: int = 0  # which images form the subset; the same across repeats
+    precision: str = "float32"  # forward-pass compute: "float32" (TF32 on CUDA) or "bfloat16"
 
 
 @dataclass
@@ -121,11 +122,24 @@ class Evaluation:
     predictions: np.ndarray  # predicted class per image
 
 
+PRECISIONS = ("float32", "bfloat16")
+
+
+def autocast(precision: str, device: torch.device) -> torch.autocast:
+    """The forward pass's compute type: float32, or opt-in bfloat16 mixed precision.
+
+    Parameters, gradients and Adam's state stay float32 either way; bfloat16 only changes the
+    arithmetic inside convolutions and matrix products (the loss is computed in float32).
+    """
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16")
+
+
 def evaluate_model(
     model: models.ConvNet,
     images: torch.Tensor,
     labels: torch.Tensor,
     batch_size: int = EVAL_BATCH_SIZE,
+    precision: str = "float32",
 ) -> Evaluation:
     """Loss, accuracy and predictions of `model` on uint8 NCHW `images` (on the model's device)."""
     was_training = model.training
@@ -134,7 +148,8 @@ def evaluate_model(
     predictions = []
     with torch.inference_mode():
         for start in range(0, len(labels), batch_size):
-            logits = model(normalise(images[start : start + batch_size]))
+            with autocast(precision, images.device):
+                logits = model(normalise(images[start : start + batch_size])).float()
             batch_labels = labels[start : start + batch_size]
             cross_entropy += F.cross_entropy(logits, batch_labels, reduction="sum")
             predictions.append(logits.argmax(1))
@@ -157,6 +172,7 @@ def train_one_epoch(
     labels: torch.Tensor,
     batch_size: int,
     generator: torch.Generator,
+    precision: str = "float32",
 ) -> tuple[float, float]:
     """One pass over a fresh shuffle; (loss, accuracy) as running means over the batches."""
     model.train()
@@ -166,7 +182,8 @@ def train_one_epoch(
     for start in range(0, len(labels), batch_size):
         batch = order[start : start + batch_size]
         batch_labels = labels[batch]
-        logits = model(normalise(images[batch]))
+        with autocast(precision, images.device):
+            logits = model(normalise(images[batch])).float()
         loss = F.cross_entropy(logits, batch_labels)
         penalty = model.penalty()
         if penalty is not None:
@@ -200,6 +217,10 @@ def check_config(config: RunConfig, data: data_module.Cifar10 | None = None) -> 
             raise CnnlabError(f"{name} {getattr(config, name)}: must be at least 1")
     if not config.learning_rate > 0:
         raise CnnlabError(f"learning_rate {config.learning_rate}: must be positive")
+    if config.precision not in PRECISIONS:
+        raise CnnlabError(
+            f"precision {config.precision!r}: expected one of {', '.join(PRECISIONS)}"
+        )
     if not (0 <= config.beta_1 < 1 and 0 <= config.beta_2 < 1 and config.epsilon >= 0):
         raise CnnlabError("Adam needs beta_1 and beta_2 in [0, 1) and epsilon >= 0")
 
@@ -284,8 +305,11 @@ def fit(
             labels[:train_count],
             config.batch_size,
             shuffle_generator,
+            config.precision,
         )
-        validation = evaluate_model(model, images[train_count:], labels[train_count:])
+        validation = evaluate_model(
+            model, images[train_count:], labels[train_count:], precision=config.precision
+        )
         now = time.perf_counter()
         row = {
             "epoch": epoch,
@@ -308,8 +332,8 @@ def fit(
     evaluated = time.perf_counter()
     test_images = images_to_device(data.test_images, target)
     test_labels = torch.from_numpy(data.test_labels.astype(np.int64)).to(target)
-    train_scores = evaluate_model(model, images, labels)
-    test_scores = evaluate_model(model, test_images, test_labels)
+    train_scores = evaluate_model(model, images, labels, precision=config.precision)
+    test_scores = evaluate_model(model, test_images, test_labels, precision=config.precision)
     eval_seconds = time.perf_counter() - evaluated
 
     state_dict = {name: value.detach().cpu().clone() for name, value in model.state_dict().items()}
@@ -518,7 +542,9 @@ def evaluate_run(
     results = {}
     for split, (images, labels) in splits.items():
         tensor_labels = torch.from_numpy(labels.astype(np.int64)).to(target)
-        scores = evaluate_model(model, images_to_device(images, target), tensor_labels)
+        scores = evaluate_model(
+            model, images_to_device(images, target), tensor_labels, precision=config.precision
+        )
         results[split] = (labels, scores)
     return results
 
