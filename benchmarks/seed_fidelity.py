@@ -5,6 +5,7 @@ Prints train/test accuracy per seed and mean ± std beside the report's 0.63 / 0
 (benchmarks/plain_port.py) on the same images, which the issue expects about 3 points lower.
 
     python benchmarks/seed_fidelity.py --data PATH [--seeds 0 1 2] [--plain] [--threads N]
+        [--precision float32|bfloat16] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -37,15 +38,22 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--plain", action="store_true", help="also train the plain port")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    parser.add_argument("--precision", choices=train.PRECISIONS, default="float32")
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     data = load_cifar10(args.data)
-    print(f"seed ConvNet, 5,000 images, {args.epochs} epochs, L1 1e-4, CPU, data {data.source}")
+    print(
+        f"seed ConvNet, 5,000 images, {args.epochs} epochs, L1 1e-4, {args.precision},"
+        f" device {args.device}, data {data.source}"
+    )
     rows: dict[str, dict[str, list[float]]] = {}
     for seed in args.seeds:
-        config = train.RunConfig(arch="seed", train_size=5000, epochs=args.epochs, seed=seed)
-        result = train.fit(config, data, device="cpu")
+        config = train.RunConfig(
+            arch="seed", train_size=5000, epochs=args.epochs, seed=seed, precision=args.precision
+        )
+        result = train.fit(config, data, device=args.device)
         metrics = result.metrics
         scores = rows.setdefault("cnnlab", {"train": [], "test": [], "seconds": []})
         scores["train"].append(metrics["train_accuracy"])
