@@ -178,8 +178,9 @@ class _Dropout:
         device: torch.device,
         mode: str,
     ):
-        self.rates = [m.rate for m in net.lone_layers if isinstance(m, models.GeneratorDropout)]
-        self.rates = [rate for rate in self.rates if rate > 0]
+        self.rates = [
+            m.rate for m in net.lone_layers if isinstance(m, models.GeneratorDropout) and m.rate > 0
+        ]
         self.net, self.generators, self.device = net, generators, device
         self.mode = mode
         self.epoch_masks: list[torch.Tensor] = []
@@ -463,7 +464,7 @@ def _fit_group(configs, data, device, masks, cuda_graph, progress) -> list[RunRe
 
     results = []
     for member, member_config in enumerate(configs):
-        timings = {"fit_seconds": fit_seconds, "eval_seconds": eval_seconds, "group_size": members}
+        timings = {"fit_seconds": fit_seconds, "eval_seconds": eval_seconds}
         results.append(
             train.make_result(
                 member_config,
@@ -478,6 +479,7 @@ def _fit_group(configs, data, device, masks, cuda_graph, progress) -> list[RunRe
                 final_states[member] or net.member_state_dict(member),
             )
         )
+        results[-1].metrics["group_size"] = members  # runs trained together, this one included
     return results
 
 
