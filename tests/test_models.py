@@ -9,6 +9,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch.utils.flop_counter import FlopCounterMode
 
 from cnnlab import models
 from cnnlab.errors import CnnlabError
@@ -32,6 +33,15 @@ def test_every_registered_architecture_trains(name):
     assert models.count_parameters(model) == total == sum(row.parameters for row in rows)
     if name in KERAS_PARAMETERS:
         assert total == KERAS_PARAMETERS[name]
+
+
+@pytest.mark.parametrize("name", sorted(models.ARCHITECTURES))
+def test_forward_flops_agree_with_torchs_flop_counter(name):
+    model = models.build_model(name, generator=torch.Generator().manual_seed(0)).eval()
+    with FlopCounterMode(display=False) as counter:
+        model(torch.rand(1, 3, 32, 32))
+    layers = models.parse_layers(models.get_architecture(name))
+    assert models.forward_flops(layers) == counter.get_total_flops() > 0
 
 
 def test_seed_summary_matches_the_report_table():

@@ -283,6 +283,23 @@ DESCRIPTIONS = {
 }
 
 
+def forward_flops(layers: tuple[LayerSpec, ...], input_shape: tuple[int, ...] = INPUT_SHAPE) -> int:
+    """Floating-point operations (2 per multiply-add) of one image's forward pass.
+
+    Counts the convolutions and dense layers, which are nearly all of the work; pooling,
+    activations and dropout are left out.
+    """
+    total, shape = 0, tuple(input_shape)
+    for layer in layers:
+        out = output_shape(layer, shape)
+        if isinstance(layer, Conv):
+            total += 2 * out[0] * out[1] * out[2] * layer.kernel[0] * layer.kernel[1] * shape[2]
+        elif isinstance(layer, Dense):
+            total += 2 * shape[0] * layer.units
+        shape = out
+    return total
+
+
 def get_architecture(name: str) -> tuple[dict[str, Any], ...]:
     """The layer specs of a registered architecture; an unknown name lists the known ones."""
     if name not in ARCHITECTURES:
