@@ -2,14 +2,19 @@
 
 The runs are the seed study's first repeat (sizes 5K/10K/20K/40K; L1 0, 0.001, 1, 10, 100 at
 5K; max-pool at 5K; the deep net on all 50K; 20 epochs, batch 128), taken from
-studies/seed.toml. cnnlab trains them as `cnnlab study` does (`batched.train_runs`: lone runs on
-the CPU, grouped runs replayed from CUDA graphs on a GPU); the plain port (benchmarks/
+studies/seed.toml. cnnlab trains them as `cnnlab study` does (`batched.train_runs`: on the CPU
+lone runs in one worker process per core, longest first; on a GPU grouped runs replayed from CUDA
+graphs); the plain port (benchmarks/
 plain_port.py: DataLoader, default initialisation, symmetric padding) trains each in turn on the
 same device. Both sides are timed from their first step to their last metric, evaluation of the
 training subset and the test set included. Prints a per-run table, totals, the ratio, and the
 FLOP/s cnnlab achieved against the machine's peak.
 
-    python benchmarks/study_speed.py --data PATH [--device auto] [--epochs 20] [--skip-plain]
+    python benchmarks/study_speed.py --data PATH [--device auto] [--epochs 20] [--workers N]
+                                     [--skip-plain]
+
+Run it on an otherwise idle machine: PyTorch's OpenMP threads spin while they wait, so another
+busy process can make a step ten times slower and spoil both columns.
 """
 
 from __future__ import annotations
@@ -30,32 +35,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from cnnlab import batched, models, study, train
+from cnnlab import batched, study, train, workers
 from cnnlab.data import load_cifar10
 from plain_port import evaluate_plain, fit_plain, to_tensors
-
-
-def forward_flops(layers: tuple[models.LayerSpec, ...]) -> int:
-    """Multiply-adds x 2 of one image's forward pass (convolutions and dense layers)."""
-    total, shape = 0, tuple(models.INPUT_SHAPE)
-    for layer in layers:
-        out = models.output_shape(layer, shape)
-        if isinstance(layer, models.Conv):
-            total += 2 * out[0] * out[1] * out[2] * layer.kernel[0] * layer.kernel[1] * shape[2]
-        elif isinstance(layer, models.Dense):
-            total += 2 * shape[0] * layer.units
-        shape = out
-    return total
-
-
-def run_flops(config: train.RunConfig, test_images: int) -> float:
-    """Training (forward + backward ~ 3 forwards) plus every evaluation pass of one run."""
-    forward = forward_flops(models.resolve_layers(config))
-    trained = int(config.train_size * (1 - config.validation_split))  # Keras's split
-    validation = config.train_size - trained
-    passes = 3 * trained * config.epochs + validation * config.epochs
-    passes += config.train_size + test_images
-    return float(forward) * passes
 
 
 def cpu_peak_flops() -> tuple[float, float | None]:
@@ -78,7 +60,7 @@ def cpu_peak_flops() -> tuple[float, float | None]:
         flags = Path("/proc/cpuinfo").read_text()
         # fp32 FLOP per cycle per core: two FMA pipes x (16 lanes AVX-512 | 8 AVX2) x 2.
         per_cycle = 64 if "avx512f" in flags else 32
-        nominal = torch.get_num_threads() * megahertz * 1e6 * per_cycle
+        nominal = workers.cpu_count() * megahertz * 1e6 * per_cycle
     except (OSError, ValueError):
         pass
     return measured, nominal
@@ -112,6 +94,9 @@ def main() -> None:
     parser.add_argument("--data", default=None, help="CIFAR-10 source (default: $CNNLAB_DATA)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument(
+        "--workers", type=int, default=None, help="CPU processes for cnnlab (default: one per core)"
+    )
     parser.add_argument("--skip-plain", action="store_true", help="time cnnlab only")
     args = parser.parse_args()
     device = train.resolve_device(args.device)
@@ -122,7 +107,7 @@ def main() -> None:
         configs = [dataclasses.replace(c, epochs=args.epochs) for c in configs]
 
     started = time.perf_counter()
-    ours = dict(batched.train_runs(configs, data, device=str(device)))
+    ours = dict(batched.train_runs(configs, data, device=str(device), workers=args.workers))
     ours_total = time.perf_counter() - started
     since_process = time.perf_counter() - PROCESS_START
     ours_seconds = {
@@ -142,6 +127,14 @@ def main() -> None:
         f"{'' if device.type == 'cuda' else ' CPUs'}), torch {torch.__version__},"
         f" {torch.get_num_threads()} threads"
     )
+    processes = workers.process_count(len(configs), device, args.workers)
+    threads = max(1, workers.cpu_count() // processes)
+    print(
+        f"cnnlab: {processes} process(es) x {threads} thread(s);"
+        f" plain port: 1 process x {torch.get_num_threads()} threads"
+        if device.type == "cpu"
+        else "cnnlab: runs grouped in this process"
+    )
     print(f"{'run':<34}{'cnnlab s':>10}{'test acc':>10}{'plain s':>10}{'test acc':>10}")
     for index, config in enumerate(configs):
         label = f"{config.arch} n={config.train_size} l1={config.l1}"
@@ -160,7 +153,7 @@ def main() -> None:
             f" cnnlab / plain = {ours_total / plain_total:.3f}"
             f" ({plain_total / ours_total:.1f}x faster)"
         )
-    flops = sum(run_flops(config, len(data.test_labels)) for config in configs)
+    flops = sum(train.run_flops(config, len(data.test_labels)) for config in configs)
     print(
         f"network FLOPs, all runs: {flops / 1e12:.1f} TFLOP;"
         f" cnnlab achieved {flops / ours_total / 1e9:.1f} GFLOP/s"

@@ -163,6 +163,7 @@ def test_a_study_trained_in_groups_records_what_lone_runs_record(tiny_cifar, tmp
             data=tiny_cifar,
             report=False,
             device="cpu",
+            workers=1,  # in this process, where `schedule` decides
             echo=lambda line: None,
         )
         with Store.open(tmp_path / out, create=False) as store:

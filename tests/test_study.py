@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import study_fakes
-from cnnlab import study, train
+from cnnlab import study, train, workers
 from cnnlab.cli import main
 from cnnlab.errors import CnnlabError
 from cnnlab.store import Store
@@ -34,6 +34,8 @@ def fake_training(monkeypatch):
 
     monkeypatch.setattr(train, "fit", fit)
     monkeypatch.setattr(train, "save_run", study_fakes.fake_save_run)
+    # The stand-ins live in this process: worker processes would import the real `fit`.
+    monkeypatch.setattr(workers, "process_count", lambda runs, device, requested=None: 1)
     return trained
 
 

@@ -15,6 +15,7 @@ from PIL import Image
 
 from cnnlab.data import CLASS_NAMES
 from cnnlab.store import Store
+from processes import alive, children_of
 
 pytestmark = pytest.mark.slow
 
@@ -73,10 +74,17 @@ def _cnnlab(*arguments: str, **options) -> subprocess.Popen:
     )
 
 
+def _study(study_file: Path, data: Path, out: Path) -> subprocess.Popen:
+    # Two runs train at once in worker processes, as they do by default on a 2-core machine.
+    return _cnnlab(
+        "study", str(study_file), "--workers", "2", "--data", str(data), "--out", str(out)
+    )
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(png_folder, study_file, tmp_path_factory) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("clean") / "out"
-    child = _cnnlab("study", str(study_file), "--data", str(png_folder), "--out", str(out))
+    child = _study(study_file, png_folder, out)
     stdout, stderr = child.communicate(timeout=300)
     assert child.returncode == 0, stderr
     return out, stdout
@@ -105,17 +113,22 @@ def test_kill_9_then_rerun_gives_the_uninterrupted_results(
     database = out / "study.sqlite"
     # One kill mid-study here (tests/test_study.py kills a stand-in study at several points).
     for done_before_kill in (1,):
-        child = _cnnlab("study", str(study_file), "--data", str(png_folder), "--out", str(out))
+        child = _study(study_file, png_folder, out)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and child.poll() is None:
             statuses = _statuses(database)
             if statuses.count("done") >= done_before_kill and "running" in statuses:
                 break
             time.sleep(0.005)
+        workers = children_of(child.pid)
         child.send_signal(signal.SIGKILL)
         child.communicate()
-        assert _statuses(database).count("running") <= 1
-    child = _cnnlab("study", str(study_file), "--data", str(png_folder), "--out", str(out))
+        assert _statuses(database).count("running") <= 2  # at most the runs in the workers' hands
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(alive(pid) for pid in workers):
+            time.sleep(0.05)
+        assert not any(alive(pid) for pid in workers), "a worker outlived its killed study"
+    child = _study(study_file, png_folder, out)
     _, stderr = child.communicate(timeout=300)
     assert child.returncode == 0, stderr
     with Store.open(out) as store, Store.open(uninterrupted[0]) as clean:

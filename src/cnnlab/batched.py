@@ -515,10 +515,30 @@ def train_together(
 
 
 def train_runs(
-    configs: Sequence[RunConfig], data: data_module.Cifar10, *, device: str = "auto"
+    configs: Sequence[RunConfig],
+    data: data_module.Cifar10,
+    *,
+    device: str = "auto",
+    workers: int | None = None,
 ) -> Iterator[tuple[int, RunResult]]:
-    """(index, result) for every config, trained by the fastest path for `device`."""
+    """(index, result) for every config, as they finish, by the path `cnnlab study` takes.
+
+    On the CPU that is `workers` processes side by side (default: one per core); elsewhere
+    `schedule`'s groups in this process. A run that fails raises RuntimeError.
+    """
+    from cnnlab import workers as workers_module
+
     target = train.resolve_device(device)
+    processes = workers_module.process_count(len(configs), target, workers)
+    if processes > 1:
+        events = workers_module.train_parallel(configs, data, processes=processes)
+        with contextlib.closing(events):
+            for event in events:
+                if event.kind == "failed":
+                    raise RuntimeError(f"run {event.index} failed: {event.payload}")
+                if event.kind == "done":
+                    yield event.index, event.payload
+        return
     for group in schedule(configs, target):
         results = train_together([configs[index] for index in group], data, device=device)
         yield from zip(group, results, strict=True)

@@ -221,6 +221,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
         repeats=args.repeats,
         force=args.force,
         device=args.device,
+        workers=args.workers,
     )
     for line in study.summary_lines(outcome):
         print(line)
@@ -376,6 +377,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="use an output folder that belongs to a different study",
     )
     study.add_argument("--device", default="auto")
+    study.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CPU only: processes training runs side by side (default: one per core;"
+        " 1 trains in this process)",
+    )
     study.set_defaults(handler=_cmd_study)
 
     results = commands.add_parser("results", help="print or export a study's results")

@@ -472,22 +472,30 @@ def execute_runs(
     study_dir: Path,
     *,
     device: str = "auto",
+    workers: int | None = None,
     runner: Runner | None = None,
     echo: Callable[[str], None] = print,
 ) -> None:
-    """Train every run of `plan` (in order), recording each in `store` as it finishes.
+    """Train every run of `plan`, recording each in `store` as it finishes.
 
-    The one place that executes runs. By default the fastest path for the device is taken
-    (`batched.schedule`: lone runs on the CPU, compatible runs trained together on CUDA);
-    `runner` (fit's signature) replaces it with one run at a time. The runs of a group are marked
-    running, trained, their artifacts written, then their results recorded. An exception while
-    training marks the group's runs failed and the next group starts; a failed write stops the
-    study (the disk is full or gone), leaving the run marked failed.
+    The one place that executes runs. By default the fastest path for the device is taken: on
+    the CPU, lone runs in `workers` processes side by side (default: one per core;
+    `cnnlab.workers`), on CUDA compatible runs trained together (`batched.schedule`). `runner`
+    (fit's signature) replaces both with one run at a time, in order, in this process. A run is
+    marked running when it starts, and recorded (artifacts first, then its row) when it ends. An
+    exception while training marks the run (or its group) failed and the rest go on; a failed
+    write stops the study (the disk is full or gone), leaving the run marked failed.
     """
     from cnnlab import batched, train
+    from cnnlab import workers as workers_module
 
+    target = train.resolve_device(device)
+    processes = workers_module.process_count(len(plan), target, workers)
+    if runner is None and processes > 1:
+        _execute_in_workers(plan, data, store, study_dir, processes, echo)
+        return
     if runner is None:
-        groups = batched.schedule([run.config for run in plan], train.resolve_device(device))
+        groups = batched.schedule([run.config for run in plan], target)
 
         def train_group(configs: list[RunConfig], progress: Callable) -> list[Any]:
             return batched.train_together(configs, data, device=device, progress=progress)
@@ -503,17 +511,11 @@ def execute_runs(
         runs = [plan[index] for index in group]
         for run in runs:
             done += 1
-            echo(f"[{done}/{len(plan)}] {run.id}  seed={run.config.seed}  {run.label()}")
+            echo(_start_line(done, len(plan), run))
             store.mark_running(run.id)
 
         def progress(row: dict[str, Any], runs: list[PlannedRun] = runs) -> None:
-            member = f"{runs[row['member']].id}  " if len(runs) > 1 else ""
-            echo(
-                f"    {member}epoch {row['epoch']}/{row.get('epochs', '?')}"
-                f"  loss {row['loss']:.4f}  acc {row['accuracy']:.3f}"
-                f"  val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.3f}"
-                f"  {row['seconds']:.1f} s"
-            )
+            echo(_progress_line(row, runs[row["member"]].id if len(runs) > 1 else ""))
 
         try:
             results = train_group([run.config for run in runs], progress)
@@ -529,6 +531,59 @@ def execute_runs(
             continue
         for run, result in zip(runs, results, strict=True):
             _record(run, result, data, store, study_dir, echo)
+
+
+def _execute_in_workers(
+    plan: list[PlannedRun],
+    data: Any,
+    store: Store,
+    study_dir: Path,
+    processes: int,
+    echo: Callable[[str], None],
+) -> None:
+    """`execute_runs` on the CPU: lone runs in `processes` worker processes, longest first."""
+    from cnnlab import workers
+
+    echo(f"training on the CPU in {processes} worker processes side by side")
+    started: list[PlannedRun] = []
+    in_hand: set[str] = set()
+    events = workers.train_parallel([run.config for run in plan], data, processes=processes)
+    try:
+        with contextlib.closing(events):
+            for event in events:
+                run = plan[event.index]
+                if event.kind == "started":
+                    started.append(run)
+                    in_hand.add(run.id)
+                    echo(_start_line(len(started), len(plan), run))
+                    store.mark_running(run.id)
+                elif event.kind == "progress":
+                    echo(_progress_line(event.payload, run.id))
+                elif event.kind == "failed":
+                    in_hand.discard(run.id)
+                    store.record_failure(run.id, event.payload)
+                    echo(f"    {run.id} failed: {event.payload}")
+                else:
+                    in_hand.discard(run.id)
+                    _record(run, event.payload, data, store, study_dir, echo)
+    except KeyboardInterrupt:
+        for run_id in in_hand:
+            store.mark_pending(run_id)
+        raise
+
+
+def _start_line(number: int, total: int, run: PlannedRun) -> str:
+    return f"[{number}/{total}] {run.id}  seed={run.config.seed}  {run.label()}"
+
+
+def _progress_line(row: dict[str, Any], run_id: str) -> str:
+    """One epoch's line, prefixed by its run's id where several runs report at once."""
+    return (
+        f"    {run_id + '  ' if run_id else ''}epoch {row['epoch']}/{row.get('epochs', '?')}"
+        f"  loss {row['loss']:.4f}  acc {row['accuracy']:.3f}"
+        f"  val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.3f}"
+        f"  {row['seconds']:.1f} s"
+    )
 
 
 def _record(
@@ -633,6 +688,7 @@ def run_study(
     repeats: int | None = None,
     force: bool = False,
     device: str = "auto",
+    workers: int | None = None,
     runner: Runner | None = None,
     report: bool = True,
     echo: Callable[[str], None] = print,
@@ -640,9 +696,12 @@ def run_study(
     """Run every unfinished run of a study file, then write its report.
 
     `data` is a source for `load_cifar10` (default: the study's, then cnnlab's usual search) or an
-    already loaded `Cifar10`; it is loaded only if some run has to train.
+    already loaded `Cifar10`; it is loaded only if some run has to train. `workers` is how many
+    processes train side by side on the CPU (default: one per core; 1 trains in this process).
     """
     started = time.perf_counter()
+    if workers is not None and (isinstance(workers, bool) or workers < 1):
+        raise CnnlabError(f"workers {workers!r}: must be at least 1 (1 trains in this process)")
     study = load_study(study_file)
     plan = plan_runs(study, repeats)
     study_dir = Path(out) if out is not None else Path("results") / study.name
@@ -678,7 +737,16 @@ def run_study(
             for run in todo:
                 first = experiments[next(iter(run.experiments))]
                 _check_config(study, first, run.config, dataset)
-            execute_runs(todo, dataset, store, study_dir, device=device, runner=runner, echo=echo)
+            execute_runs(
+                todo,
+                dataset,
+                store,
+                study_dir,
+                device=device,
+                workers=workers,
+                runner=runner,
+                echo=echo,
+            )
         final = store.runs(planned_only=True)
         store.set_meta({"last_wall_seconds": f"{time.perf_counter() - started:.3f}"})
     counts = {status: 0 for status in ("done", "diverged", "failed", "pending")}

@@ -238,6 +238,15 @@ def subset_indices(config: RunConfig, data: data_module.Cifar10) -> tuple[np.nda
     return train_part, validation_part
 
 
+def run_flops(config: RunConfig, test_images: int = 10_000) -> float:
+    """Network FLOPs of a whole run: training (backward ~ 2 forwards), validation, evaluation."""
+    forward = models.forward_flops(models.resolve_layers(config))
+    trained = int(config.train_size * (1 - config.validation_split))  # Keras floors
+    validation = config.train_size - trained
+    passes = (3 * trained + validation) * config.epochs + config.train_size + test_images
+    return float(forward) * passes
+
+
 def make_optimizer(
     model: torch.nn.Module, config: RunConfig, *, capturable: bool = False
 ) -> torch.optim.Adam:
@@ -382,6 +391,7 @@ def make_result(
         "epochs_run": len(history),
         "diverged_epoch": diverged_epoch,
         "device": str(device),
+        "cpu_threads": torch.get_num_threads(),  # the timings depend on it
         "versions": versions(),
         "data_source": str(data.source),
         "data_sha256": data.source_sha256,

@@ -1,0 +1,291 @@
+"""Lone CPU runs trained side by side in worker processes, each with a share of the cores.
+
+A net this small does not keep several cores busy within one step: on 2 cores, two
+single-threaded processes training different runs get through about 1.35 times the work of one
+process using both threads (measured). So on the CPU a study's runs go to a pool of processes,
+longest first (by their network FLOPs), and each worker trains its run with `train.fit` exactly
+as the parent would, only with fewer threads.
+
+Workers are spawned (never forked from a process whose thread pools are running), get the data
+once when they start (memory-mapped arrays by file name, so the pages are shared), ignore
+Ctrl-C (the parent stops them) and, on Linux, die with the parent, so a killed study leaves no
+orphan training behind.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import mmap
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import sys
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from cnnlab import data as data_module
+from cnnlab import train
+from cnnlab.train import RunConfig, RunResult
+
+# How long a worker may take to leave after being told to, before it is killed (seconds).
+_EXIT_GRACE_SECONDS = 5.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    """What a worker reports: a run `started`, an epoch's `progress` row, `done` or `failed`."""
+
+    kind: str
+    index: int  # which of the configs
+    payload: Any = None  # progress: the history row; done: the RunResult; failed: the reason
+
+
+def cpu_count() -> int:
+    """Cores this process may run on (its affinity, not the machine's total)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def process_count(runs: int, device: torch.device, requested: int | None = None) -> int:
+    """How many worker processes to train `runs` lone runs on `device` with (1: in this process).
+
+    The CPU gets one per core by default; other devices train in this process, where CUDA
+    groups the runs instead (`batched.schedule`).
+    """
+    if device.type != "cpu" or runs < 2:
+        return 1
+    wanted = requested if requested is not None else cpu_count()
+    return max(1, min(wanted, runs))
+
+
+def longest_first(configs: Sequence[RunConfig]) -> list[int]:
+    """Indices of `configs`, the most work first, so that no long run starts last."""
+    return sorted(range(len(configs)), key=lambda index: -train.run_flops(configs[index]))
+
+
+def train_parallel(
+    configs: Sequence[RunConfig], data: data_module.Cifar10, *, processes: int
+) -> Iterator[Event]:
+    """Train every config with `train.fit` on the CPU in `processes` workers, as events.
+
+    Each run yields `started`, a `progress` event per epoch, then `done` (with its RunResult) or
+    `failed` (with the reason: the run's exception, or its worker's death). Closing the iterator
+    early (an exception in the consumer, Ctrl-C) kills the workers.
+    """
+    threads = max(1, cpu_count() // processes)
+    waiting = collections.deque(longest_first(configs))
+    pool = _Pool(_portable(data), threads)
+    try:
+        for _ in range(min(processes, len(waiting))):
+            pool.start_worker()
+        for worker in pool.workers:
+            worker.assign(waiting.popleft(), configs)
+        while any(worker.index is not None for worker in pool.workers):
+            busy = [worker for worker in pool.workers if worker.index is not None]
+            handles = [worker.connection for worker in busy]
+            ready = multiprocessing.connection.wait(
+                handles + [worker.process.sentinel for worker in busy]
+            )
+            for worker in busy:
+                if worker.connection not in ready and worker.process.sentinel not in ready:
+                    continue
+                yield from worker.drain()
+                if not worker.process.is_alive():
+                    if worker.index is not None:
+                        lost, worker.index = worker.index, None
+                        yield Event("failed", lost, worker.death())
+                    worker = pool.replace(worker) if waiting else None
+                if worker is not None and worker.index is None and waiting:
+                    worker.assign(waiting.popleft(), configs)
+        pool.close()
+    finally:
+        pool.kill()
+
+
+class _Worker:
+    """One worker process, the parent's end of its pipe, and the config index it trains."""
+
+    def __init__(self, process: Any, connection: multiprocessing.connection.Connection):
+        self.process = process
+        self.connection = connection
+        self.index: int | None = None
+
+    def assign(self, index: int, configs: Sequence[RunConfig]) -> None:
+        self.index = index
+        self.connection.send((index, configs[index]))
+
+    def drain(self) -> Iterator[Event]:
+        """The events waiting in the pipe; a finished run frees the worker."""
+        try:
+            while self.connection.poll():
+                kind, index, payload = self.connection.recv()
+                if kind == "done":
+                    payload = _with_tensors(payload)
+                if kind in ("done", "failed"):
+                    self.index = None
+                yield Event(kind, index, payload)
+        except (EOFError, OSError):
+            return  # the worker is gone; the caller sees it through is_alive()
+
+    def death(self) -> str:
+        self.process.join(timeout=_EXIT_GRACE_SECONDS)
+        code = self.process.exitcode
+        how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+        return f"its worker process died ({how})"
+
+
+class _Pool:
+    def __init__(self, portable_data: Any, threads: int):
+        self.context = multiprocessing.get_context("spawn")
+        self.portable_data = portable_data
+        self.threads = threads
+        self.workers: list[_Worker] = []
+
+    def start_worker(self) -> None:
+        """Start one worker; it takes a moment to import torch, while the parent goes on."""
+        parent_end, child_end = self.context.Pipe()
+        process = self.context.Process(
+            target=_worker_main,
+            args=(child_end, self.portable_data, self.threads, os.getpid()),
+            name=f"cnnlab-worker-{len(self.workers)}",
+            daemon=True,
+        )
+        process.start()
+        child_end.close()
+        self.workers.append(_Worker(process, parent_end))
+
+    def replace(self, worker: _Worker) -> _Worker:
+        """A new worker in place of a dead one."""
+        worker.connection.close()
+        self.workers.remove(worker)
+        self.start_worker()
+        return self.workers[-1]
+
+    def close(self) -> None:
+        """Tell every worker to leave, and wait for it."""
+        for worker in self.workers:
+            with contextlib.suppress(OSError):
+                worker.connection.send(None)
+        for worker in self.workers:
+            worker.process.join(timeout=_EXIT_GRACE_SECONDS)
+
+    def kill(self) -> None:
+        for worker in self.workers:
+            if worker.process.is_alive():
+                worker.process.kill()
+            worker.process.join()
+            worker.connection.close()
+
+
+# --- inside a worker --------------------------------------------------------------------------
+
+
+def _worker_main(
+    connection: multiprocessing.connection.Connection,
+    portable_data: Any,
+    threads: int,
+    parent_pid: int,
+) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent acts
+    _die_with_parent(parent_pid)
+    torch.set_num_threads(threads)
+    data = _rebuild(portable_data)
+    while True:
+        try:
+            task = connection.recv()
+        except (EOFError, OSError):
+            return
+        if task is None:
+            return
+        index, config = task
+        connection.send(("started", index, None))
+
+        def progress(row: dict[str, Any], index: int = index) -> None:
+            connection.send(("progress", index, row))
+
+        try:
+            result = train.fit(config, data, device="cpu", progress=progress)
+        except Exception as error:  # the parent records the run as failed and goes on
+            connection.send(("failed", index, f"{type(error).__name__}: {error}".strip()))
+        else:
+            connection.send(("done", index, _without_tensors(result)))
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """On Linux, have the kernel kill this process when the parent dies (even by kill -9)."""
+    if not sys.platform.startswith("linux"):
+        return  # elsewhere the worker leaves when its pipe closes, after the run in hand
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent_pid:
+        os._exit(1)  # the parent died before the request took effect
+
+
+# --- moving data and results between processes ------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _MappedArray:
+    """A read-only memory-mapped array, by file name, so a worker maps the same pages."""
+
+    filename: str
+    offset: int
+    shape: tuple[int, ...]
+    dtype: str
+    fortran_order: bool
+
+
+def _portable(data: data_module.Cifar10) -> data_module.Cifar10:
+    """`data` with its whole-file memory maps replaced by their file names."""
+    fields = {}
+    for field in dataclasses.fields(data):
+        value = getattr(data, field.name)
+        # A view of a memmap keeps its parent's offset, so only whole maps travel by name.
+        if isinstance(value, np.memmap) and isinstance(value.base, mmap.mmap) and value.filename:
+            value = _MappedArray(
+                value.filename,
+                value.offset,
+                value.shape,
+                value.dtype.str,
+                bool(value.flags.f_contiguous and not value.flags.c_contiguous),
+            )
+        fields[field.name] = value
+    return dataclasses.replace(data, **fields)
+
+
+def _rebuild(data: data_module.Cifar10) -> data_module.Cifar10:
+    fields = {}
+    for field in dataclasses.fields(data):
+        value = getattr(data, field.name)
+        if isinstance(value, _MappedArray):
+            value = np.memmap(
+                value.filename,
+                dtype=np.dtype(value.dtype),
+                mode="r",
+                offset=value.offset,
+                shape=value.shape,
+                order="F" if value.fortran_order else "C",
+            )
+        fields[field.name] = value
+    return dataclasses.replace(data, **fields)
+
+
+def _without_tensors(result: RunResult) -> RunResult:
+    """Weights as NumPy arrays: they pickle by value, not through torch's shared memory."""
+    weights = {name: tensor.detach().cpu().numpy() for name, tensor in result.state_dict.items()}
+    return dataclasses.replace(result, state_dict=weights)
+
+
+def _with_tensors(result: RunResult) -> RunResult:
+    weights = {name: torch.from_numpy(array) for name, array in result.state_dict.items()}
+    return dataclasses.replace(result, state_dict=weights)

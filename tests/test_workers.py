@@ -1,0 +1,214 @@
+"""Lone CPU runs in worker processes end exactly as they would in this process."""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import pickle
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from cnnlab import study, train, workers
+from cnnlab.data import Cifar10
+from cnnlab.store import Store
+from cnnlab.train import RunConfig
+from processes import alive, children_of
+
+BASE = RunConfig(arch="tiny", train_size=100, epochs=2, batch_size=32)
+CONFIGS = [
+    dataclasses.replace(BASE, seed=0),
+    dataclasses.replace(BASE, seed=1, l1=1e-2),
+    dataclasses.replace(BASE, seed=2, train_size=150),
+]
+
+
+def collect(events) -> dict[int, list[workers.Event]]:
+    by_run: dict[int, list[workers.Event]] = {}
+    for event in events:
+        by_run.setdefault(event.index, []).append(event)
+    return by_run
+
+
+def test_runs_in_workers_end_with_the_weights_of_runs_in_this_process(tiny_cifar):
+    by_run = collect(workers.train_parallel(CONFIGS, tiny_cifar, processes=2))
+    assert sorted(by_run) == [0, 1, 2]
+    threads = workers.cpu_count() // 2 or 1
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)  # the workers' share: then the arithmetic is the same
+    try:
+        lone = [train.fit(config, tiny_cifar, device="cpu") for config in CONFIGS]
+    finally:
+        torch.set_num_threads(saved)
+    for index, events in by_run.items():
+        assert [event.kind for event in events] == ["started", "progress", "progress", "done"]
+        result = events[-1].payload
+        assert result.config == CONFIGS[index]
+        assert result.metrics["cpu_threads"] == threads
+        assert [row["epoch"] for row in result.history] == [1, 2]
+        shown = [{key: event.payload[key] for key in train.HISTORY_KEYS} for event in events[1:3]]
+        assert shown == result.history
+        assert result.state_dict.keys() == lone[index].state_dict.keys()
+        for name, weight in lone[index].state_dict.items():
+            assert isinstance(result.state_dict[name], torch.Tensor)
+            assert torch.equal(result.state_dict[name], weight), (index, name)
+        for key in ("train_accuracy", "test_accuracy", "val_loss"):
+            assert result.metrics[key] == lone[index].metrics[key], (index, key)
+
+
+def test_a_failing_run_is_reported_and_the_others_finish(tiny_cifar):
+    configs = [CONFIGS[0], dataclasses.replace(BASE, train_size=10_000), CONFIGS[1]]
+    by_run = collect(workers.train_parallel(configs, tiny_cifar, processes=2))
+    assert by_run[1][-1].kind == "failed"
+    assert "train_size 10000" in by_run[1][-1].payload
+    assert [by_run[index][-1].kind for index in (0, 2)] == ["done", "done"]
+
+
+def test_a_killed_worker_fails_its_run_only(tiny_cifar):
+    # Runs long enough that the kill lands mid-run; a fresh worker takes the remaining ones.
+    configs = [dataclasses.replace(BASE, seed=seed, epochs=30) for seed in range(4)]
+    seen, killed = [], False
+    for event in workers.train_parallel(configs, tiny_cifar, processes=2):
+        seen.append(event)
+        if event.kind == "progress" and not killed:
+            victim = next(
+                child
+                for child in multiprocessing.active_children()
+                if child.name.startswith("cnnlab-worker")
+            )
+            victim.kill()
+            killed = True
+    ends = {event.index: event for event in seen if event.kind in ("done", "failed")}
+    assert sorted(ends) == [0, 1, 2, 3]
+    failed = [event for event in ends.values() if event.kind == "failed"]
+    assert len(failed) == 1 and "killed by signal 9" in failed[0].payload
+
+
+def test_workers_die_with_a_killed_parent(tmp_path):
+    script = tmp_path / "parent.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import dataclasses, sys
+            import numpy as np
+            from cnnlab import workers
+            from cnnlab.data import CLASS_NAMES, Cifar10
+            from cnnlab.train import RunConfig
+
+            if __name__ == "__main__":
+                labels = np.repeat(np.arange(10), 50)
+                images = np.zeros((500, 32, 32, 3), np.uint8)
+                data = Cifar10(images, labels, images[:100], labels[:100], CLASS_NAMES, "zeros")
+                config = RunConfig(arch="tiny", train_size=500, epochs=1000, batch_size=8)
+                configs = [dataclasses.replace(config, seed=seed) for seed in range(2)]
+                for event in workers.train_parallel(configs, data, processes=2):
+                    print(event.kind, flush=True)
+            """
+        )
+    )
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout.readline().strip() == "started"  # a worker is training
+        children = children_of(parent.pid)
+        assert len(children) >= 2
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(alive(pid) for pid in children):
+        time.sleep(0.05)
+    assert not any(alive(pid) for pid in children)
+
+
+def test_memory_maps_travel_by_file_name_and_views_by_value(tmp_path, tiny_cifar):
+    np.save(tmp_path / "images.npy", tiny_cifar.train_images)
+    mapped = np.load(tmp_path / "images.npy", mmap_mode="r")
+    data = dataclasses.replace(tiny_cifar, train_images=mapped, test_images=mapped[:100])
+    portable = workers._portable(data)
+    assert isinstance(portable.train_images, workers._MappedArray)
+    assert isinstance(portable.test_images, np.ndarray)  # a view: its offset is not the file's
+    assert len(pickle.dumps(portable.train_images)) < 1000
+    rebuilt = workers._rebuild(pickle.loads(pickle.dumps(portable)))
+    assert isinstance(rebuilt, Cifar10)
+    np.testing.assert_array_equal(rebuilt.train_images, tiny_cifar.train_images)
+    np.testing.assert_array_equal(rebuilt.test_images, tiny_cifar.train_images[:100])
+
+
+def test_process_count_is_one_per_core_on_the_cpu_only(monkeypatch):
+    monkeypatch.setattr(workers, "cpu_count", lambda: 4)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert workers.process_count(11, cpu) == 4
+    assert workers.process_count(3, cpu) == 3
+    assert workers.process_count(1, cpu) == 1
+    assert workers.process_count(11, cpu, requested=1) == 1
+    assert workers.process_count(11, cpu, requested=2) == 2
+    assert workers.process_count(11, cuda) == 1
+
+
+def test_the_longest_runs_start_first():
+    sizes = [5_000, 40_000, 10_000]
+    configs = [RunConfig(arch="seed", train_size=size) for size in sizes]
+    configs.append(RunConfig(arch="seed-maxpool", train_size=5_000))
+    # seed-maxpool's forward pass costs 6 times the seed net's.
+    assert workers.longest_first(configs) == [1, 3, 2, 0]
+
+
+STUDY = """
+[study]
+name = "parallel"
+repeats = 1
+
+[defaults]
+arch = "tiny"
+train_size = 100
+epochs = 2
+batch_size = 32
+
+[experiments.l1]
+grid = { l1 = [0.0, 0.001, 0.01] }
+"""
+
+
+def test_a_study_in_workers_records_what_a_study_in_this_process_records(tiny_cifar, tmp_path):
+    study_file = tmp_path / "parallel.toml"
+    study_file.write_text(STUDY)
+    lines: list[str] = []
+
+    def run(out: str, workers_count: int) -> dict:
+        study.run_study(
+            study_file,
+            out=tmp_path / out,
+            data=tiny_cifar,
+            report=False,
+            device="cpu",
+            workers=workers_count,
+            echo=lines.append,
+        )
+        with Store.open(tmp_path / out, create=False) as store:
+            return {record.id: record for record in store.runs()}
+
+    parallel = run("parallel", 2)
+    assert "training on the CPU in 2 worker processes side by side" in lines
+    assert sum(line.startswith("[") for line in lines) == 3  # one start line per run
+    lone = run("lone", 1)
+    assert parallel.keys() == lone.keys() and len(lone) == 3
+    for run_id, record in parallel.items():
+        assert record.status == lone[run_id].status == "done"
+        for key in ("train_accuracy", "test_accuracy", "val_loss"):
+            assert record.metrics[key] == pytest.approx(lone[run_id].metrics[key], rel=1e-4)
+        assert len(record.history) == 2
+        assert (tmp_path / "parallel" / record.artifacts["weights"]).stat().st_size > 0
+
+
+@pytest.mark.parametrize("count", [0, -1])
+def test_a_bad_worker_count_is_one_clear_error(tiny_cifar, tmp_path, count):
+    study_file = tmp_path / "parallel.toml"
+    study_file.write_text(STUDY)
+    with pytest.raises(study.CnnlabError, match=f"workers {count}: must be at least 1"):
+        study.run_study(study_file, out=tmp_path / "out", data=tiny_cifar, workers=count)
+    assert not (tmp_path / "out").exists()
