@@ -145,6 +145,22 @@ def test_kill_9_then_rerun_gives_the_uninterrupted_results(
         ]
 
 
+def test_ctrl_c_stops_the_workers_and_leaves_their_runs_pending(png_folder, study_file, tmp_path):
+    out = tmp_path / "out"
+    child = _study(study_file, png_folder, out)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and "running" not in _statuses(out / "study.sqlite"):
+        time.sleep(0.005)
+    workers = children_of(child.pid)
+    child.send_signal(signal.SIGINT)
+    _, stderr = child.communicate(timeout=60)
+    assert child.returncode == 130 and stderr.strip().endswith("cnnlab: interrupted")
+    assert "Traceback" not in stderr
+    statuses = _statuses(out / "study.sqlite")
+    assert "running" not in statuses and "pending" in statuses
+    assert not any(alive(pid) for pid in workers)
+
+
 def _statuses(database: Path) -> list[str]:
     if not database.is_file():
         return []

@@ -23,6 +23,7 @@ import multiprocessing.connection
 import os
 import signal
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -157,7 +158,8 @@ class _Pool:
             name=f"cnnlab-worker-{len(self.workers)}",
             daemon=True,
         )
-        process.start()
+        with _ctrl_c_ignored():  # inherited through exec: a worker still starting ignores it too
+            process.start()
         child_end.close()
         self.workers.append(_Worker(process, parent_end))
 
@@ -182,6 +184,19 @@ class _Pool:
                 worker.process.kill()
             worker.process.join()
             worker.connection.close()
+
+
+@contextlib.contextmanager
+def _ctrl_c_ignored() -> Iterator[None]:
+    """SIGINT ignored meanwhile (where this thread may set handlers): children inherit it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 # --- inside a worker --------------------------------------------------------------------------
