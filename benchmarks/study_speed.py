@@ -11,7 +11,7 @@ training subset and the test set included. Prints a per-run table, totals, the r
 FLOP/s cnnlab achieved against the machine's peak.
 
     python benchmarks/study_speed.py --data PATH [--device auto] [--epochs 20] [--workers N]
-                                     [--skip-plain]
+                                     [--precision float32|bfloat16] [--skip-plain]
 
 Run it on an otherwise idle machine: PyTorch's OpenMP threads spin while they wait, so another
 busy process can make a step ten times slower and spoil both columns.
@@ -97,14 +97,22 @@ def main() -> None:
     parser.add_argument(
         "--workers", type=int, default=None, help="CPU processes for cnnlab (default: one per core)"
     )
+    parser.add_argument(
+        "--precision",
+        choices=train.PRECISIONS,
+        default="float32",
+        help="cnnlab's precision (the plain port stays float32)",
+    )
     parser.add_argument("--skip-plain", action="store_true", help="time cnnlab only")
     args = parser.parse_args()
     device = train.resolve_device(args.device)
     data = load_cifar10(args.data)
     seed_study = study.load_study(ROOT / "studies" / "seed.toml")
     configs = [run.config for run in study.plan_runs(seed_study, repeats=1)]
-    if args.epochs != 20:
-        configs = [dataclasses.replace(c, epochs=args.epochs) for c in configs]
+    configs = [
+        dataclasses.replace(config, epochs=args.epochs, precision=args.precision)
+        for config in configs
+    ]
 
     started = time.perf_counter()
     ours = dict(batched.train_runs(configs, data, device=str(device), workers=args.workers))
@@ -129,6 +137,7 @@ def main() -> None:
         f" ({torch.cuda.get_device_name(device) if device.type == 'cuda' else os.cpu_count()}"
         f"{'' if device.type == 'cuda' else ' CPUs'}), torch {torch.__version__},"
         f" {torch.get_num_threads()} threads"
+        + ("" if args.precision == "float32" else f", cnnlab in {args.precision}")
     )
     processes = workers.process_count(len(configs), device, args.workers)
     threads = max(1, workers.cpu_count() // processes)
