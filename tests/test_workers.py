@@ -125,6 +125,74 @@ def test_workers_die_with_a_killed_parent(tmp_path):
     assert not any(alive(pid) for pid in children)
 
 
+def test_a_script_without_a_main_guard_still_trains_in_workers(tmp_path):
+    # Spawned children re-run the parent's __main__ unless the pool hides it: without the
+    # usual `if __name__ == "__main__":` every worker would start a study of its own and die.
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import dataclasses
+            import numpy as np
+            from cnnlab import batched
+            from cnnlab.data import CLASS_NAMES, Cifar10
+            from cnnlab.train import RunConfig
+
+            print("script body ran", flush=True)
+            labels = np.repeat(np.arange(10), 10)
+            images = np.zeros((100, 32, 32, 3), np.uint8)
+            data = Cifar10(images, labels, images, labels, CLASS_NAMES, "zeros")
+            config = RunConfig(arch="tiny", train_size=100, epochs=1, batch_size=32)
+            configs = [dataclasses.replace(config, seed=seed) for seed in range(2)]
+            for index, result in batched.train_runs(configs, data, device="cpu", workers=2):
+                print("done", index, result.config.seed, flush=True)
+            """
+        )
+    )
+    finished = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120
+    )
+    assert finished.returncode == 0, finished.stderr
+    lines = finished.stdout.splitlines()
+    assert lines.count("script body ran") == 1, lines  # the workers never ran it
+    assert sorted(lines[1:]) == ["done 0 0", "done 1 1"]
+    assert "Traceback" not in finished.stderr
+
+
+def test_workers_dying_as_they_start_fail_their_runs_without_blocking_the_parent(tmp_path):
+    # 6 MB of in-memory data: more than a pipe holds, so handing it to a dead child once hung.
+    (tmp_path / "crash.py").write_text("import os\n\ndef at_start(*args):\n    os._exit(3)\n")
+    script = tmp_path / "parent.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import dataclasses, sys
+            sys.path.insert(0, {str(tmp_path)!r})
+            import crash
+            import numpy as np
+            from cnnlab import workers
+            from cnnlab.data import CLASS_NAMES, Cifar10
+            from cnnlab.train import RunConfig
+
+            workers._worker_main = crash.at_start
+            labels = np.repeat(np.arange(10), 200)
+            images = np.zeros((2000, 32, 32, 3), np.uint8)
+            data = Cifar10(images, labels, images, labels, CLASS_NAMES, "zeros")
+            configs = [RunConfig(arch="tiny", train_size=100, seed=seed) for seed in range(3)]
+            for event in workers.train_parallel(configs, data, processes=2):
+                print(event.kind, event.index, event.payload, flush=True)
+            """
+        )
+    )
+    finished = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120
+    )
+    assert finished.returncode == 0, finished.stderr
+    assert sorted(finished.stdout.splitlines()) == [
+        f"failed {index} its worker process died (exit code 3)" for index in range(3)
+    ]
+
+
 def test_memory_maps_travel_by_file_name_and_views_by_value(tmp_path, tiny_cifar):
     np.save(tmp_path / "images.npy", tiny_cifar.train_images)
     mapped = np.load(tmp_path / "images.npy", mmap_mode="r")

@@ -6,10 +6,11 @@ process using both threads (measured). So on the CPU a study's runs go to a pool
 longest first (by their network FLOPs), and each worker trains its run with `train.fit` exactly
 as the parent would, only with fewer threads.
 
-Workers are spawned (never forked from a process whose thread pools are running), get the data
-once when they start (memory-mapped arrays by file name, so the pages are shared), ignore
-Ctrl-C (the parent stops them) and, on Linux, die with the parent, so a killed study leaves no
-orphan training behind.
+Workers are spawned (never forked from a process whose thread pools are running) without
+re-running the parent's `__main__`, so a user's script needs no `if __name__ == "__main__":`
+guard. They get the data once, as their first message (memory-mapped arrays by file name, so
+the pages are shared), ignore Ctrl-C (the parent stops them) and, on Linux, die with the
+parent, so a killed study leaves no orphan training behind.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import os
 import signal
 import sys
 import threading
+import types
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -84,8 +86,7 @@ def train_parallel(
     waiting = collections.deque(longest_first(configs))
     pool = _Pool(_portable(data), threads)
     try:
-        for _ in range(min(processes, len(waiting))):
-            pool.start_worker()
+        pool.start_workers(min(processes, len(waiting)))
         for worker in pool.workers:
             worker.assign(waiting.popleft(), configs)
         while any(worker.index is not None for worker in pool.workers):
@@ -120,7 +121,8 @@ class _Worker:
 
     def assign(self, index: int, configs: Sequence[RunConfig]) -> None:
         self.index = index
-        self.connection.send((index, configs[index]))
+        with contextlib.suppress(OSError):  # a dead worker: the caller sees it through is_alive()
+            self.connection.send((index, configs[index]))
 
     def drain(self) -> Iterator[Event]:
         """The events waiting in the pipe; a finished run frees the worker."""
@@ -149,25 +151,37 @@ class _Pool:
         self.threads = threads
         self.workers: list[_Worker] = []
 
-    def start_worker(self) -> None:
-        """Start one worker; it takes a moment to import torch, while the parent goes on."""
-        parent_end, child_end = self.context.Pipe()
-        process = self.context.Process(
-            target=_worker_main,
-            args=(child_end, self.portable_data, self.threads, os.getpid()),
-            name=f"cnnlab-worker-{len(self.workers)}",
-            daemon=True,
-        )
-        with _ctrl_c_ignored():  # inherited through exec: a worker still starting ignores it too
-            process.start()
-        child_end.close()
-        self.workers.append(_Worker(process, parent_end))
+    def start_workers(self, count: int) -> None:
+        """Start `count` workers (they import torch side by side), then hand each the data.
+
+        The data goes through the worker's pipe, not the Process's arguments: spawn writes those
+        while the parent still holds the child's end, so a child dying before it had read them
+        all would leave the parent blocked for ever. A send to a dead worker fails instead.
+        """
+        started = []
+        for _ in range(count):
+            parent_end, child_end = self.context.Pipe()
+            process = self.context.Process(
+                target=_worker_main,
+                args=(child_end, self.threads, os.getpid()),
+                name=f"cnnlab-worker-{len(self.workers) + len(started)}",
+                daemon=True,
+            )
+            # Ctrl-C's disposition is inherited through exec: a starting worker ignores it too.
+            with _ctrl_c_ignored(), _main_module_hidden():
+                process.start()
+            child_end.close()
+            started.append(_Worker(process, parent_end))
+        for worker in started:
+            with contextlib.suppress(OSError):  # it died starting: seen through is_alive()
+                worker.connection.send(self.portable_data)
+        self.workers.extend(started)
 
     def replace(self, worker: _Worker) -> _Worker:
         """A new worker in place of a dead one."""
         worker.connection.close()
         self.workers.remove(worker)
-        self.start_worker()
+        self.start_workers(1)
         return self.workers[-1]
 
     def close(self) -> None:
@@ -187,6 +201,22 @@ class _Pool:
 
 
 @contextlib.contextmanager
+def _main_module_hidden() -> Iterator[None]:
+    """A bare `__main__` meanwhile, so spawned children do not re-run the user's script.
+
+    Spawn runs the parent's main module again in every child (as `__mp_main__`), which makes an
+    unguarded script start its study again there and fail. Workers need nothing from it: their
+    target and everything they receive live in cnnlab.
+    """
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
+
+
+@contextlib.contextmanager
 def _ctrl_c_ignored() -> Iterator[None]:
     """SIGINT ignored meanwhile (where this thread may set handlers): children inherit it."""
     if threading.current_thread() is not threading.main_thread():
@@ -203,15 +233,15 @@ def _ctrl_c_ignored() -> Iterator[None]:
 
 
 def _worker_main(
-    connection: multiprocessing.connection.Connection,
-    portable_data: Any,
-    threads: int,
-    parent_pid: int,
+    connection: multiprocessing.connection.Connection, threads: int, parent_pid: int
 ) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent acts
     _die_with_parent(parent_pid)
     torch.set_num_threads(threads)
-    data = _rebuild(portable_data)
+    try:
+        data = _rebuild(connection.recv())
+    except (EOFError, OSError):
+        return
     while True:
         try:
             task = connection.recv()
