@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from cnnlab import batched, study, train, workers
 from cnnlab.data import load_cifar10
+from cnnlab.errors import CnnlabError
 from plain_port import evaluate_plain, fit_plain, to_tensors
 
 
@@ -184,4 +185,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except CnnlabError as error:  # bad --data, --workers: one line, as the cnnlab command does
+        print(f"study_speed: error: {error}", file=sys.stderr)
+        sys.exit(2)

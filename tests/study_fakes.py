@@ -1,4 +1,5 @@
 """A stand-in for `fit` and `save_run` for orchestration tests: deterministic, instant, no torch.
+Also `study_records`: a study run quietly, read back from its store.
 
 The numbers follow the seed report's shape (more data helps, large L1 collapses to 0.10) so the
 report's tables, plots and observations have something real to say. Special configs misbehave:
@@ -12,6 +13,8 @@ import math
 import time
 from pathlib import Path
 
+from cnnlab import study
+from cnnlab.store import RunRecord, Store
 from cnnlab.train import RunConfig, RunResult
 
 _PNG = None
@@ -75,6 +78,14 @@ def fake_fit(config: RunConfig, data, *, device="auto", progress=None) -> RunRes
         "data_sha256": "",
     }
     return RunResult(config, "diverged" if diverged else "done", history, metrics, {})
+
+
+def study_records(study_file: Path, out: Path, data, **options) -> dict[str, RunRecord]:
+    """Run `study_file` into `out` on the CPU, no report; its runs' records by id."""
+    options = {"report": False, "device": "cpu", "echo": lambda line: None, **options}
+    study.run_study(study_file, out=out, data=data, **options)
+    with Store.open(out, create=False) as store:
+        return {record.id: record for record in store.runs()}
 
 
 def fake_save_run(result: RunResult, run_dir, class_names) -> dict[str, str]:

@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from cnnlab import batched, study, train
+import study_fakes
+from cnnlab import batched, train
 from cnnlab.errors import CnnlabError
-from cnnlab.store import Store
 from cnnlab.train import RunConfig
 
 # Every layer kind, the asymmetric 'same' padding of a strided 3x3 conv, a 2x2 strided kernel,
@@ -157,17 +157,8 @@ def test_a_study_trained_in_groups_records_what_lone_runs_record(tiny_cifar, tmp
     study_file.write_text(GROUPED_STUDY)
 
     def run(out: str) -> dict:
-        study.run_study(
-            study_file,
-            out=tmp_path / out,
-            data=tiny_cifar,
-            report=False,
-            device="cpu",
-            workers=1,  # in this process, where `schedule` decides
-            echo=lambda line: None,
-        )
-        with Store.open(tmp_path / out, create=False) as store:
-            return {record.id: record for record in store.runs()}
+        # One worker: in this process, where `schedule` decides.
+        return study_fakes.study_records(study_file, tmp_path / out, tiny_cifar, workers=1)
 
     lone = run("lone")
     # What the CUDA path does: every compatible run in one group (here all four).

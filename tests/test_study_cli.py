@@ -15,7 +15,7 @@ from PIL import Image
 
 from cnnlab.data import CLASS_NAMES
 from cnnlab.store import Store
-from processes import alive, children_of, command_line
+from processes import alive, children_of, command_line, wait_gone
 
 pytestmark = pytest.mark.slow
 
@@ -124,10 +124,7 @@ def test_kill_9_then_rerun_gives_the_uninterrupted_results(
         child.send_signal(signal.SIGKILL)
         child.communicate()
         assert _statuses(database).count("running") <= 2  # at most the runs in the workers' hands
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and any(alive(pid) for pid in workers):
-            time.sleep(0.05)
-        assert not any(alive(pid) for pid in workers), "a worker outlived its killed study"
+        assert not wait_gone(workers), "a worker outlived its killed study"
     child = _study(study_file, png_folder, out)
     _, stderr = child.communicate(timeout=300)
     assert child.returncode == 0, stderr
@@ -163,10 +160,7 @@ def test_ctrl_c_stops_the_workers_and_leaves_their_runs_pending(png_folder, stud
     # The study kills and reaps its workers before it exits...
     assert not any(alive(pid) for pid in workers), "a worker outlived its interrupted study"
     # ...while multiprocessing's resource tracker leaves by itself once the study's pipe closes.
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(alive(pid) for pid in children):
-        time.sleep(0.05)
-    assert not any(alive(pid) for pid in children), [command_line(pid) for pid in children]
+    assert not wait_gone(children), [command_line(pid) for pid in children]
 
 
 def _statuses(database: Path) -> list[str]:

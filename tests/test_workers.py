@@ -8,17 +8,16 @@ import pickle
 import subprocess
 import sys
 import textwrap
-import time
 
 import numpy as np
 import pytest
 import torch
 
-from cnnlab import study, train, workers
+import study_fakes
+from cnnlab import batched, study, train, workers
 from cnnlab.data import Cifar10
-from cnnlab.store import Store
 from cnnlab.train import RunConfig
-from processes import alive, children_of
+from processes import children_of, wait_gone
 
 BASE = RunConfig(arch="tiny", train_size=100, epochs=2, batch_size=32)
 CONFIGS = [
@@ -26,6 +25,12 @@ CONFIGS = [
     dataclasses.replace(BASE, seed=1, l1=1e-2),
     dataclasses.replace(BASE, seed=2, train_size=150),
 ]
+
+
+def run_script(path, source: str) -> subprocess.CompletedProcess:
+    """Write `source` (dedented) to `path` and run it with this Python, within two minutes."""
+    path.write_text(textwrap.dedent(source))
+    return subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=120)
 
 
 def collect(events) -> dict[int, list[workers.Event]]:
@@ -119,38 +124,30 @@ def test_workers_die_with_a_killed_parent(tmp_path):
     finally:
         parent.kill()
         parent.wait()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(alive(pid) for pid in children):
-        time.sleep(0.05)
-    assert not any(alive(pid) for pid in children)
+    assert not wait_gone(children)
 
 
 def test_a_script_without_a_main_guard_still_trains_in_workers(tmp_path):
     # Spawned children re-run the parent's __main__ unless the pool hides it: without the
     # usual `if __name__ == "__main__":` every worker would start a study of its own and die.
-    script = tmp_path / "unguarded.py"
-    script.write_text(
-        textwrap.dedent(
-            """
-            import dataclasses
-            import numpy as np
-            from cnnlab import batched
-            from cnnlab.data import CLASS_NAMES, Cifar10
-            from cnnlab.train import RunConfig
+    finished = run_script(
+        tmp_path / "unguarded.py",
+        """
+        import dataclasses
+        import numpy as np
+        from cnnlab import batched
+        from cnnlab.data import CLASS_NAMES, Cifar10
+        from cnnlab.train import RunConfig
 
-            print("script body ran", flush=True)
-            labels = np.repeat(np.arange(10), 10)
-            images = np.zeros((100, 32, 32, 3), np.uint8)
-            data = Cifar10(images, labels, images, labels, CLASS_NAMES, "zeros")
-            config = RunConfig(arch="tiny", train_size=100, epochs=1, batch_size=32)
-            configs = [dataclasses.replace(config, seed=seed) for seed in range(2)]
-            for index, result in batched.train_runs(configs, data, device="cpu", workers=2):
-                print("done", index, result.config.seed, flush=True)
-            """
-        )
-    )
-    finished = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=120
+        print("script body ran", flush=True)
+        labels = np.repeat(np.arange(10), 10)
+        images = np.zeros((100, 32, 32, 3), np.uint8)
+        data = Cifar10(images, labels, images, labels, CLASS_NAMES, "zeros")
+        config = RunConfig(arch="tiny", train_size=100, epochs=1, batch_size=32)
+        configs = [dataclasses.replace(config, seed=seed) for seed in range(2)]
+        for index, result in batched.train_runs(configs, data, device="cpu", workers=2):
+            print("done", index, result.config.seed, flush=True)
+        """,
     )
     assert finished.returncode == 0, finished.stderr
     lines = finished.stdout.splitlines()
@@ -162,30 +159,25 @@ def test_a_script_without_a_main_guard_still_trains_in_workers(tmp_path):
 def test_workers_dying_as_they_start_fail_their_runs_without_blocking_the_parent(tmp_path):
     # 6 MB of in-memory data: more than a pipe holds, so handing it to a dead child once hung.
     (tmp_path / "crash.py").write_text("import os\n\ndef at_start(*args):\n    os._exit(3)\n")
-    script = tmp_path / "parent.py"
-    script.write_text(
-        textwrap.dedent(
-            f"""
-            import dataclasses, sys
-            sys.path.insert(0, {str(tmp_path)!r})
-            import crash
-            import numpy as np
-            from cnnlab import workers
-            from cnnlab.data import CLASS_NAMES, Cifar10
-            from cnnlab.train import RunConfig
+    finished = run_script(
+        tmp_path / "parent.py",
+        f"""
+        import dataclasses, sys
+        sys.path.insert(0, {str(tmp_path)!r})
+        import crash
+        import numpy as np
+        from cnnlab import workers
+        from cnnlab.data import CLASS_NAMES, Cifar10
+        from cnnlab.train import RunConfig
 
-            workers._worker_main = crash.at_start
-            labels = np.repeat(np.arange(10), 200)
-            images = np.zeros((2000, 32, 32, 3), np.uint8)
-            data = Cifar10(images, labels, images, labels, CLASS_NAMES, "zeros")
-            configs = [RunConfig(arch="tiny", train_size=100, seed=seed) for seed in range(3)]
-            for event in workers.train_parallel(configs, data, processes=2):
-                print(event.kind, event.index, event.payload, flush=True)
-            """
-        )
-    )
-    finished = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=120
+        workers._worker_main = crash.at_start
+        labels = np.repeat(np.arange(10), 200)
+        images = np.zeros((2000, 32, 32, 3), np.uint8)
+        data = Cifar10(images, labels, images, labels, CLASS_NAMES, "zeros")
+        configs = [RunConfig(arch="tiny", train_size=100, seed=seed) for seed in range(3)]
+        for event in workers.train_parallel(configs, data, processes=2):
+            print(event.kind, event.index, event.payload, flush=True)
+        """,
     )
     assert finished.returncode == 0, finished.stderr
     assert sorted(finished.stdout.splitlines()) == [
@@ -248,17 +240,9 @@ def test_a_study_in_workers_records_what_a_study_in_this_process_records(tiny_ci
     lines: list[str] = []
 
     def run(out: str, workers_count: int) -> dict:
-        study.run_study(
-            study_file,
-            out=tmp_path / out,
-            data=tiny_cifar,
-            report=False,
-            device="cpu",
-            workers=workers_count,
-            echo=lines.append,
+        return study_fakes.study_records(
+            study_file, tmp_path / out, tiny_cifar, workers=workers_count, echo=lines.append
         )
-        with Store.open(tmp_path / out, create=False) as store:
-            return {record.id: record for record in store.runs()}
 
     parallel = run("parallel", 2)
     assert "training on the CPU in 2 worker processes side by side" in lines
@@ -280,3 +264,5 @@ def test_a_bad_worker_count_is_one_clear_error(tiny_cifar, tmp_path, count):
     with pytest.raises(study.CnnlabError, match=f"workers {count}: must be at least 1"):
         study.run_study(study_file, out=tmp_path / "out", data=tiny_cifar, workers=count)
     assert not (tmp_path / "out").exists()
+    with pytest.raises(study.CnnlabError, match=f"workers {count}: must be at least 1"):
+        next(batched.train_runs([BASE, BASE], tiny_cifar, device="cpu", workers=count))

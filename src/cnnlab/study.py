@@ -545,7 +545,7 @@ def _execute_in_workers(
     from cnnlab import workers
 
     echo(f"training on the CPU in {processes} worker processes side by side")
-    started: list[PlannedRun] = []
+    started = 0
     in_hand: set[str] = set()
     events = workers.train_parallel([run.config for run in plan], data, processes=processes)
     try:
@@ -553,9 +553,9 @@ def _execute_in_workers(
             for event in events:
                 run = plan[event.index]
                 if event.kind == "started":
-                    started.append(run)
+                    started += 1
                     in_hand.add(run.id)
-                    echo(_start_line(len(started), len(plan), run))
+                    echo(_start_line(started, len(plan), run))
                     store.mark_running(run.id)
                 elif event.kind == "progress":
                     echo(_progress_line(event.payload, run.id))
@@ -699,9 +699,10 @@ def run_study(
     already loaded `Cifar10`; it is loaded only if some run has to train. `workers` is how many
     processes train side by side on the CPU (default: one per core; 1 trains in this process).
     """
+    from cnnlab import workers as workers_module
+
     started = time.perf_counter()
-    if workers is not None and (isinstance(workers, bool) or workers < 1):
-        raise CnnlabError(f"workers {workers!r}: must be at least 1 (1 trains in this process)")
+    workers_module.check_requested(workers)  # before any data is loaded
     study = load_study(study_file)
     plan = plan_runs(study, repeats)
     study_dir = Path(out) if out is not None else Path("results") / study.name

@@ -34,6 +34,7 @@ import torch
 
 from cnnlab import data as data_module
 from cnnlab import train
+from cnnlab.errors import CnnlabError
 from cnnlab.train import RunConfig, RunResult
 
 # How long a worker may take to leave after being told to, before it is killed (seconds).
@@ -56,12 +57,19 @@ def cpu_count() -> int:
     return os.cpu_count() or 1
 
 
+def check_requested(requested: int | None) -> None:
+    """A user's worker count: None (one per core) or at least 1; anything else is an error."""
+    if requested is not None and (isinstance(requested, bool) or requested < 1):
+        raise CnnlabError(f"workers {requested!r}: must be at least 1 (1 trains in this process)")
+
+
 def process_count(runs: int, device: torch.device, requested: int | None = None) -> int:
     """How many worker processes to train `runs` lone runs on `device` with (1: in this process).
 
     The CPU gets one per core by default; other devices train in this process, where CUDA
     groups the runs instead (`batched.schedule`).
     """
+    check_requested(requested)
     if device.type != "cpu" or runs < 2:
         return 1
     wanted = requested if requested is not None else cpu_count()
