@@ -4,7 +4,8 @@ The runs are the seed study's first repeat (sizes 5K/10K/20K/40K; L1 0, 0.001, 1
 5K; max-pool at 5K; the deep net on all 50K; 20 epochs, batch 128), taken from
 studies/seed.toml. cnnlab trains them as `cnnlab study` does (`batched.train_runs`: on the CPU
 lone runs in one worker process per core, longest first; on a GPU grouped runs replayed from CUDA
-graphs); the plain port (benchmarks/
+graphs, the groups side by side on CUDA streams, then once more one group after another to
+measure what the streams gain); the plain port (benchmarks/
 plain_port.py: DataLoader, default initialisation, symmetric padding) trains each in turn on the
 same device. Both sides are timed from their first step to their last metric, evaluation of the
 training subset and the test set included. Prints a per-run table, totals, the ratio, and the
@@ -35,7 +36,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from cnnlab import batched, study, train, workers
+from cnnlab import batched, streams, study, train, workers
 from cnnlab.data import load_cifar10
 from cnnlab.errors import CnnlabError
 from plain_port import evaluate_plain, fit_plain, to_tensors
@@ -96,7 +97,10 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument(
-        "--workers", type=int, default=None, help="CPU processes for cnnlab (default: one per core)"
+        "--workers",
+        type=int,
+        default=None,
+        help="cnnlab's CPU processes (default: one per core) or CUDA streams (default: all groups)",
     )
     parser.add_argument(
         "--precision",
@@ -123,6 +127,13 @@ def main() -> None:
         index: result.metrics["fit_seconds"] + result.metrics["eval_seconds"]
         for index, result in ours.items()
     }
+    one_by_one = None
+    if device.type == "cuda" and args.workers is None:
+        # Measure the alternative too: the same groups one after another on one stream.
+        started = time.perf_counter()
+        for _ in batched.train_runs(configs, data, device=str(device), workers=1):
+            pass
+        one_by_one = time.perf_counter() - started
 
     plain: dict[int, tuple[float, float]] = {}
     if not args.skip_plain:
@@ -140,14 +151,19 @@ def main() -> None:
         f" {torch.get_num_threads()} threads"
         + ("" if args.precision == "float32" else f", cnnlab in {args.precision}")
     )
-    processes = workers.process_count(len(configs), device, args.workers)
-    threads = max(1, workers.cpu_count() // processes)
-    print(
-        f"cnnlab: {processes} process(es) x {threads} thread(s);"
-        f" plain port: 1 process x {torch.get_num_threads()} threads"
-        if device.type == "cpu"
-        else "cnnlab: runs grouped in this process"
-    )
+    if device.type == "cpu":
+        processes = workers.process_count(len(configs), device, args.workers)
+        threads = max(1, workers.cpu_count() // processes)
+        print(
+            f"cnnlab: {processes} process(es) x {threads} thread(s);"
+            f" plain port: 1 process x {torch.get_num_threads()} threads"
+        )
+    else:
+        groups = batched.schedule(configs, device)
+        print(
+            f"cnnlab: {len(groups)} groups of runs (sizes {[len(group) for group in groups]}),"
+            f" {streams.stream_count(len(groups), args.workers)} CUDA stream(s) at a time"
+        )
     print(f"{'run':<34}{'cnnlab s':>10}{'test acc':>10}{'plain s':>10}{'test acc':>10}")
     for index, config in enumerate(configs):
         label = f"{config.arch} n={config.train_size} l1={config.l1}"
@@ -160,6 +176,11 @@ def main() -> None:
         f"cnnlab total (wall, all runs): {ours_total:.1f} s;"
         f" from process start to the last metric: {since_process:.1f} s"
     )
+    if one_by_one is not None:
+        print(
+            f"cnnlab with the groups one after another (--workers 1): {one_by_one:.1f} s;"
+            f" side by side / one after another = {ours_total / one_by_one:.3f}"
+        )
     if plain:
         print(
             f"plain port total: {plain_total:.1f} s;"

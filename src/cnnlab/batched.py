@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -34,6 +35,10 @@ from torch import nn
 from cnnlab import data as data_module
 from cnnlab import models, train
 from cnnlab.train import RunConfig, RunResult
+
+# Held while a CUDA graph is captured: groups training side by side in threads (cnnlab.streams)
+# capture one at a time, since a capture starts by synchronising the whole device.
+CAPTURE_LOCK = threading.Lock()
 
 # Fields that may differ between the members of one group; every other field must match.
 MEMBER_FIELDS = ("seed", "l1", "l2")
@@ -263,7 +268,12 @@ class _Stepper:
         graph = torch.cuda.CUDAGraph()
         self.optimizer.zero_grad(set_to_none=True)
         try:
-            with torch.cuda.graph(graph):
+            # Its own capture stream (torch's default one is shared by every thread), and
+            # "thread_local": other threads' CUDA calls meanwhile do not spoil this capture.
+            capture = torch.cuda.graph(
+                graph, stream=torch.cuda.Stream(), capture_error_mode="thread_local"
+            )
+            with CAPTURE_LOCK, capture:
                 self.graph = graph  # set first so _step keeps the grads' memory in place
                 self._step()
         except RuntimeError as error:
@@ -318,7 +328,7 @@ def _evaluate_group(net: GroupNet, images, labels, precision, batch_size=train.E
 
 
 @contextlib.contextmanager
-def _fast_cuda_math() -> Iterator[None]:
+def fast_cuda_math() -> Iterator[None]:
     """TF32 matrix products and cuDNN's autotuner while a group trains; restored afterwards."""
     saved = (
         torch.backends.cuda.matmul.allow_tf32,
@@ -354,7 +364,7 @@ def fit_group(
     On CUDA the group trains in TF32 (fp32 storage, fp32 accumulation).
     """
     target = train.resolve_device(device)
-    fast_math = _fast_cuda_math() if target.type == "cuda" else contextlib.nullcontext()
+    fast_math = fast_cuda_math() if target.type == "cuda" else contextlib.nullcontext()
     with fast_math:
         return _fit_group(configs, data, device, masks, cuda_graph, progress)
 
@@ -514,6 +524,41 @@ def train_together(
     return fit_group(configs, data, device=device, progress=progress)
 
 
+def side_by_side(
+    configs: Sequence[RunConfig],
+    data: data_module.Cifar10,
+    *,
+    device: str = "auto",
+    workers: int | None = None,
+) -> tuple[Iterator[Any], str] | None:
+    """Events of training `configs` side by side, and a line that says how; None if one by one.
+
+    On the CPU: lone runs in `workers` processes (default: one per core; `cnnlab.workers`). On
+    CUDA: `schedule`'s groups in `workers` threads with a stream each (default: every group, up
+    to 8; `cnnlab.streams`). None where that would be a single process or stream: a single run,
+    a single group, or `workers` 1.
+    """
+    from cnnlab import streams
+    from cnnlab import workers as workers_module
+
+    target = train.resolve_device(device)
+    if target.type == "cpu":
+        processes = workers_module.process_count(len(configs), target, workers)
+        if processes < 2:
+            return None
+        events = workers_module.train_parallel(configs, data, processes=processes)
+        return events, f"training on the CPU in {processes} worker processes side by side"
+    groups = schedule(configs, target)
+    count = streams.stream_count(len(groups), workers)
+    if count < 2:
+        return None
+    events = streams.train_concurrently(configs, groups, data, device=target, streams=count)
+    return events, (
+        f"training {len(groups)} groups of runs on {target}, {count} at a time"
+        " (one CUDA stream each)"
+    )
+
+
 def train_runs(
     configs: Sequence[RunConfig],
     data: data_module.Cifar10,
@@ -523,15 +568,13 @@ def train_runs(
 ) -> Iterator[tuple[int, RunResult]]:
     """(index, result) for every config, as they finish, by the path `cnnlab study` takes.
 
-    On the CPU that is `workers` processes side by side (default: one per core); elsewhere
-    `schedule`'s groups in this process. A run that fails raises RuntimeError.
+    Side by side where `side_by_side` says so (CPU processes, CUDA streams), else `schedule`'s
+    groups one after another in this process. A run that fails raises RuntimeError.
     """
-    from cnnlab import workers as workers_module
-
     target = train.resolve_device(device)
-    processes = workers_module.process_count(len(configs), target, workers)
-    if processes > 1:
-        events = workers_module.train_parallel(configs, data, processes=processes)
+    parallel = side_by_side(configs, data, device=device, workers=workers)
+    if parallel is not None:
+        events, _ = parallel
         with contextlib.closing(events):
             for event in events:
                 if event.kind == "failed":

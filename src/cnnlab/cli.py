@@ -382,8 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         metavar="N",
-        help="CPU only: processes training runs side by side (default: one per core;"
-        " 1 trains in this process)",
+        help="runs trained side by side: CPU worker processes (default: one per core), or"
+        " groups of runs on CUDA streams (default: all, up to 8); 1 trains one after another"
+        " in this process",
     )
     study.set_defaults(handler=_cmd_study)
 

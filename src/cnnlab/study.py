@@ -480,22 +480,26 @@ def execute_runs(
 
     The one place that executes runs. By default the fastest path for the device is taken: on
     the CPU, lone runs in `workers` processes side by side (default: one per core;
-    `cnnlab.workers`), on CUDA compatible runs trained together (`batched.schedule`). `runner`
-    (fit's signature) replaces both with one run at a time, in order, in this process. A run is
+    `cnnlab.workers`); on CUDA, compatible runs trained together as groups (`batched.schedule`),
+    the groups side by side on `workers` streams (default: all, up to 8; `cnnlab.streams`).
+    `runner` (fit's signature) replaces both with one run at a time, in order, in this process.
+    Whatever trains, this process records the finished runs meanwhile. A run is
     marked running when it starts, and recorded (artifacts first, then its row) when it ends. An
     exception while training marks the run (or its group) failed and the rest go on; a failed
     write stops the study (the disk is full or gone), leaving the run marked failed.
     """
     from cnnlab import batched, train
-    from cnnlab import workers as workers_module
 
     target = train.resolve_device(device)
-    processes = workers_module.process_count(len(plan), target, workers)
-    if runner is None and processes > 1:
-        _execute_in_workers(plan, data, store, study_dir, processes, echo)
-        return
     if runner is None:
-        groups = batched.schedule([run.config for run in plan], target)
+        configs = [run.config for run in plan]
+        parallel = batched.side_by_side(configs, data, device=device, workers=workers)
+        if parallel is not None:
+            events, how = parallel
+            echo(how)
+            _execute_events(plan, events, data, store, study_dir, echo)
+            return
+        groups = batched.schedule(configs, target)
 
         def train_group(configs: list[RunConfig], progress: Callable) -> list[Any]:
             return batched.train_together(configs, data, device=device, progress=progress)
@@ -533,21 +537,21 @@ def execute_runs(
             _record(run, result, data, store, study_dir, echo)
 
 
-def _execute_in_workers(
+def _execute_events(
     plan: list[PlannedRun],
+    events: Iterator[Any],
     data: Any,
     store: Store,
     study_dir: Path,
-    processes: int,
     echo: Callable[[str], None],
 ) -> None:
-    """`execute_runs` on the CPU: lone runs in `processes` worker processes, longest first."""
-    from cnnlab import workers
+    """`execute_runs` for runs training side by side: record what `events` reports as it comes.
 
-    echo(f"training on the CPU in {processes} worker processes side by side")
+    The events are `workers.Event`s, from CPU worker processes or CUDA streams
+    (`batched.side_by_side`); closing them stops the training.
+    """
     started = 0
     in_hand: set[str] = set()
-    events = workers.train_parallel([run.config for run in plan], data, processes=processes)
     try:
         with contextlib.closing(events):
             for event in events:
@@ -697,7 +701,8 @@ def run_study(
 
     `data` is a source for `load_cifar10` (default: the study's, then cnnlab's usual search) or an
     already loaded `Cifar10`; it is loaded only if some run has to train. `workers` is how many
-    processes train side by side on the CPU (default: one per core; 1 trains in this process).
+    processes train side by side on the CPU (default: one per core), or how many groups of runs
+    on CUDA (default: all, up to 8); 1 trains one after another in this process.
     """
     from cnnlab import workers as workers_module
 

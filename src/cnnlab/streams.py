@@ -1,0 +1,145 @@
+"""Groups of runs trained side by side in threads, each group on its own CUDA stream.
+
+A step of the seed net is bound by latency on a GPU: its kernels fill a fraction of the device,
+so one group replaying its CUDA graph leaves most of it idle. The seed study's groups differ in
+training-set size or architecture, so they cannot share one grouped network; instead each group
+trains in a thread of its own with its own stream, and the device runs their kernels at the
+same time. The longest group starts first (by a member's network FLOPs), so the study takes
+about as long as its longest group.
+
+Each thread runs `batched.fit_group` unchanged; only graph capture is shared state (see
+`batched.CAPTURE_LOCK`). The threads report through the same events as the CPU's worker
+processes (`workers.Event`), and the consumer records runs while the device trains the others.
+Closing the events early (Ctrl-C, an error in the consumer) stops every thread at its next
+epoch's end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+
+from cnnlab import batched, train
+from cnnlab import data as data_module
+from cnnlab.train import RunConfig
+from cnnlab.workers import Event, check_requested
+
+# Groups trained at once by default; more streams than this gain nothing on a net this small.
+MAX_STREAMS = 8
+# How long closing the events waits for the threads to reach an epoch's end (seconds).
+_STOP_GRACE_SECONDS = 60.0
+
+
+class _Stopped(Exception):
+    """Raised inside a group's thread at an epoch's end once the events are closed."""
+
+
+def stream_count(groups: int, requested: int | None = None) -> int:
+    """How many groups train at once: `requested` (at least 1), else all of them up to 8."""
+    check_requested(requested)
+    wanted = requested if requested is not None else MAX_STREAMS
+    return max(1, min(wanted, groups))
+
+
+def longest_first(configs: Sequence[RunConfig], groups: Sequence[Sequence[int]]) -> list[int]:
+    """Positions in `groups`, the longest group first (a group takes as long as one member)."""
+    return sorted(range(len(groups)), key=lambda g: -train.run_flops(configs[groups[g][0]]))
+
+
+def train_concurrently(
+    configs: Sequence[RunConfig],
+    groups: Sequence[Sequence[int]],
+    data: data_module.Cifar10,
+    *,
+    device: str | torch.device,
+    streams: int,
+) -> Iterator[Event]:
+    """Train `groups` (lists of indices into `configs`) with `fit_group`, `streams` at a time.
+
+    Yields each member's `started`, `progress` (one per epoch), then `done` with its RunResult
+    or `failed` with the reason, as in `workers.train_parallel`.
+    """
+    target = train.resolve_device(device)
+    events: queue.Queue[Event | None] = queue.Queue()
+    waiting = [list(groups[g]) for g in longest_first(configs, groups)]
+    lock = threading.Lock()  # guards `waiting`
+    stop = threading.Event()
+
+    def next_group() -> list[int] | None:
+        with lock:
+            return waiting.pop(0) if waiting and not stop.is_set() else None
+
+    def serve() -> None:
+        try:
+            while (group := next_group()) is not None:
+                _train_group(configs, group, data, target, events, stop)
+        finally:
+            events.put(None)  # this thread is done
+
+    threads = [
+        threading.Thread(target=serve, name=f"cnnlab-group-{n}", daemon=True)
+        for n in range(max(1, min(streams, len(waiting))))
+    ]
+    fast_math = batched.fast_cuda_math() if target.type == "cuda" else contextlib.nullcontext()
+    with fast_math:
+        for thread in threads:
+            thread.start()
+        try:
+            running = len(threads)
+            while running:
+                event = events.get()
+                if event is None:
+                    running -= 1
+                else:
+                    yield event
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(timeout=_STOP_GRACE_SECONDS)
+
+
+def _train_group(
+    configs: Sequence[RunConfig],
+    group: list[int],
+    data: data_module.Cifar10,
+    target: torch.device,
+    events: queue.Queue[Event | None],
+    stop: threading.Event,
+) -> None:
+    for index in group:
+        events.put(Event("started", index))
+
+    def progress(row: dict[str, Any]) -> None:
+        events.put(Event("progress", group[row.get("member", 0)], row))
+        if stop.is_set():
+            raise _Stopped
+
+    try:
+        with _own_stream(target):
+            results = batched.train_together(
+                [configs[index] for index in group], data, device=str(target), progress=progress
+            )
+    except _Stopped:
+        return
+    except Exception as error:  # this group's runs fail; the other groups go on
+        reason = f"{type(error).__name__}: {error}".strip()
+        for index in group:
+            events.put(Event("failed", index, reason))
+        return
+    for index, result in zip(group, results, strict=True):
+        events.put(Event("done", index, result))
+
+
+@contextlib.contextmanager
+def _own_stream(target: torch.device) -> Iterator[None]:
+    """On CUDA the calling thread works on a new stream (the current stream is per thread)."""
+    if target.type != "cuda":
+        yield
+        return
+    with torch.cuda.device(target), torch.cuda.stream(torch.cuda.Stream(target)):
+        yield

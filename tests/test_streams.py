@@ -1,0 +1,165 @@
+"""Groups trained side by side in threads end as they would one after another.
+
+On CUDA each thread has its own stream; the threading, the events and the stopping are the
+same on the CPU, where these tests run them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+
+import pytest
+import torch
+
+import study_fakes
+from cnnlab import batched, streams
+from cnnlab.errors import CnnlabError
+from cnnlab.train import RunConfig
+
+BASE = RunConfig(arch="tiny", train_size=100, epochs=2, batch_size=32)
+# Two groups: the 100-image runs (two seeds, two L1 weights) and the 150-image ones.
+CONFIGS = [
+    dataclasses.replace(BASE, seed=0),
+    dataclasses.replace(BASE, seed=1, l1=1e-2),
+    dataclasses.replace(BASE, seed=2, train_size=150),
+    dataclasses.replace(BASE, seed=3, train_size=150, l1=0.0),
+]
+GROUPS = [[0, 1], [2, 3]]
+
+
+def group_threads() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name.startswith("cnnlab-group")]
+
+
+def collect(events) -> dict[int, list]:
+    by_run: dict[int, list] = {}
+    for event in events:
+        by_run.setdefault(event.index, []).append(event)
+    return by_run
+
+
+def test_groups_side_by_side_end_as_they_would_one_after_another(tiny_cifar):
+    by_run = collect(
+        streams.train_concurrently(CONFIGS, GROUPS, tiny_cifar, device="cpu", streams=2)
+    )
+    assert sorted(by_run) == [0, 1, 2, 3]
+    for group in GROUPS:
+        alone = batched.fit_group([CONFIGS[index] for index in group], tiny_cifar, device="cpu")
+        for index, expected in zip(group, alone, strict=True):
+            events = by_run[index]
+            assert [event.kind for event in events] == ["started", "progress", "progress", "done"]
+            assert [event.payload["epoch"] for event in events[1:3]] == [1, 2]
+            result = events[-1].payload
+            assert result.config == CONFIGS[index]
+            assert result.metrics["group_size"] == 2
+            for name, weight in expected.state_dict.items():
+                torch.testing.assert_close(result.state_dict[name], weight, rtol=1e-5, atol=1e-6)
+            for key in ("train_accuracy", "test_accuracy"):
+                assert result.metrics[key] == pytest.approx(expected.metrics[key], abs=1e-6)
+    assert not group_threads()
+
+
+def test_a_failing_group_fails_its_runs_and_the_other_group_finishes(tiny_cifar, monkeypatch):
+    real = batched.train_together
+
+    def refuse_the_first_group(configs, data, **options):
+        if configs[0] == CONFIGS[0]:
+            raise RuntimeError("no memory left on the device")
+        return real(configs, data, **options)
+
+    monkeypatch.setattr(batched, "train_together", refuse_the_first_group)
+    by_run = collect(
+        streams.train_concurrently(CONFIGS, GROUPS, tiny_cifar, device="cpu", streams=2)
+    )
+    for index in (0, 1):
+        assert by_run[index][-1].kind == "failed"
+        assert by_run[index][-1].payload == "RuntimeError: no memory left on the device"
+    assert [by_run[index][-1].kind for index in (2, 3)] == ["done", "done"]
+
+
+def test_closing_the_events_stops_every_group_at_its_next_epoch(tiny_cifar):
+    # 100,000 epochs would take hours; a closed iterator must stop both groups within seconds.
+    configs = [dataclasses.replace(config, epochs=100_000) for config in CONFIGS]
+    events = streams.train_concurrently(configs, GROUPS, tiny_cifar, device="cpu", streams=2)
+    seen = []
+    for event in events:
+        seen.append(event)
+        if event.kind == "progress":
+            break
+    started = time.perf_counter()
+    events.close()
+    assert time.perf_counter() - started < 10
+    assert not group_threads()
+    assert all(event.kind in ("started", "progress") for event in seen)
+
+
+def test_more_groups_than_streams_queue_up_longest_first(tiny_cifar, monkeypatch):
+    order = []
+    real = batched.train_together
+
+    def note_order(configs, data, **options):
+        order.append(configs[0].train_size)
+        return real(configs, data, **options)
+
+    monkeypatch.setattr(batched, "train_together", note_order)
+    sizes = [100, 150, 120]
+    configs = [dataclasses.replace(BASE, train_size=size, epochs=1) for size in sizes]
+    by_run = collect(
+        streams.train_concurrently(configs, [[0], [1], [2]], tiny_cifar, device="cpu", streams=1)
+    )
+    assert order == [150, 120, 100]
+    assert all(events[-1].kind == "done" for events in by_run.values())
+
+
+def test_stream_count_is_every_group_up_to_eight_or_what_was_asked():
+    assert streams.stream_count(6) == 6
+    assert streams.stream_count(20) == streams.MAX_STREAMS == 8
+    assert streams.stream_count(6, requested=2) == 2
+    assert streams.stream_count(1, requested=4) == 1
+    with pytest.raises(CnnlabError, match="workers 0: must be at least 1"):
+        streams.stream_count(6, requested=0)
+
+
+STUDY = """
+[study]
+name = "streams"
+repeats = 1
+
+[defaults]
+arch = "tiny"
+train_size = 100
+epochs = 2
+batch_size = 32
+
+[experiments.sizes]
+grid = { train_size = [100, 150], l1 = [0.0, 0.01] }
+"""
+
+
+def test_a_study_records_the_runs_the_streams_report(tiny_cifar, tmp_path, monkeypatch):
+    # CUDA's path on the CPU: the study's groups as cnnlab.streams trains them on a GPU.
+    def on_streams(configs, data, *, device, workers):
+        groups = batched.plan_groups(configs, batched.CUDA_MAX_MEMBERS)
+        events = streams.train_concurrently(configs, groups, data, device=device, streams=2)
+        return events, "training on streams"
+
+    study_file = tmp_path / "streams.toml"
+    study_file.write_text(STUDY)
+    lines: list[str] = []
+    monkeypatch.setattr(batched, "side_by_side", on_streams)
+    grouped = study_fakes.study_records(
+        study_file, tmp_path / "streams", tiny_cifar, echo=lines.append
+    )
+    monkeypatch.undo()
+    lone = study_fakes.study_records(study_file, tmp_path / "lone", tiny_cifar, workers=1)
+    assert "training on streams" in lines
+    assert grouped.keys() == lone.keys() and len(lone) == 4
+    for run_id, record in grouped.items():
+        assert record.status == "done"
+        assert record.metrics["group_size"] == 2
+        assert record.metrics["test_accuracy"] == pytest.approx(
+            lone[run_id].metrics["test_accuracy"], abs=1e-6
+        )
+    assert not group_threads()
