@@ -88,6 +88,32 @@ def study_records(study_file: Path, out: Path, data, **options) -> dict[str, Run
         return {record.id: record for record in store.runs()}
 
 
+def events_by_run(events) -> dict[int, list]:
+    """`workers.Event`s (from worker processes or streams) grouped by run index, in order."""
+    by_run: dict[int, list] = {}
+    for event in events:
+        by_run.setdefault(event.index, []).append(event)
+    return by_run
+
+
+def tiny_study_toml(name: str, grid: str) -> str:
+    """A one-repeat, one-experiment study of 2-epoch `tiny` runs on 100 images; `grid` in TOML."""
+    return f"""
+[study]
+name = "{name}"
+repeats = 1
+
+[defaults]
+arch = "tiny"
+train_size = 100
+epochs = 2
+batch_size = 32
+
+[experiments.grid]
+grid = {grid}
+"""
+
+
 def fake_save_run(result: RunResult, run_dir, class_names) -> dict[str, str]:
     """Write the files `save_run` promises (small stand-ins) and return name -> path."""
     run_dir = Path(run_dir)

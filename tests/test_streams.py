@@ -33,15 +33,8 @@ def group_threads() -> list[threading.Thread]:
     return [thread for thread in threading.enumerate() if thread.name.startswith("cnnlab-group")]
 
 
-def collect(events) -> dict[int, list]:
-    by_run: dict[int, list] = {}
-    for event in events:
-        by_run.setdefault(event.index, []).append(event)
-    return by_run
-
-
 def test_groups_side_by_side_end_as_they_would_one_after_another(tiny_cifar):
-    by_run = collect(
+    by_run = study_fakes.events_by_run(
         streams.train_concurrently(CONFIGS, GROUPS, tiny_cifar, device="cpu", streams=2)
     )
     assert sorted(by_run) == [0, 1, 2, 3]
@@ -70,7 +63,7 @@ def test_a_failing_group_fails_its_runs_and_the_other_group_finishes(tiny_cifar,
         return real(configs, data, **options)
 
     monkeypatch.setattr(batched, "train_together", refuse_the_first_group)
-    by_run = collect(
+    by_run = study_fakes.events_by_run(
         streams.train_concurrently(CONFIGS, GROUPS, tiny_cifar, device="cpu", streams=2)
     )
     for index in (0, 1):
@@ -106,7 +99,7 @@ def test_more_groups_than_streams_queue_up_longest_first(tiny_cifar, monkeypatch
     monkeypatch.setattr(batched, "train_together", note_order)
     sizes = [100, 150, 120]
     configs = [dataclasses.replace(BASE, train_size=size, epochs=1) for size in sizes]
-    by_run = collect(
+    by_run = study_fakes.events_by_run(
         streams.train_concurrently(configs, [[0], [1], [2]], tiny_cifar, device="cpu", streams=1)
     )
     assert order == [150, 120, 100]
@@ -122,20 +115,7 @@ def test_stream_count_is_every_group_up_to_eight_or_what_was_asked():
         streams.stream_count(6, requested=0)
 
 
-STUDY = """
-[study]
-name = "streams"
-repeats = 1
-
-[defaults]
-arch = "tiny"
-train_size = 100
-epochs = 2
-batch_size = 32
-
-[experiments.sizes]
-grid = { train_size = [100, 150], l1 = [0.0, 0.01] }
-"""
+STUDY = study_fakes.tiny_study_toml("streams", "{ train_size = [100, 150], l1 = [0.0, 0.01] }")
 
 
 def test_a_study_records_the_runs_the_streams_report(tiny_cifar, tmp_path, monkeypatch):

@@ -33,15 +33,8 @@ def run_script(path, source: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=120)
 
 
-def collect(events) -> dict[int, list[workers.Event]]:
-    by_run: dict[int, list[workers.Event]] = {}
-    for event in events:
-        by_run.setdefault(event.index, []).append(event)
-    return by_run
-
-
 def test_runs_in_workers_end_with_the_weights_of_runs_in_this_process(tiny_cifar):
-    by_run = collect(workers.train_parallel(CONFIGS, tiny_cifar, processes=2))
+    by_run = study_fakes.events_by_run(workers.train_parallel(CONFIGS, tiny_cifar, processes=2))
     assert sorted(by_run) == [0, 1, 2]
     threads = workers.cpu_count() // 2 or 1
     saved = torch.get_num_threads()
@@ -68,7 +61,7 @@ def test_runs_in_workers_end_with_the_weights_of_runs_in_this_process(tiny_cifar
 
 def test_a_failing_run_is_reported_and_the_others_finish(tiny_cifar):
     configs = [CONFIGS[0], dataclasses.replace(BASE, train_size=10_000), CONFIGS[1]]
-    by_run = collect(workers.train_parallel(configs, tiny_cifar, processes=2))
+    by_run = study_fakes.events_by_run(workers.train_parallel(configs, tiny_cifar, processes=2))
     assert by_run[1][-1].kind == "failed"
     assert "train_size 10000" in by_run[1][-1].payload
     assert [by_run[index][-1].kind for index in (0, 2)] == ["done", "done"]
@@ -218,20 +211,7 @@ def test_the_longest_runs_start_first():
     assert workers.longest_first(configs) == [1, 3, 2, 0]
 
 
-STUDY = """
-[study]
-name = "parallel"
-repeats = 1
-
-[defaults]
-arch = "tiny"
-train_size = 100
-epochs = 2
-batch_size = 32
-
-[experiments.l1]
-grid = { l1 = [0.0, 0.001, 0.01] }
-"""
+STUDY = study_fakes.tiny_study_toml("parallel", "{ l1 = [0.0, 0.001, 0.01] }")
 
 
 def test_a_study_in_workers_records_what_a_study_in_this_process_records(tiny_cifar, tmp_path):

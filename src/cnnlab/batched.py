@@ -36,8 +36,8 @@ from cnnlab import data as data_module
 from cnnlab import models, train
 from cnnlab.train import RunConfig, RunResult
 
-# Held while a CUDA graph is captured: groups training side by side in threads (cnnlab.streams)
-# capture one at a time, since a capture starts by synchronising the whole device.
+# Held while a CUDA graph is captured: only one capture may be underway in a process, and groups
+# training side by side in threads (cnnlab.streams) each capture their own.
 CAPTURE_LOCK = threading.Lock()
 
 # Fields that may differ between the members of one group; every other field must match.

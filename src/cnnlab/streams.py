@@ -24,10 +24,10 @@ from typing import Any
 
 import torch
 
-from cnnlab import batched, train
+from cnnlab import batched, train, workers
 from cnnlab import data as data_module
 from cnnlab.train import RunConfig
-from cnnlab.workers import Event, check_requested
+from cnnlab.workers import Event
 
 # Groups trained at once by default; more streams than this gain nothing on a net this small.
 MAX_STREAMS = 8
@@ -41,14 +41,9 @@ class _Stopped(Exception):
 
 def stream_count(groups: int, requested: int | None = None) -> int:
     """How many groups train at once: `requested` (at least 1), else all of them up to 8."""
-    check_requested(requested)
+    workers.check_requested(requested)
     wanted = requested if requested is not None else MAX_STREAMS
     return max(1, min(wanted, groups))
-
-
-def longest_first(configs: Sequence[RunConfig], groups: Sequence[Sequence[int]]) -> list[int]:
-    """Positions in `groups`, the longest group first (a group takes as long as one member)."""
-    return sorted(range(len(groups)), key=lambda g: -train.run_flops(configs[groups[g][0]]))
 
 
 def train_concurrently(
@@ -66,7 +61,8 @@ def train_concurrently(
     """
     target = train.resolve_device(device)
     events: queue.Queue[Event | None] = queue.Queue()
-    waiting = [list(groups[g]) for g in longest_first(configs, groups)]
+    # A group takes about as long as one of its members: order the groups by their first.
+    waiting = [list(groups[g]) for g in workers.longest_first([configs[g[0]] for g in groups])]
     lock = threading.Lock()  # guards `waiting`
     stop = threading.Event()
 

@@ -483,8 +483,8 @@ def execute_runs(
     `cnnlab.workers`); on CUDA, compatible runs trained together as groups (`batched.schedule`),
     the groups side by side on `workers` streams (default: all, up to 8; `cnnlab.streams`).
     `runner` (fit's signature) replaces both with one run at a time, in order, in this process.
-    Whatever trains, this process records the finished runs meanwhile. A run is
-    marked running when it starts, and recorded (artifacts first, then its row) when it ends. An
+    Runs training side by side are recorded by this process as they finish. A run is marked
+    running when it starts, and recorded (artifacts first, then its row) when it ends. An
     exception while training marks the run (or its group) failed and the rest go on; a failed
     write stops the study (the disk is full or gone), leaving the run marked failed.
     """
