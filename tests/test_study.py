@@ -397,7 +397,7 @@ def test_runs_that_cannot_train_on_the_data_stop_before_any_training(
     mini, tmp_path, fake_training, capsys
 ):
     small = study_fakes.zeros_cifar(train_count=6000)
-    with pytest.raises(CnnlabError, match=r"experiments.sizes: train_size 10000: must be between"):
+    with pytest.raises(CnnlabError, match=r"experiments.sizes: train_size: 10000 must be between"):
         _run(mini, tmp_path / "out", small)
     assert fake_training == []
 
@@ -407,7 +407,8 @@ def test_an_unavailable_device_is_one_clear_error(mini, tmp_path, fake_training,
         _run(mini, tmp_path / "out", tiny_data, device="cuda:7")
 
 
-def test_settings_the_loop_refuses_name_the_experiment(mini):
+def test_settings_the_loop_refuses_name_their_line(mini):
     mini.write_text(mini.read_text().replace("epochs = 4", "epochs = 4\nlearning_rate = 0"))
-    with pytest.raises(CnnlabError, match=r"mini.toml: experiments.sizes: learning_rate 0.0"):
+    message = r"mini.toml:12: defaults.learning_rate: must be a positive finite number, got 0.0"
+    with pytest.raises(CnnlabError, match=message):
         plan_runs(load_study(mini))

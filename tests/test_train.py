@@ -130,7 +130,7 @@ def test_reported_loss_includes_the_l1_penalty(tiny_cifar):
 
 
 def test_a_non_finite_loss_stops_the_run(tiny_cifar):
-    config = train.RunConfig(arch="tiny", train_size=200, epochs=3, l1=math.inf)
+    config = train.RunConfig(arch="tiny", train_size=200, epochs=3, l1=1e38)  # float32 overflows
     result = train.fit(config, tiny_cifar, device="cpu")
     assert result.status == "diverged"
     assert result.metrics["diverged_epoch"] == 1 and len(result.history) == 1
@@ -140,11 +140,11 @@ def test_a_non_finite_loss_stops_the_run(tiny_cifar):
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"train_size": 201}, "train_size 201"),
+        ({"train_size": 201}, "train_size: 201"),
         ({"train_size": 9}, "one image per class"),
         ({"validation_split": 0.0}, "validation_split"),
         ({"validation_split": 1.0}, "validation_split"),
-        ({"epochs": 0}, "epochs 0"),
+        ({"epochs": 0}, "epochs: must be at least 1, got 0"),
         ({"arch": "nope"}, "unknown architecture"),
         ({"arch": "x", "layers": ({"type": "dense", "units": 10},)}, "layer 0"),
     ],
@@ -249,7 +249,7 @@ def test_cli_divergence_exits_3_with_one_line(tiny_folder, tmp_path, capsys):
             "--epochs",
             "2",
             "--l1",
-            "inf",
+            "1e38",
             "--data",
             str(tiny_folder),
             "--out",
@@ -266,9 +266,10 @@ def test_cli_divergence_exits_3_with_one_line(tiny_folder, tmp_path, capsys):
     ("arguments", "message"),
     [
         (["--arch", "nope"], "unknown architecture 'nope'; known:"),
-        (["--validation-split", "1.5"], "validation_split 1.5"),
-        (["--epochs", "0"], "epochs 0"),
-        (["--train-size", "5"], "train_size 5"),
+        (["--validation-split", "1.5"], "--validation-split 1.5: must be between 0 and 1"),
+        (["--epochs", "0"], "--epochs 0: must be at least 1"),
+        (["--learning-rate", "nan"], "--learning-rate nan: must be a positive finite number"),
+        (["--seed", "-1"], "--seed -1: must be between 0 and"),
         (["--device", "tpu"], "device 'tpu' is not available"),
     ],
 )
@@ -278,9 +279,11 @@ def test_cli_bad_input_is_one_line_and_exit_2(arguments, message, capsys):
     assert len(error.splitlines()) == 1 and message in error
 
 
-def test_cli_train_size_larger_than_the_data(tiny_folder, capsys):
-    assert main(["train", "--arch", "tiny", "--train-size", "500", "--data", str(tiny_folder)]) == 2
-    assert "200 (the training images available)" in capsys.readouterr().err
+@pytest.mark.parametrize("size", ["500", "5"])
+def test_cli_train_size_outside_the_data(tiny_folder, capsys, size):
+    assert main(["train", "--arch", "tiny", "--train-size", size, "--data", str(tiny_folder)]) == 2
+    error = capsys.readouterr().err
+    assert "between 10 (one image per class) and 200 (the training images available)" in error
 
 
 def test_cli_archs_and_summary(capsys):
@@ -312,5 +315,5 @@ def test_bfloat16_is_opt_in_and_still_learns(tiny_cifar):
 
 def test_an_unknown_precision_is_one_clear_error(tiny_cifar):
     config = train.RunConfig(arch="tiny", train_size=200, epochs=1, precision="float16")
-    with pytest.raises(CnnlabError, match="precision 'float16': expected one of float32, bfloat16"):
+    with pytest.raises(CnnlabError, match="precision: expected one of float32, bfloat16"):
         train.fit(config, tiny_cifar, device="cpu")

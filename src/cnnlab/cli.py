@@ -9,9 +9,13 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from cnnlab import __version__
 from cnnlab.errors import CnnlabError
+
+if TYPE_CHECKING:
+    from cnnlab.config import RunConfig
 
 EXIT_USER_ERROR = 2
 
@@ -131,22 +135,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from cnnlab import models, train
     from cnnlab.data import load_cifar10
 
-    config = train.RunConfig(
-        arch=args.arch,
-        train_size=args.train_size,
-        l1=args.l1,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        validation_split=args.validation_split,
-        learning_rate=args.learning_rate,
-        seed=args.seed,
-        precision=args.precision,
-    )
+    config = _run_config(args)
     # Mistakes in the arguments surface before the data is decoded.
     train.resolve_device(args.device)
     models.resolve_layers(config)
-    train.check_config(config)
     data = load_cifar10(args.data)
+    train.subset_indices(config, data)  # the config against the data, before training
     out = args.out or (
         f"runs/{config.arch}-{config.train_size}-seed{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
     )
@@ -256,6 +250,39 @@ def _cmd_report(args: argparse.Namespace) -> int:
 # --- the parser -------------------------------------------------------------------------------
 
 
+def _add_run_fields(parser: argparse.ArgumentParser) -> None:
+    """One flag per run field (`cnnlab.config.RULES`): type, help, choices and default there."""
+    from cnnlab import config
+
+    for name in config.SETTABLE:
+        rule = config.RULES[name]
+        default = config.DEFAULTS[name]
+        shown = "the architecture's" if default is None else default
+        parser.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            type=rule.kind,
+            choices=rule.choices or None,
+            default=None,
+            metavar=None if rule.choices else name.upper(),
+            help=f"{rule.help} (default: {shown})",
+        )
+
+
+def _run_config(args: argparse.Namespace) -> RunConfig:
+    """The RunConfig the run-field flags describe, checked; a bad value names its flag."""
+    from cnnlab import config
+
+    given = {name: getattr(args, name) for name in config.SETTABLE}
+    run = config.RunConfig(**{name: value for name, value in given.items() if value is not None})
+    try:
+        config.check_config(run)
+    except config.ConfigError as error:
+        flag = "--" + error.key.replace("_", "-")
+        raise CnnlabError(f"{flag} {getattr(run, error.key)}: {error.reason}") from None
+    return run
+
+
 def _add_data_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data",
@@ -328,25 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train one ConvNet with Keras semantics")
     _add_data_option(train)
-    train.add_argument("--arch", default="seed")
-    train.add_argument("--train-size", type=int, default=5000, metavar="N")
-    train.add_argument(
-        "--l1",
-        type=float,
-        default=None,
-        help="L1 weight on the dense kernels (default: the architecture's)",
-    )
-    train.add_argument("--epochs", type=int, default=20)
-    train.add_argument("--batch-size", type=int, default=128)
-    train.add_argument("--validation-split", type=float, default=0.1)
-    train.add_argument("--learning-rate", type=float, default=1e-3)
-    train.add_argument(
-        "--precision",
-        choices=["float32", "bfloat16"],
-        default="float32",
-        help="forward-pass arithmetic; bfloat16 mixed precision is opt-in",
-    )
-    train.add_argument("--seed", type=int, default=0)
+    _add_run_fields(train)
     train.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     train.add_argument("--out", default=None, metavar="DIR", help="run folder to write")
     train.set_defaults(handler=_cmd_train)

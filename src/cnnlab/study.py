@@ -33,9 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cnnlab.config import ConfigError, RunConfig, check_config, check_value, run_id
 from cnnlab.errors import CnnlabError
 from cnnlab.store import FINISHED, RunRecord, Store
-from cnnlab.train import RunConfig
 
 KINDS = ("size", "l1", "pooling", "depth")  # what the report draws for an experiment
 REFERENCE_METRICS = ("fit_seconds", "parameters", "train_accuracy", "test_accuracy")
@@ -122,12 +122,6 @@ Runner = Callable[..., Any]  # fit's signature: runner(config, data, *, device, 
 # --- parsing ----------------------------------------------------------------------------------
 
 
-def run_id(config: RunConfig) -> str:
-    """12 hex digits of the SHA-256 of the config's canonical JSON (the seed is in the config)."""
-    canonical = json.dumps(dataclasses.asdict(config), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
-
-
 def load_study(
     path: str | os.PathLike[str], text: str | None = None, *, check_architectures: bool = True
 ) -> Study:
@@ -178,26 +172,11 @@ class _Parser:
         return value
 
     def run_field(self, name: str, value: Any, keys: tuple[str, ...]) -> Any:
-        """A run field's value, checked against RunConfig's annotation and coerced."""
-        hint = self.field_types[name]
-        allowed = set(typing.get_args(hint)) or {hint}
-        if float in allowed:
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                self.fail(keys, f"expected a number, got {_show(value)}")
-            value = float(value)
-        elif int in allowed:
-            value = self.typed(value, int, keys)
-        elif str in allowed:
-            value = self.typed(value, str, keys)
-        else:
-            self.fail(keys, "cannot be set here (define layers under [architectures.NAME])")
-        if name in _AT_LEAST_ONE and value < 1:
-            self.fail(keys, f"must be at least 1, got {value}")
-        if name in _NOT_NEGATIVE and value < 0:
-            self.fail(keys, f"must not be negative, got {value}")
-        if name == "validation_split" and not 0 < value < 1:
-            self.fail(keys, f"must be between 0 and 1 (exclusive), got {value}")
-        return value
+        """A run field's value, checked by the config's own rules (`config.check_value`)."""
+        try:
+            return check_value(name, value)
+        except ConfigError as error:
+            self.fail(keys, error.reason)
 
     def run_fields(self, table: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
         return {
@@ -437,10 +416,11 @@ def _check_config(
     study: Study, experiment: Experiment, config: RunConfig, data: Any = None
 ) -> None:
     """The training loop's own checks, reported against the study file and experiment."""
-    from cnnlab import train
-
     try:
-        train.check_config(config, data)
+        if data is None:
+            check_config(config)
+        else:
+            check_config(config, available=len(data.train_labels), classes=len(data.class_names))
     except CnnlabError as error:
         raise CnnlabError(f"{study.path}: experiments.{experiment.name}: {error}") from None
 

@@ -1,0 +1,198 @@
+"""A run's configuration and the one table of rules for its values (no torch import).
+
+The study-file parser (with its file:line prefix), the `cnnlab train` flags and the training loop
+all ask `check_value` / `check_config` whether a value is valid, so the three never disagree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from cnnlab.errors import CnnlabError
+
+PRECISIONS = ("float32", "bfloat16")  # forward-pass arithmetic
+OPTIMIZERS = ("adam", "torch_adam")  # Keras's Adam update (default), PyTorch's Adam update
+# SQLite stores integers as signed 64-bit; seeds also feed NumPy's SeedSequence.
+MAX_SEED = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One training run; with `seed` it determines the result on the CPU."""
+
+    arch: str = "seed"  # registry name (see `cnnlab archs`) or the name of inline `layers`
+    layers: tuple[dict[str, Any], ...] | None = None  # inline layer specs; None: the registry's
+    train_size: int = 5000  # images from the stratified shuffle of the training set
+    l1: float | None = None  # L1 weight on every dense kernel; None keeps the architecture's
+    l2: float | None = None  # L2 weight on every dense kernel; None keeps the architecture's
+    epochs: int = 20  # passes over the training part
+    batch_size: int = 128  # images per optimisation step
+    validation_split: float = 0.1  # last fraction of the subset, held out before any shuffling
+    optimizer: str = "adam"  # "adam": Keras's update; "torch_adam": PyTorch's (see optim.py)
+    learning_rate: float = 1e-3  # Adam step size
+    beta_1: float = 0.9  # Adam first-moment decay
+    beta_2: float = 0.999  # Adam second-moment decay
+    epsilon: float = 1e-7  # Adam epsilon: Keras's default, not PyTorch's 1e-8
+    seed: int = 0  # initialisation, dropout masks and per-epoch shuffles
+    subset_seed: int = 0  # which images form the subset; the same across repeats
+    precision: str = "float32"  # forward-pass compute: "float32" (TF32 on CUDA) or "bfloat16"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What one run field accepts: its type, a check of the value, and a line of help."""
+
+    kind: type  # int, float or str (layers have rules of their own, in models.py)
+    check: Callable[[Any], str | None]  # the reason a value is invalid, or None
+    help: str
+    choices: tuple[str, ...] = ()
+
+
+def _at_least(low: int) -> Callable[[Any], str | None]:
+    return lambda value: None if value >= low else f"must be at least {low}, got {value}"
+
+
+def _finite_not_negative(value: float) -> str | None:
+    if not math.isfinite(value):
+        return f"must be a finite number, got {value}"
+    return None if value >= 0 else f"must not be negative, got {value}"
+
+
+def _positive_finite(value: float) -> str | None:
+    if not math.isfinite(value) or value <= 0:
+        return f"must be a positive finite number, got {value}"
+    return None
+
+
+def _fraction(value: float) -> str | None:
+    return None if 0 < value < 1 else f"must be between 0 and 1 (exclusive), got {value}"
+
+
+def _decay(value: float) -> str | None:
+    return None if 0 <= value < 1 else f"must be in [0, 1), got {value}"
+
+
+def _seed(value: int) -> str | None:
+    if not 0 <= value <= MAX_SEED:
+        return f"must be between 0 and {MAX_SEED}, got {value}"
+    return None
+
+
+def _one_of(choices: tuple[str, ...]) -> Callable[[Any], str | None]:
+    return lambda value: None if value in choices else f"expected one of {', '.join(choices)}"
+
+
+def _any(value: Any) -> str | None:
+    return None
+
+
+RULES: dict[str, Rule] = {
+    "arch": Rule(str, _any, "architecture: a registered name (see `cnnlab archs`)"),
+    "train_size": Rule(int, _at_least(1), "training images: a stratified subset of this size"),
+    "l1": Rule(float, _finite_not_negative, "L1 weight on the dense kernels (default: arch's)"),
+    "l2": Rule(float, _finite_not_negative, "L2 weight on the dense kernels (default: arch's)"),
+    "epochs": Rule(int, _at_least(1), "passes over the training part"),
+    "batch_size": Rule(int, _at_least(1), "images per optimisation step"),
+    "validation_split": Rule(float, _fraction, "last fraction of the subset held out"),
+    "optimizer": Rule(
+        str,
+        _one_of(OPTIMIZERS),
+        "adam: Keras's update (default); torch_adam: PyTorch's",
+        OPTIMIZERS,
+    ),
+    "learning_rate": Rule(float, _positive_finite, "Adam step size"),
+    "beta_1": Rule(float, _decay, "Adam first-moment decay"),
+    "beta_2": Rule(float, _decay, "Adam second-moment decay"),
+    "epsilon": Rule(float, _finite_not_negative, "Adam epsilon (Keras's 1e-7)"),
+    "seed": Rule(int, _seed, "initialisation, dropout masks and shuffles"),
+    "subset_seed": Rule(int, _seed, "which images form the subset (same across repeats)"),
+    "precision": Rule(
+        str, _one_of(PRECISIONS), "forward-pass arithmetic; bfloat16 is opt-in", PRECISIONS
+    ),
+}
+FIELDS = tuple(field.name for field in dataclasses.fields(RunConfig))
+SETTABLE = tuple(name for name in FIELDS if name in RULES)  # every field but inline layers
+DEFAULTS = {field.name: field.default for field in dataclasses.fields(RunConfig)}
+
+
+class ConfigError(CnnlabError):
+    """A run field with an invalid value; `key` names the field."""
+
+    def __init__(self, key: str, reason: str):
+        super().__init__(f"{key}: {reason}")
+        self.key = key
+        self.reason = reason
+
+
+def check_value(name: str, value: Any) -> Any:
+    """`value` checked and coerced for run field `name` (ints become floats where floats go)."""
+    rule = RULES.get(name)
+    if rule is None:
+        raise ConfigError(name, f"unknown run field; valid fields: {', '.join(SETTABLE)}")
+    if rule.kind is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(name, f"expected a number, got {_show(value)}")
+        value = float(value)
+    elif not isinstance(value, rule.kind) or isinstance(value, bool):
+        raise ConfigError(name, f"expected {_KIND_NAMES[rule.kind]}, got {_show(value)}")
+    reason = rule.check(value)
+    if reason is not None:
+        raise ConfigError(name, reason)
+    return value
+
+
+def check_config(
+    config: RunConfig, *, available: int | None = None, classes: int | None = None
+) -> None:
+    """Raise ConfigError naming the first field of `config` that cannot run.
+
+    `available` and `classes` describe the dataset when it is known (the training images there
+    and its class count); without them only the dataset-free rules apply.
+    """
+    for name in SETTABLE:
+        value = getattr(config, name)
+        if value is not None or DEFAULTS[name] is not None:
+            check_value(name, value)
+    low = classes or 1
+    if available is not None and not low <= config.train_size <= available:
+        raise ConfigError(
+            "train_size",
+            f"{config.train_size} must be between {low} (one image per class) and"
+            f" {available:,} (the training images available)",
+        )
+
+
+def run_id(config: RunConfig) -> str:
+    """12 hex digits of the SHA-256 of the config's fields that differ from their defaults.
+
+    Omitting defaults keeps a run's id when a later version adds a field whose default keeps
+    the old behaviour. The id covers the seed (a field like any other).
+    """
+    values = dataclasses.asdict(config)
+    changed = {name: value for name, value in values.items() if value != DEFAULTS[name]}
+    canonical = json.dumps({"id": ID_VERSION, **changed}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+# Bumped when the same config starts to give different results (a fidelity fix), so that a
+# resumed study retrains instead of mixing old results with new ones.
+ID_VERSION = 2
+
+
+_KIND_NAMES = {int: "an integer", str: "a string", float: "a number"}
+
+
+def _show(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}"
+
+
+def field_hint(name: str) -> Any:
+    """RunConfig's annotation of `name`, resolved."""
+    return typing.get_type_hints(RunConfig)[name]
