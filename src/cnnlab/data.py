@@ -23,9 +23,11 @@ is replaced by atomic renames, so a map held by another process is never changed
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import stat
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -37,7 +39,14 @@ import numpy as np
 
 from cnnlab.atomic import atomic_path, write_json
 from cnnlab.errors import CnnlabError
-from cnnlab.sources import CLASS_NAMES, Arrays, read_source
+from cnnlab.sources import (
+    CLASS_NAMES,
+    MAX_ARCHIVE_BYTES,
+    Arrays,
+    folder_entries,
+    read_source,
+    shown,
+)
 
 __all__ = [
     "CLASS_NAMES",
@@ -109,7 +118,7 @@ def load_cifar10(data: str | os.PathLike[str] | None = None) -> Cifar10:
 def load_cifar10_with_cache_info(data: str | os.PathLike[str] | None = None) -> LoadedCifar10:
     """`load_cifar10`, also telling where the cached arrays are and whether they were reused."""
     source = _resolve_source(data)
-    checksum = _source_sha256(source)
+    checksum, remembered = _source_sha256(source)
     arrays_dir = cache_dir() / "arrays" / checksum[:32]
     cached = _read_cached_arrays(arrays_dir, checksum)
     from_cache = cached is not None
@@ -117,6 +126,8 @@ def load_cifar10_with_cache_info(data: str | os.PathLike[str] | None = None) -> 
         _write_cached_arrays(arrays_dir, checksum, source, read_source(source))
         cached = _read_cached_arrays(arrays_dir, checksum)
         assert cached is not None, f"the cache just written in {arrays_dir} does not read back"
+    if not remembered:
+        _remember_sha256(source, checksum)
     arrays, manifest = cached
     dataset = Cifar10(
         arrays.train_images,
@@ -140,41 +151,86 @@ def _resolve_source(data: str | os.PathLike[str] | None) -> Path:
     """The first of: `data`, $CNNLAB_DATA, the fetched official archive, a fresh download."""
     for value, origin in ((data, "--data"), (os.environ.get("CNNLAB_DATA"), "CNNLAB_DATA")):
         if value is not None and str(value) != "":
-            path = Path(value).expanduser()
-            if not path.exists():
-                raise CnnlabError(f"{origin} {value}: no such file or folder")
-            return path.resolve()
+            return _checked_source(value, f"{origin} {shown(value)}")
     fetched = cache_dir() / OFFICIAL_NAME
     if fetched.is_file():
         return fetched.resolve()
     return fetch_official()
 
 
-def _source_sha256(source: Path) -> str:
-    """sha256 of a file (remembered per path, size and mtime) or of a folder's listing."""
+def _checked_source(value: str | os.PathLike[str], where: str) -> Path:
+    """`value` as an existing regular file or folder, resolved; anything else is refused."""
+    try:
+        path = Path(value).expanduser()
+    except RuntimeError:  # "~user" naming no user
+        path = Path(value)
+    try:
+        facts = path.stat()
+        path = path.resolve()
+    except FileNotFoundError:
+        raise CnnlabError(f"{where}: no such file or folder") from None
+    except (OSError, RuntimeError) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+        raise CnnlabError(f"{where}: cannot be read ({reason})") from None
+    if not (stat.S_ISREG(facts.st_mode) or stat.S_ISDIR(facts.st_mode)):
+        raise CnnlabError(f"{where}: not a regular file or folder (expected a CIFAR-10 source)")
+    return path
+
+
+def _memo_path(source: Path, facts: os.stat_result) -> Path:
+    """Where the sha256 of `source` is remembered for its (path, size, mtime)."""
+    quick_key = hashlib.sha256(f"{source}\t{facts.st_size}\t{facts.st_mtime_ns}".encode())
+    return cache_dir() / "sources" / f"{quick_key.hexdigest()[:32]}.json"
+
+
+def _source_sha256(source: Path) -> tuple[str, bool]:
+    """sha256 of a file or of a folder's listing, and whether it was remembered already.
+
+    Nothing is written here: a source is remembered only once it has loaded (a refused one
+    leaves nothing in the cache).
+    """
+    where = shown(source)
     if source.is_dir():
         listing = hashlib.sha256()
-        for directory, subdirectories, files in sorted(os.walk(source)):
-            subdirectories.sort()
-            for name in sorted(files):
-                entry = Path(directory, name)
-                facts = entry.lstat()
-                relative = entry.relative_to(source).as_posix()
-                listing.update(f"{relative}\t{facts.st_size}\t{facts.st_mtime_ns}\n".encode())
-        return listing.hexdigest()
+        # Sorted as os.walk visits them (by folder, then by name), so checksums stay as they were.
+        files = [
+            (relative, facts)
+            for relative, facts in folder_entries(source)
+            if not stat.S_ISDIR(facts.st_mode)
+        ]
+        files.sort(key=lambda named: (str(source / named[0]).rsplit("/", 1)[0], named[0]))
+        for relative, facts in files:
+            listing.update(f"{relative}\t{facts.st_size}\t{facts.st_mtime_ns}\n".encode())
+        return listing.hexdigest(), True
     facts = source.stat()
-    quick_key = hashlib.sha256(f"{source}\t{facts.st_size}\t{facts.st_mtime_ns}".encode())
-    memo = cache_dir() / "sources" / f"{quick_key.hexdigest()[:32]}.json"
+    if facts.st_size > MAX_ARCHIVE_BYTES:
+        raise CnnlabError(
+            f"{where}: {facts.st_size:,} bytes is larger than any CIFAR-10 archive "
+            f"(at most {MAX_ARCHIVE_BYTES:,}); refused"
+        )
     try:
-        remembered = json.loads(memo.read_text())["sha256"]
+        remembered = json.loads(_memo_path(source, facts).read_text())["sha256"]
         if isinstance(remembered, str) and len(remembered) == 64:
-            return remembered
+            return remembered, True
     except (OSError, ValueError, KeyError, TypeError):
         pass  # not remembered yet, or a damaged memo: hash again
-    checksum = _file_digests(source)["sha256"]
+    try:
+        return _file_digests(source)["sha256"], False
+    except OSError as error:
+        raise CnnlabError(f"{where}: cannot be read ({error.strerror or error})") from None
+
+
+def _remember_sha256(source: Path, checksum: str) -> None:
+    """Remember a loaded file's sha256 by (path, size, mtime); failing costs only a re-hash."""
+    if source.is_dir():
+        return
+    facts = source.stat()
     remembered_facts = {"size": facts.st_size, "mtime_ns": facts.st_mtime_ns}
-    write_json(memo, {"path": str(source), **remembered_facts, "sha256": checksum})
-    return checksum
+    # The arrays are cached; without the memo the next load only hashes the file again.
+    with contextlib.suppress(OSError):
+        write_json(
+            _memo_path(source, facts), {"path": str(source), **remembered_facts, "sha256": checksum}
+        )
 
 
 def _file_digests(path: Path) -> dict[str, str]:
@@ -188,7 +244,12 @@ def _file_digests(path: Path) -> dict[str, str]:
 
 
 def _write_cached_arrays(arrays_dir: Path, checksum: str, source: Path, arrays: Arrays) -> None:
-    """Store each array as .npy atomically, then the manifest that vouches for them."""
+    """Store each array as .npy atomically, then the manifest that vouches for them.
+
+    If the cache cannot be written (disk full, no permission, a file where a folder should be),
+    whatever this call wrote is removed and the load is refused with one line: running on
+    without the cache would silently decode the source again on every load.
+    """
     mean, std = channel_statistics(arrays.train_images)
     manifest: dict[str, Any] = {
         "format": _CACHE_FORMAT,
@@ -198,12 +259,26 @@ def _write_cached_arrays(arrays_dir: Path, checksum: str, source: Path, arrays: 
         "train_channel_std": std.tolist(),
         "arrays": {},
     }
-    for name in _ARRAY_NAMES:
-        array = getattr(arrays, name)
-        with atomic_path(arrays_dir / f"{name}.npy") as tmp:
-            np.save(tmp, array, allow_pickle=False)
-        manifest["arrays"][name] = {"shape": list(array.shape), "dtype": array.dtype.str}
-    write_json(arrays_dir / "manifest.json", manifest)
+    written: list[Path] = []
+    try:
+        (arrays_dir / "manifest.json").unlink(missing_ok=True)  # never vouch for a partial set
+        for name in _ARRAY_NAMES:
+            array = getattr(arrays, name)
+            with atomic_path(arrays_dir / f"{name}.npy") as tmp:
+                np.save(tmp, array, allow_pickle=False)
+            written.append(arrays_dir / f"{name}.npy")
+            manifest["arrays"][name] = {"shape": list(array.shape), "dtype": array.dtype.str}
+        write_json(arrays_dir / "manifest.json", manifest)
+    except OSError as error:
+        for path in written:
+            path.unlink(missing_ok=True)
+        for folder in (arrays_dir, arrays_dir.parent):
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if this call left it empty
+        raise CnnlabError(
+            f"cannot write the cache {shown(arrays_dir)} ({error.strerror or error}); free some "
+            "space there or set CNNLAB_CACHE to a writable folder (nothing was kept)"
+        ) from None
 
 
 def _read_cached_arrays(arrays_dir: Path, checksum: str) -> tuple[Arrays, dict[str, Any]] | None:
