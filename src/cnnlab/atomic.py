@@ -20,16 +20,19 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(
         prefix=f".{target.stem}.", suffix=f".tmp{target.suffix}", dir=target.parent
     )
-    # mkstemp creates 0600 files; give the result the permissions a plain open() would.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.fchmod(fd, 0o666 & ~umask)
-    os.close(fd)
     tmp = Path(tmp_name)
     try:
+        # mkstemp creates 0600 files; give the result the permissions a plain open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
+        os.close(fd)
+        fd = -1
         yield tmp
         os.replace(tmp, target)
     except BaseException:
+        if fd != -1:
+            os.close(fd)
         tmp.unlink(missing_ok=True)
         raise
 
