@@ -200,7 +200,8 @@ def _source_sha256(source: Path) -> tuple[str, bool]:
         ]
         files.sort(key=lambda named: (str(source / named[0]).rsplit("/", 1)[0], named[0]))
         for relative, facts in files:
-            listing.update(f"{relative}\t{facts.st_size}\t{facts.st_mtime_ns}\n".encode())
+            line = f"{relative}\t{facts.st_size}\t{facts.st_mtime_ns}\n"
+            listing.update(line.encode("utf-8", "surrogateescape"))  # names need not be UTF-8
         return listing.hexdigest(), True
     facts = source.stat()
     if facts.st_size > MAX_ARCHIVE_BYTES:

@@ -428,22 +428,20 @@ def _read_members(members: Iterator[_Member], source: str) -> dict[str, Any]:
         where = f"{source}: {shown(member.name)}"
         if member.name in decoded:
             raise CnnlabError(f"{where} appears twice; refused")
+        kind = _member_kind(member.name)
+        limit, what, decode = _KINDS[kind] if kind else (0, "", None)
+        if decode is not None and member.size > limit:
+            raise CnnlabError(
+                f"{where} declares {member.size:,} bytes; {what} holds at most {limit:,}"
+            )
         total_bytes += member.size
         if total_bytes > MAX_SOURCE_BYTES:
             raise CnnlabError(
                 f"{source}: its files declare more than {MAX_SOURCE_BYTES:,} bytes in all (at "
                 f"{shown(member.name)}, {member.size:,} bytes); not a CIFAR-10 source"
             )
-        decoded[member.name] = None
-        kind = _member_kind(member.name)
-        if kind is None:
-            continue  # no layout reads it; the layout check below names it
-        limit, what, decode = _KINDS[kind]
-        if member.size > limit:
-            raise CnnlabError(
-                f"{where} declares {member.size:,} bytes; {what} holds at most {limit:,}"
-            )
-        decoded[member.name] = decode(member.read(limit), where)
+        # A member no layout reads stays unread; the layout check names it.
+        decoded[member.name] = decode(member.read(limit), where) if decode else None
     return decoded
 
 
