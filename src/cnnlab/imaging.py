@@ -258,15 +258,22 @@ def filter_images(
     scale: str = "clip",
     correlate: bool = False,
 ) -> list[ImageResults]:
-    """Apply every kernel to every input, in memory: any bad combination fails before writing."""
-    function = conv.correlate2d if correlate else conv.convolve2d
+    """Apply every kernel to every input, in memory: any bad combination fails before writing.
+
+    The images are filtered in float64 with every option explicit ("same" is this command's
+    default, where conv's SciPy-compatible default is "full"): float results, never an 8-bit
+    sum wrapping around, until `to_uint8` turns them into pixels by its explicit rule.
+    """
+    function = conv.correlate_channels if correlate else conv.convolve_channels
     everything = []
     for stem, image in inputs:
         channel_image = select_channel(image, channel)
+        pixels = np.asarray(channel_image, dtype=np.float64)
         results = []
         for name, kernel in kernels:
+            weights = np.asarray(kernel, dtype=np.float64)
             try:
-                values = function(channel_image, kernel, mode=mode, boundary=boundary)
+                values = function(pixels, weights, mode=mode, boundary=boundary, fillvalue=0.0)
             except CnnlabError as error:
                 raise CnnlabError(f"{stem}, kernel {name}: {error}") from None
             results.append(Filtered(name, kernel, values, to_uint8(values, scale)))
