@@ -20,6 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cnnlab import train
+from cnnlab.config import PRECISIONS, RunConfig
 from cnnlab.data import load_cifar10
 from plain_port import evaluate_plain, fit_plain, to_tensors
 
@@ -38,7 +39,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--plain", action="store_true", help="also train the plain port")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
-    parser.add_argument("--precision", choices=train.PRECISIONS, default="float32")
+    parser.add_argument("--precision", choices=PRECISIONS, default="float32")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     if args.threads:
@@ -50,7 +51,7 @@ def main() -> None:
     )
     rows: dict[str, dict[str, list[float]]] = {}
     for seed in args.seeds:
-        config = train.RunConfig(
+        config = RunConfig(
             arch="seed", train_size=5000, epochs=args.epochs, seed=seed, precision=args.precision
         )
         result = train.fit(config, data, device=args.device)

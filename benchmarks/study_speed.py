@@ -2,7 +2,7 @@
 
 The runs are the seed study's first repeat (sizes 5K/10K/20K/40K; L1 0, 0.001, 1, 10, 100 at
 5K; max-pool at 5K; the deep net on all 50K; 20 epochs, batch 128), taken from
-studies/seed.toml. cnnlab trains them as `cnnlab study` does (`batched.train_runs`: on the CPU
+studies/seed.toml. cnnlab trains them as `cnnlab study` does (`cnnlab.execute`: on the CPU
 lone runs in one worker process per core, longest first; on a GPU grouped runs replayed from CUDA
 graphs, the groups side by side on CUDA streams, then once more one group after another to
 measure what the streams gain); the plain port (benchmarks/
@@ -36,7 +36,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from cnnlab import batched, streams, study, train, workers
+from cnnlab import batched, execute, streams, study, train, workers
+from cnnlab.config import PRECISIONS
 from cnnlab.data import load_cifar10
 from cnnlab.errors import CnnlabError
 from plain_port import evaluate_plain, fit_plain, to_tensors
@@ -104,7 +105,7 @@ def main() -> None:
     )
     parser.add_argument(
         "--precision",
-        choices=train.PRECISIONS,
+        choices=PRECISIONS,
         default="float32",
         help="cnnlab's precision (the plain port stays float32)",
     )
@@ -120,8 +121,12 @@ def main() -> None:
     ]
 
     started = time.perf_counter()
-    ours = dict(batched.train_runs(configs, data, device=str(device), workers=args.workers))
+    outcomes = execute.train_all(configs, data, device=str(device), workers=args.workers)
     ours_total = time.perf_counter() - started
+    failed = [f"run {i}: {o}" for i, o in enumerate(outcomes) if isinstance(o, str)]
+    if failed:
+        sys.exit("cnnlab failed: " + "; ".join(failed))
+    ours = dict(enumerate(outcomes))
     since_process = time.perf_counter() - PROCESS_START
     ours_seconds = {
         index: result.metrics["fit_seconds"] + result.metrics["eval_seconds"]
@@ -131,8 +136,7 @@ def main() -> None:
     if device.type == "cuda" and args.workers is None:
         # Measure the alternative too: the same groups one after another on one stream.
         started = time.perf_counter()
-        for _ in batched.train_runs(configs, data, device=str(device), workers=1):
-            pass
+        execute.train_all(configs, data, device=str(device), workers=1)
         one_by_one = time.perf_counter() - started
 
     plain: dict[int, tuple[float, float]] = {}

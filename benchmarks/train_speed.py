@@ -19,6 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cnnlab import train
+from cnnlab.config import RunConfig
 from cnnlab.data import load_cifar10
 from plain_port import fit_plain
 
@@ -34,7 +35,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     data = load_cifar10(args.data)
-    config = train.RunConfig(arch="seed", train_size=args.train_size, epochs=args.epochs)
+    config = RunConfig(arch="seed", train_size=args.train_size, epochs=args.epochs)
     train_part, validation_part = train.subset_indices(config, data)
     # The plain port holds out the last 10% of what it is given: give it the same images.
     ordered = [*train_part, *validation_part]

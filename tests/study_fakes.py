@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 
 from cnnlab import study
+from cnnlab.config import RunConfig
+from cnnlab.metrics import RunResult
 from cnnlab.store import RunRecord, Store
-from cnnlab.train import RunConfig, RunResult
 
 _PNG = None
 
@@ -82,14 +83,14 @@ def fake_fit(config: RunConfig, data, *, device="auto", progress=None) -> RunRes
 
 def study_records(study_file: Path, out: Path, data, **options) -> dict[str, RunRecord]:
     """Run `study_file` into `out` on the CPU, no report; its runs' records by id."""
-    options = {"report": False, "device": "cpu", "echo": lambda line: None, **options}
+    options = {"device": "cpu", "echo": lambda line: None, **options}
     study.run_study(study_file, out=out, data=data, **options)
     with Store.open(out, create=False) as store:
         return {record.id: record for record in store.runs()}
 
 
 def events_by_run(events) -> dict[int, list]:
-    """`workers.Event`s (from worker processes or streams) grouped by run index, in order."""
+    """`events.Event`s (from worker processes or streams) grouped by run index, in order."""
     by_run: dict[int, list] = {}
     for event in events:
         by_run.setdefault(event.index, []).append(event)

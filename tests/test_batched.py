@@ -10,8 +10,9 @@ import torch
 
 import study_fakes
 from cnnlab import batched, train
+from cnnlab.config import RunConfig
 from cnnlab.errors import CnnlabError
-from cnnlab.train import RunConfig
+from cnnlab.metrics import RunResult
 
 # Every layer kind, the asymmetric 'same' padding of a strided 3x3 conv, a 2x2 strided kernel,
 # and dropout on both sides of the flatten.
@@ -50,7 +51,7 @@ MEMBERS = [
 ]
 
 
-def assert_same_run(grouped: train.RunResult, lone: train.RunResult) -> None:
+def assert_same_run(grouped: RunResult, lone: RunResult) -> None:
     assert grouped.status == lone.status
     assert grouped.state_dict.keys() == lone.state_dict.keys()
     for name, weight in lone.state_dict.items():

@@ -15,9 +15,10 @@ import pytest
 from PIL import Image
 
 import study_fakes
-from cnnlab import study, train
+from cnnlab import runfolder, study
 from cnnlab.cli import main
-from cnnlab.report import FILES_FOLDER
+from cnnlab.document import FILES_FOLDER
+from cnnlab.report import write_report
 from cnnlab.store import Store
 
 
@@ -28,15 +29,15 @@ def finished(tmp_path_factory) -> Path:
     path = folder / "mini.toml"
     path.write_text(study_fakes.STUDY_TOML.replace("[0, 0.0001, 1]", "[0, 0.0001, 1, 100]"))
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(train, "save_run", study_fakes.fake_save_run)
+        patch.setattr(runfolder, "save_run", study_fakes.fake_save_run)
         outcome = study.run_study(
             path,
             out=folder / "out",
             data=study_fakes.zeros_cifar(),
-            runner=study_fakes.fake_fit,
+            fit=study_fakes.fake_fit,
             echo=lambda line: None,
         )
-    assert outcome.report_path == folder / "out" / "report.html"
+    assert write_report(outcome.study_dir)["html"] == folder / "out" / "report.html"
     return folder / "out"
 
 

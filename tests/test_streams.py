@@ -14,9 +14,9 @@ import pytest
 import torch
 
 import study_fakes
-from cnnlab import batched, streams
+from cnnlab import batched, execute, streams
+from cnnlab.config import RunConfig
 from cnnlab.errors import CnnlabError
-from cnnlab.train import RunConfig
 
 BASE = RunConfig(arch="tiny", train_size=100, epochs=2, batch_size=32)
 # Two groups: the 100-image runs (two seeds, two L1 weights) and the 150-image ones.
@@ -120,21 +120,19 @@ STUDY = study_fakes.tiny_study_toml("streams", "{ train_size = [100, 150], l1 = 
 
 def test_a_study_records_the_runs_the_streams_report(tiny_cifar, tmp_path, monkeypatch):
     # CUDA's path on the CPU: the study's groups as cnnlab.streams trains them on a GPU.
-    def on_streams(configs, data, *, device, workers):
-        groups = batched.plan_groups(configs, batched.CUDA_MAX_MEMBERS)
-        events = streams.train_concurrently(configs, groups, data, device=device, streams=2)
-        return events, "training on streams"
+    def on_streams(configs, target, workers):
+        return batched.plan_groups(configs, batched.CUDA_MAX_MEMBERS), 2
 
     study_file = tmp_path / "streams.toml"
     study_file.write_text(STUDY)
     lines: list[str] = []
-    monkeypatch.setattr(batched, "side_by_side", on_streams)
+    monkeypatch.setattr(execute, "plan_in_process", on_streams)
     grouped = study_fakes.study_records(
-        study_file, tmp_path / "streams", tiny_cifar, echo=lines.append
+        study_file, tmp_path / "streams", tiny_cifar, workers=1, echo=lines.append
     )
     monkeypatch.undo()
     lone = study_fakes.study_records(study_file, tmp_path / "lone", tiny_cifar, workers=1)
-    assert "training on streams" in lines
+    assert any("2 at a time" in line for line in lines)
     assert grouped.keys() == lone.keys() and len(lone) == 4
     for run_id, record in grouped.items():
         assert record.status == "done"

@@ -14,16 +14,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cnnlab import models, train
+from cnnlab import models, runfolder, train
 from cnnlab.cli import main
+from cnnlab.config import RunConfig
 from cnnlab.errors import CnnlabError
+from cnnlab.metrics import HISTORY_KEYS, RunResult
 
-TINY = train.RunConfig(arch="tiny", train_size=200, epochs=2, seed=3)
+TINY = RunConfig(arch="tiny", train_size=200, epochs=2, seed=3)
 TIMING_KEYS = {"fit_seconds", "eval_seconds"}
 
 
 @pytest.fixture
-def tiny_run(tiny_cifar) -> train.RunResult:
+def tiny_run(tiny_cifar) -> RunResult:
     return train.fit(TINY, tiny_cifar, device="cpu")
 
 
@@ -44,7 +46,7 @@ def tiny_folder(tiny_cifar, tmp_path) -> Path:
     return root
 
 
-def without_timing(result: train.RunResult) -> tuple:
+def without_timing(result: RunResult) -> tuple:
     history = [{k: v for k, v in row.items() if k != "seconds"} for row in result.history]
     metrics = {k: v for k, v in result.metrics.items() if k not in TIMING_KEYS}
     return history, metrics
@@ -55,16 +57,14 @@ def test_fit_is_deterministic_on_the_cpu(tiny_cifar, tiny_run):
     assert without_timing(again) == without_timing(tiny_run)
     for name, tensor in tiny_run.state_dict.items():
         assert torch.equal(tensor, again.state_dict[name]), name
-    other_seed = train.fit(
-        train.RunConfig(**{**TINY.__dict__, "seed": 4}), tiny_cifar, device="cpu"
-    )
+    other_seed = train.fit(RunConfig(**{**TINY.__dict__, "seed": 4}), tiny_cifar, device="cpu")
     assert other_seed.history[0]["loss"] != tiny_run.history[0]["loss"]
 
 
 def test_fit_reports_what_the_report_looked_at(tiny_cifar, tiny_run):
     assert tiny_run.status == "done"
     assert [row["epoch"] for row in tiny_run.history] == [1, 2]
-    assert set(tiny_run.history[0]) == set(train.HISTORY_KEYS)
+    assert set(tiny_run.history[0]) == set(HISTORY_KEYS)
     metrics = tiny_run.metrics
     assert metrics["parameters"] == 10_362
     assert metrics["epochs_run"] == 2 and metrics["diverged_epoch"] is None
@@ -86,9 +86,9 @@ def test_fit_reports_what_the_report_looked_at(tiny_cifar, tiny_run):
 
 def test_adam_uses_keras_defaults():
     model = models.build_model("tiny")
-    (group,) = train.make_optimizer(model, train.RunConfig()).param_groups
+    (group,) = train.make_optimizer(model, RunConfig()).param_groups
     assert (group["lr"], group["betas"], group["eps"]) == (1e-3, (0.9, 0.999), 1e-7)
-    defaults = train.RunConfig()
+    defaults = RunConfig()
     assert (defaults.batch_size, defaults.epochs, defaults.validation_split) == (128, 20, 0.1)
 
 
@@ -130,7 +130,7 @@ def test_reported_loss_includes_the_l1_penalty(tiny_cifar):
 
 
 def test_a_non_finite_loss_stops_the_run(tiny_cifar):
-    config = train.RunConfig(arch="tiny", train_size=200, epochs=3, l1=1e38)  # float32 overflows
+    config = RunConfig(arch="tiny", train_size=200, epochs=3, l1=1e38)  # float32 overflows
     result = train.fit(config, tiny_cifar, device="cpu")
     assert result.status == "diverged"
     assert result.metrics["diverged_epoch"] == 1 and len(result.history) == 1
@@ -150,7 +150,7 @@ def test_a_non_finite_loss_stops_the_run(tiny_cifar):
     ],
 )
 def test_bad_configs_are_refused(tiny_cifar, changes, message):
-    config = train.RunConfig(**{**TINY.__dict__, **changes})
+    config = RunConfig(**{**TINY.__dict__, **changes})
     with pytest.raises(CnnlabError, match=message):
         train.fit(config, tiny_cifar, device="cpu")
 
@@ -164,7 +164,7 @@ def test_unavailable_device_says_which_are_there():
 
 
 def test_run_folder_round_trip(tiny_cifar, tiny_run, tmp_path):
-    paths = train.save_run(tiny_run, tmp_path / "run", tiny_cifar.class_names)
+    paths = runfolder.save_run(tiny_run, tmp_path / "run", tiny_cifar.class_names)
     assert {Path(path).name for path in paths.values()} == {
         "config.json",
         "history.csv",
@@ -177,24 +177,24 @@ def test_run_folder_round_trip(tiny_cifar, tiny_run, tmp_path):
     }
     assert not [p for p in (tmp_path / "run").iterdir() if p.name.startswith(".")]  # no temp files
     csv_lines = Path(paths["history_csv"]).read_text().splitlines()
-    assert csv_lines[0] == ",".join(train.HISTORY_KEYS) and len(csv_lines) == 3
+    assert csv_lines[0] == ",".join(HISTORY_KEYS) and len(csv_lines) == 3
     metrics = json.loads(Path(paths["metrics"]).read_text())
     assert (
         metrics["status"] == "done"
         and metrics["test_accuracy"] == tiny_run.metrics["test_accuracy"]
     )
     torch.load(paths["weights"], weights_only=True)
-    saved = train.load_run(tmp_path / "run")
+    saved = runfolder.load_run(tmp_path / "run")
     assert saved.history == tiny_run.history
     assert saved.config.train_size == TINY.train_size and saved.config.layers is not None
-    scores = train.evaluate_run(saved, tiny_cifar, "cpu")
+    scores = runfolder.evaluate_run(saved, tiny_cifar, "cpu")
     assert scores["test"][1].accuracy == pytest.approx(tiny_run.metrics["test_accuracy"])
     assert scores["train"][1].accuracy == pytest.approx(tiny_run.metrics["train_accuracy"])
 
 
 def test_load_run_refuses_a_folder_without_a_run(tmp_path):
     with pytest.raises(CnnlabError, match="not a readable run folder"):
-        train.load_run(tmp_path)
+        runfolder.load_run(tmp_path)
 
 
 # --- the commands -----------------------------------------------------------------------------
@@ -304,7 +304,7 @@ def test_cli_archs_and_summary(capsys):
 
 
 def test_bfloat16_is_opt_in_and_still_learns(tiny_cifar):
-    base = train.RunConfig(arch="tiny", train_size=200, epochs=3, batch_size=32, seed=0)
+    base = RunConfig(arch="tiny", train_size=200, epochs=3, batch_size=32, seed=0)
     full = train.fit(base, tiny_cifar, device="cpu")
     mixed = train.fit(dataclasses.replace(base, precision="bfloat16"), tiny_cifar, device="cpu")
     assert all(value.dtype == torch.float32 for value in mixed.state_dict.values())
@@ -314,6 +314,6 @@ def test_bfloat16_is_opt_in_and_still_learns(tiny_cifar):
 
 
 def test_an_unknown_precision_is_one_clear_error(tiny_cifar):
-    config = train.RunConfig(arch="tiny", train_size=200, epochs=1, precision="float16")
+    config = RunConfig(arch="tiny", train_size=200, epochs=1, precision="float16")
     with pytest.raises(CnnlabError, match="precision: expected one of float32, bfloat16"):
         train.fit(config, tiny_cifar, device="cpu")

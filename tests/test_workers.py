@@ -14,9 +14,9 @@ import pytest
 import torch
 
 import study_fakes
-from cnnlab import batched, study, train, workers
+from cnnlab import execute, metrics, study, train, workers
+from cnnlab.config import RunConfig
 from cnnlab.data import Cifar10
-from cnnlab.train import RunConfig
 from processes import children_of, wait_gone
 
 BASE = RunConfig(arch="tiny", train_size=100, epochs=2, batch_size=32)
@@ -49,7 +49,7 @@ def test_runs_in_workers_end_with_the_weights_of_runs_in_this_process(tiny_cifar
         assert result.config == CONFIGS[index]
         assert result.metrics["cpu_threads"] == threads
         assert [row["epoch"] for row in result.history] == [1, 2]
-        shown = [{key: event.payload[key] for key in train.HISTORY_KEYS} for event in events[1:3]]
+        shown = [{key: event.payload[key] for key in metrics.HISTORY_KEYS} for event in events[1:3]]
         assert shown == result.history
         assert result.state_dict.keys() == lone[index].state_dict.keys()
         for name, weight in lone[index].state_dict.items():
@@ -63,7 +63,7 @@ def test_a_failing_run_is_reported_and_the_others_finish(tiny_cifar):
     configs = [CONFIGS[0], dataclasses.replace(BASE, train_size=10_000), CONFIGS[1]]
     by_run = study_fakes.events_by_run(workers.train_parallel(configs, tiny_cifar, processes=2))
     assert by_run[1][-1].kind == "failed"
-    assert "train_size 10000" in by_run[1][-1].payload
+    assert "train_size: 10000" in by_run[1][-1].payload
     assert [by_run[index][-1].kind for index in (0, 2)] == ["done", "done"]
 
 
@@ -96,7 +96,7 @@ def test_workers_die_with_a_killed_parent(tmp_path):
             import numpy as np
             from cnnlab import workers
             from cnnlab.data import CLASS_NAMES, Cifar10
-            from cnnlab.train import RunConfig
+            from cnnlab.config import RunConfig
 
             if __name__ == "__main__":
                 labels = np.repeat(np.arange(10), 50)
@@ -128,9 +128,9 @@ def test_a_script_without_a_main_guard_still_trains_in_workers(tmp_path):
         """
         import dataclasses
         import numpy as np
-        from cnnlab import batched
+        from cnnlab import execute
+        from cnnlab.config import RunConfig
         from cnnlab.data import CLASS_NAMES, Cifar10
-        from cnnlab.train import RunConfig
 
         print("script body ran", flush=True)
         labels = np.repeat(np.arange(10), 10)
@@ -138,7 +138,7 @@ def test_a_script_without_a_main_guard_still_trains_in_workers(tmp_path):
         data = Cifar10(images, labels, images, labels, CLASS_NAMES, "zeros")
         config = RunConfig(arch="tiny", train_size=100, epochs=1, batch_size=32)
         configs = [dataclasses.replace(config, seed=seed) for seed in range(2)]
-        for index, result in batched.train_runs(configs, data, device="cpu", workers=2):
+        for index, result in enumerate(execute.train_all(configs, data, device="cpu", workers=2)):
             print("done", index, result.config.seed, flush=True)
         """,
     )
@@ -161,7 +161,7 @@ def test_workers_dying_as_they_start_fail_their_runs_without_blocking_the_parent
         import numpy as np
         from cnnlab import workers
         from cnnlab.data import CLASS_NAMES, Cifar10
-        from cnnlab.train import RunConfig
+        from cnnlab.config import RunConfig
 
         workers._worker_main = crash.at_start
         labels = np.repeat(np.arange(10), 200)
@@ -245,4 +245,4 @@ def test_a_bad_worker_count_is_one_clear_error(tiny_cifar, tmp_path, count):
         study.run_study(study_file, out=tmp_path / "out", data=tiny_cifar, workers=count)
     assert not (tmp_path / "out").exists()
     with pytest.raises(study.CnnlabError, match=f"workers {count}: must be at least 1"):
-        next(batched.train_runs([BASE, BASE], tiny_cifar, device="cpu", workers=count))
+        execute.train_all([BASE, BASE], tiny_cifar, device="cpu", workers=count)

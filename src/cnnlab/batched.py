@@ -20,21 +20,19 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import threading
-import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnlab import data as data_module
 from cnnlab import models, train
-from cnnlab.train import RunConfig, RunResult
+from cnnlab.config import RunConfig
+from cnnlab.data import Cifar10
+from cnnlab.metrics import Evaluation, RunResult
 
 # Held while a CUDA graph is captured: only one capture may be underway in a process, and groups
 # training side by side in threads (cnnlab.streams) each capture their own.
@@ -103,7 +101,7 @@ class GroupNet(nn.Module):
                 tensor = F.conv2d(
                     tensor, weight, bias, module.stride, module.padding, groups=members
                 )
-                tensor = models._activate(module.activation, tensor)
+                tensor = models.activate(module.activation, tensor)
             elif isinstance(module, models.MaxPool2d):
                 tensor = F.max_pool2d(tensor, module.kernel_size, module.stride)
             elif isinstance(module, models.GeneratorDropout):
@@ -116,7 +114,7 @@ class GroupNet(nn.Module):
             else:
                 weight, bias = next(parameters)
                 tensor = torch.baddbmm(bias.unsqueeze(1), tensor, weight.transpose(1, 2))
-                tensor = models._activate(module.activation, tensor)
+                tensor = models.activate(module.activation, tensor)
         return tensor
 
     def penalties(self) -> torch.Tensor:
@@ -322,8 +320,7 @@ def _evaluate_group(net: GroupNet, images, labels, precision, batch_size=train.E
     net.train()
     predicted = predicted.cpu().numpy()
     return [
-        train.Evaluation(float(scores[0, m]), float(scores[1, m]), predicted[m])
-        for m in range(members)
+        Evaluation(float(scores[0, m]), float(scores[1, m]), predicted[m]) for m in range(members)
     ]
 
 
@@ -350,12 +347,12 @@ def fast_cuda_math() -> Iterator[None]:
 
 def fit_group(
     configs: Sequence[RunConfig],
-    data: data_module.Cifar10,
+    data: Cifar10,
     *,
     device: str = "auto",
     masks: str | None = None,
     cuda_graph: bool | None = None,
-    progress: Callable[[dict[str, Any]], None] | None = None,
+    progress: train.Progress | None = None,
 ) -> list[RunResult]:
     """Train compatible runs (see `group_key`) together; one RunResult per config, in order.
 
@@ -363,134 +360,91 @@ def fit_group(
     docstring); `progress` gets each member's epoch row with its index under "member".
     On CUDA the group trains in TF32 (fp32 storage, fp32 accumulation).
     """
-    target = train.resolve_device(device)
-    fast_math = fast_cuda_math() if target.type == "cuda" else contextlib.nullcontext()
-    with fast_math:
-        return _fit_group(configs, data, device, masks, cuda_graph, progress)
-
-
-def _fit_group(configs, data, device, masks, cuda_graph, progress) -> list[RunResult]:
     if len({group_key(config) for config in configs}) != 1:
         raise ValueError("fit_group needs runs that differ only in " + ", ".join(MEMBER_FIELDS))
     target = train.resolve_device(device)
     on_cuda = target.type == "cuda"
-    masks = masks or ("epoch" if on_cuda else "step")
-    cuda_graph = on_cuda if cuda_graph is None else cuda_graph
-    config = configs[0]
-    layers = [models.resolve_layers(member) for member in configs]
-    train_part, validation_part = train.subset_indices(config, data)
-    ordered = np.concatenate([train_part, validation_part])
-    train_count = len(train_part)
-    images = train.images_to_device(data.train_images[ordered], target)
-    labels = torch.from_numpy(data.train_labels[ordered].astype(np.int64)).to(target)
-
-    nets, shufflers, droppers = [], [], []
-    for member, member_layers in zip(configs, layers, strict=True):
-        init_generator, shuffle_generator, dropout_generator = train._generators(
-            member.seed, target
+    fast_math = fast_cuda_math() if on_cuda else contextlib.nullcontext()
+    with fast_math:
+        on_device = train.to_device(configs[0], data, target)
+        members = GroupMembers(
+            configs,
+            on_device,
+            masks=masks or ("epoch" if on_cuda else "step"),
+            cuda_graph=on_cuda if cuda_graph is None else cuda_graph,
         )
-        net = models.ConvNet(member_layers, models.INPUT_SHAPE)
-        models.initialise(net, init_generator)
-        nets.append(net)
-        shufflers.append(shuffle_generator)
-        droppers.append(dropout_generator)
-    net = GroupNet(nets).to(target)
-    members = net.members
-    optimizer = train.make_optimizer(net, config, capturable=cuda_graph)
-    dropout = _Dropout(net, droppers, target, masks)
-    batch = config.batch_size
-    full = _Stepper(net, optimizer, images, labels, batch, config)
-    totals = (full.loss_sum, full.correct)
-    last = _Stepper(net, optimizer, images, labels, train_count % batch, config, totals)
+        return train.fit_members(configs, data, on_device, members, progress)
 
-    histories: list[list[dict[str, float]]] = [[] for _ in range(members)]
-    diverged: list[int | None] = [None] * members
-    final_states: list[dict[str, torch.Tensor] | None] = [None] * members
-    started = time.perf_counter()
-    for epoch in range(1, config.epochs + 1):
-        epoch_started = time.perf_counter()
-        orders = torch.stack([torch.randperm(train_count, generator=g) for g in shufflers]).to(
+
+class GroupMembers:
+    """A `GroupNet` as `train.Members`: every member's step in one pass (see the docstring)."""
+
+    def __init__(
+        self,
+        configs: Sequence[RunConfig],
+        on_device: train.OnDevice,
+        *,
+        masks: str,
+        cuda_graph: bool,
+    ):
+        target = on_device.images.device
+        nets, self.shufflers, droppers = [], [], []
+        for member in configs:
+            init_generator, shuffle_generator, dropout_generator = train.generators(
+                member.seed, target
+            )
+            net = models.ConvNet(models.resolve_layers(member), models.INPUT_SHAPE)
+            models.initialise(net, init_generator)
+            nets.append(net)
+            self.shufflers.append(shuffle_generator)
+            droppers.append(dropout_generator)
+        self.nets, self.count = nets, len(nets)
+        self.net = GroupNet(nets).to(target)
+        self.config, self.on_device, self.cuda_graph = configs[0], on_device, cuda_graph
+        self.optimizer = train.make_optimizer(self.net, self.config, capturable=cuda_graph)
+        self.dropout = _Dropout(self.net, droppers, target, masks)
+        images, labels = on_device.images, on_device.labels
+        batch, count = self.config.batch_size, on_device.train_count
+        self.full = _Stepper(self.net, self.optimizer, images, labels, batch, self.config)
+        totals = (self.full.loss_sum, self.full.correct)
+        self.last = _Stepper(
+            self.net, self.optimizer, images, labels, count % batch, self.config, totals
+        )
+
+    def train_epoch(self) -> list[tuple[float, float]]:
+        count, batch, full = self.on_device.train_count, self.config.batch_size, self.full
+        target = self.on_device.images.device
+        orders = torch.stack([torch.randperm(count, generator=g) for g in self.shufflers]).to(
             target, non_blocking=True
         )
-        dropout.start_epoch(train_count)
+        self.dropout.start_epoch(count)
         full.loss_sum.zero_()
         full.correct.zero_()
-        steps = [(start, min(batch, train_count - start)) for start in range(0, train_count, batch)]
+        steps = [(start, min(batch, count - start)) for start in range(0, count, batch)]
         position = 0
-        if cuda_graph and full.graph is None and len(steps) > 3 and steps[3][1] == batch:
+        if self.cuda_graph and full.graph is None and len(steps) > 3 and steps[3][1] == batch:
             warmup = steps[:3]
 
-            def run_warmup(warmup=warmup, orders=orders) -> None:
+            def run_warmup() -> None:
                 for start, size in warmup:
-                    full.run(orders[:, start : start + size], dropout.for_step(start, size))
+                    full.run(orders[:, start : start + size], self.dropout.for_step(start, size))
 
             full.capture(run_warmup)
             position = len(warmup)
         for start, size in steps[position:]:
-            stepper = full if size == batch else last
-            stepper.run(orders[:, start : start + size], dropout.for_step(start, size))
-        epoch_scores = (torch.stack([full.loss_sum, full.correct]) / train_count).cpu()
-        validations = _evaluate_group(
-            net, images[train_count:], labels[train_count:], config.precision
-        )
-        now = time.perf_counter()
-        for member in range(members):
-            if diverged[member] is not None:
-                continue
-            row = {
-                "epoch": epoch,
-                "loss": float(epoch_scores[0, member]),
-                "accuracy": float(epoch_scores[1, member]),
-                "val_loss": validations[member].loss,
-                "val_accuracy": validations[member].accuracy,
-                "seconds": now - epoch_started,
-            }
-            histories[member].append(row)
-            if progress is not None:
-                elapsed = now - started
-                remaining = elapsed / epoch * (config.epochs - epoch)
-                progress(
-                    {
-                        **row,
-                        "member": member,
-                        "epochs": config.epochs,
-                        "elapsed": elapsed,
-                        "eta": remaining,
-                    }
-                )
-            if not (math.isfinite(row["loss"]) and math.isfinite(row["val_loss"])):
-                diverged[member] = epoch
-                final_states[member] = net.member_state_dict(member)
-        if all(epoch is not None for epoch in diverged):
-            break
-    fit_seconds = time.perf_counter() - started
+            stepper = full if size == batch else self.last
+            stepper.run(orders[:, start : start + size], self.dropout.for_step(start, size))
+        scores = (torch.stack([full.loss_sum, full.correct]) / count).cpu()
+        return [(float(scores[0, m]), float(scores[1, m])) for m in range(self.count)]
 
-    evaluated = time.perf_counter()
-    test_images = train.images_to_device(data.test_images, target)
-    test_labels = torch.from_numpy(data.test_labels.astype(np.int64)).to(target)
-    train_scores = _evaluate_group(net, images, labels, config.precision)
-    test_scores = _evaluate_group(net, test_images, test_labels, config.precision)
-    eval_seconds = time.perf_counter() - evaluated
+    def evaluate(self, images: torch.Tensor, labels: torch.Tensor) -> list[Evaluation]:
+        return _evaluate_group(self.net, images, labels, self.config.precision)
 
-    results = []
-    for member, member_config in enumerate(configs):
-        timings = {"fit_seconds": fit_seconds, "eval_seconds": eval_seconds}
-        results.append(
-            train.make_result(
-                member_config,
-                data,
-                ordered,
-                histories[member],
-                diverged[member],
-                (train_scores[member], test_scores[member]),
-                models.count_parameters(nets[member]),
-                timings,
-                target,
-                final_states[member] or net.member_state_dict(member),
-            )
-        )
-        results[-1].metrics["group_size"] = members  # runs trained together, this one included
-    return results
+    def state_dict(self, member: int) -> dict[str, torch.Tensor]:
+        return self.net.member_state_dict(member)
+
+    def parameter_count(self, member: int) -> int:
+        return models.count_parameters(self.nets[member])
 
 
 # --- choosing the path ------------------------------------------------------------------------
@@ -512,76 +466,13 @@ def schedule(configs: Sequence[RunConfig], device: torch.device) -> list[list[in
 
 def train_together(
     configs: Sequence[RunConfig],
-    data: data_module.Cifar10,
+    data: Cifar10,
     *,
     device: str = "auto",
-    progress: Callable[[dict[str, Any]], None] | None = None,
+    progress: train.Progress | None = None,
 ) -> list[RunResult]:
     """Train one scheduled group: `train.fit` for a lone run on the CPU, else `fit_group`."""
     target = train.resolve_device(device)
     if len(configs) == 1 and target.type != "cuda":
         return [train.fit(configs[0], data, device=device, progress=progress)]
     return fit_group(configs, data, device=device, progress=progress)
-
-
-def side_by_side(
-    configs: Sequence[RunConfig],
-    data: data_module.Cifar10,
-    *,
-    device: str = "auto",
-    workers: int | None = None,
-) -> tuple[Iterator[Any], str] | None:
-    """Events of training `configs` side by side, and a line that says how; None if one by one.
-
-    On the CPU: lone runs in `workers` processes (default: one per core; `cnnlab.workers`). On
-    CUDA: `schedule`'s groups in `workers` threads with a stream each (default: every group, up
-    to 8; `cnnlab.streams`). None where that would be a single process or stream: a single run,
-    a single group, or `workers` 1.
-    """
-    from cnnlab import streams
-    from cnnlab import workers as workers_module
-
-    target = train.resolve_device(device)
-    if target.type == "cpu":
-        processes = workers_module.process_count(len(configs), target, workers)
-        if processes < 2:
-            return None
-        events = workers_module.train_parallel(configs, data, processes=processes)
-        return events, f"training on the CPU in {processes} worker processes side by side"
-    groups = schedule(configs, target)
-    count = streams.stream_count(len(groups), workers)
-    if count < 2:
-        return None
-    events = streams.train_concurrently(configs, groups, data, device=target, streams=count)
-    return events, (
-        f"training {len(groups)} groups of runs on {target}, {count} at a time"
-        " (one CUDA stream each)"
-    )
-
-
-def train_runs(
-    configs: Sequence[RunConfig],
-    data: data_module.Cifar10,
-    *,
-    device: str = "auto",
-    workers: int | None = None,
-) -> Iterator[tuple[int, RunResult]]:
-    """(index, result) for every config, as they finish, by the path `cnnlab study` takes.
-
-    Side by side where `side_by_side` says so (CPU processes, CUDA streams), else `schedule`'s
-    groups one after another in this process. A run that fails raises RuntimeError.
-    """
-    target = train.resolve_device(device)
-    parallel = side_by_side(configs, data, device=device, workers=workers)
-    if parallel is not None:
-        events, _ = parallel
-        with contextlib.closing(events):
-            for event in events:
-                if event.kind == "failed":
-                    raise RuntimeError(f"run {event.index} failed: {event.payload}")
-                if event.kind == "done":
-                    yield event.index, event.payload
-        return
-    for group in schedule(configs, target):
-        results = train_together([configs[index] for index in group], data, device=device)
-        yield from zip(group, results, strict=True)

@@ -132,7 +132,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     import contextlib
     import time
 
-    from cnnlab import models, train
+    from cnnlab import models, runfolder, train
     from cnnlab.data import load_cifar10
 
     config = _run_config(args)
@@ -162,7 +162,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 print(_epoch_line(row), flush=True)
 
         result = train.fit(config, data, device=args.device, progress=progress)
-    train.save_run(result, out, data.class_names)
+    runfolder.save_run(result, out, data.class_names)
     metrics = result.metrics
     if result.status == "diverged":
         print(
@@ -180,19 +180,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from cnnlab import train
+    from cnnlab import runfolder
     from cnnlab.data import load_cifar10
+    from cnnlab.metrics import report_text
 
-    run = train.load_run(args.run_dir)
+    run = runfolder.load_run(args.run_dir)
     data = load_cifar10(args.data)
-    for split, (labels, scores) in train.evaluate_run(run, data, args.device).items():
+    for split, (labels, scores) in runfolder.evaluate_run(run, data, args.device).items():
         saved = run.metrics.get(f"{split}_accuracy")
         was = f" (saved: {saved:.4f})" if isinstance(saved, float) else ""
         print(
             f"== {split}: {len(labels):,} images, accuracy {scores.accuracy:.4f}{was},"
             f" loss {scores.loss:.4f}"
         )
-        print(train.report_text(labels, scores, data.class_names))
+        print(report_text(labels, scores, data.class_names))
     return 0
 
 
@@ -219,12 +220,15 @@ def _cmd_study(args: argparse.Namespace) -> int:
     )
     for line in study.summary_lines(outcome):
         print(line)
+    from cnnlab.report import write_report
+
+    print(f"report: {write_report(outcome.study_dir)['html']}")
     return 1 if outcome.counts.get("failed") else 0
 
 
 def _cmd_results(args: argparse.Namespace) -> int:
-    from cnnlab.report import format_results
     from cnnlab.store import Store
+    from cnnlab.tables import format_results
 
     with Store.open(args.study_dir, create=False) as store:
         records = store.runs()
@@ -233,9 +237,9 @@ def _cmd_results(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from cnnlab.report import compare_runs, load_run
+    from cnnlab.tables import compare_runs, run_summary
 
-    print(compare_runs([load_run(run, args.study) for run in args.runs]))
+    print(compare_runs([run_summary(run, args.study) for run in args.runs]))
     return 0
 
 

@@ -169,6 +169,12 @@ def check_config(
         )
 
 
+def check_workers(requested: int | None) -> None:
+    """A user's count of runs side by side: None (the device's choice) or at least 1."""
+    if requested is not None and (isinstance(requested, bool) or requested < 1):
+        raise CnnlabError(f"workers {requested!r}: must be at least 1 (1 trains in this process)")
+
+
 def run_id(config: RunConfig) -> str:
     """12 hex digits of the SHA-256 of the config's fields that differ from their defaults.
 

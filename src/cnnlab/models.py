@@ -334,7 +334,7 @@ def resolve_layers(config: Any) -> tuple[LayerSpec, ...]:
 # --- modules ----------------------------------------------------------------------------------
 
 
-def _activate(name: str, tensor: torch.Tensor) -> torch.Tensor:
+def activate(name: str, tensor: torch.Tensor) -> torch.Tensor:
     """In place: `tensor` is a fresh conv/dense output that no backward pass reads."""
     if name == "relu":
         return tensor.relu_()
@@ -389,7 +389,7 @@ class KerasConv2d(nn.Conv2d):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.extra_padding is not None:
             images = _Pad.apply(images, self.extra_padding)
-        return _activate(self.activation, super().forward(images))
+        return activate(self.activation, super().forward(images))
 
 
 class KerasDense(nn.Linear):
@@ -400,7 +400,7 @@ class KerasDense(nn.Linear):
         self.l1, self.l2, self.activation = spec.l1, spec.l2, spec.activation
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return _activate(self.activation, super().forward(features))
+        return activate(self.activation, super().forward(features))
 
     def penalty(self) -> torch.Tensor | None:
         terms = []

@@ -1,4 +1,4 @@
-"""Results -> tables and plots -> report.md and a self-contained report.html.
+"""A study's results -> tables, plots and observations -> report.md and a self-contained HTML.
 
 The report reads only the study folder: the store (runs, metrics, histories, and the study file's
 text as it ran) and the run folders' figures. The seed report's numbers come from the study file's
@@ -7,31 +7,29 @@ text as it ran) and the run folders' figures. The seed report's numbers come fro
 
 from __future__ import annotations
 
-import base64
-import csv
-import dataclasses
-import html
 import io
 import itertools
 import json
 import math
 import os
-import platform
 import re
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
 
 from cnnlab import atomic, plots
+from cnnlab.document import FILES_FOLDER, Document, Image
 from cnnlab.errors import CnnlabError
+from cnnlab.machine import machine_description
+from cnnlab.metrics import versions as installed_versions
 from cnnlab.store import FINISHED, RunRecord, Store
-from cnnlab.study import Experiment, Study, load_study, machine_description
+from cnnlab.studyfile import Experiment, Study, load_study
+from cnnlab.tables import show_value
 
-FILES_FOLDER = "report_files"
 METRIC_LABELS = {
     "train_accuracy": "train acc",
     "test_accuracy": "test acc",
@@ -41,143 +39,6 @@ METRIC_LABELS = {
 FIELD_LABELS = {"train_size": "n", "l1": "L1 weight", "arch": "architecture"}
 COLLAPSE_MARGIN = 0.02  # test accuracy this close to the baseline counts as a collapsed model
 OVERFIT_RISE = 0.02  # a final validation loss this much above its minimum counts as over-fitting
-
-
-# --- a small document model rendered twice: Markdown and HTML ---------------------------------
-
-
-@dataclass
-class _Image:
-    name: str  # file name under report_files/
-    png: bytes
-    caption: str
-
-
-@dataclass
-class _Document:
-    title: str
-    blocks: list[tuple[str, Any]] = field(default_factory=list)
-
-    def heading(self, text: str, level: int = 2) -> None:
-        self.blocks.append(("heading", (level, text)))
-
-    def paragraph(self, text: str) -> None:
-        self.blocks.append(("paragraph", text))
-
-    def bullets(self, items: list[str]) -> None:
-        if items:
-            self.blocks.append(("bullets", items))
-
-    def table(self, headers: list[str], rows: list[list[str]]) -> None:
-        self.blocks.append(("table", (headers, rows)))
-
-    def image(self, image: _Image) -> None:
-        self.blocks.append(("image", image))
-
-    def images(self) -> list[_Image]:
-        return [value for kind, value in self.blocks if kind == "image"]
-
-    def markdown(self) -> str:
-        lines = [f"# {self.title}", ""]
-        for kind, value in self.blocks:
-            if kind == "heading":
-                lines += [f"{'#' * value[0]} {value[1]}", ""]
-            elif kind == "paragraph":
-                lines += [value, ""]
-            elif kind == "bullets":
-                lines += [f"- {item}" for item in value] + [""]
-            elif kind == "table":
-                headers, rows = value
-                lines.append("| " + " | ".join(headers) + " |")
-                lines.append("|" + "|".join("---" for _ in headers) + "|")
-                lines += ["| " + " | ".join(row) + " |" for row in rows]
-                lines.append("")
-            elif kind == "image":
-                lines += [f"![{value.caption}]({FILES_FOLDER}/{value.name})", ""]
-        return "\n".join(lines)
-
-    def html(self) -> str:
-        body = [f"<h1>{_inline(self.title)}</h1>"]
-        for kind, value in self.blocks:
-            if kind == "heading":
-                level = value[0]
-                anchor = re.sub(r"[^a-z0-9]+", "-", value[1].lower()).strip("-")
-                body.append(f'<h{level} id="{anchor}">{_inline(value[1])}</h{level}>')
-            elif kind == "paragraph":
-                body.append(f"<p>{_inline(value)}</p>")
-            elif kind == "bullets":
-                body.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in value) + "</ul>")
-            elif kind == "table":
-                headers, rows = value
-                cells = "".join("<tr>" + "".join(_cell(c) for c in row) + "</tr>" for row in rows)
-                if any(headers):
-                    head = "".join(f"<th>{_inline(h)}</th>" for h in headers)
-                    body.append(
-                        f"<table><thead><tr>{head}</tr></thead><tbody>{cells}</tbody></table>"
-                    )
-                else:  # a list of facts: name, value
-                    body.append(f'<table class="facts"><tbody>{cells}</tbody></table>')
-            elif kind == "image":
-                data = base64.b64encode(value.png).decode("ascii")
-                alt = html.escape(value.caption)
-                body.append(
-                    f'<figure><img src="data:image/png;base64,{data}" alt="{alt}">'
-                    f"<figcaption>{_inline(value.caption)}</figcaption></figure>"
-                )
-        return _HTML_PAGE.format(title=html.escape(self.title), body="\n".join(body))
-
-
-_NUMBER = re.compile(r"[-+–]?[\d.,]+(e[-+]?\d+)?( ± [\d.,]+)?( \(\d+\))?|–")
-
-
-def _cell(text: str) -> str:
-    """A table cell; numbers (and mean ± std) align right."""
-    numeric = ' class="number"' if _NUMBER.fullmatch(text) else ""
-    return f"<td{numeric}>{_inline(text)}</td>"
-
-
-def _inline(text: str) -> str:
-    """Escape, then render the Markdown the report uses: `code`, **bold** and *emphasis*."""
-    escaped = html.escape(text)
-    escaped = re.sub(r"`([^`]+)`", r"<code>\1</code>", escaped)
-    escaped = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", escaped)
-    return re.sub(r"(?<![*\w])\*([^*\s][^*]*)\*(?![*\w])", r"<em>\1</em>", escaped)
-
-
-_HTML_PAGE = """<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title}</title>
-<style>
-body {{ font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1d1d1f;
-  max-width: 980px; margin: 2rem auto; padding: 0 1.25rem; line-height: 1.5; }}
-h1 {{ font-size: 1.9rem; margin-bottom: .25rem; }}
-h2 {{ border-bottom: 2px solid #e5e5ea; padding-bottom: .25rem; margin-top: 2.5rem; }}
-h3 {{ margin-top: 1.75rem; }}
-table {{ border-collapse: collapse; margin: 1rem 0; font-size: .92rem;
-  font-variant-numeric: tabular-nums; }}
-th, td {{ border: 1px solid #d2d2d7; padding: .3rem .6rem; text-align: left; }}
-th {{ text-align: center; }}
-td.number {{ text-align: right; }}
-td {{ white-space: nowrap; }}
-td:last-child {{ white-space: normal; }}
-th {{ background: #f5f5f7; }}
-tbody tr:nth-child(even) {{ background: #fafafa; }}
-table.facts td {{ text-align: left; white-space: normal; }}
-table.facts td:first-child {{ font-weight: 600; background: #f5f5f7; white-space: nowrap; }}
-figure {{ margin: 1.25rem 0; text-align: center; }}
-img {{ max-width: 100%; height: auto; }}
-figcaption {{ color: #6e6e73; font-size: .9rem; }}
-code {{ background: #f5f5f7; padding: 0 .25rem; border-radius: 3px; font-size: .9em; }}
-</style>
-</head>
-<body>
-{body}
-</body>
-</html>
-"""
 
 
 # --- numbers ----------------------------------------------------------------------------------
@@ -227,16 +88,8 @@ def _show_reference(value: Any, metric: str) -> str:
     return f"{value:.1f}" if metric == "fit_seconds" else f"{value:.2f}"
 
 
-def _show_value(value: Any) -> str:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return str(value)
-    if isinstance(value, int):
-        return f"{value:,}"
-    return f"{value:g}"
-
-
 def _point_label(point: dict[str, Any]) -> str:
-    return ", ".join(f"{FIELD_LABELS.get(k, k)}={_show_value(v)}" for k, v in point.items()) or "-"
+    return ", ".join(f"{FIELD_LABELS.get(k, k)}={show_value(v)}" for k, v in point.items()) or "-"
 
 
 def _label(experiment: Experiment, point: _Point) -> str:
@@ -319,9 +172,9 @@ def write_report(study_dir: str | os.PathLike[str]) -> dict[str, Path]:
 
 def build_report(
     study: Study, records: list[RunRecord], meta: dict[str, str], study_dir: Path
-) -> _Document:
+) -> Document:
     """The whole report as a document: summary, experiments, best run, observations, machine."""
-    document = _Document(f"cnnlab study “{study.name}”")
+    document = Document(f"cnnlab study “{study.name}”")
     counts = {status: sum(r.status == status for r in records) for status in _STATUS_ORDER}
     seeds = sorted({r.seed for r in records})
     if study.description:
@@ -356,7 +209,7 @@ _STATUS_ORDER = ("done", "diverged", "failed", "running", "pending")
 
 
 def _experiment_section(
-    document: _Document,
+    document: Document,
     experiment: Experiment,
     records: list[RunRecord],
     study_dir: Path,
@@ -374,7 +227,7 @@ def _experiment_section(
         headers.append(f"{label} (cnnlab)")
     rows = []
     for point in points:
-        row = [_show_value(v) for v in point.values.values()] or [_label(experiment, point)]
+        row = [show_value(v) for v in point.values.values()] or [_label(experiment, point)]
         for metric in METRIC_LABELS:
             if metric in referenced:
                 row.append(_show_reference(point.reference.get(metric), metric))
@@ -396,7 +249,7 @@ def _experiment_section(
     if curves:
         figure = plots.validation_curves_figure(curves, f"{experiment.title}: validation accuracy")
         document.image(
-            _Image(f"{slug}-curves.png", _png(figure), "Validation accuracy per epoch, mean ± std")
+            Image(f"{slug}-curves.png", _png(figure), "Validation accuracy per epoch, mean ± std")
         )
     if experiment.kind in ("size", "l1") and len(experiment.grid) == 1:
         _versus_figure(document, experiment, points, slug)
@@ -409,7 +262,7 @@ def _experiment_section(
         placed = representative.experiments[experiment.name]
         if png is not None:
             document.image(
-                _Image(
+                Image(
                     f"{slug}-history.png",
                     png,
                     f"History of a representative run (`{representative.id}`, seed"
@@ -419,7 +272,7 @@ def _experiment_section(
 
 
 def _versus_figure(
-    document: _Document, experiment: Experiment, points: list[_Point], slug: str
+    document: Document, experiment: Experiment, points: list[_Point], slug: str
 ) -> None:
     (name,) = experiment.grid
     shown = [p for p in points if _stat(p.records, "test_accuracy").n]
@@ -457,11 +310,11 @@ def _versus_figure(
             reference=reference,
         )
         caption = "Accuracy against the L1 weight on the dense kernel; open squares: the report"
-    document.image(_Image(f"{slug}-versus.png", _png(figure), caption))
+    document.image(Image(f"{slug}-versus.png", _png(figure), caption))
 
 
 def _pooling_figure(
-    document: _Document, experiment: Experiment, points: list[_Point], slug: str
+    document: Document, experiment: Experiment, points: list[_Point], slug: str
 ) -> None:
     labels = [_point_label(p.values).split("=", 1)[-1] for p in points]
     panels = []
@@ -476,7 +329,7 @@ def _pooling_figure(
         panels.append((title, values, [p.reference.get(metric) for p in points]))
     figure = plots.comparison_bars_figure(labels, panels, experiment.title)
     caption = "Parameters, fit time and accuracy (report's fit times are from its machine)"
-    document.image(_Image(f"{slug}-comparison.png", _png(figure), caption))
+    document.image(Image(f"{slug}-comparison.png", _png(figure), caption))
 
 
 def _observe(experiment: Experiment, points: list[_Point], observations: list[str]) -> None:
@@ -591,7 +444,7 @@ def _overfit_epoch(record: RunRecord) -> int | None:
 
 
 def _best_run_section(
-    document: _Document, finished: list[RunRecord], class_names: list[str], notes: list[str]
+    document: Document, finished: list[RunRecord], class_names: list[str], notes: list[str]
 ) -> None:
     best = max(finished, key=lambda r: r.metrics["test_accuracy"])
     metrics = best.metrics
@@ -619,12 +472,12 @@ def _best_run_section(
         names = class_names or [str(i) for i in range(len(matrix))]
         figure = plots.confusion_matrix_figure(matrix, names, f"Test set, run {best.id}")
         document.image(
-            _Image("best-confusion-test.png", _png(figure), "Confusion matrix of the best run")
+            Image("best-confusion-test.png", _png(figure), "Confusion matrix of the best run")
         )
 
 
 def _environment_section(
-    document: _Document, records: list[RunRecord], meta: dict[str, str]
+    document: Document, records: list[RunRecord], meta: dict[str, str]
 ) -> None:
     document.heading("Environment")
     finished = [r for r in records if r.status in FINISHED]
@@ -634,15 +487,7 @@ def _environment_section(
         if isinstance(record.metrics.get("versions"), dict):
             versions = record.metrics["versions"]
             break
-    if not versions:
-        import numpy
-        import torch
-
-        versions = {"python": platform.python_version(), "torch": torch.__version__}
-        versions["numpy"] = numpy.__version__
-    from cnnlab import __version__
-
-    versions = {"cnnlab": __version__, **versions}
+    versions = {**installed_versions(), **versions}  # the runs' own, where they say
     fit_total = sum(r.fit_seconds or 0.0 for r in finished)
     spans = [r.finished_at - r.started_at for r in records if r.finished_at and r.started_at]
     sources = sorted(
@@ -664,131 +509,3 @@ def _environment_section(
         ["report written", time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())],
     ]
     document.table(["", ""], rows)
-
-
-# --- results and comparisons as text ----------------------------------------------------------
-
-RESULT_METRICS = ("train_accuracy", "test_accuracy", "val_accuracy", "fit_seconds", "parameters")
-
-
-def format_results(records: list[RunRecord], form: str = "table") -> str:
-    """A study's runs as an aligned table, CSV (one flat row per run) or JSON (everything)."""
-    if form == "json":  # strict JSON: a diverged run's NaN losses become null
-        return json.dumps([_finite(dataclasses.asdict(r)) for r in records], indent=2)
-    config_fields = sorted({key for r in records for key in r.config if key != "layers"})
-    headers = ["id", "status", "experiments", *config_fields, *RESULT_METRICS]
-    headers += ["attempts", "reason"]
-    rows = []
-    for r in records:
-        metrics = [r.metrics.get(name, "") for name in RESULT_METRICS]
-        configs = [r.config.get(name, "") for name in config_fields]
-        rows.append(
-            [r.id, r.status, ";".join(r.experiments), *configs, *metrics, r.attempts, r.reason]
-        )
-    if form == "csv":
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(headers)
-        writer.writerows(["" if v is None else v for v in row] for row in rows)
-        return buffer.getvalue()
-    short = ["id", "status", "experiments", "seed", "arch", "train_size", "l1", "epochs"]
-    shown = [h for h in short if h in headers] + ["train acc", "test acc", "fit s", "reason"]
-    lines = []
-    for r in records:
-        line = {
-            "id": r.id,
-            "status": r.status,
-            "experiments": ",".join(r.experiments) or "-",
-            **{k: _show_value(r.config.get(k, "")) for k in short[3:]},
-            "train acc": _number(r.metrics.get("train_accuracy"), ".3f"),
-            "test acc": _number(r.metrics.get("test_accuracy"), ".3f"),
-            "fit s": _number(r.metrics.get("fit_seconds"), ".1f"),
-            "reason": r.reason,
-        }
-        lines.append([str(line[h]) for h in shown])
-    return _aligned(shown, lines)
-
-
-def compare_runs(runs: list[tuple[str, dict[str, Any], dict[str, Any]]]) -> str:
-    """The config fields and scalar metrics that differ between (label, config, metrics) runs."""
-    labels = [label for label, _, _ in runs]
-    rows = []
-    for section, index in (("config", 1), ("metric", 2)):
-        keys = sorted({key for run in runs for key in run[index]})
-        for key in keys:
-            values = [run[index].get(key) for run in runs]
-            if section == "metric" and not all(
-                v is None or isinstance(v, int | float | str) for v in values
-            ):
-                continue
-            if len({json.dumps(v, sort_keys=True) for v in values}) > 1:
-                rows.append([f"{section} {key}", *(_compare_value(v) for v in values)])
-    if not rows:
-        return "the runs do not differ in any config field or metric"
-    return _aligned(["", *labels], rows)
-
-
-def _finite(value: Any) -> Any:
-    """`value` with every non-finite float replaced by None."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(item) for item in value]
-    return value
-
-
-def _compare_value(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    text = _show_value(value) if not isinstance(value, list | dict) else json.dumps(value)
-    return text if len(text) <= 40 else text[:39] + "…"
-
-
-def _number(value: Any, form: str) -> str:
-    return format(value, form) if isinstance(value, int | float) else "-"
-
-
-def _aligned(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(c)) for c in column) for column in zip(headers, *rows, strict=True)]
-    lines = [
-        "  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-        for row in [headers, *rows]
-    ]
-    return "\n".join(lines)
-
-
-def load_run(run: str, study_dir: str | None) -> tuple[str, dict[str, Any], dict[str, Any]]:
-    """(label, config, metrics) of a run id in `study_dir`, or of a run folder's JSON files."""
-    folder = Path(run)
-    if study_dir is None and folder.is_dir():
-        try:
-            config = json.loads((folder / "config.json").read_text())
-            metrics = json.loads((folder / "metrics.json").read_text())
-        except (OSError, ValueError) as error:
-            raise CnnlabError(f"{folder}: not a readable run folder ({error})") from None
-        return folder.name, config, metrics
-    if study_dir is None:
-        # Without --study, look in the studies under ./results (where `cnnlab study` writes).
-        found = [p.parent for p in sorted(Path("results").glob("*/study.sqlite")) if _has(p, run)]
-        if len(found) != 1:
-            where = "in no study under ./results" if not found else "in several studies"
-            raise CnnlabError(
-                f"{run}: not a run folder, and {where}; give the study with --study STUDY_DIR"
-            )
-        study_dir = str(found[0])
-    with Store.open(study_dir, create=False) as store:
-        record = store.get(run)
-    return record.id, record.config, record.metrics
-
-
-def _has(database: Path, run: str) -> bool:
-    with Store.open(database.parent, create=False) as store:
-        try:
-            store.get(run)
-        except CnnlabError:
-            return False
-    return True

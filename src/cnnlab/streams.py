@@ -1,4 +1,4 @@
-"""Groups of runs trained side by side in threads, each group on its own CUDA stream.
+"""Groups of runs trained in threads of this process, on CUDA each group on its own stream.
 
 A step of the seed net is bound by latency on a GPU: its kernels fill a fraction of the device,
 so one group replaying its CUDA graph leaves most of it idle. The seed study's groups differ in
@@ -7,11 +7,12 @@ trains in a thread of its own with its own stream, and the device runs their ker
 same time. The longest group starts first (by a member's network FLOPs), so the study takes
 about as long as its longest group.
 
-Each thread runs `batched.fit_group` unchanged; only graph capture is shared state (see
+Each thread runs `batched.train_together` unchanged; only graph capture is shared state (see
 `batched.CAPTURE_LOCK`). The threads report through the same events as the CPU's worker
-processes (`workers.Event`), and the consumer records runs while the device trains the others.
+processes (`events.Event`), and the consumer records runs while the device trains the others.
 Closing the events early (Ctrl-C, an error in the consumer) stops every thread at its next
-epoch's end.
+epoch's end. With one thread this is also the CPU's in-process path: one run after another,
+reported as it goes.
 """
 
 from __future__ import annotations
@@ -19,16 +20,19 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
 
 from cnnlab import batched, train, workers
-from cnnlab import data as data_module
-from cnnlab.train import RunConfig
-from cnnlab.workers import Event
+from cnnlab.config import RunConfig, check_workers
+from cnnlab.data import Cifar10
+from cnnlab.events import Event, failure_reason
+from cnnlab.metrics import RunResult
 
+# Trains one group: (configs, data, *, device, progress) -> one RunResult per config.
+GroupTrainer = Callable[..., list[RunResult]]
 # Groups trained at once by default; more streams than this gain nothing on a net this small.
 MAX_STREAMS = 8
 # How long closing the events waits for the threads to reach an epoch's end (seconds).
@@ -41,7 +45,7 @@ class _Stopped(Exception):
 
 def stream_count(groups: int, requested: int | None = None) -> int:
     """How many groups train at once: `requested` (at least 1), else all of them up to 8."""
-    workers.check_requested(requested)
+    check_workers(requested)
     wanted = requested if requested is not None else MAX_STREAMS
     return max(1, min(wanted, groups))
 
@@ -49,16 +53,19 @@ def stream_count(groups: int, requested: int | None = None) -> int:
 def train_concurrently(
     configs: Sequence[RunConfig],
     groups: Sequence[Sequence[int]],
-    data: data_module.Cifar10,
+    data: Cifar10,
     *,
     device: str | torch.device,
     streams: int,
+    train_group: GroupTrainer | None = None,
 ) -> Iterator[Event]:
-    """Train `groups` (lists of indices into `configs`) with `fit_group`, `streams` at a time.
+    """Train `groups` (lists of indices into `configs`), `streams` of them at a time.
 
-    Yields each member's `started`, `progress` (one per epoch), then `done` with its RunResult
-    or `failed` with the reason, as in `workers.train_parallel`.
+    `train_group` trains one group (default `batched.train_together`). Yields each member's
+    `started`, `progress` (one per epoch), then `done` with its RunResult or `failed` with the
+    reason, as in `workers.train_parallel`.
     """
+    train_group = train_group or batched.train_together
     target = train.resolve_device(device)
     events: queue.Queue[Event | None] = queue.Queue()
     # A group takes about as long as one of its members: order the groups by their first.
@@ -73,7 +80,9 @@ def train_concurrently(
     def serve() -> None:
         try:
             while (group := next_group()) is not None:
-                _train_group(configs, group, data, target, events, stop)
+                _train_group(
+                    train_group, [configs[i] for i in group], group, data, target, events, stop
+                )
         finally:
             events.put(None)  # this thread is done
 
@@ -100,9 +109,10 @@ def train_concurrently(
 
 
 def _train_group(
-    configs: Sequence[RunConfig],
+    train_group: GroupTrainer,
+    configs: list[RunConfig],
     group: list[int],
-    data: data_module.Cifar10,
+    data: Cifar10,
     target: torch.device,
     events: queue.Queue[Event | None],
     stop: threading.Event,
@@ -117,13 +127,11 @@ def _train_group(
 
     try:
         with _own_stream(target):
-            results = batched.train_together(
-                [configs[index] for index in group], data, device=str(target), progress=progress
-            )
+            results = train_group(configs, data, device=str(target), progress=progress)
     except _Stopped:
         return
     except Exception as error:  # this group's runs fail; the other groups go on
-        reason = f"{type(error).__name__}: {error}".strip()
+        reason = failure_reason(error)
         for index in group:
             events.put(Event("failed", index, reason))
         return

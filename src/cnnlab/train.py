@@ -1,53 +1,35 @@
-"""fit(config, data) -> RunResult: the seed ConvNet trained with the semantics Keras uses.
+"""fit(config, data) -> RunResult: a ConvNet trained with the semantics Keras uses.
 
-CONTRACT (the study and speed code rely on these names):
-- `RunConfig`: every number the loop uses.
-- `fit(config, data, progress=None) -> RunResult`.
-- `save_run(result, run_dir, class_names) -> dict[str, str]`: artifact name -> path.
+Keras semantics kept here: the validation part is the last fraction of the subset, cut before
+any shuffling; the training part is reshuffled every epoch; the epoch's loss and accuracy are
+running means over its batches with dropout active, the validation scores are taken in eval
+mode after the epoch; every reported loss includes the kernel penalty. The data stays on the
+device as uint8 tensors; batches are gathered there by index.
 
-Keras semantics kept here: Adam with epsilon 1e-7; the validation part is the last fraction of the
-subset, cut before any shuffling; the training part is reshuffled every epoch; the epoch's loss
-and accuracy are running means over its batches with dropout active, the validation scores are
-taken in eval mode after the epoch; every reported loss includes the kernel penalty.
-The data stays on the device as uint8 tensors; batches are gathered there by index.
+`fit_members` is the one training skeleton: the data on the device, the epochs with their
+history rows, progress and divergence, the final scores and the RunResult. `fit` drives it with
+one network (`LoneNet`); `batched.fit_group` with several trained as one (`batched.GroupMembers`).
 """
 
 from __future__ import annotations
 
-import csv
-import dataclasses
-import io
-import json
-import math
-import platform
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cnnlab import __version__, atomic, models, optim
-from cnnlab import data as data_module
+from cnnlab import metrics, models, optim
 from cnnlab.config import RunConfig, check_config
+from cnnlab.data import Cifar10, stratified_subset, validation_split
 from cnnlab.errors import CnnlabError
+from cnnlab.metrics import Evaluation, RunResult
 
-HISTORY_KEYS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds")
 EVAL_BATCH_SIZE = 1000  # images per forward pass when evaluating (no gradients kept)
-
-
-@dataclass
-class RunResult:
-    """What a run gives back: per-epoch history, final metrics and the trained weights."""
-
-    config: RunConfig
-    status: str  # "done" or "diverged"
-    history: list[dict[str, float]]  # per epoch: epoch, loss, accuracy, val_loss, val_accuracy
-    metrics: dict[str, Any] = field(default_factory=dict)
-    state_dict: dict[str, Any] = field(default_factory=dict)
+Progress = Callable[[dict[str, Any]], None]
 
 
 # --- devices and tensors ----------------------------------------------------------------------
@@ -63,8 +45,9 @@ def available_devices() -> list[str]:
     return names
 
 
-def resolve_device(name: str = "auto") -> torch.device:
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
     """'auto' (CUDA if present, else the CPU), 'cpu', 'cuda', 'cuda:N' or 'mps', checked."""
+    name = str(name)
     available = available_devices()
     if name == "auto":
         return torch.device("cuda" if "cuda" in available else "cpu")
@@ -91,15 +74,6 @@ def normalise(images: torch.Tensor) -> torch.Tensor:
 
 
 # --- evaluation -------------------------------------------------------------------------------
-
-
-@dataclass
-class Evaluation:
-    """Scores of a model on a set of images, in eval mode."""
-
-    loss: float  # mean cross-entropy plus the kernel penalty, as Keras reports it
-    accuracy: float
-    predictions: np.ndarray  # predicted class per image
 
 
 def autocast(precision: str, device: torch.device) -> torch.autocast:
@@ -175,11 +149,11 @@ def train_one_epoch(
     return loss_mean, accuracy
 
 
-def subset_indices(config: RunConfig, data: data_module.Cifar10) -> tuple[np.ndarray, np.ndarray]:
+def subset_indices(config: RunConfig, data: Cifar10) -> tuple[np.ndarray, np.ndarray]:
     """(training part, validation part) of the run's subset: Keras holds out the last fraction."""
     check_config(config, available=len(data.train_labels), classes=len(data.class_names))
-    subset = data_module.stratified_subset(data.train_labels, config.train_size, config.subset_seed)
-    train_part, validation_part = data_module.validation_split(subset, config.validation_split)
+    subset = stratified_subset(data.train_labels, config.train_size, config.subset_seed)
+    train_part, validation_part = validation_split(subset, config.validation_split)
     if len(train_part) == 0 or len(validation_part) == 0:
         raise CnnlabError(
             f"validation_split {config.validation_split} of {config.train_size} images leaves"
@@ -208,7 +182,7 @@ def make_optimizer(
     return optim.make_optimizer(list(model.parameters()), config, capturable=capturable)
 
 
-def _generators(seed: int, device: torch.device) -> tuple[torch.Generator, ...]:
+def generators(seed: int, device: torch.device) -> tuple[torch.Generator, ...]:
     """Independent streams for initialisation, shuffles (CPU) and dropout (on the device)."""
     init_seed, shuffle_seed, dropout_seed = np.random.SeedSequence(seed).generate_state(3)
     dropout = torch.Generator(device=device)
@@ -220,305 +194,177 @@ def _generators(seed: int, device: torch.device) -> tuple[torch.Generator, ...]:
     )
 
 
-def fit(
-    config: RunConfig,
-    data: data_module.Cifar10,
-    *,
-    device: str = "auto",
-    progress: Callable[[dict[str, Any]], None] | None = None,
-) -> RunResult:
-    """Train `config` on `data` as Keras would; `progress` gets each epoch's row as it ends."""
-    target = resolve_device(device)
-    layers = models.resolve_layers(config)
-    train_part, validation_part = subset_indices(config, data)
-    ordered = np.concatenate([train_part, validation_part])
-    train_count = len(train_part)
-    images = images_to_device(data.train_images[ordered], target)
-    labels = torch.from_numpy(data.train_labels[ordered].astype(np.int64)).to(target)
-    init_generator, shuffle_generator, dropout_generator = _generators(config.seed, target)
-
-    model = models.ConvNet(layers, models.INPUT_SHAPE)
-    models.initialise(model, init_generator)
-    model.to(target)
-    model.set_dropout_generator(dropout_generator)
-    optimizer = make_optimizer(model, config)
-
-    history: list[dict[str, float]] = []
-    diverged_epoch = None
-    started = time.perf_counter()
-    for epoch in range(1, config.epochs + 1):
-        epoch_started = time.perf_counter()
-        loss, accuracy = train_one_epoch(
-            model,
-            optimizer,
-            images[:train_count],
-            labels[:train_count],
-            config.batch_size,
-            shuffle_generator,
-            config.precision,
-        )
-        validation = evaluate_model(
-            model, images[train_count:], labels[train_count:], precision=config.precision
-        )
-        now = time.perf_counter()
-        row = {
-            "epoch": epoch,
-            "loss": loss,
-            "accuracy": accuracy,
-            "val_loss": validation.loss,
-            "val_accuracy": validation.accuracy,
-            "seconds": now - epoch_started,
-        }
-        history.append(row)
-        if progress is not None:
-            elapsed = now - started
-            remaining = elapsed / epoch * (config.epochs - epoch)
-            progress({**row, "epochs": config.epochs, "elapsed": elapsed, "eta": remaining})
-        if not (math.isfinite(loss) and math.isfinite(validation.loss)):
-            diverged_epoch = epoch
-            break
-    fit_seconds = time.perf_counter() - started
-
-    evaluated = time.perf_counter()
-    test_images = images_to_device(data.test_images, target)
-    test_labels = torch.from_numpy(data.test_labels.astype(np.int64)).to(target)
-    train_scores = evaluate_model(model, images, labels, precision=config.precision)
-    test_scores = evaluate_model(model, test_images, test_labels, precision=config.precision)
-    eval_seconds = time.perf_counter() - evaluated
-
-    state_dict = {name: value.detach().cpu().clone() for name, value in model.state_dict().items()}
-    timings = {"fit_seconds": fit_seconds, "eval_seconds": eval_seconds}
-    scores = (train_scores, test_scores)
-    parameters = models.count_parameters(model)
-    return make_result(
-        config,
-        data,
-        ordered,
-        history,
-        diverged_epoch,
-        scores,
-        parameters,
-        timings,
-        target,
-        state_dict,
-    )
-
-
-def make_result(
-    config: RunConfig,
-    data: data_module.Cifar10,
-    ordered: np.ndarray,
-    history: list[dict[str, float]],
-    diverged_epoch: int | None,
-    scores: tuple[Evaluation, Evaluation],
-    parameters: int,
-    timings: dict[str, float],
-    device: torch.device,
-    state_dict: dict[str, torch.Tensor],
-) -> RunResult:
-    """A finished run's RunResult: `scores` are (whole subset, test set) in eval mode."""
-    subset_labels = data.train_labels[ordered]
-    train_scores, test_scores = scores
-    last = history[-1] if history else {}
-    metrics = {
-        **score_metrics(
-            subset_labels, train_scores, data.test_labels, test_scores, data.class_names
-        ),
-        "val_accuracy": last.get("val_accuracy", math.nan),
-        "val_loss": last.get("val_loss", math.nan),
-        **baseline(subset_labels, data.test_labels),
-        "parameters": parameters,
-        **timings,
-        "epochs_run": len(history),
-        "diverged_epoch": diverged_epoch,
-        "device": str(device),
-        "cpu_threads": torch.get_num_threads(),  # the timings depend on it
-        "versions": versions(),
-        "data_source": str(data.source),
-        "data_sha256": data.source_sha256,
-    }
-    status = "done" if diverged_epoch is None else "diverged"
-    return RunResult(config, status, history, metrics, state_dict)
-
-
-def score_metrics(
-    train_labels: np.ndarray,
-    train: Evaluation,
-    test_labels: np.ndarray,
-    test: Evaluation,
-    class_names: tuple[str, ...],
-) -> dict[str, Any]:
-    """Accuracy, loss, scikit-learn's classification report and confusion matrix per split."""
-    from sklearn.metrics import classification_report, confusion_matrix
-
-    classes = list(range(len(class_names)))
-    metrics: dict[str, Any] = {"classification_report": {}, "confusion_matrix": {}}
-    for split, labels, scores in (("train", train_labels, train), ("test", test_labels, test)):
-        metrics[f"{split}_accuracy"] = scores.accuracy
-        metrics[f"{split}_loss"] = scores.loss
-        metrics["classification_report"][split] = classification_report(
-            labels,
-            scores.predictions,
-            labels=classes,
-            target_names=list(class_names),
-            output_dict=True,
-            zero_division=0,
-        )
-        metrics["confusion_matrix"][split] = confusion_matrix(
-            labels, scores.predictions, labels=classes
-        ).tolist()
-    return metrics
-
-
-def baseline(train_labels: np.ndarray, test_labels: np.ndarray) -> dict[str, Any]:
-    """Test accuracy of always predicting the training subset's most frequent class."""
-    most_frequent = int(np.bincount(train_labels).argmax())
-    return {
-        "baseline_class": most_frequent,
-        "baseline_accuracy": float(np.mean(test_labels == most_frequent)),
-    }
-
-
-def versions() -> dict[str, str]:
-    """The versions that produced a result."""
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "cnnlab": __version__,
-    }
-
-
-# --- run folders ------------------------------------------------------------------------------
-
-
-def resolved_config(config: RunConfig) -> dict[str, Any]:
-    """The config as JSON-ready data, with the registry's layers written out."""
-    resolved = dataclasses.asdict(config)
-    if config.layers is None:
-        resolved["layers"] = [dict(layer) for layer in models.get_architecture(config.arch)]
-    else:
-        resolved["layers"] = [dict(layer) for layer in config.layers]
-    return resolved
-
-
-def save_run(
-    result: RunResult, run_dir: str | Path, class_names: tuple[str, ...] | list[str]
-) -> dict[str, str]:
-    """Write the run folder (every file atomically); returns artifact name -> path."""
-    from cnnlab import plots
-
-    run_dir = Path(run_dir)
-    paths = {
-        "config": run_dir / "config.json",
-        "history_csv": run_dir / "history.csv",
-        "history_json": run_dir / "history.json",
-        "metrics": run_dir / "metrics.json",
-        "weights": run_dir / "weights.pt",
-        "history_png": run_dir / "history.png",
-        "confusion_train_png": run_dir / "confusion_train.png",
-        "confusion_test_png": run_dir / "confusion_test.png",
-    }
-    atomic.write_json(paths["config"], resolved_config(result.config))
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=HISTORY_KEYS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows({key: row.get(key) for key in HISTORY_KEYS} for row in result.history)
-    atomic.write_text(paths["history_csv"], buffer.getvalue())
-    atomic.write_json(paths["history_json"], result.history)
-    atomic.write_json(paths["metrics"], {"status": result.status, **result.metrics})
-    with atomic.atomic_path(paths["weights"]) as tmp:
-        torch.save(result.state_dict, tmp)
-    title = f"{result.config.arch}, {result.config.train_size:,} images, seed {result.config.seed}"
-    plots.save_figure(plots.history_figure(result.history, title), paths["history_png"])
-    for split in ("train", "test"):
-        matrix = result.metrics.get("confusion_matrix", {}).get(split)
-        if matrix is not None:
-            figure = plots.confusion_matrix_figure(
-                matrix, list(class_names), f"{split} confusion matrix ({title})"
-            )
-            plots.save_figure(figure, paths[f"confusion_{split}_png"])
-        else:
-            del paths[f"confusion_{split}_png"]
-    return {name: str(path) for name, path in paths.items()}
+# --- the training skeleton --------------------------------------------------------------------
 
 
 @dataclass
-class SavedRun:
-    """A run folder read back: config, history, metrics and the model with its weights."""
+class OnDevice:
+    """A run's subset on the device, its training part first, then its validation part."""
 
-    config: RunConfig
-    history: list[dict[str, float]]
-    metrics: dict[str, Any]
-    model: models.ConvNet
-
-
-def load_run(run_dir: str | Path) -> SavedRun:
-    """Read a run folder written by `save_run` (weights with `weights_only=True`)."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise CnnlabError(f"{run_dir}: not a run folder")
-    try:
-        config_data = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
-        history = json.loads((run_dir / "history.json").read_text(encoding="utf-8"))
-        metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
-        state_dict = torch.load(run_dir / "weights.pt", map_location="cpu", weights_only=True)
-    except (OSError, ValueError, RuntimeError) as error:
-        raise CnnlabError(f"{run_dir}: not a readable run folder ({error})") from None
-    known = {item.name for item in dataclasses.fields(RunConfig)}
-    unknown = sorted(set(config_data) - known)
-    if unknown:
-        raise CnnlabError(f"{run_dir / 'config.json'}: unknown keys {', '.join(unknown)}")
-    if config_data.get("layers") is not None:
-        config_data["layers"] = tuple(config_data["layers"])
-    config = RunConfig(**config_data)
-    model = models.build_model(config)
-    try:
-        model.load_state_dict(state_dict)
-    except RuntimeError as error:
-        raise CnnlabError(f"{run_dir / 'weights.pt'}: weights do not fit {config.arch}") from error
-    return SavedRun(config, history, metrics, model)
+    ordered: np.ndarray  # indices into the dataset's training images, in that order
+    train_count: int  # how many of them are the training part
+    images: torch.Tensor  # uint8 NCHW, channels-last
+    labels: torch.Tensor  # int64
 
 
-def evaluate_run(
-    run: SavedRun, data: data_module.Cifar10, device: str = "auto"
-) -> dict[str, tuple[np.ndarray, Evaluation]]:
-    """A saved run's model on its training subset and the test set: split -> (labels, scores)."""
-    target = resolve_device(device)
-    config = run.config
-    subset = data_module.stratified_subset(data.train_labels, config.train_size, config.subset_seed)
-    model = run.model.to(target)
-    splits = {"train": (data.train_images[subset], data.train_labels[subset])}
-    splits["test"] = (data.test_images, data.test_labels)
-    results = {}
-    for split, (images, labels) in splits.items():
-        tensor_labels = torch.from_numpy(labels.astype(np.int64)).to(target)
-        scores = evaluate_model(
-            model, images_to_device(images, target), tensor_labels, precision=config.precision
-        )
-        results[split] = (labels, scores)
-    return results
+def to_device(config: RunConfig, data: Cifar10, device: torch.device) -> OnDevice:
+    """The subset `config` trains on, as tensors on `device`."""
+    train_part, validation_part = subset_indices(config, data)
+    ordered = np.concatenate([train_part, validation_part])
+    images = images_to_device(data.train_images[ordered], device)
+    labels = torch.from_numpy(data.train_labels[ordered].astype(np.int64)).to(device)
+    return OnDevice(ordered, len(train_part), images, labels)
 
 
-def report_text(labels: np.ndarray, scores: Evaluation, class_names: tuple[str, ...]) -> str:
-    """scikit-learn's classification report and the confusion matrix, as text."""
-    from sklearn.metrics import classification_report, confusion_matrix
+class Members(Protocol):
+    """What `fit_members` drives: one network, or several trained as one."""
 
-    classes = list(range(len(class_names)))
-    report = classification_report(
-        labels,
-        scores.predictions,
-        labels=classes,
-        target_names=list(class_names),
-        digits=3,
-        zero_division=0,
+    count: int  # how many runs
+
+    def train_epoch(self) -> list[tuple[float, float]]:
+        """One epoch; each member's (loss, accuracy), running means over its batches."""
+        ...
+
+    def evaluate(self, images: torch.Tensor, labels: torch.Tensor) -> list[Evaluation]:
+        """Each member's scores on the same uint8 NCHW images, in eval mode."""
+        ...
+
+    def state_dict(self, member: int) -> dict[str, torch.Tensor]:
+        """A member's weights on the CPU, under a lone `ConvNet`'s names."""
+        ...
+
+    def parameter_count(self, member: int) -> int: ...
+
+
+def fit_members(
+    configs: Sequence[RunConfig],
+    data: Cifar10,
+    on_device: OnDevice,
+    members: Members,
+    progress: Progress | None = None,
+) -> list[RunResult]:
+    """Train `members` (one per config; they share epochs and data) and score them.
+
+    `progress` gets each member's epoch row with "member", "epochs", "elapsed" and "eta". A
+    member whose loss stops being finite stops there (status "diverged"); the others go on.
+    """
+    epochs = configs[0].epochs
+    histories: list[list[dict[str, float]]] = [[] for _ in configs]
+    diverged: list[int | None] = [None] * len(configs)
+    final_states: list[dict[str, torch.Tensor] | None] = [None] * len(configs)
+    validation = slice(on_device.train_count, None)
+    started = time.perf_counter()
+    for epoch in range(1, epochs + 1):
+        epoch_started = time.perf_counter()
+        scores = members.train_epoch()
+        validations = members.evaluate(on_device.images[validation], on_device.labels[validation])
+        now = time.perf_counter()
+        for member, (loss, accuracy) in enumerate(scores):
+            if diverged[member] is not None:
+                continue
+            row = metrics.history_row(
+                epoch, loss, accuracy, validations[member], now - epoch_started
+            )
+            histories[member].append(row)
+            if progress is not None:
+                elapsed = now - started
+                remaining = elapsed / epoch * (epochs - epoch)
+                info = {"member": member, "epochs": epochs, "elapsed": elapsed, "eta": remaining}
+                progress({**row, **info})
+            if not (np.isfinite(row["loss"]) and np.isfinite(row["val_loss"])):
+                diverged[member] = epoch
+                final_states[member] = members.state_dict(member)
+        if all(epoch is not None for epoch in diverged):
+            break
+    fit_seconds = time.perf_counter() - started
+    return _score(
+        configs, data, on_device, members, (histories, diverged, final_states), fit_seconds
     )
-    matrix = confusion_matrix(labels, scores.predictions, labels=classes)
-    width = max(max(len(name) for name in class_names), len(str(matrix.max()))) + 1
-    header = " " * width + "".join(name[:5].rjust(6) for name in class_names)
-    rows = [
-        name.rjust(width) + "".join(str(count).rjust(6) for count in row)
-        for name, row in zip(class_names, matrix, strict=True)
+
+
+def _score(configs, data, on_device, members, trained, fit_seconds) -> list[RunResult]:
+    """The members' final scores on their whole subset and the test set, as RunResults."""
+    histories, diverged, final_states = trained
+    device = on_device.images.device
+    evaluated = time.perf_counter()
+    test_images = images_to_device(data.test_images, device)
+    test_labels = torch.from_numpy(data.test_labels.astype(np.int64)).to(device)
+    train_scores = members.evaluate(on_device.images, on_device.labels)
+    test_scores = members.evaluate(test_images, test_labels)
+    provenance = metrics.Provenance(
+        data_source=str(data.source),
+        data_sha256=data.source_sha256,
+        device=str(device),
+        cpu_threads=torch.get_num_threads(),
+        fit_seconds=fit_seconds,
+        eval_seconds=time.perf_counter() - evaluated,
+        group_size=members.count,
+    )
+    labels = (data.train_labels[on_device.ordered], data.test_labels)
+    return [
+        metrics.make_result(
+            config,
+            histories[member],
+            diverged[member],
+            labels,
+            (train_scores[member], test_scores[member]),
+            data.class_names,
+            members.parameter_count(member),
+            provenance,
+            final_states[member] or members.state_dict(member),
+        )
+        for member, config in enumerate(configs)
     ]
-    lines = [report, "confusion matrix (rows: true class, columns: predicted)", header, *rows]
-    return "\n".join(lines)
+
+
+class LoneNet:
+    """One `ConvNet` as `Members`: Keras's loop, one batch of one network per step."""
+
+    count = 1
+
+    def __init__(self, config: RunConfig, on_device: OnDevice):
+        device = on_device.images.device
+        init_generator, self.shuffle_generator, dropout_generator = generators(config.seed, device)
+        self.model = models.ConvNet(models.resolve_layers(config), models.INPUT_SHAPE)
+        models.initialise(self.model, init_generator)
+        self.model.to(device)
+        self.model.set_dropout_generator(dropout_generator)
+        self.optimizer = make_optimizer(self.model, config)
+        self.config, self.on_device = config, on_device
+
+    def train_epoch(self) -> list[tuple[float, float]]:
+        count = self.on_device.train_count
+        scores = train_one_epoch(
+            self.model,
+            self.optimizer,
+            self.on_device.images[:count],
+            self.on_device.labels[:count],
+            self.config.batch_size,
+            self.shuffle_generator,
+            self.config.precision,
+        )
+        return [scores]
+
+    def evaluate(self, images: torch.Tensor, labels: torch.Tensor) -> list[Evaluation]:
+        return [evaluate_model(self.model, images, labels, precision=self.config.precision)]
+
+    def state_dict(self, member: int) -> dict[str, torch.Tensor]:
+        return {
+            name: value.detach().cpu().clone() for name, value in self.model.state_dict().items()
+        }
+
+    def parameter_count(self, member: int) -> int:
+        return models.count_parameters(self.model)
+
+
+def fit(
+    config: RunConfig,
+    data: Cifar10,
+    *,
+    device: str = "auto",
+    progress: Progress | None = None,
+) -> RunResult:
+    """Train `config` on `data` as Keras would; `progress` gets each epoch's row as it ends."""
+    target = resolve_device(device)
+    on_device = to_device(config, data, target)
+    return fit_members([config], data, on_device, LoneNet(config, on_device), progress)[0]

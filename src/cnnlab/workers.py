@@ -32,22 +32,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from cnnlab import data as data_module
 from cnnlab import train
-from cnnlab.errors import CnnlabError
-from cnnlab.train import RunConfig, RunResult
+from cnnlab.config import RunConfig, check_workers
+from cnnlab.data import Cifar10
+from cnnlab.events import Event, failure_reason
+from cnnlab.metrics import RunResult
 
 # How long a worker may take to leave after being told to, before it is killed (seconds).
 _EXIT_GRACE_SECONDS = 5.0
-
-
-@dataclasses.dataclass(frozen=True)
-class Event:
-    """What a worker reports: a run `started`, an epoch's `progress` row, `done` or `failed`."""
-
-    kind: str
-    index: int  # which of the configs
-    payload: Any = None  # progress: the history row; done: the RunResult; failed: the reason
 
 
 def cpu_count() -> int:
@@ -57,19 +49,13 @@ def cpu_count() -> int:
     return os.cpu_count() or 1
 
 
-def check_requested(requested: int | None) -> None:
-    """A user's worker count: None (one per core) or at least 1; anything else is an error."""
-    if requested is not None and (isinstance(requested, bool) or requested < 1):
-        raise CnnlabError(f"workers {requested!r}: must be at least 1 (1 trains in this process)")
-
-
 def process_count(runs: int, device: torch.device, requested: int | None = None) -> int:
     """How many worker processes to train `runs` lone runs on `device` with (1: in this process).
 
     The CPU gets one per core by default; other devices train in this process, where CUDA
-    groups the runs instead (`batched.schedule`).
+    groups the runs instead (`cnnlab.execute`).
     """
-    check_requested(requested)
+    check_workers(requested)
     if device.type != "cpu" or runs < 2:
         return 1
     wanted = requested if requested is not None else cpu_count()
@@ -82,7 +68,7 @@ def longest_first(configs: Sequence[RunConfig]) -> list[int]:
 
 
 def train_parallel(
-    configs: Sequence[RunConfig], data: data_module.Cifar10, *, processes: int
+    configs: Sequence[RunConfig], data: Cifar10, *, processes: int
 ) -> Iterator[Event]:
     """Train every config with `train.fit` on the CPU in `processes` workers, as events.
 
@@ -266,7 +252,7 @@ def _worker_main(
         try:
             result = train.fit(config, data, device="cpu", progress=progress)
         except Exception as error:  # the parent records the run as failed and goes on
-            connection.send(("failed", index, f"{type(error).__name__}: {error}".strip()))
+            connection.send(("failed", index, failure_reason(error)))
         else:
             connection.send(("done", index, _without_tensors(result)))
 
@@ -298,7 +284,7 @@ class _MappedArray:
     fortran_order: bool
 
 
-def _portable(data: data_module.Cifar10) -> data_module.Cifar10:
+def _portable(data: Cifar10) -> Cifar10:
     """`data` with its whole-file memory maps replaced by their file names."""
     fields = {}
     for field in dataclasses.fields(data):
@@ -316,7 +302,7 @@ def _portable(data: data_module.Cifar10) -> data_module.Cifar10:
     return dataclasses.replace(data, **fields)
 
 
-def _rebuild(data: data_module.Cifar10) -> data_module.Cifar10:
+def _rebuild(data: Cifar10) -> Cifar10:
     fields = {}
     for field in dataclasses.fields(data):
         value = getattr(data, field.name)

@@ -1,0 +1,184 @@
+"""What a finished run reports: its scores, scikit-learn's reports, the baseline, provenance.
+
+Every execution path (lone, grouped, in a worker process, on a stream) builds its RunResult
+here, so a run records the same keys whichever path trained it. No torch import.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import math
+import platform
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from cnnlab import __version__
+from cnnlab.config import RunConfig
+
+HISTORY_KEYS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds")
+
+
+@dataclass
+class RunResult:
+    """What a run gives back: per-epoch history, final metrics and the trained weights."""
+
+    config: RunConfig
+    status: str  # "done" or "diverged"
+    history: list[dict[str, float]]  # per epoch: the HISTORY_KEYS
+    metrics: dict[str, Any] = field(default_factory=dict)
+    state_dict: dict[str, Any] = field(default_factory=dict)  # name -> tensor (or array)
+
+
+@dataclass
+class Evaluation:
+    """Scores of a model on a set of images, in eval mode."""
+
+    loss: float  # mean cross-entropy plus the kernel penalty, as Keras reports it
+    accuracy: float
+    predictions: np.ndarray  # predicted class per image
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where and how a run was trained: the data, the device, the timings, the group."""
+
+    data_source: str
+    data_sha256: str
+    device: str
+    cpu_threads: int  # the timings depend on it
+    fit_seconds: float
+    eval_seconds: float
+    group_size: int  # runs trained together as one network, this one included
+
+
+def history_row(
+    epoch: int, loss: float, accuracy: float, validation: Evaluation, seconds: float
+) -> dict[str, float]:
+    """One epoch of a run's history, in the order of HISTORY_KEYS."""
+    row = {
+        "epoch": epoch,
+        "loss": loss,
+        "accuracy": accuracy,
+        "val_loss": validation.loss,
+        "val_accuracy": validation.accuracy,
+        "seconds": seconds,
+    }
+    assert tuple(row) == HISTORY_KEYS
+    return row
+
+
+def make_result(
+    config: RunConfig,
+    history: list[dict[str, float]],
+    diverged_epoch: int | None,
+    labels: tuple[np.ndarray, np.ndarray],
+    scores: tuple[Evaluation, Evaluation],
+    class_names: tuple[str, ...],
+    parameters: int,
+    provenance: Provenance,
+    state_dict: dict[str, Any],
+) -> RunResult:
+    """A finished run's RunResult: `labels` and `scores` are (whole subset, test set)."""
+    subset_labels, test_labels = labels
+    train_scores, test_scores = scores
+    last = history[-1] if history else {}
+    metrics = {
+        **score_metrics(subset_labels, train_scores, test_labels, test_scores, class_names),
+        "val_accuracy": last.get("val_accuracy", math.nan),
+        "val_loss": last.get("val_loss", math.nan),
+        **baseline(subset_labels, test_labels),
+        "parameters": parameters,
+        "fit_seconds": provenance.fit_seconds,
+        "eval_seconds": provenance.eval_seconds,
+        "epochs_run": len(history),
+        "diverged_epoch": diverged_epoch,
+        "device": provenance.device,
+        "cpu_threads": provenance.cpu_threads,
+        "group_size": provenance.group_size,
+        "versions": versions(),
+        "data_source": provenance.data_source,
+        "data_sha256": provenance.data_sha256,
+    }
+    status = "done" if diverged_epoch is None else "diverged"
+    return RunResult(config, status, history, metrics, state_dict)
+
+
+def score_metrics(
+    train_labels: np.ndarray,
+    train: Evaluation,
+    test_labels: np.ndarray,
+    test: Evaluation,
+    class_names: tuple[str, ...],
+) -> dict[str, Any]:
+    """Accuracy, loss, scikit-learn's classification report and confusion matrix per split."""
+    from sklearn.metrics import classification_report, confusion_matrix  # slow to import
+
+    classes = list(range(len(class_names)))
+    metrics: dict[str, Any] = {"classification_report": {}, "confusion_matrix": {}}
+    for split, labels, scores in (("train", train_labels, train), ("test", test_labels, test)):
+        metrics[f"{split}_accuracy"] = scores.accuracy
+        metrics[f"{split}_loss"] = scores.loss
+        metrics["classification_report"][split] = classification_report(
+            labels,
+            scores.predictions,
+            labels=classes,
+            target_names=list(class_names),
+            output_dict=True,
+            zero_division=0,
+        )
+        metrics["confusion_matrix"][split] = confusion_matrix(
+            labels, scores.predictions, labels=classes
+        ).tolist()
+    return metrics
+
+
+def baseline(train_labels: np.ndarray, test_labels: np.ndarray) -> dict[str, Any]:
+    """Test accuracy of always predicting the training subset's most frequent class."""
+    most_frequent = int(np.bincount(train_labels).argmax())
+    return {
+        "baseline_class": most_frequent,
+        "baseline_accuracy": float(np.mean(test_labels == most_frequent)),
+    }
+
+
+def versions() -> dict[str, str]:
+    """The versions that produced a result."""
+    return {
+        "python": platform.python_version(),
+        "torch": _installed("torch"),
+        "numpy": np.__version__,
+        "cnnlab": __version__,
+    }
+
+
+def _installed(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def report_text(labels: np.ndarray, scores: Evaluation, class_names: tuple[str, ...]) -> str:
+    """scikit-learn's classification report and the confusion matrix, as text."""
+    from sklearn.metrics import classification_report, confusion_matrix
+
+    classes = list(range(len(class_names)))
+    report = classification_report(
+        labels,
+        scores.predictions,
+        labels=classes,
+        target_names=list(class_names),
+        digits=3,
+        zero_division=0,
+    )
+    matrix = confusion_matrix(labels, scores.predictions, labels=classes)
+    width = max(max(len(name) for name in class_names), len(str(matrix.max()))) + 1
+    header = " " * width + "".join(name[:5].rjust(6) for name in class_names)
+    rows = [
+        name.rjust(width) + "".join(str(count).rjust(6) for count in row)
+        for name, row in zip(class_names, matrix, strict=True)
+    ]
+    lines = [report, "confusion matrix (rows: true class, columns: predicted)", header, *rows]
+    return "\n".join(lines)

@@ -1,0 +1,148 @@
+"""A study's results and comparisons as text: `cnnlab results` and `cnnlab compare` (no torch)."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from cnnlab.errors import CnnlabError
+from cnnlab.store import RunRecord, Store
+
+RESULT_METRICS = ("train_accuracy", "test_accuracy", "val_accuracy", "fit_seconds", "parameters")
+
+
+def format_results(records: list[RunRecord], form: str = "table") -> str:
+    """A study's runs as an aligned table, CSV (one flat row per run) or JSON (everything)."""
+    if form == "json":  # strict JSON: a diverged run's NaN losses become null
+        return json.dumps([_finite(dataclasses.asdict(r)) for r in records], indent=2)
+    config_fields = sorted({key for r in records for key in r.config if key != "layers"})
+    headers = ["id", "status", "experiments", *config_fields, *RESULT_METRICS]
+    headers += ["attempts", "reason"]
+    rows = []
+    for r in records:
+        metrics = [r.metrics.get(name, "") for name in RESULT_METRICS]
+        configs = [r.config.get(name, "") for name in config_fields]
+        rows.append(
+            [r.id, r.status, ";".join(r.experiments), *configs, *metrics, r.attempts, r.reason]
+        )
+    if form == "csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(headers)
+        writer.writerows(["" if v is None else v for v in row] for row in rows)
+        return buffer.getvalue()
+    short = ["id", "status", "experiments", "seed", "arch", "train_size", "l1", "epochs"]
+    shown = [h for h in short if h in headers] + ["train acc", "test acc", "fit s", "reason"]
+    lines = []
+    for r in records:
+        line = {
+            "id": r.id,
+            "status": r.status,
+            "experiments": ",".join(r.experiments) or "-",
+            **{k: show_value(r.config.get(k, "")) for k in short[3:]},
+            "train acc": _number(r.metrics.get("train_accuracy"), ".3f"),
+            "test acc": _number(r.metrics.get("test_accuracy"), ".3f"),
+            "fit s": _number(r.metrics.get("fit_seconds"), ".1f"),
+            "reason": r.reason,
+        }
+        lines.append([str(line[h]) for h in shown])
+    return _aligned(shown, lines)
+
+
+def compare_runs(runs: list[tuple[str, dict[str, Any], dict[str, Any]]]) -> str:
+    """The config fields and scalar metrics that differ between (label, config, metrics) runs."""
+    labels = [label for label, _, _ in runs]
+    rows = []
+    for section, index in (("config", 1), ("metric", 2)):
+        keys = sorted({key for run in runs for key in run[index]})
+        for key in keys:
+            values = [run[index].get(key) for run in runs]
+            if section == "metric" and not all(
+                v is None or isinstance(v, int | float | str) for v in values
+            ):
+                continue
+            if len({json.dumps(v, sort_keys=True) for v in values}) > 1:
+                rows.append([f"{section} {key}", *(_compare_value(v) for v in values)])
+    if not rows:
+        return "the runs do not differ in any config field or metric"
+    return _aligned(["", *labels], rows)
+
+
+def _finite(value: Any) -> Any:
+    """`value` with every non-finite float replaced by None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
+
+
+def _compare_value(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    text = show_value(value) if not isinstance(value, list | dict) else json.dumps(value)
+    return text if len(text) <= 40 else text[:39] + "…"
+
+
+def _number(value: Any, form: str) -> str:
+    return format(value, form) if isinstance(value, int | float) else "-"
+
+
+def _aligned(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(c)) for c in column) for column in zip(headers, *rows, strict=True)]
+    lines = [
+        "  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+        for row in [headers, *rows]
+    ]
+    return "\n".join(lines)
+
+
+def run_summary(run: str, study_dir: str | None) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """(label, config, metrics) of a run id in `study_dir`, or of a run folder's JSON files."""
+    folder = Path(run)
+    if study_dir is None and folder.is_dir():
+        try:
+            config = json.loads((folder / "config.json").read_text())
+            metrics = json.loads((folder / "metrics.json").read_text())
+        except (OSError, ValueError) as error:
+            raise CnnlabError(f"{folder}: not a readable run folder ({error})") from None
+        return folder.name, config, metrics
+    if study_dir is None:
+        # Without --study, look in the studies under ./results (where `cnnlab study` writes).
+        found = [p.parent for p in sorted(Path("results").glob("*/study.sqlite")) if _has(p, run)]
+        if len(found) != 1:
+            where = "in no study under ./results" if not found else "in several studies"
+            raise CnnlabError(
+                f"{run}: not a run folder, and {where}; give the study with --study STUDY_DIR"
+            )
+        study_dir = str(found[0])
+    with Store.open(study_dir, create=False) as store:
+        record = store.get(run)
+    return record.id, record.config, record.metrics
+
+
+def _has(database: Path, run: str) -> bool:
+    with Store.open(database.parent, create=False) as store:
+        try:
+            store.get(run)
+        except CnnlabError:
+            return False
+    return True
+
+
+def show_value(value: Any) -> str:
+    """A config value as a table shows it: integers with thousands separators."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{value:g}"
