@@ -416,8 +416,10 @@ def test_empty_inputs_like_scipy(image_shape, kernel_shape, mode):
 
 def test_an_empty_image_cannot_be_wrapped():
     """SciPy divides by zero there (the process dies); cnnlab raises a ValueError."""
-    with pytest.raises(ValueError):
-        conv.convolve2d(np.ones((0, 3)), np.ones((2, 2)), "full", "wrap")
+    for function in (conv.convolve2d, conv.correlate2d_loop):
+        with pytest.raises(ValueError, match="cannot be extended"):
+            function(np.ones((0, 3)), np.ones((2, 2)), "full", "wrap")
+    assert conv.convolve2d(np.ones((0, 3)), np.ones((2, 2)), "same", "wrap").shape == (0, 3)
 
 
 # --- the loop reference -------------------------------------------------------------------------

@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy
-from _pytest.mark.structures import ParameterSet
 from scipy import signal
 from scipy._lib._array_api import array_namespace
 
@@ -27,6 +26,7 @@ SCIPY_TESTS = Path(scipy.__file__).parent / "signal" / "tests" / "test_signaltoo
 SUBSTITUTES = {signal.convolve2d: conv.convolve2d, signal.correlate2d: conv.correlate2d}
 # Marks that SciPy's conftest.py registers; its test module uses them at import time, which the
 # project's --strict-markers refuses unless they are registered.
+PARAMETER_SET = type(pytest.param(None))  # what pytest.param() returns
 SCIPY_MARKERS = ("skip_xp_backends", "xfail_xp_backends", "xfail_on_32bit", "fail_slow")
 
 
@@ -49,7 +49,7 @@ def _register_scipy_markers() -> None:
 
 
 def _substitute(value: object) -> object:
-    if isinstance(value, ParameterSet):
+    if isinstance(value, PARAMETER_SET):
         return value._replace(values=tuple(_substitute(item) for item in value.values))
     try:
         return SUBSTITUTES.get(value, value)

@@ -269,7 +269,7 @@ def _slide(problem: _Problem) -> np.ndarray:
     # A flipped even-sized kernel has its centre one step further down / right.
     top, _ = _padding(kernel_height, problem.mode, problem.flipped)
     left, _ = _padding(kernel_width, problem.mode, problem.flipped)
-    out_height, out_width = _output_size(image.shape, taps.shape, problem.mode, stride)
+    out_height, out_width = _output_shape(problem)
     # Integer sums are kept exact as Python ints and wrapped to the result type at the end;
     # floating ones are computed in float64 (long double for long double inputs).
     integer = problem.dtype.kind in "iu"
@@ -471,12 +471,7 @@ def _work_type(dtype: np.dtype) -> type[np.generic]:
 
 def _compute(problem: _Problem, method: str) -> np.ndarray:
     """The result of a validated problem: integer, floating or complex, by `method`."""
-    height, width = _output_size(
-        problem.image.shape, problem.taps.shape, problem.mode, problem.stride
-    )
-    shape = (height, width)
-    if problem.image.ndim == 3 and problem.taps.ndim == 2:
-        shape += (problem.image.shape[2],)
+    shape = _output_shape(problem)
     if 0 in shape or problem.taps.size == 0:  # an empty sum is 0, whatever the fill
         return np.zeros(shape, problem.dtype)
     with np.errstate(over="ignore", invalid="ignore"):
@@ -488,6 +483,21 @@ def _compute(problem: _Problem, method: str) -> np.ndarray:
             result = _real(problem, problem.image, taps, problem.fill, method)
             return _cast(result, problem.dtype)
         return _complex(problem, shape, work, method)
+
+
+def _output_shape(problem: _Problem) -> tuple[int, ...]:
+    """The result's shape; an error where SciPy's C code would divide by zero and crash."""
+    image_shape = problem.image.shape
+    height, width = _output_size(image_shape, problem.taps.shape, problem.mode, problem.stride)
+    shape = (height, width)
+    if problem.image.ndim == 3 and problem.taps.ndim == 2:
+        shape += (image_shape[2],)
+    if 0 in image_shape[:2] and 0 not in shape and problem.boundary != "fill":
+        raise CnnlabError(
+            f"an empty {image_shape[0]} x {image_shape[1]} image cannot be extended with "
+            f"boundary {problem.boundary!r}; use boundary 'fill'"
+        )
+    return shape
 
 
 def _integer(problem: _Problem) -> np.ndarray:
