@@ -157,3 +157,24 @@ def _parametrized_with_them(function: object) -> bool:
             if any(item in (conv.convolve2d, conv.correlate2d) for item in flat if callable(item)):
                 return True
     return False
+
+
+def test_scipy_skips_or_xfails_none_of_the_collected_tests_on_numpy():
+    """The NumPy-only `xp` fixture above ignores SciPy's skip marks: none of them names numpy."""
+    owners = [
+        (TestConvolve2d, TestConvolve2d),
+        (TestCorrelate2d, TestCorrelate2d),
+        (TestFFTConvolveAgainstConvolve2d, scipy_tests.TestFFTConvolve),
+    ]
+    checked = 0
+    for test_class, marked_class in owners:
+        for name in dir(test_class):
+            if not name.startswith("test_"):
+                continue
+            marks = getattr(getattr(test_class, name), "pytestmark", [])
+            for mark in [*marks, *getattr(marked_class, "pytestmark", [])]:
+                if mark.name in ("skip_xp_backends", "xfail_xp_backends"):
+                    checked += 1
+                    # Backends are named positionally; cpu_only and np_only spare numpy.
+                    assert "numpy" not in mark.args, (name, mark)
+    assert checked > 0

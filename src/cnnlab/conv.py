@@ -353,8 +353,6 @@ def _prepare(
         swapped = _inputs_swap_needed(mode, first.shape, second.shape)
         if swapped:
             first, second = second, first
-    if not flip and second.dtype.kind in "MmUSV":  # SciPy conjugates it here, and numpy refuses
-        raise TypeError(f"cannot conjugate non-numeric dtype {second.dtype}")
     try:
         _MODE_CODES[mode]
     except KeyError:
@@ -368,6 +366,8 @@ def _prepare(
             f"unknown boundary {boundary!r}; acceptable boundary flags are 'fill' (or 'pad'), "
             "'circular' (or 'wrap'), 'symmetric' (or 'symm'), and cnnlab's 'reflect'"
         ) from None
+    if not flip and second.dtype.kind in "MmUSV":  # SciPy conjugates it here, and numpy refuses
+        raise TypeError(f"cannot conjugate non-numeric dtype {second.dtype}")
     dtype = np.promote_types(first.dtype, second.dtype)
     fill = _fill_as(fillvalue, dtype) if boundary == "fill" else None
     if not (dtype.kind in "iuc" or (dtype.kind == "f" and dtype.itemsize >= 4)):
