@@ -1,3 +1,53 @@
-"""cnnlab: a laboratory for convolutional networks."""
+"""cnnlab: a laboratory for convolutional networks.
+
+The public API, imported lazily so that `import cnnlab` (and `cnnlab.conv`) loads no torch:
+
+    import cnnlab
+    data = cnnlab.load_cifar10()                  # --data / $CNNLAB_DATA / cache / download
+    result = cnnlab.fit(cnnlab.RunConfig(train_size=5000, epochs=20), data)
+    outcome = cnnlab.run_study("studies/seed.toml", repeats=1)
+    records = cnnlab.load_results(outcome.study_dir)
+    cnnlab.write_report(outcome.study_dir)
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
+
+# name -> the module that defines it
+_API = {
+    "RunConfig": "cnnlab.config",
+    "RunResult": "cnnlab.metrics",
+    "fit": "cnnlab.train",
+    "train_all": "cnnlab.execute",
+    "load_cifar10": "cnnlab.data",
+    "build_model": "cnnlab.models",
+    "ARCHITECTURES": "cnnlab.models",
+    "save_run": "cnnlab.runfolder",
+    "load_run": "cnnlab.runfolder",
+    "load_study": "cnnlab.studyfile",
+    "plan_runs": "cnnlab.study",
+    "run_study": "cnnlab.study",
+    "load_results": "cnnlab.store",
+    "write_report": "cnnlab.report",
+    "convolve2d": "cnnlab.conv",
+    "correlate2d": "cnnlab.conv",
+    "CnnlabError": "cnnlab.errors",
+}
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str) -> Any:
+    module = _API.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cnnlab' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

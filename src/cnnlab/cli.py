@@ -217,6 +217,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
         force=args.force,
         device=args.device,
         workers=args.workers,
+        echo=print,
     )
     for line in study.summary_lines(outcome):
         print(line)

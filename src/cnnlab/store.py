@@ -307,3 +307,9 @@ _SELECT = (
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True, allow_nan=True)
+
+
+def load_results(study_dir: str | os.PathLike[str]) -> list[RunRecord]:
+    """Every run of a study folder as a record: config, status, metrics, history, artifacts."""
+    with Store.open(study_dir, create=False) as store:
+        return store.runs()

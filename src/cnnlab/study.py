@@ -153,7 +153,7 @@ def execute_runs(
     the study (the disk is full or gone), leaving the run marked failed. On Ctrl-C the runs in
     hand go back to pending (also when a write fails).
     """
-    from cnnlab import execute  # the training stack (torch) loads only when runs must train
+    from cnnlab.execute import execute  # the training stack (torch) loads only when runs train
 
     train_group = None
     if fit is not None:
@@ -162,9 +162,7 @@ def execute_runs(
             return [fit(configs[0], data, device=device, progress=progress)]
 
     configs = [run.config for run in plan]
-    execution = execute.execute(
-        configs, data, device=device, workers=workers, train_group=train_group
-    )
+    execution = execute(configs, data, device=device, workers=workers, train_group=train_group)
     echo(execution.how)
     started = 0
     in_hand: set[str] = set()
@@ -311,9 +309,9 @@ def run_study(
     device: str = "auto",
     workers: int | None = None,
     fit: Fit | None = None,
-    echo: Callable[[str], None] = print,
+    echo: Callable[[str], None] | None = None,
 ) -> StudyOutcome:
-    """Run every unfinished run of a study file; `echo` gets each line of progress.
+    """Run every unfinished run of a study file; `echo` (default: none) gets each progress line.
 
     `data` is a source for `load_cifar10` (default: the study's, then cnnlab's usual search) or an
     already loaded `Cifar10`; it is loaded only if some run has to train. `workers` is how many
@@ -322,6 +320,7 @@ def run_study(
     replaces the training (see `execute_runs`). The report is the caller's to write.
     """
     started = time.perf_counter()
+    echo = echo or _quiet
     check_workers(workers)  # before any data is loaded
     study = load_study(study_file)
     plan = plan_runs(study, repeats)
@@ -408,6 +407,10 @@ def _load_data(data: Any, store: Store, *, force: bool) -> Any:
         }
     )
     return data
+
+
+def _quiet(line: str) -> None:
+    """The default `echo`: a study run from Python prints nothing."""
 
 
 def summary_lines(outcome: StudyOutcome) -> list[str]:
