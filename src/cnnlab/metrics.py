@@ -29,6 +29,7 @@ class RunResult:
     history: list[dict[str, float]]  # per epoch: the HISTORY_KEYS
     metrics: dict[str, Any] = field(default_factory=dict)
     state_dict: dict[str, Any] = field(default_factory=dict)  # name -> tensor (or array)
+    test_predictions: np.ndarray | None = None  # int16 predicted class per test image
 
 
 @dataclass
@@ -102,7 +103,8 @@ def make_result(
         "data_sha256": provenance.data_sha256,
     }
     status = "done" if diverged_epoch is None else "diverged"
-    return RunResult(config, status, history, metrics, state_dict)
+    predictions = np.asarray(test_scores.predictions).astype(np.int16)
+    return RunResult(config, status, history, metrics, state_dict, predictions)
 
 
 def score_metrics(

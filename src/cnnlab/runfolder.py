@@ -34,10 +34,22 @@ def resolved_config(config: RunConfig) -> dict[str, Any]:
     return resolved
 
 
+MISCLASSIFIED_KEPT = 32  # misclassified test images kept for the report's grid
+
+
 def save_run(
-    result: RunResult, run_dir: str | Path, class_names: tuple[str, ...] | list[str]
+    result: RunResult,
+    run_dir: str | Path,
+    class_names: tuple[str, ...] | list[str],
+    *,
+    test_images: np.ndarray | None = None,
+    test_labels: np.ndarray | None = None,
 ) -> dict[str, str]:
-    """Write the run folder (every file atomically); returns artifact name -> path."""
+    """Write the run folder (every file atomically); returns artifact name -> path.
+
+    With the test set's uint8 images and labels (the set `result.test_predictions` scored), a
+    sample of its misclassified images is kept too, so the report needs no data source.
+    """
     run_dir = Path(run_dir)
     paths = {
         "config": run_dir / "config.json",
@@ -70,7 +82,79 @@ def save_run(
             plots.save_figure(figure, paths[f"confusion_{split}_png"])
         else:
             del paths[f"confusion_{split}_png"]
+    paths.update(_save_arrays(result, run_dir, test_images, test_labels))
     return {name: str(path) for name, path in paths.items()}
+
+
+def _save_arrays(
+    result: RunResult,
+    run_dir: Path,
+    test_images: np.ndarray | None,
+    test_labels: np.ndarray | None,
+) -> dict[str, Path]:
+    """The report's NumPy files: test predictions, misclassified samples, first-layer kernels."""
+    paths = {}
+    predictions = result.test_predictions
+    if predictions is not None:
+        predictions = np.asarray(predictions).astype(np.int16)
+        paths["predictions_test"] = run_dir / "predictions_test.npy"
+        _save_npy(paths["predictions_test"], predictions)
+        if test_images is not None and test_labels is not None:
+            if len(test_images) != len(predictions) or len(test_labels) != len(predictions):
+                raise ValueError(
+                    f"{len(predictions)} test predictions for {len(test_images)} images and"
+                    f" {len(test_labels)} labels"
+                )
+            paths["misclassified_test"] = run_dir / "misclassified_test.npz"
+            sample = misclassified_sample(test_labels, predictions)
+            with atomic.atomic_path(paths["misclassified_test"]) as tmp, open(tmp, "wb") as file:
+                np.savez(
+                    file,
+                    images=np.asarray(test_images[sample], dtype=np.uint8),
+                    index=sample.astype(np.int32),
+                    true=np.asarray(test_labels)[sample].astype(np.int16),
+                    predicted=predictions[sample],
+                )
+    kernels = first_conv_kernels(result.state_dict)
+    if kernels is not None:
+        paths["kernels_first"] = run_dir / "kernels_first.npy"
+        _save_npy(paths["kernels_first"], kernels)
+    return paths
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with atomic.atomic_path(path) as tmp, open(tmp, "wb") as file:
+        np.save(file, array, allow_pickle=False)
+
+
+def misclassified_sample(
+    labels: np.ndarray, predictions: np.ndarray, count: int = MISCLASSIFIED_KEPT
+) -> np.ndarray:
+    """Indices of up to `count` misclassified images, taken from each true class in turn.
+
+    Round-robin over the classes (in test-set order within each) so the grid shows every class's
+    mistakes, not only the first class's; the indices come back sorted by true class, then index.
+    """
+    labels, predictions = np.asarray(labels), np.asarray(predictions)
+    wrong = np.flatnonzero(labels != predictions)
+    by_class = [wrong[labels[wrong] == label] for label in np.unique(labels[wrong])]
+    chosen = []
+    for rank in range(max((len(indices) for indices in by_class), default=0)):
+        chosen += [int(indices[rank]) for indices in by_class if rank < len(indices)]
+        if len(chosen) >= count:
+            break
+    chosen = chosen[:count]
+    return np.array(sorted(chosen, key=lambda index: (labels[index], index)), dtype=np.int64)
+
+
+def first_conv_kernels(state_dict: dict[str, Any]) -> np.ndarray | None:
+    """The first conv layer's kernels as float32 filters x in x kh x kw (None without a conv)."""
+    for value in state_dict.values():  # a ConvNet's state_dict lists its layers in order
+        weight = value.detach().float().cpu().numpy() if isinstance(value, torch.Tensor) else value
+        weight = np.asarray(weight)
+        if weight.ndim == 4:
+            return weight.astype(np.float32)
+    return None
 
 
 @dataclass
