@@ -10,7 +10,8 @@ m <- beta_1·m + (1 - beta_1)·g and v <- beta_2·v + (1 - beta_2)·g²:
 - `"torch_adam"`, `torch.optim.Adam`: PyTorch's convention: epsilon is added to the
   bias-corrected sqrt(v / (1 - beta_2^t)). Written in Keras's form its epsilon is
   epsilon·sqrt(1 - beta_2^t), about 30 times smaller at the first step, so the two part ways
-  wherever sqrt(v) is near epsilon (2.8e-3 in the seed net's parameters after three steps).
+  wherever sqrt(v) is near epsilon (by 7e-4 to 3e-3 in the registered nets' weights after three
+  steps; tests/test_keras.py).
 
 Neither uses AMSGrad: Keras's Adam defaults to `amsgrad=False` and the seed report used the
 default, so `KerasAdam` has no such option.
@@ -33,7 +34,9 @@ class KerasAdam(torch.optim.Optimizer):
     computed there, in the parameter's dtype as Keras does, in every mode: a step never reads a
     value back to the host, and with `capturable=True` it can be recorded in a CUDA graph.
     `capturable` changes no arithmetic; it also tells `load_state_dict` to move step counts onto
-    the parameters' devices, as it does for PyTorch's optimizers.
+    the parameters' devices, as it does for PyTorch's optimizers. Each parameter counts its own
+    steps (PyTorch's state layout); Keras counts one `iterations` for all, the same thing as long
+    as every parameter gets a gradient at every step, as in cnnlab's nets.
     """
 
     def __init__(
