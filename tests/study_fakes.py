@@ -13,6 +13,8 @@ import math
 import time
 from pathlib import Path
 
+import numpy as np
+
 from cnnlab import study
 from cnnlab.config import RunConfig
 from cnnlab.metrics import RunResult
@@ -78,7 +80,30 @@ def fake_fit(config: RunConfig, data, *, device="auto", progress=None) -> RunRes
         "data_source": "synthetic",
         "data_sha256": "",
     }
-    return RunResult(config, "diverged" if diverged else "done", history, metrics, {})
+    labels = getattr(data, "test_labels", None)
+    labels = np.arange(100) % 10 if labels is None else np.asarray(labels)
+    predictions = labels.astype(np.int16)
+    wrong = np.arange(len(labels)) % 4 == config.seed % 4  # a quarter of the test set
+    predictions[wrong] = (labels[wrong] + 1 + config.seed) % 10
+    status = "diverged" if diverged else "done"
+    return RunResult(config, status, history, metrics, fake_weights(config.seed), predictions)
+
+
+def fake_weights(seed: int) -> dict[str, np.ndarray]:
+    """A first conv layer of 16 recognisable 3x3x3 kernels (edges, spots, colours), jittered."""
+    bases = [
+        [[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]],  # vertical edges
+        [[-1, -2, -1], [0, 0, 0], [1, 2, 1]],  # horizontal edges
+        [[-1, -1, -1], [-1, 8, -1], [-1, -1, -1]],  # spots
+        [[1, 1, 1], [1, 1, 1], [1, 1, 1]],  # brightness
+    ]
+    colours = [(1, 1, 1), (1, -1, 0), (0, 1, -1), (-1, 0, 1)]
+    kernels = np.array(
+        [[np.multiply(base, c) for c in colour] for base in bases for colour in colours],
+        dtype=np.float32,
+    )
+    jitter = np.random.default_rng(seed).normal(0, 0.1, kernels.shape).astype(np.float32)
+    return {"layers.0.weight": (kernels + jitter) / 8, "layers.0.bias": np.zeros(16, np.float32)}
 
 
 def study_records(study_file: Path, out: Path, data, **options) -> dict[str, RunRecord]:
@@ -115,8 +140,14 @@ grid = {grid}
 """
 
 
-def fake_save_run(result: RunResult, run_dir, class_names) -> dict[str, str]:
-    """Write the files `save_run` promises (small stand-ins) and return name -> path."""
+def fake_save_run(
+    result: RunResult, run_dir, class_names, *, test_images=None, test_labels=None
+) -> dict[str, str]:
+    """Write the files `save_run` promises (small stand-ins) and return name -> path.
+
+    The NumPy files have `save_run`'s format; without test images (the call before save_run took
+    them) the misclassified sample shows coloured stand-ins labelled like `zeros_cifar`'s.
+    """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     paths = {
@@ -129,7 +160,49 @@ def fake_save_run(result: RunResult, run_dir, class_names) -> dict[str, str]:
     paths["metrics"].write_text(json.dumps(result.metrics))
     paths["history_png"].write_bytes(_tiny_png())
     paths["weights"].write_bytes(b"fake weights")
+    if result.test_predictions is not None:
+        predictions = np.asarray(result.test_predictions, dtype=np.int16)
+        paths["predictions_test"] = run_dir / "predictions_test.npy"
+        np.save(paths["predictions_test"], predictions, allow_pickle=False)
+        labels = np.arange(len(predictions)) % 10 if test_labels is None else test_labels
+        labels = np.asarray(labels, dtype=np.int16)
+        wrong = np.flatnonzero(labels != predictions)[:32]
+        images = _stand_in_images(labels) if test_images is None else np.asarray(test_images)
+        paths["misclassified_test"] = run_dir / "misclassified_test.npz"
+        np.savez(
+            paths["misclassified_test"],
+            images=images[wrong].astype(np.uint8),
+            index=wrong.astype(np.int32),
+            true=labels[wrong],
+            predicted=predictions[wrong],
+        )
+    kernels = [w for w in result.state_dict.values() if np.ndim(w) == 4]
+    if kernels:
+        paths["kernels_first"] = run_dir / "kernels_first.npy"
+        np.save(paths["kernels_first"], np.asarray(kernels[0], np.float32), allow_pickle=False)
     return {name: str(path) for name, path in paths.items()}
+
+
+def _stand_in_images(labels) -> np.ndarray:
+    """32x32 RGB pictures: a colour per class with a light diagonal band, one per label."""
+    hues = np.array(
+        [
+            [200, 60, 50],
+            [230, 150, 40],
+            [220, 210, 60],
+            [90, 170, 70],
+            [40, 150, 150],
+            [50, 110, 200],
+            [110, 70, 190],
+            [190, 70, 160],
+            [120, 120, 120],
+            [60, 40, 30],
+        ]
+    )
+    row, column = np.mgrid[0:32, 0:32]
+    band = (np.abs(row - column) < 5)[..., None]
+    images = np.where(band, 235, hues[np.asarray(labels) % 10][:, None, None, :])
+    return images.astype(np.uint8)
 
 
 def zeros_cifar(train_count: int = 50_000):

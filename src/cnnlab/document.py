@@ -66,6 +66,19 @@ class Document:
         return "\n".join(lines)
 
     def html(self) -> str:
+        """A whole self-contained page."""
+        style = _css("body")
+        return _HTML_PAGE.format(title=html.escape(self.title), style=style, body=self.html_body())
+
+    def html_fragment(self) -> str:
+        """The body alone in a `div` with its own scoped style: for a notebook's output cell."""
+        style = _css(f".{FRAGMENT_CLASS}")
+        return (
+            f'<div class="{FRAGMENT_CLASS}">\n<style>\n{style}</style>\n{self.html_body()}\n</div>'
+        )
+
+    def html_body(self) -> str:
+        """The blocks as HTML elements, images embedded as data URIs."""
         body = [f"<h1>{_inline(self.title)}</h1>"]
         for kind, value in self.blocks:
             if kind == "heading":
@@ -93,7 +106,7 @@ class Document:
                     f'<figure><img src="data:image/png;base64,{data}" alt="{alt}">'
                     f"<figcaption>{_inline(value.caption)}</figcaption></figure>"
                 )
-        return _HTML_PAGE.format(title=html.escape(self.title), body="\n".join(body))
+        return "\n".join(body)
 
 
 _NUMBER = re.compile(r"[-+–]?[\d.,]+(e[-+]?\d+)?( ± [\d.,]+)?( \(\d+\))?|–")
@@ -113,6 +126,53 @@ def _inline(text: str) -> str:
     return re.sub(r"(?<![*\w])\*([^*\s][^*]*)\*(?![*\w])", r"<em>\1</em>", escaped)
 
 
+FRAGMENT_CLASS = "cnnlab-report"  # the wrapper of `Document.html_fragment`
+
+# (selector, declarations); "ROOT" is `body` in a page and the wrapper's class in a fragment.
+_STYLE = (
+    (
+        "ROOT",
+        'font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1d1d1f;'
+        " max-width: 980px; margin: 2rem auto; padding: 0 1.25rem; line-height: 1.5;",
+    ),
+    ("h1", "font-size: 1.9rem; margin-bottom: .25rem;"),
+    ("h2", "border-bottom: 2px solid #e5e5ea; padding-bottom: .25rem; margin-top: 2.5rem;"),
+    ("h3", "margin-top: 1.75rem;"),
+    (
+        "table",
+        "border-collapse: collapse; margin: 1rem 0; font-size: .92rem;"
+        " font-variant-numeric: tabular-nums;",
+    ),
+    ("th, td", "border: 1px solid #d2d2d7; padding: .3rem .6rem; text-align: left;"),
+    ("th", "text-align: center; background: #f5f5f7;"),
+    ("td.number", "text-align: right;"),
+    ("td", "white-space: nowrap;"),
+    ("td:last-child", "white-space: normal;"),
+    ("tbody tr:nth-child(even)", "background: #fafafa;"),
+    ("table.facts td", "text-align: left; white-space: normal;"),
+    (
+        "table.facts td:first-child",
+        "font-weight: 600; background: #f5f5f7; white-space: nowrap;",
+    ),
+    ("figure", "margin: 1.25rem 0; text-align: center;"),
+    ("img", "max-width: 100%; height: auto;"),
+    ("figcaption", "color: #6e6e73; font-size: .9rem;"),
+    ("code", "background: #f5f5f7; padding: 0 .25rem; border-radius: 3px; font-size: .9em;"),
+)
+
+
+def _css(root: str) -> str:
+    """The style sheet with every selector under `root` (a page's body or a fragment's div)."""
+    rules = []
+    for selectors, declarations in _STYLE:
+        scoped = ", ".join(
+            root if selector == "ROOT" else f"{root} {selector}"
+            for selector in (part.strip() for part in selectors.split(","))
+        )
+        rules.append(f"{scoped} {{ {declarations} }}")
+    return "\n".join(rules) + "\n"
+
+
 _HTML_PAGE = """<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -120,27 +180,7 @@ _HTML_PAGE = """<!DOCTYPE html>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{title}</title>
 <style>
-body {{ font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1d1d1f;
-  max-width: 980px; margin: 2rem auto; padding: 0 1.25rem; line-height: 1.5; }}
-h1 {{ font-size: 1.9rem; margin-bottom: .25rem; }}
-h2 {{ border-bottom: 2px solid #e5e5ea; padding-bottom: .25rem; margin-top: 2.5rem; }}
-h3 {{ margin-top: 1.75rem; }}
-table {{ border-collapse: collapse; margin: 1rem 0; font-size: .92rem;
-  font-variant-numeric: tabular-nums; }}
-th, td {{ border: 1px solid #d2d2d7; padding: .3rem .6rem; text-align: left; }}
-th {{ text-align: center; }}
-td.number {{ text-align: right; }}
-td {{ white-space: nowrap; }}
-td:last-child {{ white-space: normal; }}
-th {{ background: #f5f5f7; }}
-tbody tr:nth-child(even) {{ background: #fafafa; }}
-table.facts td {{ text-align: left; white-space: normal; }}
-table.facts td:first-child {{ font-weight: 600; background: #f5f5f7; white-space: nowrap; }}
-figure {{ margin: 1.25rem 0; text-align: center; }}
-img {{ max-width: 100%; height: auto; }}
-figcaption {{ color: #6e6e73; font-size: .9rem; }}
-code {{ background: #f5f5f7; padding: 0 .25rem; border-radius: 3px; font-size: .9em; }}
-</style>
+{style}</style>
 </head>
 <body>
 {body}

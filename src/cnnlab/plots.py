@@ -293,3 +293,134 @@ def class_samples_figure(
             if column == 0:
                 axes.set_ylabel(class_name, rotation=0, ha="right", va="center", fontsize=9)
     return figure
+
+
+# --- what the best run learned (cnnlab.report) --------------------------------------------------
+
+
+def misclassified_figure(images, true_names: list[str], predicted_names: list[str], title: str):
+    """A grid of misclassified 32×32 images, each titled with its true and predicted class."""
+    columns = min(8, max(len(images), 1))
+    rows = -(-len(images) // columns)
+    figure = Figure(figsize=(1.15 * columns + 0.2, 1.42 * rows + 0.45), layout="constrained")
+    figure.suptitle(title, fontsize=11)
+    axes_grid = figure.subplots(rows, columns, squeeze=False)
+    for axes in axes_grid.flat:
+        axes.set_axis_off()
+    for axes, image, true, predicted in zip(
+        axes_grid.flat, images, true_names, predicted_names, strict=False
+    ):
+        axes.imshow(image, interpolation="nearest")
+        axes.set_title(f"{true}\n→ {predicted}", fontsize=8, linespacing=1.15)
+    return figure
+
+
+def kernel_picture(kernel):
+    """A C x kh x kw kernel as a kh x kw x 3 picture in 0..1, stretched over its own range."""
+    import numpy as np
+
+    kernel = np.asarray(kernel, dtype=np.float64)
+    low, high = kernel.min(), kernel.max()
+    stretched = (kernel - low) / (high - low) if high > low else np.full_like(kernel, 0.5)
+    picture = np.moveaxis(stretched, 0, -1)
+    return picture if picture.shape[2] == 3 else picture.mean(axis=2)
+
+
+def kernels_figure(kernels, title: str) -> Figure:
+    """A conv layer's kernels (filters x 3 x kh x kw): each as an RGB picture, then per channel.
+
+    The RGB row stretches each filter to its own range (a colour shows which input colour it
+    weighs up); the channel rows share one symmetric scale, so their strengths compare.
+    """
+    import numpy as np
+
+    kernels = np.asarray(kernels, dtype=np.float64)
+    filters, channels = kernels.shape[:2]
+    limit = float(np.abs(kernels).max()) or 1.0
+    rgb = channels == 3
+    rows = channels + (1 if rgb else 0)
+    figure = Figure(figsize=(0.62 * filters + 1.6, 0.7 * rows + 0.7), layout="constrained")
+    figure.suptitle(title, fontsize=11)
+    axes_grid = figure.subplots(rows, filters, squeeze=False)
+    row_names = (["RGB"] if rgb else []) + (
+        ["red", "green", "blue"] if rgb else [f"in {c}" for c in range(channels)]
+    )
+    image = None
+    for column in range(filters):
+        kernel = kernels[column]
+        panels = []
+        if rgb:
+            panels.append((kernel_picture(kernel), {}))
+        panels += [
+            (kernel[c], {"cmap": "RdBu_r", "vmin": -limit, "vmax": limit}) for c in range(channels)
+        ]
+        for row, (pixels, style) in enumerate(panels):
+            axes = axes_grid[row, column]
+            shown = axes.imshow(pixels, interpolation="nearest", **style)
+            if style:
+                image = shown
+            axes.set_xticks([])
+            axes.set_yticks([])
+            if row == 0:
+                axes.set_title(str(column + 1), fontsize=8)
+            if column == 0:
+                axes.set_ylabel(row_names[row], rotation=0, ha="right", va="center", fontsize=8)
+    if image is not None:
+        colourbar = figure.colorbar(image, ax=axes_grid[-channels:, :], shrink=0.9, pad=0.01)
+        colourbar.ax.tick_params(labelsize=7)
+    return figure
+
+
+def responses_figure(image, hand, learned, title: str, columns: int = 6) -> Figure:
+    """An image, the hand-made kernels' responses, then each learned kernel's response.
+
+    `image` is H x W x 3 uint8; `hand` holds (name, kernel, response) with 2-D kernels;
+    `learned` holds (name, RGB picture of the kernel, response). Responses are signed: white is
+    0, red positive, blue negative, each panel scaled to its own 99.5th percentile of |value|.
+    """
+    import numpy as np
+
+    height, width = image.shape[:2]
+    panel_width = 9.6 / columns
+    panel_height = panel_width * height / width + 0.32
+    learned_rows = -(-len(learned) // columns)
+    figure = Figure(figsize=(9.6, panel_height * (1 + learned_rows) + 0.9), layout="constrained")
+    figure.suptitle(title, fontsize=11)
+    top, bottom = figure.subfigures(2, 1, height_ratios=[1, max(learned_rows, 1)])
+    top.suptitle("hand-made kernels (the seed's part 1), on the red channel", fontsize=10)
+    bottom.suptitle(
+        "learned first-layer kernels (part 2), on all three channels, summed", fontsize=10
+    )
+
+    def show(axes, response) -> None:
+        limit = float(np.percentile(np.abs(response), 99.5)) or 1.0
+        axes.imshow(response, cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
+
+    top_axes = top.subplots(1, columns, squeeze=False)[0]
+    top_axes[0].imshow(image, interpolation="nearest")
+    top_axes[0].set_title("input", fontsize=9)
+    for axes, (name, kernel, response) in zip(top_axes[1:], hand, strict=False):
+        show(axes, response)
+        axes.set_title(name, fontsize=9)
+        axes.set_xlabel(_kernel_text(kernel), family="monospace", fontsize=7)
+    for axes in top_axes:
+        axes.set_xticks([])
+        axes.set_yticks([])
+        for spine in axes.spines.values():
+            spine.set_visible(bool(axes.images))
+    for axes in top_axes[1 + len(hand) :]:
+        axes.set_visible(False)
+    bottom_axes = list(bottom.subplots(max(learned_rows, 1), columns, squeeze=False).flat)
+    for axes in bottom_axes:
+        axes.set_xticks([])
+        axes.set_yticks([])
+    for axes, (name, picture, response) in zip(bottom_axes, learned, strict=False):
+        show(axes, response)
+        axes.set_title(name, fontsize=9)
+        inset = axes.inset_axes((0.0, 0.0, 0.22, 0.22 * width / height))
+        inset.imshow(picture, interpolation="nearest")
+        inset.set_xticks([])
+        inset.set_yticks([])
+    for axes in bottom_axes[len(learned) :]:
+        axes.set_visible(False)
+    return figure

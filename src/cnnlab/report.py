@@ -1,12 +1,15 @@
 """A study's results -> tables, plots and observations -> report.md and a self-contained HTML.
 
 The report reads only the study folder: the store (runs, metrics, histories, and the study file's
-text as it ran) and the run folders' figures. The seed report's numbers come from the study file's
+text as it ran) and the run folders' figures and NumPy files (test predictions, misclassified
+test images, first-layer kernels; runs saved before cnnlab wrote them are reported without
+those figures). The seed report's numbers come from the study file's
 `[[experiments.NAME.reference]]` rows, so no number of SEED.md is written here.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import itertools
 import json
@@ -19,13 +22,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from matplotlib.figure import Figure
 
-from cnnlab import atomic, plots
+from cnnlab import atomic, conv, imaging, plots
+from cnnlab.config import RunConfig
 from cnnlab.document import FILES_FOLDER, Document, Image
 from cnnlab.errors import CnnlabError
 from cnnlab.machine import machine_description
 from cnnlab.metrics import versions as installed_versions
+from cnnlab.stats import WelchResult, welch_t_test
 from cnnlab.store import FINISHED, RunRecord, Store
 from cnnlab.studyfile import Experiment, Study, load_study
 from cnnlab.tables import show_value
@@ -39,6 +45,10 @@ METRIC_LABELS = {
 FIELD_LABELS = {"train_size": "n", "l1": "L1 weight", "arch": "architecture"}
 COLLAPSE_MARGIN = 0.02  # test accuracy this close to the baseline counts as a collapsed model
 OVERFIT_RISE = 0.02  # a final validation loss this much above its minimum counts as over-fitting
+SIGNIFICANCE = 0.05  # a difference with a two-sided Welch p-value below this counts as real
+CONFUSED_PAIRS = 3  # most-confused class pairs listed per experiment's best run
+HAND_KERNELS = ("laplacian8", "laplacian4-boost")  # the seed report's two kernels (part 1)
+SAMPLE_REDUCTION = 2  # the drawn samples are averaged down by this factor before filtering
 
 
 # --- numbers ----------------------------------------------------------------------------------
@@ -149,8 +159,36 @@ def _artifact(study_dir: Path, record: RunRecord, suffix: str) -> bytes | None:
 # --- the report -------------------------------------------------------------------------------
 
 
-def write_report(study_dir: str | os.PathLike[str]) -> dict[str, Path]:
-    """Write report.md (+ report_files/*.png) and self-contained report.html; returns paths."""
+@dataclass
+class Report:
+    """A study's report: write it to the study folder, or show it inline in a notebook."""
+
+    study_dir: Path
+    document: Document
+
+    def markdown(self) -> str:
+        return self.document.markdown()
+
+    def html(self) -> str:
+        """The whole self-contained page (report.html)."""
+        return self.document.html()
+
+    def _repr_html_(self) -> str:
+        return self.document.html_fragment()
+
+    def write(self) -> dict[str, Path]:
+        """Write report.md (+ report_files/*.png) and report.html beside the results."""
+        files = self.study_dir / FILES_FOLDER
+        for image in self.document.images():
+            atomic.write_bytes(files / image.name, image.png)
+        paths = {"md": self.study_dir / "report.md", "html": self.study_dir / "report.html"}
+        atomic.write_text(paths["md"], self.document.markdown())
+        atomic.write_text(paths["html"], self.document.html())
+        return paths
+
+
+def build(study_dir: str | os.PathLike[str]) -> Report:
+    """The report of the study in `study_dir`, read from that folder alone (nothing written)."""
     study_dir = Path(study_dir)
     with Store.open(study_dir, create=False) as store:
         meta = store.meta()
@@ -160,14 +198,12 @@ def write_report(study_dir: str | os.PathLike[str]) -> dict[str, Path]:
     study = load_study(
         study_dir / f"{meta['study_name']}.toml", meta["study_text"], check_architectures=False
     )
-    document = build_report(study, records, meta, study_dir)
-    files = study_dir / FILES_FOLDER
-    for image in document.images():
-        atomic.write_bytes(files / image.name, image.png)
-    paths = {"md": study_dir / "report.md", "html": study_dir / "report.html"}
-    atomic.write_text(paths["md"], document.markdown())
-    atomic.write_text(paths["html"], document.html())
-    return paths
+    return Report(study_dir, build_report(study, records, meta, study_dir))
+
+
+def write_report(study_dir: str | os.PathLike[str]) -> dict[str, Path]:
+    """Write report.md (+ report_files/*.png) and self-contained report.html; returns paths."""
+    return build(study_dir).write()
 
 
 def build_report(
@@ -188,10 +224,12 @@ def build_report(
     observations: list[str] = []
     class_names = json.loads(meta.get("class_names", "[]"))
     for experiment in study.experiments:
-        _experiment_section(document, experiment, records, study_dir, observations)
+        _experiment_section(document, study, experiment, records, study_dir, observations)
+    _per_class_section(document, study, records, class_names)
     finished = [r for r in records if r.status in FINISHED and "test_accuracy" in r.metrics]
     if finished:
-        _best_run_section(document, finished, class_names, observations)
+        best = _best_run_section(document, finished, class_names, observations, study_dir)
+        _kernel_section(document, best, study_dir)
     document.heading("Observations")
     document.bullets(observations or ["No finished runs yet."])
     problems = [r for r in records if r.status in ("diverged", "failed")]
@@ -210,6 +248,7 @@ _STATUS_ORDER = ("done", "diverged", "failed", "running", "pending")
 
 def _experiment_section(
     document: Document,
+    study: Study,
     experiment: Experiment,
     records: list[RunRecord],
     study_dir: Path,
@@ -234,6 +273,7 @@ def _experiment_section(
             row.append(_stat(point.records, metric).show(metric))
         rows.append(row)
     document.table(headers, rows)
+    _significance(document, study, experiment, points, observations)
     if "fit_seconds" in referenced:
         document.paragraph(
             "Fit times: the report's on its author's machine, ours on the device named under"
@@ -443,9 +483,249 @@ def _overfit_epoch(record: RunRecord) -> int | None:
     return best + 1 if rose and best + 1 <= len(losses) - 2 else None
 
 
-def _best_run_section(
-    document: Document, finished: list[RunRecord], class_names: list[str], notes: list[str]
+# --- is a difference real? ----------------------------------------------------------------------
+
+
+@dataclass
+class _Comparison:
+    first: _Point
+    second: _Point
+    roles: list[str]  # "neighbours" and/or "baseline"
+    result: WelchResult | None  # None: a point with fewer than two runs
+
+
+def _baseline_point(study: Study, experiment: Experiment, points: list[_Point]) -> tuple[int, str]:
+    """The point the others are held against, and why it was chosen.
+
+    The point whose grid values are the study's defaults (the seed model's configuration), else
+    the experiment's first point.
+    """
+    defaults = {field.name: field.default for field in dataclasses.fields(RunConfig)}
+    defaults |= study.defaults | experiment.fixed
+    for index, point in enumerate(points):
+        if point.values and all(defaults.get(k) == v for k, v in point.values.items()):
+            return index, "the point that matches the study's defaults"
+    return 0, "the experiment's first point: no point matches the study's defaults"
+
+
+def _comparisons(points: list[_Point], baseline: int) -> list[_Comparison]:
+    """Neighbouring points, then each point against the baseline; a pair appears once."""
+    pairs: dict[tuple[int, int], list[str]] = {}
+    for index in range(1, len(points)):
+        pairs.setdefault((index - 1, index), []).append("neighbours")
+    for index in range(len(points)):
+        if index != baseline:
+            pairs.setdefault(tuple(sorted((baseline, index))), []).append("baseline")
+    comparisons = []
+    for (first, second), roles in pairs.items():
+        a = _stat(points[first].records, "test_accuracy").values
+        b = _stat(points[second].records, "test_accuracy").values
+        result = welch_t_test(a, b) if len(a) > 1 and len(b) > 1 else None
+        comparisons.append(_Comparison(points[first], points[second], roles, result))
+    return comparisons
+
+
+def _verdict(result: WelchResult | None) -> str:
+    if result is None:
+        return "one run: no test possible"
+    if math.isnan(result.p):
+        return "identical values: nothing to test"
+    if math.isinf(result.t):
+        return "**real**: neither point varies at all"
+    if result.p < SIGNIFICANCE:
+        return f"**real** (p < {SIGNIFICANCE:g})"
+    return "not distinguishable from noise"
+
+
+def _show_p(p: float) -> str:
+    return "–" if math.isnan(p) else f"{p:.2g}"
+
+
+def _significance(
+    document: Document,
+    study: Study,
+    experiment: Experiment,
+    points: list[_Point],
+    observations: list[str],
 ) -> None:
+    """Welch's t-test on test accuracy between neighbouring points and against the baseline."""
+    measured = [p for p in points if _stat(p.records, "test_accuracy").n]
+    if len(points) < 2 or len(measured) < 2:
+        return
+    counts = [_stat(p.records, "test_accuracy").n for p in points]
+    if max(counts) < 2:
+        document.paragraph(
+            "Each point has a single run, so there is no run-to-run spread to measure and no"
+            " statement is possible about which differences are real; run the study with"
+            " `--repeats 3` or more."
+        )
+        return
+    baseline, why = _baseline_point(study, experiment, points)
+    comparisons = _comparisons(points, baseline)
+    document.paragraph(
+        "Is a difference larger than the run-to-run noise? Welch's t-test (two-sided, unequal"
+        " variances) on the test accuracy of the repeats, between neighbouring points and"
+        f" against the baseline **{_label(experiment, points[baseline])}** ({why}). A difference"
+        f" counts as **real** when p < {SIGNIFICANCE:g}; at that threshold about one comparison"
+        " in 20 between truly equal points still comes out real, and with few repeats a small"
+        " real difference can go unseen. Differences are the later point minus the earlier."
+    )
+    rows = []
+    for comparison in comparisons:
+        result = comparison.result
+        rows.append(
+            [
+                f"{_label(experiment, comparison.first)} → {_label(experiment, comparison.second)}",
+                ", ".join(comparison.roles),
+                _stat(comparison.first.records, "test_accuracy").show("test_accuracy"),
+                _stat(comparison.second.records, "test_accuracy").show("test_accuracy"),
+                "–" if result is None else f"{result.mean_difference:+.3f}",
+                "–" if result is None or math.isnan(result.t) else f"{result.t:.2f}",
+                "–" if result is None or math.isnan(result.df) else f"{result.df:.1f}",
+                "–" if result is None else _show_p(result.p),
+                _verdict(result),
+            ]
+        )
+    document.table(
+        ["comparison", "against", "from", "to", "difference", "t", "df", "p", "verdict"], rows
+    )
+    tested = [c for c in comparisons if c.result is not None and not math.isnan(c.result.p)]
+    real = [c for c in tested if c.result.p < SIGNIFICANCE]
+    if tested:
+        observations.append(
+            f"**{experiment.title}**: {len(real)} of {len(tested)} tested differences in test"
+            " accuracy are larger than the run-to-run noise (Welch's t-test,"
+            f" p < {SIGNIFICANCE:g})."
+        )
+
+
+# --- classes ----------------------------------------------------------------------------------
+
+
+def per_class_accuracy(matrix: list[list[int]]) -> list[float]:
+    """Each true class's share of correct predictions (rows: true class, columns: predicted)."""
+    counts = np.asarray(matrix, dtype=np.float64)
+    totals = counts.sum(axis=1)
+    return [float(c / t) if t else math.nan for c, t in zip(np.diag(counts), totals, strict=True)]
+
+
+def confused_pairs(matrix: list[list[int]], count: int) -> list[tuple[int, int, int, int]]:
+    """The `count` class pairs most often mixed up: (class a, class b, a→b, b→a), most first."""
+    counts = np.asarray(matrix, dtype=np.int64)
+    pairs = [
+        (int(counts[a, b] + counts[b, a]), a, b)
+        for a, b in itertools.combinations(range(len(counts)), 2)
+    ]
+    pairs = sorted((p for p in pairs if p[0] > 0), key=lambda p: (-p[0], p[1], p[2]))[:count]
+    return [(a, b, int(counts[a, b]), int(counts[b, a])) for _, a, b in pairs]
+
+
+def _test_matrix(record: RunRecord) -> list[list[int]] | None:
+    matrix = (record.metrics.get("confusion_matrix") or {}).get("test")
+    return matrix if matrix and len(matrix) == len(matrix[0]) else None
+
+
+def _per_class_section(
+    document: Document, study: Study, records: list[RunRecord], class_names: list[str]
+) -> None:
+    """Per-class test accuracy and the most-confused pairs of each experiment's best run."""
+    best_runs = []
+    for experiment in study.experiments:
+        mine = [
+            r
+            for r in records
+            if experiment.name in r.experiments
+            and r.status in FINISHED
+            and isinstance(r.metrics.get("test_accuracy"), int | float)
+            and _test_matrix(r) is not None
+        ]
+        if mine:
+            best_runs.append((experiment, max(mine, key=lambda r: r.metrics["test_accuracy"])))
+    if not best_runs:
+        return
+    document.heading("Per-class accuracy of each experiment's best run")
+    size = len(_test_matrix(best_runs[0][1]))
+    names = class_names if len(class_names) == size else [str(i) for i in range(size)]
+    document.paragraph(
+        "For each experiment, its run with the best test accuracy: the share of each class's test"
+        " images it labels correctly, and the class pairs it mixes up most (confusions counted"
+        " both ways)."
+    )
+    headers = ["class"]
+    columns = []
+    for experiment, record in best_runs:
+        headers.append(f"{experiment.title} (`{record.id[:8]}`)")
+        accuracies = per_class_accuracy(_test_matrix(record))
+        columns.append(accuracies if len(accuracies) == size else [math.nan] * size)
+    rows = [
+        [name, *("–" if math.isnan(c[i]) else f"{c[i]:.3f}" for c in columns)]
+        for i, name in enumerate(names)
+    ]
+    document.table(headers, rows)
+    items = []
+    for experiment, record in best_runs:
+        matrix = _test_matrix(record)
+        if len(matrix) != size:
+            continue
+        pairs = [
+            f"{names[a]} ↔ {names[b]} {ab + ba} ({names[a]}→{names[b]} {ab},"
+            f" {names[b]}→{names[a]} {ba})"
+            for a, b, ab, ba in confused_pairs(matrix, CONFUSED_PAIRS)
+        ]
+        where = _point_label(record.experiments[experiment.name])
+        items.append(
+            f"**{experiment.title}**, run `{record.id}` ({where}, seed {record.seed}, test accuracy"
+            f" {record.metrics['test_accuracy']:.3f}): " + ("; ".join(pairs) or "no confusions")
+        )
+    document.bullets(items)
+
+
+# --- the best run -----------------------------------------------------------------------------
+
+
+def _run_file(study_dir: Path, record: RunRecord, name: str) -> Path | None:
+    """A file the run's folder listed under artifact `name` (or with that file name)."""
+    for key, relative in record.artifacts.items():
+        path = study_dir / relative
+        if (key == Path(name).stem or Path(relative).name == name) and path.is_file():
+            return path
+    return None
+
+
+def _load_misclassified(path: Path) -> dict[str, np.ndarray] | None:
+    """misclassified_test.npz as arrays, or None when it is not what `save_run` writes."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in ("images", "index", "true", "predicted")}
+    except (OSError, ValueError, KeyError, EOFError):
+        return None
+    images, count = arrays["images"], len(arrays["index"])
+    shapes_fit = images.ndim == 4 and images.shape[0] == count and images.shape[3] in (1, 3)
+    if not shapes_fit or images.dtype != np.uint8:
+        return None
+    if any(arrays[key].shape != (count,) for key in ("index", "true", "predicted")):
+        return None
+    return arrays
+
+
+def _load_kernels(path: Path) -> np.ndarray | None:
+    """kernels_first.npy (filters x in x kh x kw), or None when it is not that."""
+    try:
+        kernels = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return None
+    if kernels.ndim != 4 or kernels.dtype.kind != "f" or not np.isfinite(kernels).all():
+        return None
+    return kernels.astype(np.float64)
+
+
+def _best_run_section(
+    document: Document,
+    finished: list[RunRecord],
+    class_names: list[str],
+    notes: list[str],
+    study_dir: Path,
+) -> RunRecord:
     best = max(finished, key=lambda r: r.metrics["test_accuracy"])
     metrics = best.metrics
     document.heading("Best run and the baseline")
@@ -473,6 +753,150 @@ def _best_run_section(
         figure = plots.confusion_matrix_figure(matrix, names, f"Test set, run {best.id}")
         document.image(
             Image("best-confusion-test.png", _png(figure), "Confusion matrix of the best run")
+        )
+    _misclassified(document, best, class_names, study_dir)
+    return best
+
+
+def _misclassified(
+    document: Document, best: RunRecord, class_names: list[str], study_dir: Path
+) -> None:
+    path = _run_file(study_dir, best, "misclassified_test.npz")
+    if path is None:
+        document.paragraph(
+            f"Run `{best.id}` kept no misclassified test images (its folder was written before"
+            " cnnlab saved them, or without the test images), so there is no grid of its"
+            " mistakes here."
+        )
+        return
+    arrays = _load_misclassified(path)
+    if arrays is None:
+        document.paragraph(f"`{path.name}` of run `{best.id}` is unreadable: no grid of mistakes.")
+        return
+    if not len(arrays["index"]):
+        document.paragraph(f"Run `{best.id}` misclassified no test image.")
+        return
+
+    def name(label: int) -> str:
+        return class_names[label] if 0 <= label < len(class_names) else str(label)
+
+    figure = plots.misclassified_figure(
+        list(arrays["images"]),
+        [name(int(label)) for label in arrays["true"]],
+        [name(int(label)) for label in arrays["predicted"]],
+        f"Misclassified test images, run {best.id}",
+    )
+    document.image(
+        Image(
+            "best-misclassified.png",
+            _png(figure),
+            f"{len(arrays['index'])} misclassified test images of the best run, taken from each"
+            " true class in turn: true class above, predicted class below",
+        )
+    )
+
+
+# --- part 1 meets part 2 ------------------------------------------------------------------------
+
+
+def layer_responses(image: np.ndarray, kernels: np.ndarray) -> np.ndarray:
+    """What a first conv layer computes before its bias and activation, with `cnnlab.conv`.
+
+    `image` is H x W x C (the net sees pixels / 255), `kernels` filters x C x kh x kw; per filter,
+    the 'same' cross-correlation of each input channel with its slice, summed over the channels.
+    """
+    return np.stack(
+        [
+            sum(
+                conv.correlate2d(image[:, :, channel], kernel[channel], mode="same")
+                for channel in range(image.shape[2])
+            )
+            for kernel in kernels
+        ]
+    )
+
+
+def sample_images() -> dict[str, np.ndarray]:
+    """`cnnlab convolve --sample`'s two drawn images, averaged down by SAMPLE_REDUCTION.
+
+    Reduced so that a figure panel shows the filtered image pixel for pixel: drawn at full size
+    a 3x3 kernel's one-pixel response lines would be thinned away by the figure's resampling.
+    """
+    reduced = {}
+    for name, draw in imaging.SAMPLES.items():
+        image = draw().astype(np.float64)
+        height, width = (size // SAMPLE_REDUCTION for size in image.shape[:2])
+        image = image[: height * SAMPLE_REDUCTION, : width * SAMPLE_REDUCTION]
+        blocks = image.reshape(height, SAMPLE_REDUCTION, width, SAMPLE_REDUCTION, -1)
+        reduced[name] = blocks.mean(axis=(1, 3))
+    return reduced
+
+
+def _kernel_section(document: Document, best: RunRecord, study_dir: Path) -> None:
+    document.heading("Hand-made and learned kernels: the seed's part 1 meets part 2")
+    path = _run_file(study_dir, best, "kernels_first.npy")
+    kernels = None if path is None else _load_kernels(path)
+    if kernels is None:
+        reason = "kept no" if path is None else "has an unreadable"
+        document.paragraph(
+            f"The best run `{best.id}` {reason} copy of its first conv layer's kernels"
+            " (`kernels_first.npy`, written by cnnlab since it saves them), so its learned"
+            " kernels cannot be drawn here."
+        )
+        return
+    if kernels.shape[1] != 3:
+        document.paragraph(
+            f"The best run's first conv layer takes {kernels.shape[1]} channels, not RGB:"
+            " its kernels are not drawn."
+        )
+        return
+    filters, _, kernel_height, kernel_width = kernels.shape
+    document.paragraph(
+        f"The first conv layer of the best run `{best.id}` holds {filters} kernels of"
+        f" {kernel_height}×{kernel_width}×3 weights. Each is drawn as a picture (its weights"
+        " stretched to 0..1 per kernel, red, green and blue as the input channels they weigh),"
+        " then channel by channel on one shared scale (red: positive, blue: negative)."
+    )
+    figure = plots.kernels_figure(kernels, f"First-layer kernels, run {best.id}")
+    document.image(Image("best-kernels.png", _png(figure), "The best run's first-layer kernels"))
+    hand = [conv.parse_kernel(name) for name in HAND_KERNELS]
+    height, width = (size // SAMPLE_REDUCTION for size in imaging.SAMPLE_SIZE)
+    document.paragraph(
+        "Below, the seed report's two hand-made kernels and these learned ones on the two images"
+        f" `cnnlab convolve --sample` draws, averaged down {SAMPLE_REDUCTION}×{SAMPLE_REDUCTION}"
+        f" to {width}×{height} pixels, so that each panel shows its response pixel for pixel"
+        " (still four to five times CIFAR-10's 32×32, so the shapes stay recognisable). The"
+        " hand-made kernels filter the red channel, as the seed did; each learned kernel filters"
+        " all three channels of the image scaled to 0..1, as the network sees it, with"
+        " `cnnlab.conv.correlate2d` ('same', summed over the channels): the layer's output"
+        " before its bias and ReLU. Every response is signed: white is 0, red positive, blue"
+        " negative, each panel scaled to its own 99.5th percentile of |value|. The small square"
+        " in each learned panel is its kernel."
+    )
+    pictures = [plots.kernel_picture(kernel) for kernel in kernels]
+    for name, image in sample_images().items():
+        red = imaging.select_channel(image, "red")
+        hand_panels = [
+            (kernel_name, kernel, conv.correlate2d(red, kernel, mode="same"))
+            for kernel_name, kernel in hand
+        ]
+        responses = layer_responses(image / 255.0, kernels)
+        learned = [
+            (f"kernel {index + 1}", picture, response)
+            for index, (picture, response) in enumerate(zip(pictures, responses, strict=True))
+        ]
+        figure = plots.responses_figure(
+            np.clip(np.rint(image), 0, 255).astype(np.uint8),
+            hand_panels,
+            learned,
+            f"{name}: hand-made and learned kernels",
+        )
+        document.image(
+            Image(
+                f"kernels-{name}.png",
+                _png(figure),
+                f"`{name}`: the seed's two kernels (top) and the best run's first-layer kernels",
+            )
         )
 
 

@@ -20,16 +20,7 @@ def format_results(records: list[RunRecord], form: str = "table") -> str:
     """A study's runs as an aligned table, CSV (one flat row per run) or JSON (everything)."""
     if form == "json":  # strict JSON: a diverged run's NaN losses become null
         return json.dumps([_finite(dataclasses.asdict(r)) for r in records], indent=2)
-    config_fields = sorted({key for r in records for key in r.config if key != "layers"})
-    headers = ["id", "status", "experiments", *config_fields, *RESULT_METRICS]
-    headers += ["attempts", "reason"]
-    rows = []
-    for r in records:
-        metrics = [r.metrics.get(name, "") for name in RESULT_METRICS]
-        configs = [r.config.get(name, "") for name in config_fields]
-        rows.append(
-            [r.id, r.status, ";".join(r.experiments), *configs, *metrics, r.attempts, r.reason]
-        )
+    headers, rows = _flat_rows(records, missing="")
     if form == "csv":
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
@@ -52,6 +43,31 @@ def format_results(records: list[RunRecord], form: str = "table") -> str:
         }
         lines.append([str(line[h]) for h in shown])
     return _aligned(shown, lines)
+
+
+def results_frame(records: list[RunRecord]) -> Any:
+    """A study's runs as a pandas DataFrame indexed by run id: the columns of the CSV export."""
+    try:
+        import pandas  # optional: only this function needs it
+    except ImportError:
+        raise CnnlabError("results_frame needs pandas: pip install pandas") from None
+    headers, rows = _flat_rows(records, missing=None)
+    return pandas.DataFrame(rows, columns=headers).set_index("id")
+
+
+def _flat_rows(records: list[RunRecord], missing: Any) -> tuple[list[str], list[list[Any]]]:
+    """One flat row per run: id, status, experiments, config fields, metrics, attempts, reason."""
+    config_fields = sorted({key for r in records for key in r.config if key != "layers"})
+    headers = ["id", "status", "experiments", *config_fields, *RESULT_METRICS]
+    headers += ["attempts", "reason"]
+    rows = []
+    for r in records:
+        metrics = [r.metrics.get(name, missing) for name in RESULT_METRICS]
+        configs = [r.config.get(name, missing) for name in config_fields]
+        rows.append(
+            [r.id, r.status, ";".join(r.experiments), *configs, *metrics, r.attempts, r.reason]
+        )
+    return headers, rows
 
 
 def compare_runs(runs: list[tuple[str, dict[str, Any], dict[str, Any]]]) -> str:
