@@ -346,7 +346,8 @@ class MlflowLogger:
         self.unchanged = 0
         self._experiment_id = ""
         self._parent_id = ""
-        self._existing: dict[str, list[Any]] = {}  # cnnlab run id -> its MLflow children
+        self._existing: dict[str, list[Any]] = {}  # cnnlab run id -> its children at start
+        self._created: dict[str, str] = {}  # cnnlab run id -> MLflow run id logged since
         self._active: dict[str, str] = {}  # cnnlab run id -> MLflow run id being written
         self._skipped: set[str] = set()
         self._pending: dict[str, list[Any]] = {}  # exported: metrics held until the run ends
@@ -386,6 +387,7 @@ class MlflowLogger:
 
     def started(self, record: RunRecord) -> None:
         entities = self._ml.entities
+        self._skipped.discard(record.id)
         existing = self._existing.pop(record.id, [])
         if (
             record.finished_at is not None
@@ -396,8 +398,11 @@ class MlflowLogger:
             self._skipped.add(record.id)
             self.unchanged += 1
             return
-        for run in existing:
-            self.client.delete_run(run.info.run_id)
+        stale = [run.info.run_id for run in existing]
+        if record.id in self._created:  # trained again since this logger started
+            stale.append(self._created.pop(record.id))
+        for mlflow_id in stale:
+            self.client.delete_run(mlflow_id)
         tags = {
             "mlflow.parentRunId": self._parent_id,
             "cnnlab.run_id": record.id,
@@ -409,7 +414,7 @@ class MlflowLogger:
             tags=tags,
             start_time=int(1000 * (record.started_at or time.time())),
         )
-        self._active[record.id] = child.info.run_id
+        self._active[record.id] = self._created[record.id] = child.info.run_id
         params = [
             entities.Param(key, _text(value)[:6000]) for key, value in sorted(record.config.items())
         ]
@@ -553,6 +558,13 @@ def open_logger(spec: str) -> StudyLogger:
     if kind == "tensorboard" and target:
         return TensorBoardLogger(target, live=True, option="--log tensorboard")
     if kind == "mlflow" and target:
+        try:
+            check_mlflow_uri(target)
+        except CnnlabError:
+            raise CnnlabError(
+                f"--log {spec!r}: expected mlflow:URI with an MLflow tracking URI:"
+                " sqlite:///FILE.db, file:///DIR or http(s)://HOST:PORT"
+            ) from None
         return MlflowLogger(target, live=True, option="--log mlflow")
     raise CnnlabError(
         f"--log {spec!r}: expected tensorboard:DIR or mlflow:URI"
