@@ -120,7 +120,12 @@ BAD_INPUT = [
     ("grid = { l1 = [0, 0.0001, 1] }", "grid = {}", "grid = {}", "empty grid"),
     ("grid = { l1 = [0, 0.0001, 1] }", "grid = { l1 = [] }", "l1 = []", "non-empty list"),
     ('kind = "l1"', 'kind = "l2"', 'kind = "l2"', "unknown kind 'l2'; valid kinds: size, l1"),
-    ("repeats = 2", "repeats = 0", "repeats = 0", "study.repeats: must be at least 1"),
+    (
+        "repeats = 2",
+        "repeats = 0",
+        "repeats = 0",
+        "study.repeats: must be between 1 and 1000, got 0",
+    ),
     ("train_size = 5000\nfit", "train_size = 7000\nfit", "train_size = 7000", "not among"),
     (
         '[experiments.l1]\ntitle = "L1"',
@@ -401,9 +406,13 @@ def test_runs_that_cannot_train_on_the_data_stop_before_any_training(
     mini, tmp_path, fake_training, capsys
 ):
     small = study_fakes.zeros_cifar(train_count=6000)
-    with pytest.raises(CnnlabError, match=r"experiments.sizes: train_size: 10000 must be between"):
+    with pytest.raises(
+        CnnlabError,
+        match=r"mini.toml:\d+: experiments.sizes.grid.train_size: 10000 must be between",
+    ):
         _run(mini, tmp_path / "out", small)
     assert fake_training == []
+    assert not (tmp_path / "out").exists()  # a new study leaves nothing behind
 
 
 def test_an_unavailable_device_is_one_clear_error(mini, tmp_path, fake_training, tiny_data):

@@ -164,8 +164,9 @@ def test_unavailable_device_says_which_are_there():
 
 
 def test_run_folder_round_trip(tiny_cifar, tiny_run, tmp_path):
-    paths = runfolder.save_run(tiny_run, tmp_path / "run", tiny_cifar.class_names)
-    assert {Path(path).name for path in paths.values()} == {
+    paths = runfolder.write_run_folder(tiny_run, tmp_path / "run", tiny_cifar.class_names)
+    assert all(Path(path).parent == tmp_path / "run" for path in paths.values())
+    assert {Path(path).name for path in paths.values()} >= {
         "config.json",
         "history.csv",
         "history.json",
@@ -175,7 +176,7 @@ def test_run_folder_round_trip(tiny_cifar, tiny_run, tmp_path):
         "confusion_train.png",
         "confusion_test.png",
     }
-    assert not [p for p in (tmp_path / "run").iterdir() if p.name.startswith(".")]  # no temp files
+    assert not [p for p in tmp_path.rglob(".*")]  # no temporary files or folders
     csv_lines = Path(paths["history_csv"]).read_text().splitlines()
     assert csv_lines[0] == ",".join(HISTORY_KEYS) and len(csv_lines) == 3
     metrics = json.loads(Path(paths["metrics"]).read_text())
@@ -193,7 +194,7 @@ def test_run_folder_round_trip(tiny_cifar, tiny_run, tmp_path):
 
 
 def test_load_run_refuses_a_folder_without_a_run(tmp_path):
-    with pytest.raises(CnnlabError, match="not a readable run folder"):
+    with pytest.raises(CnnlabError, match=r"config.json: cannot read .*; not a run folder"):
         runfolder.load_run(tmp_path)
 
 

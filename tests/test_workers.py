@@ -225,7 +225,7 @@ def test_a_study_in_workers_records_what_a_study_in_this_process_records(tiny_ci
         )
 
     parallel = run("parallel", 2)
-    assert "training on the CPU in 2 worker processes side by side" in lines
+    assert "training on the CPU in 2 worker processes side by side, 1 thread(s) each" in lines
     assert sum(line.startswith("[") for line in lines) == 3  # one start line per run
     lone = run("lone", 1)
     assert parallel.keys() == lone.keys() and len(lone) == 3

@@ -1,10 +1,11 @@
-"""Atomic file writes: write to a temporary file beside the target, then rename."""
+"""Atomic writes: a file or folder is written under a temporary name beside it, then renamed."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,3 +52,52 @@ def write_text(path: str | os.PathLike[str], text: str) -> None:
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     """Write `obj` as indented JSON to `path` atomically."""
     write_text(path, json.dumps(obj, indent=2, sort_keys=False, allow_nan=True) + "\n")
+
+
+TEMPORARY_SUFFIX = ".tmp"  # every temporary file or folder this module makes ends with it
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield an empty temporary folder beside `path`; it replaces `path` if the block succeeds.
+
+    A folder already at `path` is replaced whole (moved aside first, removed after), so readers
+    see the old folder or the new one, never a mixture; a failure or a kill leaves at most a
+    temporary folder, which `remove_temporaries` clears.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(
+        tempfile.mkdtemp(prefix=f".{target.name}.", suffix=TEMPORARY_SUFFIX, dir=target.parent)
+    )
+    try:
+        yield tmp
+        if target.exists() or target.is_symlink():
+            old = Path(
+                tempfile.mkdtemp(
+                    prefix=f".{target.name}.old.", suffix=TEMPORARY_SUFFIX, dir=target.parent
+                )
+            )
+            os.replace(target, old / "folder")
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def remove_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
+    """Remove what interrupted atomic writes left directly in `folder`; returns what it removed."""
+    removed = []
+    with contextlib.suppress(FileNotFoundError):
+        for entry in Path(folder).iterdir():
+            if not (entry.name.startswith(".") and TEMPORARY_SUFFIX in entry.name):
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed

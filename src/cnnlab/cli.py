@@ -7,6 +7,9 @@ prints as one line on stderr with exit code 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
+import os
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -144,6 +147,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     out = args.out or (
         f"runs/{config.arch}-{config.train_size}-seed{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
     )
+    runfolder.check_target(out)  # before training, not after
     with contextlib.ExitStack() as stack:
         if sys.stdout.isatty():
             from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -162,7 +166,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 print(_epoch_line(row), flush=True)
 
         result = train.fit(config, data, device=args.device, progress=progress)
-    runfolder.save_run(result, out, data.class_names)
+    runfolder.write_run_folder(result, out, data.class_names)
     metrics = result.metrics
     if result.status == "diverged":
         print(
@@ -433,3 +437,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("cnnlab: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader left (`cnnlab results | head -1`): stop quietly, as a shell tool would.
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
+    except OSError as error:
+        if error.errno not in _ENVIRONMENT_ERRORS:
+            raise
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"cnnlab: error: {where}{error.strerror or error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+# A full disk, a read-only or unwritable place, a quota: one line, not a traceback.
+_ENVIRONMENT_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+EXIT_BROKEN_PIPE = 141  # what a shell reports for a process ended by SIGPIPE
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that flushing it at exit raises nothing more."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())

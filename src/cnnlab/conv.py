@@ -97,6 +97,11 @@ BOUNDARY_ALIASES = {
     "reflect": "reflect",
 }
 METHODS = ("auto", "direct", "fft")
+# Kernels from a name, a literal or a file (what `parse_kernel` reads) stay at most this wide:
+# far past any filter a picture needs, and a box:100000 would be 80 GB.
+MAX_KERNEL_SIDE = 1025
+MAX_LITERAL_CHARACTERS = 1 << 20
+MAX_KERNEL_TEXT_BYTES = 64 << 20
 
 _MODE_CODES = {"valid": 0, "same": 1, "full": 2}  # a dict, so an unhashable mode is a TypeError
 _NUMPY_PAD_MODE = {"reflect": "reflect", "symmetric": "symmetric", "wrap": "wrap"}
@@ -836,6 +841,8 @@ def gaussian(size: int = 5, sigma: float | None = None) -> np.ndarray:
 def _check_size(size: int, name: str) -> None:
     if isinstance(size, bool) or not isinstance(size, int | np.integer) or size < 1:
         raise CnnlabError(f"{name} size must be an integer >= 1, not {size!r}")
+    if size > MAX_KERNEL_SIDE:
+        raise CnnlabError(f"{name} size {size}: at most {MAX_KERNEL_SIDE}")
 
 
 @dataclass(frozen=True)
@@ -936,9 +943,35 @@ def _parametric_kernel(family: str, parameters: str, spec: str) -> tuple[str, np
     return name, kernel
 
 
+def check_npy_size(path: Path, max_items: int, what: str) -> None:
+    """Refuse a .npy file whose header declares more than `max_items` or more than it holds."""
+    try:
+        with path.open("rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            shape, _, dtype = np.lib.format._read_array_header(handle, version)
+            offset = handle.tell()
+    except FileNotFoundError:
+        raise CnnlabError(f"{what} {path} does not exist") from None
+    except (OSError, ValueError, SyntaxError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else "bad header"
+        raise CnnlabError(f"cannot read {what} {path}: {first}") from None
+    items = math.prod(shape)
+    if items > max_items:
+        raise CnnlabError(f"{what} {path} declares {shape}: more than {max_items:,} values")
+    if offset + items * dtype.itemsize > path.stat().st_size:
+        raise CnnlabError(f"{what} {path} declares {shape} but the file is shorter (truncated)")
+
+
 def _parse_literal(text: str) -> np.ndarray:
+    if len(text) > MAX_LITERAL_CHARACTERS:
+        raise CnnlabError(
+            f"kernel literal of {len(text):,} characters; at most {MAX_LITERAL_CHARACTERS:,}"
+            " (use a .npy or .txt file)"
+        )
     try:
         value = json.loads(text)
+    except RecursionError:
+        raise CnnlabError("kernel literal nested too deeply; expected a matrix") from None
     except ValueError:
         try:
             value = ast.literal_eval(text)  # also accepts Python spellings; never eval()
@@ -970,8 +1003,13 @@ def _parse_literal(text: str) -> np.ndarray:
 def _load_kernel_file(path: Path) -> np.ndarray:
     try:
         if path.suffix.lower() == ".npy":
+            check_npy_size(path, MAX_KERNEL_SIDE**2 * 4, "kernel file")
             kernel = np.load(path, allow_pickle=False)
         else:
+            if path.stat().st_size > MAX_KERNEL_TEXT_BYTES:
+                raise CnnlabError(
+                    f"kernel file {path}: larger than {MAX_KERNEL_TEXT_BYTES:,} bytes of text"
+                )
             kernel = np.loadtxt(path, ndmin=2, dtype=np.float64)
     except FileNotFoundError:
         raise CnnlabError(f"kernel file {path} does not exist") from None

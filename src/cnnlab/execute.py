@@ -17,18 +17,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from cnnlab import batched, streams, train
+import torch
+
+from cnnlab import batched, ray_backend, streams, train
 from cnnlab import workers as workers_module
 from cnnlab.config import RunConfig, check_workers
 from cnnlab.data import Cifar10
+from cnnlab.errors import CnnlabError
 from cnnlab.events import Event
 from cnnlab.metrics import RunResult
 from cnnlab.streams import GroupTrainer
-
-if TYPE_CHECKING:
-    import torch
+from cnnlab.studyfile import BACKENDS
 
 
 @dataclass
@@ -53,15 +53,25 @@ def execute(
     device: str = "auto",
     workers: int | None = None,
     train_group: GroupTrainer | None = None,
+    backend: str = "local",
+    address: str | None = None,
 ) -> Execution:
     """Train every config by the fastest path for `device`, as a stream of events.
 
     `workers`: how many runs (CPU processes) or groups (CUDA streams) train at once; None picks
     (one process per core, up to 8 streams); 1 trains one after another in this process.
     `train_group` replaces `batched.train_together` (tests, custom trainers): the runs then
-    train one at a time, in this process.
+    train one at a time, in this process. `backend` "ray" trains the runs as Ray tasks
+    (`ray_backend`; `address`: a cluster's, else a local instance; `workers` does not apply).
     """
     check_workers(workers)
+    if backend not in BACKENDS:
+        raise CnnlabError(f"backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+    if backend == "ray":
+        if train_group is not None:
+            raise ValueError("train_group trains in this process: it needs backend='local'")
+        events = ray_backend.train_on_ray(configs, data, device=device, address=address)
+        return Execution(events, ray_backend.describe(address))
     target = train.resolve_device(device)
     if train_group is not None:
         events = streams.train_concurrently(
@@ -69,15 +79,21 @@ def execute(
         )
         return Execution(events, "training one run after another in this process")
     processes = workers_module.process_count(len(configs), target, workers)
+    threads = workers_module.threads_per_run(workers)
     if processes > 1:
-        events = workers_module.train_parallel(configs, data, processes=processes)
+        events = workers_module.train_parallel(configs, data, processes=processes, threads=threads)
         return Execution(
-            events, f"training on the CPU in {processes} worker processes side by side"
+            events,
+            f"training on the CPU in {processes} worker processes side by side,"
+            f" {threads} thread(s) each",
         )
     groups, count = plan_in_process(configs, target, workers)
     events = streams.train_concurrently(configs, groups, data, device=target, streams=count)
-    if target.type == "cpu" and count == 1:
-        return Execution(events, "training on the CPU in this process, one run after another")
+    if target.type == "cpu":
+        return Execution(
+            _with_threads(events, threads),
+            f"training on the CPU in this process, one run after another, {threads} thread(s)",
+        )
     return Execution(
         events,
         f"training {len(groups)} group(s) of runs on {target}, {count} at a time"
@@ -116,6 +132,17 @@ def train_all(
     finally:
         execution.close()
     return outcomes
+
+
+def _with_threads(events: Iterator[Event], threads: int) -> Iterator[Event]:
+    """`events`, with torch using `threads` CPU threads while they are drawn."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield from events
+    finally:
+        events.close()  # type: ignore[attr-defined]
+        torch.set_num_threads(previous)
 
 
 def _alone(configs: Sequence[RunConfig]) -> list[list[int]]:

@@ -23,6 +23,7 @@ SCALES = ("clip", "abs", "stretch")
 # ITU-R BT.601 luma, the weights of Pillow's "L" mode and OpenCV's BGR2GRAY.
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 SAMPLE_SIZE = (240, 320)  # height, width of the drawn samples
+MAX_IMAGE_PIXELS = 4096 * 4096  # an RGB float64 copy is 400 MB, and each result as much again
 
 
 # --- reading and channels -----------------------------------------------------------------------
@@ -39,6 +40,9 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
         return _read_array(path)
     try:
         with Image.open(path) as opened:
+            _check_pixels(
+                path, opened.size[0] * opened.size[1], f"{opened.size[0]}x{opened.size[1]}"
+            )
             upright = ImageOps.exif_transpose(opened)  # phone photos store their rotation in EXIF
             rgb = np.asarray(upright.convert("RGB"), dtype=np.float64)
     except UnidentifiedImageError:
@@ -50,7 +54,16 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     return rgb
 
 
+def _check_pixels(path: Path, pixels: int, size: str) -> None:
+    if pixels > MAX_IMAGE_PIXELS:
+        raise CnnlabError(
+            f"image {path} is {size}: more than {MAX_IMAGE_PIXELS:,} pixels (4096 x 4096)"
+            " would not fit in memory with its results; scale it down first"
+        )
+
+
 def _read_array(path: Path) -> np.ndarray:
+    conv.check_npy_size(path, MAX_IMAGE_PIXELS * 3, "array")
     try:
         array = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as error:

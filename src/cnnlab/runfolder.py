@@ -10,6 +10,8 @@ import csv
 import dataclasses
 import io
 import json
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ import numpy as np
 import torch
 
 from cnnlab import atomic, models, plots, train
-from cnnlab.config import RunConfig
+from cnnlab.config import DEFAULTS, ConfigError, RunConfig, check_value
 from cnnlab.data import Cifar10, stratified_subset
 from cnnlab.errors import CnnlabError
 from cnnlab.metrics import HISTORY_KEYS, Evaluation, RunResult
@@ -167,31 +169,96 @@ class SavedRun:
     model: models.ConvNet
 
 
+MAX_JSON_BYTES = 64 << 20  # a run folder's JSON files are kilobytes
+MAX_WEIGHTS_BYTES = 1 << 30  # the seed nets' weights are ~150 KB
+
+
 def load_run(run_dir: str | Path) -> SavedRun:
-    """Read a run folder written by `save_run` (weights with `weights_only=True`)."""
+    """Read a run folder written by `save_run`; anything else is one CnnlabError line.
+
+    The weights are read with `torch.load(weights_only=True)`: a file that is not a plain
+    state_dict of tensors is refused, never unpickled.
+    """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CnnlabError(f"{run_dir}: not a run folder")
+    config_data = _json_file(run_dir / "config.json", dict)
+    history = _json_file(run_dir / "history.json", list)
+    metrics = _json_file(run_dir / "metrics.json", dict)
+    config = _config_from(config_data, run_dir / "config.json")
+    state_dict = _weights_file(run_dir / "weights.pt")
     try:
-        config_data = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
-        history = json.loads((run_dir / "history.json").read_text(encoding="utf-8"))
-        metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
-        state_dict = torch.load(run_dir / "weights.pt", map_location="cpu", weights_only=True)
-    except (OSError, ValueError, RuntimeError) as error:
-        raise CnnlabError(f"{run_dir}: not a readable run folder ({error})") from None
-    known = {item.name for item in dataclasses.fields(RunConfig)}
-    unknown = sorted(set(config_data) - known)
-    if unknown:
-        raise CnnlabError(f"{run_dir / 'config.json'}: unknown keys {', '.join(unknown)}")
-    if config_data.get("layers") is not None:
-        config_data["layers"] = tuple(config_data["layers"])
-    config = RunConfig(**config_data)
-    model = models.build_model(config)
-    try:
+        model = models.build_model(config)
         model.load_state_dict(state_dict)
-    except RuntimeError as error:
-        raise CnnlabError(f"{run_dir / 'weights.pt'}: weights do not fit {config.arch}") from error
+    except CnnlabError as error:
+        raise CnnlabError(f"{run_dir / 'config.json'}: {error}") from None
+    except (RuntimeError, TypeError, ValueError, KeyError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CnnlabError(
+            f"{run_dir / 'weights.pt'}: weights do not fit {config.arch} ({reason})"
+        ) from None
     return SavedRun(config, history, metrics, model)
+
+
+def _json_file(path: Path, kind: type) -> Any:
+    try:
+        if path.stat().st_size > MAX_JSON_BYTES:
+            raise CnnlabError(f"{path}: larger than {MAX_JSON_BYTES:,} bytes; not a run's file")
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise CnnlabError(f"{path}: cannot read ({error.strerror}); not a run folder") from None
+    except (ValueError, RecursionError) as error:  # bad JSON, bad UTF-8, nested too deeply
+        reason = type(error).__name__ if isinstance(error, RecursionError) else error
+        raise CnnlabError(f"{path}: not valid JSON ({reason})") from None
+    if not isinstance(value, kind):
+        expected = "an object" if kind is dict else "a list"
+        raise CnnlabError(f"{path}: expected {expected}, got {type(value).__name__}")
+    return value
+
+
+def _config_from(data: dict[str, Any], path: Path) -> RunConfig:
+    """A RunConfig from config.json, every field checked by the config's own rules."""
+    known = {item.name for item in dataclasses.fields(RunConfig)}
+    unknown = sorted(str(key) for key in set(data) - known)
+    if unknown:
+        raise CnnlabError(f"{path}: unknown keys {', '.join(unknown)}")
+    fields = dict(data)
+    layers = fields.pop("layers", None)
+    if layers is not None and not (
+        isinstance(layers, list) and all(isinstance(layer, dict) for layer in layers)
+    ):
+        raise CnnlabError(f"{path}: layers: expected a list of layer objects")
+    try:
+        for name, value in fields.items():
+            if value is not None or DEFAULTS[name] is not None:
+                fields[name] = check_value(name, value)
+    except ConfigError as error:
+        raise CnnlabError(f"{path}: {error}") from None
+    return RunConfig(**fields, layers=None if layers is None else tuple(layers))
+
+
+def _weights_file(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        size = path.stat().st_size
+    except OSError as error:
+        raise CnnlabError(f"{path}: cannot read ({error.strerror}); not a run folder") from None
+    if size > MAX_WEIGHTS_BYTES:
+        raise CnnlabError(f"{path}: larger than {MAX_WEIGHTS_BYTES:,} bytes; not cnnlab's weights")
+    try:
+        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # torch's refusal of a pickle, a truncated or empty file, ...
+        raise CnnlabError(
+            f"{path}: not a plain state_dict of tensors; it will not be loaded (cnnlab only"
+            " reads weights with torch.load(weights_only=True))"
+        ) from None
+    if not (
+        isinstance(state_dict, dict)
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state_dict.items())
+    ):
+        raise CnnlabError(
+            f"{path}: holds a {type(state_dict).__name__}, not a state_dict of named tensors"
+        )
+    return state_dict
 
 
 def evaluate_run(
@@ -212,3 +279,30 @@ def evaluate_run(
         )
         results[split] = (labels, scores)
     return results
+
+
+def check_target(run_dir: str | Path) -> None:
+    """A run folder can be written at `run_dir`: a new path, or a run folder to replace."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CnnlabError(f"{run_dir}: exists and is not a folder")
+    if run_dir.is_dir() and any(run_dir.iterdir()) and not (run_dir / "config.json").is_file():
+        raise CnnlabError(f"{run_dir}: not empty and not a run folder; choose another --out")
+    parent = next((p for p in run_dir.absolute().parents if p.exists()), Path("/"))
+    if not parent.is_dir():
+        raise CnnlabError(f"{run_dir}: cannot create it: {parent} is not a folder")
+    if not os.access(parent if not run_dir.exists() else run_dir.parent, os.W_OK | os.X_OK):
+        raise CnnlabError(f"{run_dir}: cannot write there (permission denied)")
+
+
+def write_run_folder(
+    result: RunResult, run_dir: str | Path, class_names: Sequence[str], **options: Any
+) -> dict[str, str]:
+    """`save_run` into a temporary folder that replaces `run_dir` whole once every file is in.
+
+    A failure or a kill never leaves a half-written run folder (see `atomic.atomic_folder`).
+    """
+    run_dir = Path(run_dir)
+    with atomic.atomic_folder(run_dir) as tmp:
+        paths = save_run(result, tmp, class_names, **options)
+    return {name: str(run_dir / Path(path).relative_to(tmp)) for name, path in paths.items()}

@@ -22,11 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cnnlab.config import RunConfig, check_config, check_workers, run_id
+from cnnlab import atomic
+from cnnlab.config import ConfigError, RunConfig, check_config, check_workers, run_id
 from cnnlab.errors import CnnlabError
 from cnnlab.machine import machine_description
-from cnnlab.store import FINISHED, RunRecord, Store
-from cnnlab.studyfile import Experiment, Study, load_study
+from cnnlab.store import DATABASE_NAME, FINISHED, RunRecord, Store
+from cnnlab.studyfile import MAX_REPEATS, Experiment, Study, load_study, where
 
 RUNS_FOLDER = "runs"
 LOCK_NAME = ".lock"
@@ -68,8 +69,8 @@ Fit = Callable[..., Any]  # train.fit's signature: fit(config, data, *, device, 
 
 def plan_runs(study: Study, repeats: int | None = None) -> list[PlannedRun]:
     """The explicit runs of every experiment, deduplicated by id, in declaration order."""
-    if repeats is not None and repeats < 1:
-        raise CnnlabError(f"--repeats must be at least 1, got {repeats}")
+    if repeats is not None and not 1 <= repeats <= MAX_REPEATS:
+        raise CnnlabError(f"--repeats {repeats}: must be between 1 and {MAX_REPEATS}")
     total = sum(
         math.prod(len(values) for values in experiment.grid.values())
         * (repeats or experiment.repeats or study.repeats)
@@ -104,14 +105,27 @@ def plan_runs(study: Study, repeats: int | None = None) -> list[PlannedRun]:
 def _check_config(
     study: Study, experiment: Experiment, config: RunConfig, data: Any = None
 ) -> None:
-    """The training loop's own checks, reported against the study file and experiment."""
+    """The training loop's own checks, reported at the line that sets the offending field."""
     try:
         if data is None:
             check_config(config)
         else:
             check_config(config, available=len(data.train_labels), classes=len(data.class_names))
-    except CnnlabError as error:
-        raise CnnlabError(f"{study.path}: experiments.{experiment.name}: {error}") from None
+    except ConfigError as error:
+        keys = _origin(study, experiment, error.key)
+        raise CnnlabError(f"{where(study, keys)}: {error.reason}") from None
+
+
+def _origin(study: Study, experiment: Experiment, field: str) -> tuple[str, ...]:
+    """The key path that gives `field` its value in `experiment` (grid, fixed, defaults)."""
+    own = ("experiments", experiment.name)
+    if field in experiment.grid:
+        return (*own, "grid", field)
+    if field in experiment.fixed:
+        return (*own, field)
+    if field in study.defaults:
+        return ("defaults", field)
+    return own
 
 
 def describe_plan(plan: list[PlannedRun]) -> Iterator[str]:
@@ -218,7 +232,7 @@ def _record(
 
     run_dir = study_dir / RUNS_FOLDER / run.id
     try:
-        paths = runfolder.save_run(result, run_dir, data.class_names)
+        paths = runfolder.write_run_folder(result, run_dir, data.class_names)
     except OSError as error:
         where = error.filename or run_dir
         store.record_failure(run.id, f"cannot write {where}: {error.strerror or error}")
@@ -273,15 +287,21 @@ def _locked(study_dir: Path) -> Iterator[None]:
         handle.close()
 
 
-def prepare_folder(study_dir: Path, *, force: bool) -> None:
-    """Create the study folder; a non-empty folder that is not a study needs `force`."""
-    from cnnlab.store import DATABASE_NAME
-
+def check_folder(study_dir: Path, *, force: bool) -> None:
+    """Refuse a study folder that cannot be one, before anything is loaded or written."""
     if study_dir.exists() and not study_dir.is_dir():
         raise CnnlabError(f"{study_dir}: exists and is not a folder")
+    if not study_dir.is_dir():
+        parent = next((p for p in study_dir.absolute().parents if p.exists()), Path("/"))
+        if not parent.is_dir():
+            raise CnnlabError(
+                f"{study_dir}: cannot create the study folder: {parent} is not a folder"
+            )
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise CnnlabError(f"{study_dir}: cannot create the study folder in {parent}")
+        return
     if (
-        study_dir.is_dir()
-        and any(entry.name != LOCK_NAME for entry in study_dir.iterdir())
+        any(entry.name != LOCK_NAME for entry in study_dir.iterdir())
         and not (study_dir / DATABASE_NAME).exists()
         and not force
     ):
@@ -289,14 +309,19 @@ def prepare_folder(study_dir: Path, *, force: bool) -> None:
             f"{study_dir}: not empty and not a cnnlab study folder; choose another --out"
             " or pass --force"
         )
+    if not os.access(study_dir, os.W_OK):
+        raise CnnlabError(f"{study_dir}: the study folder is read-only")
+
+
+def prepare_folder(study_dir: Path, *, force: bool) -> None:
+    """Create the study folder (checked by `check_folder`)."""
+    check_folder(study_dir, force=force)
     try:
         study_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise CnnlabError(
             f"{study_dir}: cannot create the study folder: {error.strerror}"
         ) from None
-    if not os.access(study_dir, os.W_OK):
-        raise CnnlabError(f"{study_dir}: the study folder is read-only")
 
 
 def run_study(
@@ -325,6 +350,13 @@ def run_study(
     study = load_study(study_file)
     plan = plan_runs(study, repeats)
     study_dir = Path(out) if out is not None else Path("results") / study.name
+    if data is None:
+        data = study.data
+    check_folder(study_dir, force=force)
+    if not (study_dir / DATABASE_NAME).exists():
+        # A new study trains every run: check them against the data before writing anything.
+        data = _loaded(data, device)
+        _check_against(study, plan, data)
     prepare_folder(study_dir, force=force)
     with _locked(study_dir), Store.open(study_dir) as store:
         store.claim(study.name, study.text, study.sha256, force=force)
@@ -332,6 +364,7 @@ def run_study(
             (run.id, dataclasses.asdict(run.config), run.config.seed, run.experiments)
             for run in plan
         )
+        atomic.remove_temporaries(study_dir / RUNS_FOLDER)  # what a kill left half-written
         recovered = store.recover_interrupted()
         if recovered:
             echo(f"redoing {len(recovered)} run(s) interrupted earlier: {', '.join(recovered)}")
@@ -349,14 +382,8 @@ def run_study(
             f" {len(todo)} to run -> {study_dir}"
         )
         if todo:
-            from cnnlab import train
-
-            train.resolve_device(device)
-            dataset = _load_data(data if data is not None else study.data, store, force=force)
-            experiments = {experiment.name: experiment for experiment in study.experiments}
-            for run in todo:
-                first = experiments[next(iter(run.experiments))]
-                _check_config(study, first, run.config, dataset)
+            dataset = _record_data(_loaded(data, device), store, force=force)
+            _check_against(study, todo, dataset)
             execute_runs(
                 todo,
                 dataset,
@@ -385,12 +412,27 @@ def run_study(
     )
 
 
-def _load_data(data: Any, store: Store, *, force: bool) -> Any:
-    """Load the data (unless given loaded) and make sure it is what earlier runs trained on."""
+def _loaded(data: Any, device: str) -> Any:
+    """The data, loaded unless it already is (a path, None for the usual search, or loaded)."""
+    from cnnlab import train
+
+    train.resolve_device(device)  # an unavailable device fails before the data is decoded
     if isinstance(data, str | os.PathLike) or data is None:
         from cnnlab.data import load_cifar10
 
-        data = load_cifar10(None if data is None else str(data))
+        return load_cifar10(None if data is None else str(data))
+    return data
+
+
+def _check_against(study: Study, plan: list[PlannedRun], data: Any) -> None:
+    """Every run's config against the data (train size, classes), by the line that sets it."""
+    experiments = {experiment.name: experiment for experiment in study.experiments}
+    for run in plan:
+        _check_config(study, experiments[next(iter(run.experiments))], run.config, data)
+
+
+def _record_data(data: Any, store: Store, *, force: bool) -> Any:
+    """Make sure `data` is what the study's earlier runs trained on, and note it in the store."""
     known = store.meta().get("data_sha256")
     if known and data.source_sha256 and known != data.source_sha256 and not force:
         raise CnnlabError(

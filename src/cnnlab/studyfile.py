@@ -2,7 +2,8 @@
 
 A study file declares:
 
-    [study]            name, description, repeats (seeds per grid point, default 3), data
+    [study]            name, description, repeats (seeds per grid point, default 3), data,
+                       backend ("local" or "ray"), address (a Ray cluster's; default: local)
     [defaults]         any run field (see `cnnlab.config.RunConfig`) shared by every experiment
     [architectures.N]  layers = [{...}, ...]: a new architecture N as layer specs, description
     [experiments.N]    grid = {field = [values, ...]}, fixed run fields, repeats, and for the
@@ -16,6 +17,7 @@ imports no torch: only checking that an architecture builds loads the model code
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 import tomllib
@@ -29,8 +31,19 @@ from cnnlab.errors import CnnlabError
 
 KINDS = ("size", "l1", "pooling", "depth")  # what the report draws for an experiment
 REFERENCE_METRICS = ("fit_seconds", "parameters", "train_accuracy", "test_accuracy")
+MAX_FILE_BYTES = 1 << 20  # a study file is a page of TOML; this is generous
+MAX_REPEATS = 1000  # seeds per grid point
 
-_STUDY_KEYS = {"name": str, "description": str, "repeats": int, "data": str}
+BACKENDS = ("local", "ray")  # where runs train: this machine, or Ray tasks (`ray_backend`)
+
+_STUDY_KEYS = {
+    "name": str,
+    "description": str,
+    "repeats": int,
+    "data": str,
+    "backend": str,
+    "address": str,
+}
 _ARCHITECTURE_KEYS = {"layers": list, "description": str}
 _EXPERIMENT_KEYS = {
     "title": str,
@@ -71,6 +84,8 @@ class Study:
     defaults: dict[str, Any]
     architectures: dict[str, tuple[dict[str, Any], ...]]
     experiments: tuple[Experiment, ...]
+    backend: str = "local"  # one of BACKENDS
+    address: str | None = None  # the Ray cluster to join (backend "ray"); None: a local instance
 
 
 def load_study(
@@ -83,15 +98,37 @@ def load_study(
     """
     path = Path(path)
     if text is None:
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as error:
-            raise CnnlabError(f"{path}: cannot read the study file: {error.strerror}") from None
+        text = _read_text(path)
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise CnnlabError(f"{path}: not valid TOML: {error}") from None
+    except RecursionError:
+        raise CnnlabError(f"{path}: not valid TOML: nested too deeply") from None
     return _Parser(path, text, check_architectures).study(document)
+
+
+def _read_text(path: Path) -> str:
+    """The file's text: UTF-8, at most MAX_FILE_BYTES; anything else is one line."""
+    try:
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_FILE_BYTES + 1)
+    except OSError as error:
+        raise CnnlabError(f"{path}: cannot read the study file: {error.strerror}") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise CnnlabError(f"{path}: larger than {MAX_FILE_BYTES:,} bytes; not a study file")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise CnnlabError(
+            f"{path}: not UTF-8 text (byte {error.start}): a study file is UTF-8 TOML"
+        ) from None
+
+
+def where(study: Study, keys: tuple[str, ...]) -> str:
+    """'FILE:LINE: a.b.c' for a key path of `study`'s file (the line where it is set)."""
+    line = _line_of(study.text, keys)
+    return f"{study.path}:{line}: {'.'.join(keys)}" if line else f"{study.path}: {'.'.join(keys)}"
 
 
 class _Parser:
@@ -151,8 +188,16 @@ class _Parser:
         if not _NAME.fullmatch(name):
             self.fail(("study", "name"), f"{name!r} must be letters, digits, '.', '_' or '-'")
         repeats = header.get("repeats", 3)
-        if repeats < 1:
-            self.fail(("study", "repeats"), f"must be at least 1, got {repeats}")
+        if not 1 <= repeats <= MAX_REPEATS:
+            self.fail(("study", "repeats"), f"must be between 1 and {MAX_REPEATS}, got {repeats}")
+        backend = header.get("backend", "local")
+        if backend not in BACKENDS:
+            self.fail(
+                ("study", "backend"), f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}"
+            )
+        address = header.get("address")
+        if address is not None and not address.strip():
+            self.fail(("study", "address"), "empty: give a Ray cluster's address, e.g. 'HOST:6379'")
         data = header.get("data")
         if data is not None:
             data = str((self.path.parent / Path(data).expanduser()).resolve())
@@ -178,6 +223,16 @@ class _Parser:
         if not tables:
             self.fail(("experiments",), "missing: declare at least one [experiments.NAME]")
         self.check_keys(tables, ("experiments",), tables)
+        folded: dict[str, str] = {}
+        for experiment_name in tables:
+            # Names become file names: they must differ on case-insensitive file systems too.
+            other = folded.setdefault(experiment_name.casefold(), experiment_name)
+            if other != experiment_name:
+                self.fail(
+                    ("experiments", experiment_name),
+                    f"differs from experiments.{other} only by case; experiment names must"
+                    " differ in more than case",
+                )
         for experiment_name, table in tables.items():
             experiments.append(self.experiment(experiment_name, table, run_keys, architectures))
         if self.check_architectures:
@@ -202,6 +257,8 @@ class _Parser:
             defaults=defaults,
             architectures=architectures,
             experiments=tuple(experiments),
+            backend=backend,
+            address=address,
         )
 
     def experiment(
@@ -218,8 +275,8 @@ class _Parser:
         if kind is not None and kind not in KINDS:
             self.fail((*keys, "kind"), f"unknown kind {kind!r}; valid kinds: {', '.join(KINDS)}")
         repeats = table.get("repeats")
-        if repeats is not None and repeats < 1:
-            self.fail((*keys, "repeats"), f"must be at least 1, got {repeats}")
+        if repeats is not None and not 1 <= repeats <= MAX_REPEATS:
+            self.fail((*keys, "repeats"), f"must be between 1 and {MAX_REPEATS}, got {repeats}")
         grid: dict[str, tuple[Any, ...]] = {}
         if "grid" in table:
             raw_grid = table["grid"]
@@ -242,8 +299,13 @@ class _Parser:
             row_keys = (*keys, "reference")
             self.check_keys(row, row_keys, [*grid, *REFERENCE_METRICS])
             for metric in REFERENCE_METRICS:
-                if metric in row and not isinstance(row[metric], int | float):
-                    self.fail((*row_keys, metric), f"expected a number, got {_show(row[metric])}")
+                value = row.get(metric)
+                if metric in row and (
+                    isinstance(value, bool)
+                    or not isinstance(value, int | float)
+                    or not math.isfinite(value)
+                ):
+                    self.fail((*row_keys, metric), f"expected a finite number, got {_show(value)}")
             for field_name in grid:
                 if field_name in row:
                     value = self.run_field(field_name, row[field_name], (*row_keys, field_name))

@@ -24,7 +24,6 @@ import multiprocessing.connection
 import os
 import signal
 import sys
-import threading
 import types
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -62,21 +61,34 @@ def process_count(runs: int, device: torch.device, requested: int | None = None)
     return max(1, min(wanted, runs))
 
 
+def threads_per_run(requested: int | None = None) -> int:
+    """CPU threads each run of a study trains with: the cores' share of one of `requested`.
+
+    It depends on the machine and the requested worker count only, never on how many runs are
+    left, so a run resumed alone trains exactly as it would have beside the others (a CPU run's
+    result depends on its thread count).
+    """
+    check_workers(requested)
+    return max(1, cpu_count() // (requested or cpu_count()))
+
+
 def longest_first(configs: Sequence[RunConfig]) -> list[int]:
     """Indices of `configs`, the most work first, so that no long run starts last."""
     return sorted(range(len(configs)), key=lambda index: -train.run_flops(configs[index]))
 
 
 def train_parallel(
-    configs: Sequence[RunConfig], data: Cifar10, *, processes: int
+    configs: Sequence[RunConfig], data: Cifar10, *, processes: int, threads: int | None = None
 ) -> Iterator[Event]:
     """Train every config with `train.fit` on the CPU in `processes` workers, as events.
+
+    Each worker uses `threads` CPU threads (default: its share of the cores).
 
     Each run yields `started`, a `progress` event per epoch, then `done` (with its RunResult) or
     `failed` (with the reason: the run's exception, or its worker's death). Closing the iterator
     early (an exception in the consumer, Ctrl-C) kills the workers.
     """
-    threads = max(1, cpu_count() // processes)
+    threads = threads or max(1, cpu_count() // processes)
     waiting = collections.deque(longest_first(configs))
     pool = _Pool(_portable(data), threads)
     try:
@@ -161,8 +173,9 @@ class _Pool:
                 name=f"cnnlab-worker-{len(self.workers) + len(started)}",
                 daemon=True,
             )
-            # Ctrl-C's disposition is inherited through exec: a starting worker ignores it too.
-            with _ctrl_c_ignored(), _main_module_hidden():
+            # The signal mask is inherited through exec: a starting worker holds Ctrl-C too,
+            # until it has chosen to ignore it; this process gets its Ctrl-C right after.
+            with _ctrl_c_held(), _main_module_hidden():
                 process.start()
             child_end.close()
             started.append(_Worker(process, parent_end))
@@ -211,16 +224,17 @@ def _main_module_hidden() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _ctrl_c_ignored() -> Iterator[None]:
-    """SIGINT ignored meanwhile (where this thread may set handlers): children inherit it."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+def _ctrl_c_held() -> Iterator[None]:
+    """SIGINT blocked in this thread meanwhile: held, not lost (children inherit the mask).
+
+    Ignoring it instead (the disposition is inherited too) lost a Ctrl-C pressed while the
+    workers started: the study trained on. A blocked one is delivered when the block ends.
+    """
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 # --- inside a worker --------------------------------------------------------------------------
@@ -230,6 +244,7 @@ def _worker_main(
     connection: multiprocessing.connection.Connection, threads: int, parent_pid: int
 ) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent acts
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # held while starting
     _die_with_parent(parent_pid)
     torch.set_num_threads(threads)
     try:

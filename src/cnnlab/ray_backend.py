@@ -1,0 +1,345 @@
+"""Runs trained as Ray tasks: a study beyond one machine, scheduled by Ray Core.
+
+Every run (on the CPU) or group of runs (on GPUs: `batched.schedule`'s groups) becomes one Ray
+task that declares what it needs: `cpus_per_run` CPUs, and on GPUs a fraction of one GPU, so that
+several small groups share a device as the local CUDA path trains up to `streams.MAX_STREAMS`
+groups side by side. A task trains as the local paths do (`batched.train_together`: `train.fit`
+for a lone run on the CPU, with `cpus_per_run` threads) and returns its RunResults with the
+weights as NumPy arrays; the driver yields the same `events.Event`s as every local path, so the
+study's store and run folders stay at the driver and the nodes need no shared file system.
+
+Events: a task pushes `started` and each epoch's row into one `ray.util.queue.Queue`, which the
+driver drains while it waits for the tasks. A task whose worker process or node dies is retried
+by Ray up to `max_retries` times; the retry trains from the start, and the driver passes on
+neither its second `started` nor the epochs already reported. An exception in training is not
+retried: the run fails with the reason, as on every path. Closing the events cancels the tasks
+still out (their runs are neither done nor failed).
+
+Data: a task loads the dataset from `data.source` where that path exists on its node with the
+same checksum, else it takes the arrays the driver put once into Ray's object store.
+
+Ray is imported only when Ray trains: local training needs no Ray.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cnnlab import batched, streams, workers
+from cnnlab.config import RunConfig, run_id
+from cnnlab.data import Cifar10, load_cifar10
+from cnnlab.errors import CnnlabError
+from cnnlab.events import Event, failure_reason
+from cnnlab.metrics import RunResult
+
+MISSING_RAY = "--backend ray needs Ray: pip install 'cnnlab[ray]'"
+DEFAULT_MAX_RETRIES = 2  # retries of a task whose worker process or node died
+# A group's share of one GPU: as many groups share a device as the local path trains at once.
+GPUS_PER_GROUP = 1 / streams.MAX_STREAMS
+DEVICES = ("auto", "cpu", "cuda")  # Ray picks the GPU; "auto": CUDA where the cluster has GPUs
+# How long the driver waits for a task to finish before it passes on the queued progress (s).
+_POLL_SECONDS = 0.2
+
+
+def train_on_ray(
+    configs: Sequence[RunConfig],
+    data: Cifar10,
+    *,
+    device: str = "auto",
+    address: str | None = None,
+    cpus_per_run: int = 1,
+    gpus_per_group: float = GPUS_PER_GROUP,
+    max_retries: int = DEFAULT_MAX_RETRIES,
+) -> Iterator[Event]:
+    """Train every config as Ray tasks, yielding the events every local path yields.
+
+    `address`: an existing cluster's (`ray.init(address=...)`), else $RAY_ADDRESS, else a Ray
+    instance started on this machine with one CPU per core (shut down at the end). A Ray already
+    initialised in this process is used as it is. Checks its arguments (and that Ray is
+    installed) now; connects when the first event is asked for.
+    """
+    _import_ray()
+    if device not in DEVICES:
+        raise CnnlabError(f"device {device!r}: with --backend ray use one of {', '.join(DEVICES)}")
+    if isinstance(cpus_per_run, bool) or not isinstance(cpus_per_run, int) or cpus_per_run < 1:
+        raise CnnlabError(f"cpus_per_run {cpus_per_run!r}: must be an integer of at least 1")
+    if not 0 < gpus_per_group <= 1:
+        raise CnnlabError(f"gpus_per_group {gpus_per_group!r}: must be in (0, 1]")
+    if max_retries < 0:
+        raise CnnlabError(f"max_retries {max_retries!r}: must not be negative")
+    return _events(
+        list(configs),
+        data,
+        device=device,
+        address=address or os.environ.get("RAY_ADDRESS") or None,
+        cpus_per_run=cpus_per_run,
+        gpus_per_group=gpus_per_group,
+        max_retries=max_retries,
+    )
+
+
+def describe(address: str | None) -> str:
+    """How `train_on_ray` trains, in a line (before it has connected)."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+    return f"training on {where}, one Ray task per run (per group of runs on GPUs)"
+
+
+def task_name(configs: Sequence[RunConfig]) -> str:
+    """A task's name in Ray's listings and its worker's process title: its first run's id."""
+    others = f" +{len(configs) - 1}" if len(configs) > 1 else ""
+    return f"cnnlab {run_id(configs[0])}{others}"
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise CnnlabError(MISSING_RAY) from None
+    return ray
+
+
+def _events(
+    configs: list[RunConfig],
+    data: Cifar10,
+    *,
+    device: str,
+    address: str | None,
+    cpus_per_run: int,
+    gpus_per_group: float,
+    max_retries: int,
+) -> Iterator[Event]:
+    ray = _import_ray()
+    from ray.util.queue import Queue
+
+    connected_here = not ray.is_initialized()
+    if connected_here:
+        _connect(ray, address)
+    outstanding: dict[Any, list[int]] = {}  # task -> the config indices it trains
+    queue = None
+    try:
+        target = _cluster_device(ray, device, cpus_per_run)
+        groups = batched.schedule(configs, torch.device(target))
+        queue = Queue(actor_options={"num_cpus": 0})
+        # Once per call, nested in a list so that a task fetches it only where it needs it.
+        shared = _SharedData(data.source, data.source_sha256, [ray.put(_plain(data))])
+        options: dict[str, Any] = {
+            "num_cpus": cpus_per_run,
+            "max_retries": max_retries,
+            "retry_exceptions": False,
+        }
+        if target == "cuda":
+            options["num_gpus"] = gpus_per_group
+        task = ray.remote(_train_task)
+        # A group takes about as long as one of its members: the longest first.
+        for position in workers.longest_first([configs[group[0]] for group in groups]):
+            group = groups[position]
+            members = [configs[index] for index in group]
+            named = task.options(name=task_name(members), **options)
+            reference = named.remote(members, group, shared, queue, target, cpus_per_run)
+            outstanding[reference] = group
+        relay = _Relay()
+        while outstanding:
+            ready, _ = ray.wait(list(outstanding), num_returns=1, timeout=_POLL_SECONDS)
+            # A task's messages are all queued before it returns: its rows come before its end.
+            for kind, index, payload in _drain(queue):
+                yield from relay.message(kind, index, payload)
+            for reference in ready:
+                group = outstanding.pop(reference)
+                for index, kind, payload in _outcomes(ray, reference, group, max_retries):
+                    yield from relay.finish(kind, index, payload)
+    finally:
+        for reference in outstanding:
+            with contextlib.suppress(Exception):  # already finished or gone: nothing to stop
+                ray.cancel(reference, force=True)
+        if queue is not None:
+            with contextlib.suppress(Exception):
+                queue.shutdown(force=True)
+        if connected_here:
+            ray.shutdown()
+
+
+def _connect(ray: Any, address: str | None) -> None:
+    """Join the cluster at `address`, else start a quiet Ray instance with one CPU per core."""
+    quiet = {"log_to_driver": False, "logging_level": logging.ERROR}
+    if address is None:
+        # "local": a new instance, even where a cluster was started on this machine.
+        ray.init("local", num_cpus=workers.cpu_count(), include_dashboard=False, **quiet)
+        return
+    try:
+        ray.init(address=address, **quiet)
+    except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as error:
+        cause: BaseException | None = error
+        while cause is not None and not isinstance(cause, ray.exceptions.AuthenticationError):
+            cause = cause.__cause__
+        if cause is not None:  # Ray turns token authentication on only where it is told to
+            raise CnnlabError(
+                f"Ray at {address}: the cluster wants its token: set RAY_AUTH_MODE=token and"
+                " RAY_AUTH_TOKEN (or put the token in ~/.ray/auth_token)"
+            ) from None
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        raise CnnlabError(f"Ray at {address}: cannot connect: {first_line}") from None
+
+
+def _cluster_device(ray: Any, device: str, cpus_per_run: int) -> str:
+    """'cuda' or 'cpu' for `device` on this cluster; a task no node could run is an error now."""
+    gpus = ray.cluster_resources().get("GPU", 0)
+    target = "cuda" if device == "cuda" or (device == "auto" and gpus > 0) else "cpu"
+    if target == "cuda" and gpus == 0:
+        raise CnnlabError("device cuda: the Ray cluster has no GPU")
+    nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
+    largest = max((resources.get("CPU", 0) for resources in nodes), default=0)
+    if cpus_per_run > largest:
+        raise CnnlabError(
+            f"cpus_per_run {cpus_per_run}: no node of the Ray cluster has that many CPUs"
+            f" (the largest has {largest:g})"
+        )
+    return target
+
+
+def _drain(queue: Any) -> list[tuple[str, int, Any]]:
+    """Every message the tasks have queued so far."""
+    waiting = queue.qsize()
+    return queue.get_nowait_batch(waiting) if waiting else []
+
+
+class _Relay:
+    """Each run's events once: a retried task starts again and replays its first epochs."""
+
+    def __init__(self) -> None:
+        self.started: set[int] = set()
+        self.last_epoch: dict[int, int] = {}
+        self.finished: set[int] = set()
+
+    def message(self, kind: str, index: int, payload: Any) -> Iterator[Event]:
+        if index in self.finished:
+            return
+        if kind == "started" and index not in self.started:
+            self.started.add(index)
+            yield Event("started", index)
+        elif kind == "progress" and payload["epoch"] > self.last_epoch.get(index, 0):
+            self.last_epoch[index] = payload["epoch"]
+            yield Event("progress", index, payload)
+
+    def finish(self, kind: str, index: int, payload: Any) -> Iterator[Event]:
+        self.finished.add(index)
+        yield Event(kind, index, payload)
+
+
+def _outcomes(
+    ray: Any, reference: Any, group: list[int], max_retries: int
+) -> list[tuple[int, str, Any]]:
+    """(index, "done", RunResult) or (index, "failed", reason) for each run of a finished task."""
+    try:
+        outcomes = ray.get(reference)
+    except ray.exceptions.RayError as error:
+        reason = _ray_failure(ray, error, max_retries)
+        return [(index, "failed", reason) for index in group]
+    return [
+        (index, kind, _weights_as_tensors(payload) if kind == "done" else payload)
+        for index, (kind, payload) in zip(group, outcomes, strict=True)
+    ]
+
+
+def _ray_failure(ray: Any, error: Exception, max_retries: int) -> str:
+    """A failed task's reason in one line (Ray's own messages run to many)."""
+    exceptions = ray.exceptions
+    tries = f"{max_retries + 1} tries"
+    if isinstance(error, exceptions.TaskCancelledError):
+        return "its Ray task was cancelled"
+    if isinstance(error, exceptions.OutOfMemoryError):
+        return f"Ray killed its worker: the node ran out of memory ({tries})"
+    if isinstance(error, exceptions.WorkerCrashedError):
+        return f"its Ray worker process died ({tries})"
+    if isinstance(error, exceptions.NodeDiedError | exceptions.LocalRayletDiedError):
+        return f"its Ray node died ({tries})"
+    if isinstance(error, exceptions.RayTaskError) and error.cause is not None:
+        return failure_reason(error.cause)
+    first_line = (str(error).strip().splitlines() or [""])[0]
+    return f"{type(error).__name__}: {first_line}".strip()
+
+
+# --- inside a task ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _SharedData:
+    """Where a task finds the data: the source path on its node, else the object store."""
+
+    source: str
+    sha256: str
+    stored: list[Any]  # [the ObjectRef of the arrays]; nested, so Ray does not fetch it for us
+
+
+def _train_task(
+    configs: list[RunConfig],
+    indices: list[int],
+    shared: _SharedData,
+    queue: Any,
+    device: str,
+    threads: int,
+) -> list[tuple[str, Any]]:
+    """Train one scheduled group in a Ray worker: ("done", RunResult) or ("failed", reason) each."""
+    torch.set_num_threads(threads)
+    queue.put_nowait_batch([("started", index, None) for index in indices])
+
+    def progress(row: dict[str, Any]) -> None:
+        queue.put(("progress", indices[row.get("member", 0)], row))
+
+    try:
+        data = local_copy(shared.source, shared.sha256) or _import_ray().get(shared.stored[0])
+        results = batched.train_together(configs, data, device=device, progress=progress)
+    except Exception as error:  # the driver records the runs as failed and goes on
+        reason = failure_reason(error)
+        return [("failed", reason) for _ in configs]
+    return [("done", _weights_as_arrays(result)) for result in results]
+
+
+@functools.lru_cache(maxsize=2)
+def local_copy(source: str, sha256: str) -> Cifar10 | None:
+    """The dataset at `source` on this machine if it is there with checksum `sha256`, else None.
+
+    Kept per worker process: a worker that trains several runs loads (memory-maps) it once.
+    """
+    if not source or not sha256 or not Path(source).exists():
+        return None
+    try:
+        data = load_cifar10(source)
+    except CnnlabError:
+        return None
+    return data if data.source_sha256 == sha256 else None
+
+
+# --- moving data and results through Ray --------------------------------------------------------
+
+
+def _plain(data: Cifar10) -> Cifar10:
+    """`data` with plain arrays (not memory maps), which Ray's object store holds by value."""
+    arrays = {
+        field.name: np.asarray(getattr(data, field.name))
+        for field in dataclasses.fields(data)
+        if isinstance(getattr(data, field.name), np.ndarray)
+    }
+    return dataclasses.replace(data, **arrays)
+
+
+def _weights_as_arrays(result: RunResult) -> RunResult:
+    """Weights as NumPy arrays: Ray moves them by value, with no torch on the way."""
+    weights = {name: tensor.detach().cpu().numpy() for name, tensor in result.state_dict.items()}
+    return dataclasses.replace(result, state_dict=weights)
+
+
+def _weights_as_tensors(result: RunResult) -> RunResult:
+    # Copies: Ray hands back read-only views of its object store.
+    weights = {name: torch.from_numpy(np.array(array)) for name, array in result.state_dict.items()}
+    return dataclasses.replace(result, state_dict=weights)
