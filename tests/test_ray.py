@@ -1,0 +1,283 @@
+"""Runs trained as Ray tasks end as they would locally, on a real Ray head started here."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import study_fakes
+from cnnlab import execute, ray_backend, study, train
+from cnnlab.config import RunConfig, run_id
+from cnnlab.errors import CnnlabError
+from cnnlab.metrics import HISTORY_KEYS
+from cnnlab.studyfile import load_study
+from processes import command_line, wait_gone
+
+ray = pytest.importorskip("ray", reason="the Ray tests need Ray: pip install 'cnnlab[ray]'")
+
+BASE = RunConfig(arch="tiny", train_size=100, epochs=2, batch_size=32)
+# A loaded 2-core machine starts Ray's processes slowly.
+_START_SECONDS = 120
+# Fields that say how long a run took, or where: the only ones that may differ between paths.
+_TIMINGS = {"fit_seconds", "eval_seconds", "seconds"}
+
+
+def _ray_command() -> str:
+    return str(Path(sys.executable).with_name("ray"))
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_address() -> str:
+    """A Ray head on this machine (2 CPUs) for the module's tests; stopped afterwards."""
+    port = _free_port()
+    # Short: Ray's socket paths under it must fit Linux's 107 characters.
+    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    cache = tempfile.mkdtemp(prefix="cnnlab-ray-cache")
+    command = [
+        _ray_command(),
+        "start",
+        "--head",
+        f"--port={port}",
+        "--num-cpus=2",
+        "--node-ip-address=127.0.0.1",
+        "--include-dashboard=false",
+        f"--temp-dir={temp_dir}",
+        "--disable-usage-stats",
+    ]
+    with pytest.MonkeyPatch.context() as patch:
+        # No token authentication, on the head and in this driver: a token would have to be the
+        # one this process's Ray loaded first (it keeps it), and a fresh machine has none.
+        patch.setenv("RAY_AUTH_MODE", "disabled")
+        patch.delenv("RAY_ADDRESS", raising=False)
+        try:
+            subprocess.run(
+                command,
+                env={**os.environ, "CNNLAB_CACHE": cache},
+                check=True,
+                capture_output=True,
+                text=True,
+                timeout=_START_SECONDS,
+            )
+            yield f"127.0.0.1:{port}"
+        finally:
+            stop = [_ray_command(), "stop", "--force"]
+            subprocess.run(stop, capture_output=True, timeout=_START_SECONDS)
+            shutil.rmtree(temp_dir, ignore_errors=True)
+            shutil.rmtree(cache, ignore_errors=True)
+
+
+def _events_on_ray(configs, data, address, **options):
+    return list(ray_backend.train_on_ray(configs, data, device="cpu", address=address, **options))
+
+
+def _assert_each_run_once(events, count: int, epochs: int) -> None:
+    """Every run: one `started`, each epoch's row once and in order, then one `done`."""
+    by_run = study_fakes.events_by_run(events)
+    assert sorted(by_run) == list(range(count))
+    for index, run_events in by_run.items():
+        kinds = [event.kind for event in run_events]
+        assert kinds == ["started", *["progress"] * epochs, "done"], (index, kinds)
+        assert [event.payload["epoch"] for event in run_events[1:-1]] == list(range(1, epochs + 1))
+        result = run_events[-1].payload
+        assert result.status == "done"
+        assert [row["epoch"] for row in result.history] == list(range(1, epochs + 1))
+        assert all(isinstance(weight, torch.Tensor) for weight in result.state_dict.values())
+
+
+def test_a_missing_ray_is_one_line(tiny_cifar, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` meets without Ray
+    with pytest.raises(
+        CnnlabError, match=r"^--backend ray needs Ray: pip install 'cnnlab\[ray\]'$"
+    ):
+        execute.execute([BASE], tiny_cifar, backend="ray")
+
+
+def test_an_unknown_backend_or_device_is_one_clear_error(tiny_cifar):
+    with pytest.raises(CnnlabError, match="backend 'dask': expected one of local, ray"):
+        execute.execute([BASE], tiny_cifar, backend="dask")
+    with pytest.raises(CnnlabError, match="device 'mps': with --backend ray use one of"):
+        execute.execute([BASE], tiny_cifar, device="mps", backend="ray")
+
+
+def test_a_node_uses_its_own_copy_of_the_data_only_when_the_checksum_matches(tmp_path):
+    source = _image_folder_zip(tmp_path / "cifar.zip")
+    from cnnlab.data import load_cifar10
+
+    loaded = load_cifar10(source)
+    copy = ray_backend.local_copy(str(source), loaded.source_sha256)
+    assert copy is not None and (copy.train_labels == loaded.train_labels).all()
+    assert ray_backend.local_copy(str(source), "0" * 64) is None  # another file at that path
+    assert ray_backend.local_copy(str(tmp_path / "absent.zip"), loaded.source_sha256) is None
+    assert ray_backend.local_copy("synthetic", "") is None
+
+
+def test_the_study_file_chooses_the_backend_and_the_cluster(tmp_path):
+    text = study_fakes.tiny_study_toml("tiny", "{ seed = [0] }")
+    plain = tmp_path / "plain.toml"
+    plain.write_text(text)
+    assert (load_study(plain).backend, load_study(plain).address) == ("local", None)
+    on_ray = tmp_path / "ray.toml"
+    on_ray.write_text(
+        text.replace("repeats = 1", 'repeats = 1\nbackend = "ray"\naddress = "h:6379"')
+    )
+    assert (load_study(on_ray).backend, load_study(on_ray).address) == ("ray", "h:6379")
+    for line, message in [
+        ('backend = "dask"', r":5: study\.backend: unknown backend 'dask'; valid: local, ray"),
+        ("backend = 1", r":5: study\.backend: expected a string, got int 1"),
+        ('address = ""', r":5: study\.address: empty"),
+    ]:
+        bad = tmp_path / "bad.toml"
+        bad.write_text(text.replace("repeats = 1", f"repeats = 1\n{line}"))
+        with pytest.raises(CnnlabError, match=rf"^{bad}{message}"):
+            load_study(bad)
+
+
+def test_run_ids_name_the_tasks():
+    assert ray_backend.task_name([BASE]) == f"cnnlab {run_id(BASE)}"
+    assert ray_backend.task_name([BASE, BASE]) == f"cnnlab {run_id(BASE)} +1"
+
+
+def test_a_study_trains_on_a_ray_cluster(tiny_cifar, ray_address, tmp_path):
+    # tiny_cifar has no file source: the tasks take the arrays from Ray's object store.
+    study_file = tmp_path / "tiny.toml"
+    study_file.write_text(
+        study_fakes.tiny_study_toml("tiny", "{ seed = [0, 1, 2], l1 = [0, 0.01] }")
+    )
+    plan = study.plan_runs(load_study(study_file))
+    configs = [run.config for run in plan]
+    execution = execute.execute(
+        configs, tiny_cifar, device="cpu", backend="ray", address=ray_address
+    )
+    assert ray_address in execution.how
+    events = list(execution)
+    _assert_each_run_once(events, len(configs), epochs=2)
+    for event in events:
+        if event.kind == "done":
+            assert event.payload.config == configs[event.index]
+            assert set(event.payload.history[0]) == set(HISTORY_KEYS)
+    assert not ray.is_initialized()  # the driver left the cluster it joined
+
+
+def test_a_killed_ray_worker_is_retried_and_its_run_done_once(tiny_cifar, ray_address):
+    # Long enough runs that the kill lands mid-run.
+    configs = [dataclasses.replace(BASE, seed=seed, epochs=40) for seed in (0, 1)]
+    title = f"ray::{ray_backend.task_name([configs[0]])}"
+    events, victim = [], None
+    for event in ray_backend.train_on_ray(configs, tiny_cifar, device="cpu", address=ray_address):
+        events.append(event)
+        if event.kind == "progress" and event.index == 0 and victim is None:
+            victim = _process_titled(title)
+            os.kill(victim, signal.SIGKILL)
+    assert victim is not None
+    assert wait_gone([victim]) == []
+    # The run's first worker died mid-run: its result comes from the retried task, reported once.
+    _assert_each_run_once(events, len(configs), epochs=40)
+
+
+def test_a_failing_run_fails_once_with_its_reason_and_the_others_finish(tiny_cifar, ray_address):
+    configs = [BASE, dataclasses.replace(BASE, train_size=10_000)]
+    by_run = study_fakes.events_by_run(_events_on_ray(configs, tiny_cifar, ray_address))
+    assert [event.kind for event in by_run[1]] == ["started", "failed"]  # not retried
+    assert "train_size: 10000" in by_run[1][-1].payload
+    assert "\n" not in by_run[1][-1].payload
+    assert by_run[0][-1].kind == "done"
+
+
+def test_runs_on_ray_end_as_the_same_runs_trained_locally(tiny_cifar, ray_address):
+    configs = [
+        dataclasses.replace(BASE, seed=0),
+        dataclasses.replace(BASE, seed=1, l1=1e-2),
+        dataclasses.replace(BASE, seed=2, train_size=150),
+    ]
+    by_run = study_fakes.events_by_run(_events_on_ray(configs, tiny_cifar, ray_address))
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)  # a Ray task's threads (cpus_per_run): then the arithmetic is equal
+    try:
+        local = [train.fit(config, tiny_cifar, device="cpu") for config in configs]
+    finally:
+        torch.set_num_threads(saved)
+    for index, expected in enumerate(local):
+        result = by_run[index][-1].payload
+        assert result.metrics["cpu_threads"] == expected.metrics["cpu_threads"] == 1
+        assert result.status == expected.status
+        assert _without_timings(result.history) == _without_timings(expected.history)
+        assert _without_timings(result.metrics) == _without_timings(expected.metrics)
+        assert result.state_dict.keys() == expected.state_dict.keys()
+        for name, weight in expected.state_dict.items():
+            assert torch.equal(result.state_dict[name], weight), (index, name)
+
+
+def test_closing_the_events_cancels_the_tasks_still_out(tiny_cifar, ray_address):
+    configs = [dataclasses.replace(BASE, seed=seed, epochs=200) for seed in range(3)]
+    events = ray_backend.train_on_ray(configs, tiny_cifar, device="cpu", address=ray_address)
+    first = next(event for event in events if event.kind == "progress")
+    titles = [f"ray::{ray_backend.task_name([configs[first.index]])}"]
+    training = _process_titled(titles[0])
+    events.close()
+    assert not ray.is_initialized()
+    # A cancelled task's worker is killed (force=True): its run is neither done nor failed.
+    assert wait_gone([training], seconds=60) == []
+
+
+def test_a_local_ray_instance_trains_and_is_shut_down(tiny_cifar, monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)  # Ray sets it when it starts an instance
+    events = list(ray_backend.train_on_ray([BASE], tiny_cifar, device="cpu"))
+    _assert_each_run_once(events, 1, epochs=2)
+    assert not ray.is_initialized()
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def _process_titled(title: str, seconds: float = 60) -> int:
+    """The pid of the process whose title (Ray sets it to the task's name) is `title`."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for entry in Path("/proc").glob("[0-9]*"):
+            if command_line(int(entry.name)).strip() == title:
+                return int(entry.name)
+        time.sleep(0.05)
+    raise AssertionError(f"no process titled {title!r}")
+
+
+def _without_timings(value):
+    if isinstance(value, list):
+        return [_without_timings(item) for item in value]
+    return {key: item for key, item in value.items() if key not in _TIMINGS}
+
+
+def _image_folder_zip(path: Path) -> Path:
+    """A tiny CIFAR-10 source: two 32x32 PNGs per class and split, as a zip of image folders."""
+    import io
+    import zipfile
+
+    from PIL import Image
+
+    from cnnlab.data import CLASS_NAMES
+
+    with zipfile.ZipFile(path, "w") as archive:
+        for split in ("train", "test"):
+            for number, name in enumerate(CLASS_NAMES):
+                for copy in range(2):
+                    buffer = io.BytesIO()
+                    Image.new("RGB", (32, 32), (number * 20, copy * 50, 10)).save(buffer, "PNG")
+                    archive.writestr(f"{split}/{name}/{copy}.png", buffer.getvalue())
+    return path
