@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
 import study_fakes
-from cnnlab import runfolder, study
+from cnnlab import runfolder, study, tables
 from cnnlab.cli import main
 from cnnlab.document import FILES_FOLDER
-from cnnlab.report import write_report
+from cnnlab.errors import CnnlabError
+from cnnlab.report import Report, build, confused_pairs, per_class_accuracy, write_report
 from cnnlab.store import Store
 
 
@@ -70,7 +74,8 @@ def test_every_figure_is_a_file_beside_the_markdown_and_embedded_in_the_html(fin
     markdown = (finished / "report.md").read_text()
     html = (finished / "report.html").read_text()
     linked = re.findall(rf"\]\(({FILES_FOLDER}/[^)]+\.png)\)", markdown)
-    assert len(linked) >= 9  # curves x3, size and L1 charts, pooling bars, histories x3, confusion
+    # curves x3, size and L1 charts, pooling bars, histories x3, confusion, mistakes, kernels x3
+    assert len(linked) >= 13
     for relative in linked:
         with Image.open(finished / relative) as image:
             image.verify()
@@ -178,7 +183,14 @@ def _render(page: Path, profile: Path) -> tuple[str, list[str]]:
 @pytest.mark.browser
 def test_the_html_loads_in_headless_chromium_and_every_image_decodes(finished, tmp_path):
     images = len(re.findall(r"<img ", (finished / "report.html").read_text()))
+    assert images >= 13  # the new figures (mistakes, kernels, their responses) among them
     result, console = _render(finished / "report.html", tmp_path / "profile")
+    assert (result, console) == (f"{images}:0", [])
+    # A notebook shows the fragment inside its own page: it decodes there too.
+    notebook = tmp_path / "notebook.html"
+    fragment = build(finished)._repr_html_()
+    notebook.write_text(f"<!DOCTYPE html><html><body><p>cell</p>{fragment}</body></html>")
+    result, console = _render(notebook, tmp_path / "profile")
     assert (result, console) == (f"{images}:0", [])
     # The probe can fail: a truncated image and a script error are both caught.
     broken = tmp_path / "broken.html"
@@ -203,3 +215,252 @@ def test_compare_finds_run_ids_in_the_studies_under_results(
     assert capsys.readouterr().out.splitlines()[1].split() == ["config", "seed", "0", "1"]
     assert main(["compare", "ffffffff", first]) == 2
     assert "in no study under ./results" in capsys.readouterr().err
+
+
+# --- is a difference real? ------------------------------------------------------------------------
+
+CONTROLLED_TOML = """
+[study]
+name = "controlled"
+repeats = 3
+
+[defaults]
+arch = "seed"
+train_size = 5000
+epochs = 4
+
+[experiments.sizes]
+title = "Sizes"
+kind = "size"
+grid = { train_size = [5000, 10000, 20000] }
+
+[experiments.far]
+title = "Far"
+grid = { l1 = [0.5, 0.7] }
+"""
+# test accuracy per (grid point, seed): 5K and 10K clearly apart, 10K and 20K overlapping
+CONTROLLED = {
+    ("train_size", 5000): [0.50, 0.51, 0.49],
+    ("train_size", 10000): [0.60, 0.61, 0.59],
+    ("train_size", 20000): [0.605, 0.58, 0.62],
+    ("l1", 0.5): [0.40, 0.41, 0.39],
+    ("l1", 0.7): [0.40, 0.42, 0.38],
+}
+
+
+def _known_matrix() -> list[list[int]]:
+    """Class i is right (50 + 5 i)% of the time; cat (3) and dog (5) are mixed up both ways."""
+    matrix = np.zeros((10, 10), dtype=int)
+    for label in range(10):
+        matrix[label, label] = 50 + 5 * label
+        matrix[label, (label + 1) % 10] = 50 - 5 * label
+    matrix[3, 4], matrix[3, 5] = 0, 35
+    matrix[5, 6], matrix[5, 3] = 0, 25
+    return matrix.tolist()
+
+
+def _controlled_fit(config, data, **options):
+    result = study_fakes.fake_fit(config, data, **options)
+    key = ("l1", config.l1) if config.l1 in (0.5, 0.7) else ("train_size", config.train_size)
+    metrics = {**result.metrics, "test_accuracy": CONTROLLED[key][config.seed]}
+    metrics["confusion_matrix"] = {**metrics["confusion_matrix"], "test": _known_matrix()}
+    return dataclasses.replace(result, metrics=metrics)
+
+
+def _controlled_study(folder: Path, repeats: int | None = None, save_run=None) -> Path:
+    path = folder / "controlled.toml"
+    path.write_text(CONTROLLED_TOML)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(runfolder, "save_run", save_run or study_fakes.fake_save_run)
+        outcome = study.run_study(
+            path,
+            out=folder / "out",
+            data=study_fakes.zeros_cifar(),
+            fit=_controlled_fit,
+            repeats=repeats,
+            echo=lambda line: None,
+        )
+    return outcome.study_dir
+
+
+@pytest.fixture(scope="module")
+def controlled(tmp_path_factory) -> str:
+    """The Markdown report of the controlled study (3 seeds per point)."""
+    return build(_controlled_study(tmp_path_factory.mktemp("controlled"))).markdown()
+
+
+def _row(first: str, second: str, against: str, a: list[float], b: list[float]) -> str:
+    """The comparison row the report should print, its numbers from SciPy's Welch test."""
+    scipy_stats = pytest.importorskip("scipy.stats")
+    reference = scipy_stats.ttest_ind(b, a, equal_var=False)
+    verdict = "**real** (p < 0.05)" if reference.pvalue < 0.05 else "not distinguishable from noise"
+    return (
+        f"| {first} → {second} | {against} | {np.mean(b) - np.mean(a):+.3f} |"
+        f" {reference.statistic:.2f} | {reference.df:.1f} | {reference.pvalue:.2g} | {verdict} |"
+    )
+
+
+def _without_means(markdown: str) -> str:
+    """The comparison rows with their two mean ± std cells dropped (checked elsewhere)."""
+    cell = r"[^|\n]+"
+    pattern = rf"\| ({cell}) \| ({cell}) \| {cell} \| {cell} \| ([-+])"
+    return re.sub(pattern, r"| \1 | \2 | \3", markdown)
+
+
+def test_clearly_different_points_are_real_and_overlapping_ones_are_not(controlled):
+    rows = _without_means(controlled)
+    small, middle, large = (
+        CONTROLLED[("train_size", 5000)],
+        CONTROLLED[("train_size", 10000)],
+        CONTROLLED[("train_size", 20000)],
+    )
+    real = _row("n=5,000", "n=10,000", "neighbours, baseline", small, middle)
+    assert real in rows and "**real** (p < 0.05)" in real
+    overlapping = _row("n=10,000", "n=20,000", "neighbours", middle, large)
+    assert overlapping in rows and "not distinguishable from noise" in overlapping
+    assert _row("n=5,000", "n=20,000", "baseline", small, large) in rows
+    # the points' own mean ± std over the three repeats sit in the comparison row too
+    assert (
+        "| n=5,000 → n=10,000 | neighbours, baseline | 0.500 ± 0.010 (3) | 0.600 ± 0.010 (3) |"
+        in controlled
+    )
+    assert "against the baseline **n=5,000** (the point that matches the study's defaults)" in (
+        controlled
+    )
+    assert "Welch's t-test (two-sided, unequal variances)" in controlled
+    assert "counts as **real** when p < 0.05" in controlled
+    assert "**Sizes**: 2 of 3 tested differences in test accuracy are larger than" in controlled
+
+
+def test_without_a_point_at_the_defaults_the_first_point_is_the_baseline(controlled):
+    assert (
+        "against the baseline **L1 weight=0.5** (the experiment's first point: no point matches"
+        " the study's defaults)" in controlled
+    )
+    row = _row(
+        "L1 weight=0.5",
+        "L1 weight=0.7",
+        "neighbours, baseline",
+        CONTROLLED[("l1", 0.5)],
+        CONTROLLED[("l1", 0.7)],
+    )
+    assert row in _without_means(controlled) and "not distinguishable" in row
+
+
+def test_a_single_repeat_makes_no_statement_about_noise(tmp_path):
+    markdown = build(_controlled_study(tmp_path, repeats=1)).markdown()
+    assert markdown.count("Each point has a single run, so there is no run-to-run spread") == 2
+    assert "no statement is possible about which differences are real" in markdown
+    assert "| comparison |" not in markdown and "**real**" not in markdown
+
+
+# --- classes ----------------------------------------------------------------------------------
+
+
+def test_per_class_accuracy_and_confused_pairs_of_a_known_matrix():
+    matrix = _known_matrix()
+    assert per_class_accuracy(matrix) == pytest.approx([0.5 + 0.05 * i for i in range(10)])
+    assert confused_pairs(matrix, 3) == [(3, 5, 35, 25), (0, 1, 50, 0), (1, 2, 45, 0)]
+    assert per_class_accuracy([[0, 0], [1, 3]])[1] == 0.75
+    assert np.isnan(per_class_accuracy([[0, 0], [1, 3]])[0])  # a class without test images
+
+
+def test_the_per_class_table_shows_each_experiments_best_run(controlled):
+    assert "## Per-class accuracy of each experiment's best run" in controlled
+    assert re.search(r"\| class \| Sizes \(`\w{8}`\) \| Far \(`\w{8}`\) \|", controlled)
+    assert "| airplane | 0.500 | 0.500 |" in controlled
+    assert "| cat | 0.650 | 0.650 |" in controlled
+    assert "| truck | 0.950 | 0.950 |" in controlled
+    pairs = (
+        "cat ↔ dog 60 (cat→dog 35, dog→cat 25); airplane ↔ automobile 50"
+        " (airplane→automobile 50, automobile→airplane 0); automobile ↔ bird 45"
+    )
+    # the best run of Sizes is 20K seed 2 (0.62); of Far, L1 0.7 seed 1 (0.42)
+    for experiment, where in (
+        ("Sizes", "n=20,000, seed 2, test accuracy 0.620"),
+        ("Far", "L1 weight=0.7, seed 1, test accuracy 0.420"),
+    ):
+        line = rf"- \*\*{experiment}\*\*, run `\w{{12}}` \({where}\): {re.escape(pairs)}"
+        assert re.search(line, controlled), experiment
+
+
+# --- the best run's mistakes and kernels ------------------------------------------------------
+
+
+def test_the_best_runs_mistakes_and_kernels_are_figures(finished):
+    markdown = (finished / "report.md").read_text()
+    names = ["best-misclassified", "best-kernels", "kernels-sample-shapes", "kernels-sample-mosaic"]
+    for name in names:
+        assert f"]({FILES_FOLDER}/{name}.png)" in markdown, name
+        with Image.open(finished / FILES_FOLDER / f"{name}.png") as image:
+            image.load()  # decodes the whole image
+            assert image.width > 400 and image.height > 150
+    assert "misclassified test images of the best run" in markdown
+    assert "holds 16 kernels of 3×3×3 weights" in markdown
+    assert "averaged down 2×2 to 160×120 pixels" in markdown
+    html = (finished / "report.html").read_text()
+    assert html.count("<img ") == len(re.findall(rf"\]\({FILES_FOLDER}/", markdown))
+
+
+def _old_save_run(result, run_dir, class_names, **test_set):
+    """save_run as it was: none of the NumPy files the report's new figures read."""
+    paths = study_fakes.fake_save_run(result, run_dir, class_names)
+    for name in ("predictions_test", "misclassified_test", "kernels_first"):
+        Path(paths.pop(name)).unlink()
+    return paths
+
+
+def _garbled_save_run(result, run_dir, class_names, **test_set):
+    """save_run whose NumPy files are not NumPy files."""
+    paths = study_fakes.fake_save_run(result, run_dir, class_names)
+    for name in ("misclassified_test", "kernels_first"):
+        Path(paths[name]).write_bytes(b"not numpy")
+    return paths
+
+
+def test_runs_saved_before_the_new_files_are_reported_without_those_figures(tmp_path):
+    report = build(_controlled_study(tmp_path, repeats=2, save_run=_old_save_run))
+    markdown = report.markdown()
+    assert "kept no misclassified test images" in markdown
+    assert "kept no copy of its first conv layer's kernels" in markdown
+    assert "best-kernels.png" not in markdown and "best-misclassified.png" not in markdown
+    assert "## Per-class accuracy of each experiment's best run" in markdown  # from metrics
+
+
+def test_unreadable_new_files_are_reported_as_such(tmp_path):
+    markdown = build(_controlled_study(tmp_path, repeats=1, save_run=_garbled_save_run)).markdown()
+    assert "`misclassified_test.npz` of run" in markdown and "is unreadable" in markdown
+    assert "has an unreadable copy of its first conv layer's kernels" in markdown
+
+
+# --- the Python API ---------------------------------------------------------------------------
+
+
+def test_build_returns_a_report_a_notebook_shows_inline(finished):
+    report = build(finished)
+    assert isinstance(report, Report)
+    fragment = report._repr_html_()
+    assert fragment.startswith('<div class="cnnlab-report">') and "<html" not in fragment
+    assert ".cnnlab-report table {" in fragment  # its style is scoped to the fragment
+    assert fragment.count("<img ") == report.html().count("<img ") >= 13
+    assert "## Hand-made and learned kernels: the seed's part 1 meets part 2" in report.markdown()
+
+
+def test_results_frame_needs_pandas(finished, monkeypatch):
+    with Store.open(finished) as store:
+        records = store.runs()
+    monkeypatch.setitem(sys.modules, "pandas", None)  # as if it were not installed
+    with pytest.raises(CnnlabError, match=r"^results_frame needs pandas: pip install pandas$"):
+        tables.results_frame(records)
+
+
+def test_results_frame_is_one_row_per_run(finished):
+    pytest.importorskip("pandas")
+    with Store.open(finished) as store:
+        records = store.runs()
+    frame = tables.results_frame(records)
+    assert list(frame.index) == [r.id for r in records]
+    assert {"status", "experiments", "train_size", "l1", "test_accuracy"} <= set(frame.columns)
+    done = frame[frame.status == "done"]
+    assert done.test_accuracy.between(0, 1).all()
+    assert frame.loc[records[0].id, "seed"] == records[0].seed

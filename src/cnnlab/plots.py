@@ -382,11 +382,13 @@ def responses_figure(image, hand, learned, title: str, columns: int = 6) -> Figu
 
     height, width = image.shape[:2]
     panel_width = 9.6 / columns
-    panel_height = panel_width * height / width + 0.32
-    learned_rows = -(-len(learned) // columns)
-    figure = Figure(figsize=(9.6, panel_height * (1 + learned_rows) + 0.9), layout="constrained")
+    panel_height = panel_width * height / width
+    learned_rows = max(-(-len(learned) // columns), 1)
+    top_height = panel_height + 1.15  # titles above, the kernel's matrix below
+    bottom_height = (panel_height + 0.3) * learned_rows + 0.35
+    figure = Figure(figsize=(9.6, top_height + bottom_height + 0.35), layout="constrained")
     figure.suptitle(title, fontsize=11)
-    top, bottom = figure.subfigures(2, 1, height_ratios=[1, max(learned_rows, 1)])
+    top, bottom = figure.subfigures(2, 1, height_ratios=[top_height, bottom_height])
     top.suptitle("hand-made kernels (the seed's part 1), on the red channel", fontsize=10)
     bottom.suptitle(
         "learned first-layer kernels (part 2), on all three channels, summed", fontsize=10
@@ -410,7 +412,7 @@ def responses_figure(image, hand, learned, title: str, columns: int = 6) -> Figu
             spine.set_visible(bool(axes.images))
     for axes in top_axes[1 + len(hand) :]:
         axes.set_visible(False)
-    bottom_axes = list(bottom.subplots(max(learned_rows, 1), columns, squeeze=False).flat)
+    bottom_axes = list(bottom.subplots(learned_rows, columns, squeeze=False).flat)
     for axes in bottom_axes:
         axes.set_xticks([])
         axes.set_yticks([])
