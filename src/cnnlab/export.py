@@ -153,7 +153,9 @@ class TensorBoardLogger:
         try:
             self.logdir.mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            raise CnnlabError(f"{self.logdir}: cannot create the log folder: {error}") from None
+            raise CnnlabError(
+                f"{self.logdir}: cannot create the log folder: {error.strerror or error}"
+            ) from None
         api = self._tb.api_pb2
         self._hparams = {name: _hparam_kind(runs, name) for name in varied_fields(runs)}
         types = {bool: api.DATA_TYPE_BOOL, float: api.DATA_TYPE_FLOAT64, str: api.DATA_TYPE_STRING}
@@ -178,7 +180,7 @@ class TensorBoardLogger:
             self._tb.plugin_data_pb2.HParamsPluginData(experiment=experiment),
         )
         # The log folder's own event file: written aside, moved in, then older ones removed.
-        scratch = Path(tempfile.mkdtemp(prefix=".cnnlab-", dir=self.logdir.parent))
+        scratch = self._scratch_folder()
         try:
             writer = self._tb.EventFileWriter(str(scratch), filename_suffix=".cnnlab-hparams")
             writer.add_event(
@@ -200,20 +202,17 @@ class TensorBoardLogger:
             folder = self.logdir / name
         else:
             if self._scratch is None:
-                self._scratch = Path(tempfile.mkdtemp(prefix=".cnnlab-", dir=self.logdir.parent))
+                self._scratch = self._scratch_folder()
             folder = self._scratch / name
         self._folders[record.id] = folder
         writer = self._writers[record.id] = self._tb.EventFileWriter(str(folder))
-        values = {
-            name: _hparam_value(record.config.get(name), kind)
-            for name, kind in self._hparams.items()
-        }
         start = self._tb.plugin_data_pb2.SessionStartInfo(
             start_time_secs=record.started_at or time.time()
         )
-        for key, value in values.items():
-            field = {bool: "bool_value", float: "number_value", str: "string_value"}[type(value)]
-            setattr(start.hparams[key], field, value)
+        for field, kind in self._hparams.items():
+            value = _hparam_value(record.config.get(field), kind)
+            slot = {bool: "bool_value", float: "number_value", str: "string_value"}[kind]
+            setattr(start.hparams[field], slot, value)
         session = self._tb.plugin_data_pb2.HParamsPluginData(session_start_info=start)
         self._add(
             writer, 0, self._hparams_summary(self._tb.metadata.SESSION_START_INFO_TAG, session)
@@ -262,6 +261,15 @@ class TensorBoardLogger:
             writer, step, self._hparams_summary(self._tb.metadata.SESSION_END_INFO_TAG, session)
         )
         writer.close()
+
+    def _scratch_folder(self) -> Path:
+        """A folder beside the log folder (same disk, outside TensorBoard's view)."""
+        try:
+            return Path(tempfile.mkdtemp(prefix=".cnnlab-", dir=self.logdir.resolve().parent))
+        except OSError as error:
+            raise CnnlabError(
+                f"{self.logdir}: cannot write beside the log folder: {error}"
+            ) from None
 
     def _remove_run(self, run_id: str) -> None:
         """Every folder an earlier export or study wrote for this run (its label may differ)."""
@@ -329,7 +337,13 @@ class MlflowLogger:
             # MLflow 3 keeps its file store behind an opt-out; naming a file: URI opts out.
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         if uri.startswith("sqlite:///"):
-            Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            folder = Path(uri.removeprefix("sqlite:///")).parent
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise CnnlabError(
+                    f"{option} {uri}: cannot create {folder}: {error.strerror or error}"
+                ) from None
         self.uri = uri
         self.live = live
         try:
