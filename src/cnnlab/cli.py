@@ -450,7 +450,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 # A full disk, a read-only or unwritable place, a quota: one line, not a traceback.
-_ENVIRONMENT_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+_ENVIRONMENT_ERRORS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EFBIG,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+}
 EXIT_BROKEN_PIPE = 141  # what a shell reports for a process ended by SIGPIPE
 
 

@@ -948,7 +948,12 @@ def check_npy_size(path: Path, max_items: int, what: str) -> None:
     try:
         with path.open("rb") as handle:
             version = np.lib.format.read_magic(handle)
-            shape, _, dtype = np.lib.format._read_array_header(handle, version)
+            header = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            shape, _, dtype = header(handle)
             offset = handle.tell()
     except FileNotFoundError:
         raise CnnlabError(f"{what} {path} does not exist") from None

@@ -11,6 +11,7 @@ import dataclasses
 import io
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,8 +72,9 @@ def save_run(
     atomic.write_text(paths["history_csv"], buffer.getvalue())
     atomic.write_json(paths["history_json"], result.history)
     atomic.write_json(paths["metrics"], {"status": result.status, **result.metrics})
-    with atomic.atomic_path(paths["weights"]) as tmp:
-        torch.save(result.state_dict, tmp)
+    weights = io.BytesIO()  # torch.save would turn a full disk into a RuntimeError
+    torch.save(result.state_dict, weights)
+    atomic.write_bytes(paths["weights"], weights.getvalue())
     title = f"{result.config.arch}, {result.config.train_size:,} images, seed {result.config.seed}"
     plots.save_figure(plots.history_figure(result.history, title), paths["history_png"])
     for split in ("train", "test"):
@@ -245,7 +247,9 @@ def _weights_file(path: Path) -> dict[str, torch.Tensor]:
     if size > MAX_WEIGHTS_BYTES:
         raise CnnlabError(f"{path}: larger than {MAX_WEIGHTS_BYTES:,} bytes; not cnnlab's weights")
     try:
-        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about odd pickles before refusing them
+            warnings.simplefilter("ignore")
+            state_dict = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # torch's refusal of a pickle, a truncated or empty file, ...
         raise CnnlabError(
             f"{path}: not a plain state_dict of tensors; it will not be loaded (cnnlab only"
