@@ -330,45 +330,59 @@ def kernels_figure(kernels, title: str) -> Figure:
     """A conv layer's kernels (filters x 3 x kh x kw): each as an RGB picture, then per channel.
 
     The RGB row stretches each filter to its own range (a colour shows which input colour it
-    weighs up); the channel rows share one symmetric scale, so their strengths compare.
+    weighs up); the channel rows share one symmetric scale, so their strengths compare. Each row
+    is one image of the kernels side by side (one axes per row keeps the figure quick to draw).
     """
     import numpy as np
+    from matplotlib import colormaps
 
     kernels = np.asarray(kernels, dtype=np.float64)
-    filters, channels = kernels.shape[:2]
+    filters, channels, _, kernel_width = kernels.shape
     limit = float(np.abs(kernels).max()) or 1.0
     rgb = channels == 3
-    rows = channels + (1 if rgb else 0)
-    figure = Figure(figsize=(0.62 * filters + 1.6, 0.7 * rows + 0.7), layout="constrained")
+    rows = [("RGB", _side_by_side([kernel_picture(k) for k in kernels], 1.0))] if rgb else []
+    names = ("red", "green", "blue") if rgb else [f"in {c}" for c in range(channels)]
+    rows += [(name, _side_by_side(list(kernels[:, c]), np.nan)) for c, name in enumerate(names)]
+    width = 0.42 * filters * (kernel_width + 1) / 4 + 1.4
+    figure = Figure(figsize=(width, 0.55 * len(rows) + 0.75), layout="constrained")
     figure.suptitle(title, fontsize=11)
-    axes_grid = figure.subplots(rows, filters, squeeze=False)
-    row_names = (["RGB"] if rgb else []) + (
-        ["red", "green", "blue"] if rgb else [f"in {c}" for c in range(channels)]
-    )
+    axes_column = figure.subplots(len(rows), 1, squeeze=False)[:, 0]
+    diverging = colormaps["RdBu_r"].with_extremes(bad="white")
+    centres = [index * (kernel_width + 1) + (kernel_width - 1) / 2 for index in range(filters)]
     image = None
-    for column in range(filters):
-        kernel = kernels[column]
-        panels = []
-        if rgb:
-            panels.append((kernel_picture(kernel), {}))
-        panels += [
-            (kernel[c], {"cmap": "RdBu_r", "vmin": -limit, "vmax": limit}) for c in range(channels)
-        ]
-        for row, (pixels, style) in enumerate(panels):
-            axes = axes_grid[row, column]
-            shown = axes.imshow(pixels, interpolation="nearest", **style)
-            if style:
-                image = shown
-            axes.set_xticks([])
-            axes.set_yticks([])
-            if row == 0:
-                axes.set_title(str(column + 1), fontsize=8)
-            if column == 0:
-                axes.set_ylabel(row_names[row], rotation=0, ha="right", va="center", fontsize=8)
+    for axes, (name, pixels) in zip(axes_column, rows, strict=True):
+        if pixels.ndim == 3:
+            axes.imshow(pixels, interpolation="nearest")
+        else:
+            image = axes.imshow(
+                pixels, cmap=diverging, vmin=-limit, vmax=limit, interpolation="nearest"
+            )
+        axes.set_yticks([])
+        axes.set_xticks(centres if axes is axes_column[0] else [])
+        axes.set_xticklabels(
+            [str(index + 1) for index in range(filters)] if axes is axes_column[0] else [],
+            fontsize=7,
+        )
+        axes.xaxis.set_ticks_position("top")
+        axes.tick_params(length=0)
+        for spine in axes.spines.values():
+            spine.set_visible(False)
+        axes.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
     if image is not None:
-        colourbar = figure.colorbar(image, ax=axes_grid[-channels:, :], shrink=0.9, pad=0.01)
+        colourbar = figure.colorbar(image, ax=list(axes_column), shrink=0.9, pad=0.01)
         colourbar.ax.tick_params(labelsize=7)
     return figure
+
+
+def _side_by_side(tiles, gap_value):
+    """Equal-sized tiles (H x W or H x W x 3) in one row, one column of `gap_value` between."""
+    import numpy as np
+
+    height, width = tiles[0].shape[:2]
+    row = np.full((height, len(tiles) * (width + 1) - 1, *tiles[0].shape[2:]), gap_value)
+    for index, tile in enumerate(tiles):
+        row[:, index * (width + 1) : index * (width + 1) + width] = tile
+    return row
 
 
 def responses_figure(image, hand, learned, title: str, columns: int = 6) -> Figure:

@@ -526,15 +526,14 @@ def _comparisons(points: list[_Point], baseline: int) -> list[_Comparison]:
 
 
 def _verdict(result: WelchResult | None) -> str:
+    """A short verdict (the text above the table states the test and the threshold)."""
     if result is None:
-        return "one run: no test possible"
+        return "one run: no test"
     if math.isnan(result.p):
-        return "identical values: nothing to test"
+        return "identical: no test"
     if math.isinf(result.t):
-        return "**real**: neither point varies at all"
-    if result.p < SIGNIFICANCE:
-        return f"**real** (p < {SIGNIFICANCE:g})"
-    return "not distinguishable from noise"
+        return "**real** (no spread)"
+    return "**real**" if result.p < SIGNIFICANCE else "not distinguishable"
 
 
 def _show_p(p: float) -> str:
@@ -871,7 +870,9 @@ def _kernel_section(document: Document, best: RunRecord, study_dir: Path) -> Non
         " `cnnlab.conv.correlate2d` ('same', summed over the channels): the layer's output"
         " before its bias and ReLU. Every response is signed: white is 0, red positive, blue"
         " negative, each panel scaled to its own 99.5th percentile of |value|. The small square"
-        " in each learned panel is its kernel."
+        " in each learned panel is its kernel, Σ the sum of its weights: a kernel whose weights"
+        " sum to about 0, like `laplacian8`, answers edges only; one far from 0 answers"
+        " brightness and colour as well."
     )
     pictures = [plots.kernel_picture(kernel) for kernel in kernels]
     for name, image in sample_images().items():
@@ -882,8 +883,10 @@ def _kernel_section(document: Document, best: RunRecord, study_dir: Path) -> Non
         ]
         responses = layer_responses(image / 255.0, kernels)
         learned = [
-            (f"kernel {index + 1}", picture, response)
-            for index, (picture, response) in enumerate(zip(pictures, responses, strict=True))
+            (f"kernel {index + 1} (Σ {kernel.sum():+.2f})", picture, response)
+            for index, (kernel, picture, response) in enumerate(
+                zip(kernels, pictures, responses, strict=True)
+            )
         ]
         figure = plots.responses_figure(
             np.clip(np.rint(image), 0, 255).astype(np.uint8),
