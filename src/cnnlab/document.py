@@ -141,7 +141,7 @@ _STYLE = (
     (
         "table",
         "border-collapse: collapse; margin: 1rem 0; font-size: .92rem;"
-        " font-variant-numeric: tabular-nums;",
+        " font-variant-numeric: tabular-nums; display: block; max-width: 100%; overflow-x: auto;",
     ),
     ("th, td", "border: 1px solid #d2d2d7; padding: .3rem .6rem; text-align: left;"),
     ("th", "text-align: center; background: #f5f5f7;"),

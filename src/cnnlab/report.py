@@ -567,17 +567,28 @@ def _significance(
         f" against the baseline **{_label(experiment, points[baseline])}** ({why}). A difference"
         f" counts as **real** when p < {SIGNIFICANCE:g}; at that threshold about one comparison"
         " in 20 between truly equal points still comes out real, and with few repeats a small"
-        " real difference can go unseen. Differences are the later point minus the earlier."
+        " real difference can go unseen. Each point's mean ± std is in the table above; a"
+        " difference is the later point's mean minus the earlier one's."
     )
+    if len(experiment.grid) == 1:  # the field names the column; the rows show its values
+        (field,) = experiment.grid
+        heading = FIELD_LABELS.get(field, field)
+
+        def name(point: _Point) -> str:
+            return show_value(point.values[field])
+    else:
+        heading = "comparison"
+
+        def name(point: _Point) -> str:
+            return _label(experiment, point)
+
     rows = []
     for comparison in comparisons:
         result = comparison.result
         rows.append(
             [
-                f"{_label(experiment, comparison.first)} → {_label(experiment, comparison.second)}",
+                f"{name(comparison.first)} → {name(comparison.second)}",
                 ", ".join(comparison.roles),
-                _stat(comparison.first.records, "test_accuracy").show("test_accuracy"),
-                _stat(comparison.second.records, "test_accuracy").show("test_accuracy"),
                 "–" if result is None else f"{result.mean_difference:+.3f}",
                 "–" if result is None or math.isnan(result.t) else f"{result.t:.2f}",
                 "–" if result is None or math.isnan(result.df) else f"{result.df:.1f}",
@@ -585,9 +596,7 @@ def _significance(
                 _verdict(result),
             ]
         )
-    document.table(
-        ["comparison", "against", "from", "to", "difference", "t", "df", "p", "verdict"], rows
-    )
+    document.table([heading, "against", "difference", "t", "df", "p", "verdict"], rows)
     tested = [c for c in comparisons if c.result is not None and not math.isnan(c.result.p)]
     real = [c for c in tested if c.result.p < SIGNIFICANCE]
     if tested:
