@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import study_fakes
-from cnnlab import execute, ray_backend, study, train
+from cnnlab import batched, execute, ray_backend, study, train
 from cnnlab.config import RunConfig, run_id
 from cnnlab.errors import CnnlabError
 from cnnlab.metrics import HISTORY_KEYS
@@ -222,6 +222,54 @@ def test_runs_on_ray_end_as_the_same_runs_trained_locally(tiny_cifar, ray_addres
         assert result.state_dict.keys() == expected.state_dict.keys()
         for name, weight in expected.state_dict.items():
             assert torch.equal(result.state_dict[name], weight), (index, name)
+
+
+def test_a_cluster_without_what_the_runs_need_is_one_clear_error(tiny_cifar, ray_address):
+    for options, message in [
+        ({"device": "cuda"}, "device cuda: the Ray cluster has no GPU"),
+        (
+            {"cpus_per_run": 4},
+            r"cpus_per_run 4: no node .* has that many CPUs \(the largest has 2\)",
+        ),
+    ]:
+        options = {"device": "cpu", **options}
+        events = ray_backend.train_on_ray([BASE], tiny_cifar, address=ray_address, **options)
+        with pytest.raises(CnnlabError, match=message):
+            next(events)
+        assert not ray.is_initialized()
+
+
+def test_a_group_task_reports_each_member_under_its_run_index(tiny_cifar, ray_address):
+    # What a GPU task does with a group (here on the CPU, where a group still trains as one).
+    from ray.util.queue import Queue
+
+    configs = [dataclasses.replace(BASE, seed=seed) for seed in (0, 1)]
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)  # the task's threads
+    try:
+        expected = batched.fit_group(configs, tiny_cifar, device="cpu")
+    finally:
+        torch.set_num_threads(saved)
+    ray.init(address=ray_address)
+    try:
+        queue = Queue(actor_options={"num_cpus": 0})
+        shared = ray_backend.SharedData("", "", [ray.put(tiny_cifar)])
+        task = ray.remote(ray_backend.train_task)
+        outcomes = ray.get(task.remote(configs, [7, 3], shared, queue, "cpu", 1), timeout=300)
+        messages = queue.get_nowait_batch(queue.qsize())
+    finally:
+        ray.shutdown()
+    assert sorted(message[:2] for message in messages) == [
+        *[("progress", 3)] * 2,
+        *[("progress", 7)] * 2,
+        ("started", 3),
+        ("started", 7),
+    ]
+    for (kind, result), reference in zip(outcomes, expected, strict=True):
+        assert kind == "done"
+        assert _without_timings(result.history) == _without_timings(reference.history)
+        for name, weight in reference.state_dict.items():
+            assert (result.state_dict[name] == weight.numpy()).all(), name
 
 
 def test_closing_the_events_cancels_the_tasks_still_out(tiny_cifar, ray_address):

@@ -132,7 +132,7 @@ def _events(
         groups = batched.schedule(configs, torch.device(target))
         queue = Queue(actor_options={"num_cpus": 0})
         # Once per call, nested in a list so that a task fetches it only where it needs it.
-        shared = _SharedData(data.source, data.source_sha256, [ray.put(_plain(data))])
+        shared = SharedData(data.source, data.source_sha256, [ray.put(_plain(data))])
         options: dict[str, Any] = {
             "num_cpus": cpus_per_run,
             "max_retries": max_retries,
@@ -140,7 +140,7 @@ def _events(
         }
         if target == "cuda":
             options["num_gpus"] = gpus_per_group
-        task = ray.remote(_train_task)
+        task = ray.remote(train_task)
         # A group takes about as long as one of its members: the longest first.
         for position in workers.longest_first([configs[group[0]] for group in groups]):
             group = groups[position]
@@ -273,7 +273,7 @@ def _ray_failure(ray: Any, error: Exception, max_retries: int) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
-class _SharedData:
+class SharedData:
     """Where a task finds the data: the source path on its node, else the object store."""
 
     source: str
@@ -281,10 +281,10 @@ class _SharedData:
     stored: list[Any]  # [the ObjectRef of the arrays]; nested, so Ray does not fetch it for us
 
 
-def _train_task(
+def train_task(
     configs: list[RunConfig],
     indices: list[int],
-    shared: _SharedData,
+    shared: SharedData,
     queue: Any,
     device: str,
     threads: int,
