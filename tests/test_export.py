@@ -456,3 +456,39 @@ def test_importing_the_module_loads_neither_extra_nor_torch():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_the_command_logs_a_study_live_and_exports_the_same(tmp_path, monkeypatch, capsys):
+    # Through `cnnlab study --log` and `cnnlab export`, with the fake training in this process.
+    from cnnlab import train, workers
+    from cnnlab.cli import main
+
+    def fit(config, data, *, device="auto", progress=None):
+        result = study_fakes.fake_fit(config, data, device=device)
+        for row in result.history:  # as a real run reports its epochs
+            progress({**row, "member": 0, "epochs": config.epochs})
+        return result
+
+    monkeypatch.setattr(train, "fit", fit)
+    monkeypatch.setattr(runfolder, "save_run", study_fakes.fake_save_run)
+    monkeypatch.setattr(workers, "process_count", lambda *args: 1)
+    data = study_fakes.zeros_cifar()
+    monkeypatch.setattr("cnnlab.data.load_cifar10", lambda source=None: data)
+    path = tmp_path / "mini.toml"
+    path.write_text(study_fakes.STUDY_TOML)
+    out, live, replayed = tmp_path / "out", tmp_path / "live", tmp_path / "replayed"
+    command = ["study", str(path), "--out", str(out), "--repeats", "1"]
+    assert main([*command, "--log", f"tensorboard:{live}"]) == 0
+    assert main(["export", str(out), "--tensorboard", str(replayed)]) == 0
+    assert "tensorboard" in capsys.readouterr().out
+    for folder in sorted(p for p in live.iterdir() if p.is_dir()):
+        ours, theirs = EventAccumulator(str(folder)), EventAccumulator(str(replayed / folder.name))
+        ours.Reload()
+        theirs.Reload()
+        tags = sorted(ours.Tags()["scalars"])
+        assert tags and tags == sorted(theirs.Tags()["scalars"])
+        for tag in tags:
+            values = [(e.step, e.value) for e in ours.Scalars(tag)]
+            assert values == [(e.step, e.value) for e in theirs.Scalars(tag)], (folder, tag)
+    assert main([*command, "--log", "wandb:project"]) == 2
+    assert "wandb" in capsys.readouterr().err

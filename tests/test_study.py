@@ -269,21 +269,17 @@ def test_a_write_that_fails_marks_the_run_failed_and_exits_2(
 ):
     monkeypatch.setattr("cnnlab.data.load_cifar10", lambda data=None: tiny_data)
     out = tmp_path / "out"
-    first = plan_runs(load_study(mini), repeats=1)[0].id
-    Store.open(out).close()  # a study folder (empty) with a file where a run folder would go
-    (out / "runs").mkdir()
-    (out / "runs" / first).write_text("a file where the run folder should go")
+    Store.open(out).close()  # a study folder (empty) with a file where the run folders would go
+    (out / "runs").write_text("a file where the runs folder should go")
     assert main(["study", str(mini), "--out", str(out), "--repeats", "1"]) == 2
     error = capsys.readouterr().err
-    assert error.count("\n") == 1 and f"run {first} is marked failed" in error
+    assert error.count("\n") == 1 and "is marked failed" in error
     with Store.open(out) as store:
         assert store.integrity_ok()
-        runs = {r.id: (r.status, r.attempts) for r in store.runs()}
-        assert runs.pop(first) == ("failed", 1)
-        # The study stopped there: the others are done (trained first) or were never started.
-        assert {status for status, _ in runs.values()} <= {"done", "pending"}
-        assert "pending" in {status for status, _ in runs.values()}
-    (out / "runs" / first).unlink()
+        statuses = sorted(r.status for r in store.runs())
+    # The study stopped at the first run it could not write; the others were never recorded.
+    assert statuses.count("failed") == 1 and set(statuses) == {"failed", "pending"}
+    (out / "runs").unlink()
     assert main(["study", str(mini), "--out", str(out), "--repeats", "1"]) == 0
     with Store.open(out) as store:
         assert {r.status for r in store.runs()} == {"done"}

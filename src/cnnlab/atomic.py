@@ -91,7 +91,7 @@ def atomic_folder(path: str | os.PathLike[str]) -> Iterator[Path]:
 def remove_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
     """Remove what interrupted atomic writes left directly in `folder`; returns what it removed."""
     removed = []
-    with contextlib.suppress(FileNotFoundError):
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
         for entry in Path(folder).iterdir():
             if not (entry.name.startswith(".") and TEMPORARY_SUFFIX in entry.name):
                 continue

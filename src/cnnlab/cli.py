@@ -213,6 +213,14 @@ def _cmd_study(args: argparse.Namespace) -> int:
             print(line)
         print(f"{len(plan)} runs (dry run: nothing was trained)")
         return 0
+    logger = None
+    if args.log:  # a bad spec or a missing extra fails before any data is loaded
+        from cnnlab import export
+
+        def warn(line: str) -> None:
+            print(f"cnnlab: warning: {line}", file=sys.stderr)
+
+        logger = export.open_loggers(args.log, on_error=warn)
     outcome = study.run_study(
         args.study_file,
         out=args.out,
@@ -222,6 +230,8 @@ def _cmd_study(args: argparse.Namespace) -> int:
         device=args.device,
         workers=args.workers,
         echo=print,
+        watchers=[_study_display()],
+        logger=logger,
     )
     for line in study.summary_lines(outcome):
         print(line)
@@ -229,6 +239,23 @@ def _cmd_study(args: argparse.Namespace) -> int:
 
     print(f"report: {write_report(outcome.study_dir)['html']}")
     return 1 if outcome.counts.get("failed") else 0
+
+
+def _study_display():
+    """A live display of the study's progress on a terminal; plain lines anywhere else."""
+    from cnnlab import progress
+
+    return progress.LiveDisplay() if sys.stdout.isatty() else progress.Lines(print)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from cnnlab import export
+
+    for line in export.export_study(
+        args.study_dir, tensorboard=args.tensorboard, mlflow=args.mlflow
+    ):
+        print(line)
+    return 0
 
 
 def _cmd_results(args: argparse.Namespace) -> int:
@@ -404,7 +431,24 @@ def build_parser() -> argparse.ArgumentParser:
         " groups of runs on CUDA streams (default: all, up to 8); 1 trains one after another"
         " in this process",
     )
+    study.add_argument(
+        "--log",
+        action="append",
+        default=[],
+        metavar="tensorboard:DIR|mlflow:URI",
+        help="log the runs live as they train (repeatable; needs cnnlab[tensorboard|mlflow])",
+    )
     study.set_defaults(handler=_cmd_study)
+
+    export = commands.add_parser(
+        "export", help="export a study's runs to TensorBoard and/or MLflow"
+    )
+    export.add_argument("study_dir", metavar="STUDY_DIR")
+    export.add_argument("--tensorboard", metavar="DIR", help="write TensorBoard event files here")
+    export.add_argument(
+        "--mlflow", metavar="URI", help="sqlite:///FILE.db, file:///DIR or http(s)://HOST:PORT"
+    )
+    export.set_defaults(handler=_cmd_export)
 
     results = commands.add_parser("results", help="print or export a study's results")
     results.add_argument("study_dir", metavar="STUDY_DIR")

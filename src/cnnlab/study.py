@@ -17,7 +17,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,9 @@ from typing import Any
 from cnnlab import atomic
 from cnnlab.config import ConfigError, RunConfig, check_config, check_workers, run_id
 from cnnlab.errors import CnnlabError
+from cnnlab.export import StudyLogger, log_event
 from cnnlab.machine import machine_description
+from cnnlab.progress import Lines, Watcher
 from cnnlab.store import DATABASE_NAME, FINISHED, RunRecord, Store
 from cnnlab.studyfile import MAX_REPEATS, Experiment, Study, load_study, where
 
@@ -157,15 +159,17 @@ def execute_runs(
     device: str = "auto",
     workers: int | None = None,
     fit: Fit | None = None,
-    echo: Callable[[str], None] = print,
+    watchers: Sequence[Watcher] = (),
+    logger: StudyLogger | None = None,
 ) -> None:
     """Train every run of `plan` through `cnnlab.execute`, recording each in `store`.
 
     A run is marked running when it starts and recorded (artifacts first, then its row) when it
-    ends; a failed run is recorded with its reason and the rest go on. `fit` (train.fit's
-    signature) replaces the training, one run at a time in this process. A failed write stops
-    the study (the disk is full or gone), leaving the run marked failed. On Ctrl-C the runs in
-    hand go back to pending (also when a write fails).
+    ends; a failed run is recorded with its reason and the rest go on. `watchers` are told each
+    step (see `cnnlab.progress`). `fit` (train.fit's signature) replaces the training, one run
+    at a time in this process. A failed write stops the study (the disk is full or gone),
+    leaving the run marked failed. On Ctrl-C the runs in hand go back to pending (also when a
+    write fails). `logger` (`cnnlab.export`) logs every run to TensorBoard or MLflow as it trains.
     """
     from cnnlab.execute import execute  # the training stack (torch) loads only when runs train
 
@@ -177,56 +181,46 @@ def execute_runs(
 
     configs = [run.config for run in plan]
     execution = execute(configs, data, device=device, workers=workers, train_group=train_group)
-    echo(execution.how)
-    started = 0
     in_hand: set[str] = set()
     try:
+        if logger is not None:
+            logger.start(store.meta(), store.runs(planned_only=True))
+        for watcher in watchers:
+            watcher.begin(plan, execution.how)
         for event in execution:
             run = plan[event.index]
             if event.kind == "started":
-                started += 1
                 in_hand.add(run.id)
-                echo(_start_line(started, len(plan), run))
                 store.mark_running(run.id)
+                for watcher in watchers:
+                    watcher.started(run)
             elif event.kind == "progress":
-                echo(_progress_line(event.payload, run.id))
-            elif event.kind == "failed":
-                in_hand.discard(run.id)
-                store.record_failure(run.id, event.payload)
-                echo(f"    {run.id} failed: {event.payload}")
+                for watcher in watchers:
+                    watcher.epoch(run, event.payload)
             else:
                 in_hand.discard(run.id)
-                _record(run, event.payload, data, store, study_dir, echo)
+                if event.kind == "failed":
+                    store.record_failure(run.id, event.payload)
+                else:
+                    _record(run, event.payload, data, store, study_dir)
+                record = store.get(run.id)
+                for watcher in watchers:
+                    watcher.finished(run, record)
+            if logger is not None:
+                log_event(logger, store, study_dir, run.id, event)
     except BaseException:  # Ctrl-C, or a write that failed: the runs in hand are redone later
         for identifier in in_hand:
             store.mark_pending(identifier)
         raise
     finally:
         execution.close()
+        for watcher in watchers:
+            watcher.close()
+        if logger is not None:
+            logger.close()
 
 
-def _start_line(number: int, total: int, run: PlannedRun) -> str:
-    return f"[{number}/{total}] {run.id}  seed={run.config.seed}  {run.label()}"
-
-
-def _progress_line(row: dict[str, Any], run_id: str) -> str:
-    """One epoch's line, prefixed by its run's id where several runs report at once."""
-    return (
-        f"    {run_id + '  ' if run_id else ''}epoch {row['epoch']}/{row.get('epochs', '?')}"
-        f"  loss {row['loss']:.4f}  acc {row['accuracy']:.3f}"
-        f"  val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.3f}"
-        f"  {row['seconds']:.1f} s"
-    )
-
-
-def _record(
-    run: PlannedRun,
-    result: Any,
-    data: Any,
-    store: Store,
-    study_dir: Path,
-    echo: Callable[[str], None],
-) -> None:
+def _record(run: PlannedRun, result: Any, data: Any, store: Store, study_dir: Path) -> None:
     """Write a finished run's folder, then its row: a row marked done always has its files."""
     from cnnlab import runfolder
 
@@ -253,19 +247,6 @@ def _record(
         artifacts=artifacts,
         reason=reason,
     )
-    echo(f"    {run.id} " + _result_line(result.status, metrics, reason))
-
-
-def _result_line(status: str, metrics: dict[str, Any], reason: str) -> str:
-    def number(key: str, form: str) -> str:
-        value = metrics.get(key)
-        return format(value, form) if isinstance(value, int | float) else "?"
-
-    line = (
-        f"{status}: train {number('train_accuracy', '.3f')}  test {number('test_accuracy', '.3f')}"
-        f"  val {number('val_accuracy', '.3f')}  {number('fit_seconds', '.1f')} s"
-    )
-    return f"{line}  ({reason})" if reason else line
 
 
 @contextlib.contextmanager
@@ -335,8 +316,13 @@ def run_study(
     workers: int | None = None,
     fit: Fit | None = None,
     echo: Callable[[str], None] | None = None,
+    watchers: Sequence[Watcher] | None = None,
+    logger: StudyLogger | None = None,
 ) -> StudyOutcome:
-    """Run every unfinished run of a study file; `echo` (default: none) gets each progress line.
+    """Run every unfinished run of a study file, quietly unless told otherwise.
+
+    `echo` gets the study's own lines (what it found, what it will run); `watchers` follow the
+    runs (`cnnlab.progress`; default: plain lines through `echo`, when it is given).
 
     `data` is a source for `load_cifar10` (default: the study's, then cnnlab's usual search) or an
     already loaded `Cifar10`; it is loaded only if some run has to train. `workers` is how many
@@ -345,6 +331,8 @@ def run_study(
     replaces the training (see `execute_runs`). The report is the caller's to write.
     """
     started = time.perf_counter()
+    if watchers is None:
+        watchers = [Lines(echo)] if echo is not None else []
     echo = echo or _quiet
     check_workers(workers)  # before any data is loaded
     study = load_study(study_file)
@@ -392,7 +380,8 @@ def run_study(
                 device=device,
                 workers=workers,
                 fit=fit,
-                echo=echo,
+                watchers=watchers,
+                logger=logger,
             )
         final = store.runs(planned_only=True)
         store.set_meta({"last_wall_seconds": f"{time.perf_counter() - started:.3f}"})
