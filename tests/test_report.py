@@ -101,8 +101,8 @@ def test_results_export_one_row_per_run(finished, capsys):
     assert main(["results", str(finished), "--format", "csv"]) == 0
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert len(rows) == 12
-    assert {row["status"] for row in controlled} == {"done", "diverged"}
-    shared = [row for row in controlled if row["experiments"] == "l1;pooling;sizes"]
+    assert {row["status"] for row in rows} == {"done", "diverged"}
+    shared = [row for row in rows if row["experiments"] == "l1;pooling;sizes"]
     assert len(shared) == 2 and {row["seed"] for row in shared} == {"0", "1"}
     assert main(["results", str(finished), "--format", "json"]) == 0
     records = json.loads(capsys.readouterr().out, parse_constant=pytest.fail)  # no NaN
@@ -320,7 +320,11 @@ def test_clearly_different_points_are_real_and_overlapping_ones_are_not(controll
     assert "| n | against | difference | t | df | p | verdict |" in controlled
     assert "Welch's t-test (two-sided, unequal variances)" in controlled
     assert "counts as **real** when p < 0.05" in controlled
-    assert "**Sizes**: 2 of 3 tested differences in test accuracy are larger than" in controlled
+    assert (
+        "**Sizes**: 2 of 3 tested differences in test accuracy are larger than the run-to-run"
+        " noise (Welch's t-test, p < 0.05): n=5,000 → n=10,000 (+0.100); n=5,000 → n=20,000"
+        " (+0.102)." in controlled
+    )
 
 
 def test_without_a_point_at_the_defaults_the_first_point_is_the_baseline(controlled):

@@ -600,10 +600,15 @@ def _significance(
     tested = [c for c in comparisons if c.result is not None and not math.isnan(c.result.p)]
     real = [c for c in tested if c.result.p < SIGNIFICANCE]
     if tested:
+        which = "; ".join(
+            f"{_label(experiment, c.first)} → {_label(experiment, c.second)}"
+            f" ({c.result.mean_difference:+.3f})"
+            for c in real
+        )
         observations.append(
             f"**{experiment.title}**: {len(real)} of {len(tested)} tested differences in test"
             " accuracy are larger than the run-to-run noise (Welch's t-test,"
-            f" p < {SIGNIFICANCE:g})."
+            f" p < {SIGNIFICANCE:g})" + (f": {which}." if which else ".")
         )
 
 
