@@ -70,6 +70,7 @@ class GroupNet(nn.Module):
         super().__init__()
         self.members = len(nets)
         self.specs = nets[0].specs
+        self.input_shape = nets[0].input_shape
         # A tuple, not a ModuleList: the lone modules lend their settings, not their parameters.
         self.lone_layers = tuple(nets[0].layers)
         self.weights = nn.ParameterList()
@@ -127,7 +128,7 @@ class GroupNet(nn.Module):
 
     def dropout_shapes(self, batch: int) -> list[tuple[int, ...]]:
         """A lone member's activation shape at each dropout layer, for a batch of `batch`."""
-        shapes, shape = [], tuple(models.INPUT_SHAPE)
+        shapes, shape = [], self.input_shape
         for spec in self.specs:
             if isinstance(spec, models.Dropout) and spec.rate > 0:
                 lone = (batch, shape[2], shape[0], shape[1]) if len(shape) == 3 else (batch, *shape)
@@ -393,7 +394,10 @@ class GroupMembers:
             init_generator, shuffle_generator, dropout_generator = train.generators(
                 member.seed, target
             )
-            net = models.ConvNet(models.resolve_layers(member), models.INPUT_SHAPE)
+            net = models.ConvNet(
+                models.resolve_layers(member, on_device.input_shape, on_device.num_classes),
+                on_device.input_shape,
+            )
             models.initialise(net, init_generator)
             nets.append(net)
             self.shufflers.append(shuffle_generator)

@@ -18,6 +18,17 @@ from typing import Any
 from cnnlab.errors import CnnlabError
 
 PRECISIONS = ("float32", "bfloat16")  # forward-pass arithmetic
+# The named datasets and their images' (height, width, channels) and class count; "images" is
+# any image-folder dataset, whose shape is known once it is loaded (see cnnlab.data).
+DATASET_SHAPES: dict[str, tuple[tuple[int, int, int], int] | None] = {
+    "cifar10": ((32, 32, 3), 10),
+    "cifar100": ((32, 32, 3), 100),
+    "cifar100-coarse": ((32, 32, 3), 20),
+    "mnist": ((28, 28, 1), 10),
+    "fashion-mnist": ((28, 28, 1), 10),
+    "digits": ((8, 8, 1), 10),
+    "images": None,
+}
 OPTIMIZERS = ("adam", "torch_adam")  # Keras's Adam update (default), PyTorch's Adam update
 # SQLite stores integers as signed 64-bit; seeds also feed NumPy's SeedSequence.
 MAX_SEED = 2**63 - 1
@@ -27,6 +38,7 @@ MAX_SEED = 2**63 - 1
 class RunConfig:
     """One training run; with `seed` it determines the result on the CPU."""
 
+    dataset: str = "cifar10"  # one of DATASET_SHAPES (see `cnnlab data info --dataset NAME`)
     arch: str = "seed"  # registry name (see `cnnlab archs`) or the name of inline `layers`
     layers: tuple[dict[str, Any], ...] | None = None  # inline layer specs; None: the registry's
     train_size: int = 5000  # images from the stratified shuffle of the training set
@@ -94,6 +106,12 @@ def _any(value: Any) -> str | None:
 
 
 RULES: dict[str, Rule] = {
+    "dataset": Rule(
+        str,
+        _one_of(tuple(DATASET_SHAPES)),
+        "the images and classes to train on",
+        tuple(DATASET_SHAPES),
+    ),
     "arch": Rule(str, _any, "architecture: a registered name (see `cnnlab archs`)"),
     "train_size": Rule(int, _at_least(1), "training images: a stratified subset of this size"),
     "l1": Rule(float, _finite_not_negative, "L1 weight on the dense kernels (default: arch's)"),

@@ -52,6 +52,7 @@ class Provenance:
     fit_seconds: float
     eval_seconds: float
     group_size: int  # runs trained together as one network, this one included
+    input_shape: tuple[int, ...] = ()  # one image: height, width, channels
 
 
 def history_row(
@@ -101,6 +102,8 @@ def make_result(
         "versions": versions(),
         "data_source": provenance.data_source,
         "data_sha256": provenance.data_sha256,
+        "input_shape": list(provenance.input_shape),
+        "class_names": list(class_names),
     }
     status = "done" if diverged_epoch is None else "diverged"
     predictions = np.asarray(test_scores.predictions).astype(np.int16)

@@ -20,10 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cnnlab.config import DATASET_SHAPES, RunConfig
 from cnnlab.errors import CnnlabError
 
-INPUT_SHAPE = (32, 32, 3)  # height, width, channels (CIFAR-10, channels-last as in Keras)
-NUM_CLASSES = 10
+# Where no dataset is named, nets are checked and summarised for the default one's images.
+INPUT_SHAPE, NUM_CLASSES = DATASET_SHAPES[RunConfig.dataset]  # (height, width, channels)
 ACTIVATIONS = ("linear", "relu", "tanh", "sigmoid", "softmax")
 PADDINGS = ("same", "valid")
 
@@ -309,10 +310,34 @@ def get_architecture(name: str) -> tuple[dict[str, Any], ...]:
     return ARCHITECTURES[name]
 
 
-def resolve_layers(config: Any) -> tuple[LayerSpec, ...]:
-    """A RunConfig's layers (inline or registered) with its l1/l2 overrides on every dense."""
+def dataset_input(config: Any) -> tuple[tuple[int, int, int], int]:
+    """The (input shape, class count) of a config's named dataset, for checks before loading."""
+    known = DATASET_SHAPES.get(getattr(config, "dataset", RunConfig.dataset))
+    return known if known is not None else (INPUT_SHAPE, NUM_CLASSES)
+
+
+def resolve_layers(
+    config: Any,
+    input_shape: tuple[int, int, int] | None = None,
+    num_classes: int | None = None,
+) -> tuple[LayerSpec, ...]:
+    """A RunConfig's layers (inline or registered) with its l1/l2 overrides on every dense.
+
+    They are checked against `input_shape` and `num_classes` (the dataset's), by default the
+    config's named dataset's.
+    """
+    known_shape, known_classes = dataset_input(config)
+    input_shape = tuple(input_shape or known_shape)
+    num_classes = num_classes or known_classes
     specs = config.layers if config.layers is not None else get_architecture(config.arch)
-    layers = parse_layers(specs)
+    try:
+        layers = parse_layers(specs, input_shape, num_classes)
+    except CnnlabError as error:
+        dataset = getattr(config, "dataset", RunConfig.dataset)
+        raise CnnlabError(
+            f"{config.arch} on {dataset} ({'x'.join(map(str, input_shape))} images,"
+            f" {num_classes} classes): {error}"
+        ) from None
     overrides = {
         key: float(value)
         for key, value in (("l1", config.l1), ("l2", config.l2))
@@ -462,6 +487,7 @@ class ConvNet(nn.Module):
     def __init__(self, layers: Sequence[LayerSpec], input_shape: tuple[int, int, int]):
         super().__init__()
         self.specs = tuple(layers)
+        self.input_shape = tuple(input_shape)  # height, width, channels
         modules: list[nn.Module] = []
         shape: tuple[int, ...] = tuple(input_shape)
         for spec in self.specs:
@@ -507,17 +533,23 @@ def initialise(model: ConvNet, generator: torch.Generator | None = None) -> None
 
 def build_model(
     spec: Any,
-    input_shape: tuple[int, int, int] = INPUT_SHAPE,
+    input_shape: tuple[int, int, int] | None = None,
+    num_classes: int | None = None,
     *,
     generator: torch.Generator | None = None,
 ) -> ConvNet:
-    """A ConvNet (on the CPU, float32) from a RunConfig, a registry name or layer specs."""
-    if isinstance(spec, str):
-        layers = parse_layers(get_architecture(spec), input_shape)
-    elif hasattr(spec, "arch") and hasattr(spec, "layers"):
-        layers = resolve_layers(spec)
+    """A ConvNet (on the CPU, float32) from a RunConfig, a registry name or layer specs.
+
+    `input_shape` (height, width, channels) and `num_classes` default to the config's dataset's,
+    else CIFAR-10's.
+    """
+    if hasattr(spec, "arch") and hasattr(spec, "layers"):
+        layers = resolve_layers(spec, input_shape, num_classes)
+        input_shape = input_shape or dataset_input(spec)[0]
     else:
-        layers = parse_layers(spec, input_shape)
+        input_shape = input_shape or INPUT_SHAPE
+        specs = get_architecture(spec) if isinstance(spec, str) else spec
+        layers = parse_layers(specs, input_shape, num_classes or NUM_CLASSES)
     model = ConvNet(layers, input_shape)
     initialise(model, generator)
     return model
@@ -542,10 +574,12 @@ class SummaryRow:
 
 
 def architecture_summary(
-    layers: Sequence[Mapping[str, Any] | LayerSpec], input_shape: tuple[int, int, int] = INPUT_SHAPE
+    layers: Sequence[Mapping[str, Any] | LayerSpec],
+    input_shape: tuple[int, int, int] = INPUT_SHAPE,
+    num_classes: int = NUM_CLASSES,
 ) -> tuple[list[SummaryRow], int]:
     """Keras's model.summary() rows (name, type, output shape, parameters) and the total."""
-    specs = parse_layers(layers, input_shape)
+    specs = parse_layers(layers, input_shape, num_classes)
     rows, seen = [], {}
     shape: tuple[int, ...] = tuple(input_shape)
     for spec in specs:
@@ -565,9 +599,14 @@ def architecture_summary(
     return rows, sum(row.parameters for row in rows)
 
 
-def format_summary(name: str, layers: Sequence[Mapping[str, Any] | LayerSpec]) -> str:
-    """The summary as Keras prints it."""
-    rows, total = architecture_summary(layers)
+def format_summary(
+    name: str,
+    layers: Sequence[Mapping[str, Any] | LayerSpec],
+    input_shape: tuple[int, int, int] = INPUT_SHAPE,
+    num_classes: int = NUM_CLASSES,
+) -> str:
+    """The summary as Keras prints it, for images of `input_shape` (height, width, channels)."""
+    rows, total = architecture_summary(layers, input_shape, num_classes)
     table = [("Layer (type)", "Output Shape", "Param #")]
     table += [
         (f"{row.name} ({row.kind})", str((None, *row.output_shape)), f"{row.parameters:,}")

@@ -14,8 +14,17 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from cnnlab.config import RunConfig
     from cnnlab.store import RunRecord
-    from cnnlab.study import PlannedRun
+
+
+class PlannedRun(Protocol):
+    """What a watcher sees of a planned run (`study.PlannedRun` is one)."""
+
+    id: str
+    config: RunConfig
+
+    def label(self) -> str: ...
 
 
 class Watcher(Protocol):

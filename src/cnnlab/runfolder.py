@@ -189,8 +189,13 @@ def load_run(run_dir: str | Path) -> SavedRun:
     metrics = _json_file(run_dir / "metrics.json", dict)
     config = _config_from(config_data, run_dir / "config.json")
     state_dict = _weights_file(run_dir / "weights.pt")
+    shape, classes = metrics.get("input_shape"), metrics.get("class_names")
     try:
-        model = models.build_model(config)
+        model = models.build_model(
+            config,
+            tuple(shape) if isinstance(shape, list) and len(shape) == 3 else None,
+            len(classes) if isinstance(classes, list) and classes else None,
+        )
         model.load_state_dict(state_dict)
     except CnnlabError as error:
         raise CnnlabError(f"{run_dir / 'config.json'}: {error}") from None
@@ -271,6 +276,13 @@ def evaluate_run(
     """A saved run's model on its training subset and the test set: split -> (labels, scores)."""
     target = train.resolve_device(device)
     config = run.config
+    shape = train.data_input(data)[0]
+    if tuple(run.model.input_shape) != shape:
+        trained = "x".join(map(str, run.model.input_shape))
+        raise CnnlabError(
+            f"the run's net takes {trained} images; {data.source} holds"
+            f" {'x'.join(map(str, shape))} images (pass the dataset it was trained on)"
+        )
     subset = stratified_subset(data.train_labels, config.train_size, config.subset_seed)
     model = run.model.to(target)
     splits = {"train": (data.train_images[subset], data.train_labels[subset])}

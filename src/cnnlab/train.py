@@ -149,9 +149,20 @@ def train_one_epoch(
     return loss_mean, accuracy
 
 
+def data_input(data: Cifar10) -> tuple[tuple[int, int, int], int]:
+    """The (height, width, channels) of a dataset's images and its class count."""
+    return tuple(data.train_images.shape[1:]), len(data.class_names)
+
+
+def layers_for(config: RunConfig, data: Cifar10) -> tuple[models.LayerSpec, ...]:
+    """The config's layers, checked against the dataset's images and classes."""
+    return models.resolve_layers(config, *data_input(data))
+
+
 def subset_indices(config: RunConfig, data: Cifar10) -> tuple[np.ndarray, np.ndarray]:
     """(training part, validation part) of the run's subset: Keras holds out the last fraction."""
     check_config(config, available=len(data.train_labels), classes=len(data.class_names))
+    layers_for(config, data)  # the net must fit the images and the classes
     subset = stratified_subset(data.train_labels, config.train_size, config.subset_seed)
     train_part, validation_part = validation_split(subset, config.validation_split)
     if len(train_part) == 0 or len(validation_part) == 0:
@@ -162,9 +173,15 @@ def subset_indices(config: RunConfig, data: Cifar10) -> tuple[np.ndarray, np.nda
     return train_part, validation_part
 
 
-def run_flops(config: RunConfig, test_images: int = 10_000) -> float:
-    """Network FLOPs of a whole run: training (backward ~ 2 forwards), validation, evaluation."""
-    forward = models.forward_flops(models.resolve_layers(config))
+def run_flops(
+    config: RunConfig, test_images: int = 10_000, input_shape: tuple[int, ...] | None = None
+) -> float:
+    """Network FLOPs of a whole run: training (backward ~ 2 forwards), validation, evaluation.
+
+    `input_shape` defaults to the config's named dataset's (an estimate for "images").
+    """
+    input_shape = input_shape or models.dataset_input(config)[0]
+    forward = models.forward_flops(models.resolve_layers(config, input_shape), input_shape)
     trained = int(config.train_size * (1 - config.validation_split))  # Keras floors
     validation = config.train_size - trained
     passes = (3 * trained + validation) * config.epochs + config.train_size + test_images
@@ -205,6 +222,9 @@ class OnDevice:
     train_count: int  # how many of them are the training part
     images: torch.Tensor  # uint8 NCHW, channels-last
     labels: torch.Tensor  # int64
+    input_shape: tuple[int, int, int]  # one image: height, width, channels
+    num_classes: int
+    layers: tuple[models.LayerSpec, ...]  # the config's net, checked against the dataset
 
 
 def to_device(config: RunConfig, data: Cifar10, device: torch.device) -> OnDevice:
@@ -213,7 +233,9 @@ def to_device(config: RunConfig, data: Cifar10, device: torch.device) -> OnDevic
     ordered = np.concatenate([train_part, validation_part])
     images = images_to_device(data.train_images[ordered], device)
     labels = torch.from_numpy(data.train_labels[ordered].astype(np.int64)).to(device)
-    return OnDevice(ordered, len(train_part), images, labels)
+    shape, classes = data_input(data)
+    layers = layers_for(config, data)
+    return OnDevice(ordered, len(train_part), images, labels, shape, classes, layers)
 
 
 class Members(Protocol):
@@ -299,6 +321,7 @@ def _score(configs, data, on_device, members, trained, fit_seconds) -> list[RunR
         fit_seconds=fit_seconds,
         eval_seconds=time.perf_counter() - evaluated,
         group_size=members.count,
+        input_shape=on_device.input_shape,
     )
     labels = (data.train_labels[on_device.ordered], data.test_labels)
     return [
@@ -325,7 +348,7 @@ class LoneNet:
     def __init__(self, config: RunConfig, on_device: OnDevice):
         device = on_device.images.device
         init_generator, self.shuffle_generator, dropout_generator = generators(config.seed, device)
-        self.model = models.ConvNet(models.resolve_layers(config), models.INPUT_SHAPE)
+        self.model = models.ConvNet(on_device.layers, on_device.input_shape)
         models.initialise(self.model, init_generator)
         self.model.to(device)
         self.model.set_dropout_generator(dropout_generator)
