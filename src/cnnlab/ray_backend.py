@@ -8,15 +8,21 @@ for a lone run on the CPU, with `cpus_per_run` threads) and returns its RunResul
 weights as NumPy arrays; the driver yields the same `events.Event`s as every local path, so the
 study's store and run folders stay at the driver and the nodes need no shared file system.
 
-Events: a task pushes `started` and each epoch's row into one `ray.util.queue.Queue`, which the
-driver drains while it waits for the tasks. A task whose worker process or node dies is retried
-by Ray up to `max_retries` times; the retry trains from the start, and the driver passes on
-neither its second `started` nor the epochs already reported. An exception in training is not
-retried: the run fails with the reason, as on every path. Closing the events cancels the tasks
-still out (their runs are neither done nor failed).
+Events: a task sends `started` and each epoch's row to one small actor (`Mailbox`), which the
+driver empties while it waits for the tasks. The task does not wait for those sends (only for
+the last one, before it returns): Ray lends a task's CPUs to other tasks while it waits, so a
+task waiting once per epoch would let every pending run start on the node at once.
 
-Data: a task loads the dataset from `data.source` where that path exists on its node with the
-same checksum, else it takes the arrays the driver put once into Ray's object store.
+Faults: a task whose worker process or node dies is retried by Ray up to `max_retries` times;
+the retry trains from the start, and the driver passes on neither its second `started` nor the
+epochs already reported. An exception in training is not retried: the run fails with the
+reason, as on every path. Closing the events cancels the tasks still out (their runs are
+neither done nor failed).
+
+Data: the driver puts the arrays once into Ray's object store. Where `data` came from a file
+that exists at the driver, a task loads that file where its node has it with the same checksum
+and fetches the arrays only where it does not; other data (no file) goes to every task as an
+argument, which Ray fetches to the node before the task starts (once per node).
 
 Ray is imported only when Ray trains: local training needs no Ray.
 """
@@ -47,7 +53,7 @@ DEFAULT_MAX_RETRIES = 2  # retries of a task whose worker process or node died
 # A group's share of one GPU: as many groups share a device as the local path trains at once.
 GPUS_PER_GROUP = 1 / streams.MAX_STREAMS
 DEVICES = ("auto", "cpu", "cuda")  # Ray picks the GPU; "auto": CUDA where the cluster has GPUs
-# How long the driver waits for a task to finish before it passes on the queued progress (s).
+# How long the driver waits for a task to finish before it passes on the tasks' messages (s).
 _POLL_SECONDS = 0.2
 
 
@@ -120,19 +126,19 @@ def _events(
     max_retries: int,
 ) -> Iterator[Event]:
     ray = _import_ray()
-    from ray.util.queue import Queue
-
     connected_here = not ray.is_initialized()
     if connected_here:
         _connect(ray, address)
     outstanding: dict[Any, list[int]] = {}  # task -> the config indices it trains
-    queue = None
+    mailbox = None
     try:
         target = _cluster_device(ray, device, cpus_per_run)
         groups = batched.schedule(configs, torch.device(target))
-        queue = Queue(actor_options={"num_cpus": 0})
-        # Once per call, nested in a list so that a task fetches it only where it needs it.
-        shared = SharedData(data.source, data.source_sha256, [ray.put(_plain(data))])
+        mailbox = ray.remote(num_cpus=0)(Mailbox).remote()
+        stored = ray.put(_plain(data))  # once per call
+        # Nested in a list, Ray leaves the arrays where they are until a task asks for them.
+        shared = SharedData(data.source, data.source_sha256, [stored])
+        given = None if _has_file(data) else stored
         options: dict[str, Any] = {
             "num_cpus": cpus_per_run,
             "max_retries": max_retries,
@@ -146,13 +152,13 @@ def _events(
             group = groups[position]
             members = [configs[index] for index in group]
             named = task.options(name=task_name(members), **options)
-            reference = named.remote(members, group, shared, queue, target, cpus_per_run)
+            reference = named.remote(members, group, shared, mailbox, target, cpus_per_run, given)
             outstanding[reference] = group
         relay = _Relay()
         while outstanding:
             ready, _ = ray.wait(list(outstanding), num_returns=1, timeout=_POLL_SECONDS)
-            # A task's messages are all queued before it returns: its rows come before its end.
-            for kind, index, payload in _drain(queue):
+            # A task's messages have all arrived before it returns: its rows come before its end.
+            for kind, index, payload in ray.get(mailbox.take.remote()):
                 yield from relay.message(kind, index, payload)
             for reference in ready:
                 group = outstanding.pop(reference)
@@ -162,9 +168,9 @@ def _events(
         for reference in outstanding:
             with contextlib.suppress(Exception):  # already finished or gone: nothing to stop
                 ray.cancel(reference, force=True)
-        if queue is not None:
+        if mailbox is not None:
             with contextlib.suppress(Exception):
-                queue.shutdown(force=True)
+                ray.kill(mailbox)
         if connected_here:
             ray.shutdown()
 
@@ -207,10 +213,23 @@ def _cluster_device(ray: Any, device: str, cpus_per_run: int) -> str:
     return target
 
 
-def _drain(queue: Any) -> list[tuple[str, int, Any]]:
-    """Every message the tasks have queued so far."""
-    waiting = queue.qsize()
-    return queue.get_nowait_batch(waiting) if waiting else []
+class Mailbox:
+    """The tasks' messages, ("started" | "progress", run index, row), in the order they came."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, int, Any]] = []
+
+    def put(self, messages: list[tuple[str, int, Any]]) -> None:
+        self.messages.extend(messages)
+
+    def take(self) -> list[tuple[str, int, Any]]:
+        """Every message so far, once."""
+        messages, self.messages = self.messages, []
+        return messages
+
+
+def _has_file(data: Cifar10) -> bool:
+    return bool(data.source_sha256) and Path(data.source).exists()
 
 
 class _Relay:
@@ -285,24 +304,34 @@ def train_task(
     configs: list[RunConfig],
     indices: list[int],
     shared: SharedData,
-    queue: Any,
+    mailbox: Any,
     device: str,
     threads: int,
+    given: Cifar10 | None = None,
 ) -> list[tuple[str, Any]]:
-    """Train one scheduled group in a Ray worker: ("done", RunResult) or ("failed", reason) each."""
+    """Train one scheduled group in a Ray worker: ("done", RunResult) or ("failed", reason) each.
+
+    `given`: the data, where the driver passed it whole (it has no file to load).
+    """
+    ray = _import_ray()
     torch.set_num_threads(threads)
-    queue.put_nowait_batch([("started", index, None) for index in indices])
+    mailbox.put.remote([("started", index, None) for index in indices])
 
     def progress(row: dict[str, Any]) -> None:
-        queue.put(("progress", indices[row.get("member", 0)], row))
+        mailbox.put.remote([("progress", indices[row.get("member", 0)], row)])
 
     try:
-        data = local_copy(shared.source, shared.sha256) or _import_ray().get(shared.stored[0])
+        data = given if given is not None else local_copy(shared.source, shared.sha256)
+        if data is None:
+            data = ray.get(shared.stored[0])
         results = batched.train_together(configs, data, device=device, progress=progress)
+        outcomes = [("done", _weights_as_arrays(result)) for result in results]
     except Exception as error:  # the driver records the runs as failed and goes on
         reason = failure_reason(error)
-        return [("failed", reason) for _ in configs]
-    return [("done", _weights_as_arrays(result)) for result in results]
+        outcomes = [("failed", reason) for _ in configs]
+    # A mailbox runs one caller's calls in order: once this one is done, so are the others.
+    ray.get(mailbox.put.remote([]))
+    return outcomes
 
 
 @functools.lru_cache(maxsize=2)
