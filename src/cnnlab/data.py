@@ -1,21 +1,29 @@
-"""Every CIFAR-10 source -> one uint8 array pair per split, cached; subsets and splits.
+"""Every small image-classification source -> one uint8 array pair per split, cached; subsets.
 
 CONTRACT (other modules rely on these names):
-- `Cifar10`: the in-memory dataset.
-- `load_cifar10(data=None) -> Cifar10`: `data` > $CNNLAB_DATA > the user cache > download.
+- `Dataset` (alias `Cifar10`): the in-memory dataset, with `input_shape` and `num_classes`.
+- `DATASETS` (names) and `DESCRIPTIONS` (one line each, for --help).
+- `load_dataset(name, data=None, *, image_size=None, resample="bilinear") -> Dataset`:
+  `data` > the dataset's environment variable > the user cache > a download (see ENVIRONMENT).
+- `load_cifar10(data=None)` is `load_dataset("cifar10", data)`.
 - `stratified_order(labels, seed) -> indices` and `stratified_subset(labels, size, seed)`.
 - `validation_split(indices, fraction) -> (train_indices, validation_indices)`.
 
-Source checksum (`Cifar10.source_sha256`): for a file, the sha256 of its bytes; for a folder, the
+Source checksum (`Dataset.source_sha256`): for a file, the sha256 of its bytes; for a folder, the
 sha256 of its listing, one line "relative/name<TAB>size<TAB>mtime_ns" per file in sorted order
-(so a touched or replaced file changes it; hashing 60,000 files' contents each load would not pay).
+(so a touched or replaced file changes it; hashing 60,000 files' contents each load would not pay);
+for `digits`, the sha256 of the arrays themselves.
 
 Cache ($CNNLAB_CACHE, default ~/.cache/cnnlab):
 - sources/<key>.json: (path, size, mtime_ns) -> the file's sha256, so a cached load need not
   re-hash a large archive;
-- arrays/<sha256[:32]>/{train,test}_{images,labels}.npy and manifest.json (shapes and dtypes,
-  written last); a load memory-maps the arrays, and one that disagrees with its manifest is rebuilt.
-- cifar-10-python.tar.gz: where `cnnlab data fetch` puts the official archive.
+- arrays/<key>/{train,test}_{images,labels}.npy and manifest.json (shapes, dtypes, class names,
+  channel statistics; written last); a load memory-maps the arrays, and one that disagrees with
+  its manifest is rebuilt. For `cifar10` without `image_size` the key is the source's sha256[:32]
+  (as it always was); for anything else it is the sha256[:32] of the dataset name, the source's
+  sha256 and the load options, so two datasets or two image sizes never share arrays.
+- cifar-10-python.tar.gz, cifar-100-python.tar.gz, mnist/, fashion-mnist/: where
+  `cnnlab data fetch --dataset NAME` puts the official files (OFFICIAL_FILES).
 
 Loaded arrays are read-only memory maps of the cache (copy before writing into them); the cache
 is replaced by atomic renames, so a map held by another process is never changed under it.
@@ -30,8 +38,8 @@ import os
 import stat
 import urllib.error
 import urllib.request
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,46 +47,175 @@ import numpy as np
 
 from cnnlab.atomic import atomic_path, write_json
 from cnnlab.errors import CnnlabError
-from cnnlab.sources import (
+from cnnlab.formats_cifar import (
+    CIFAR100_COARSE_NAMES,
+    CIFAR100_FINE_NAMES,
     CLASS_NAMES,
-    MAX_ARCHIVE_BYTES,
-    Arrays,
-    folder_entries,
-    read_source,
-    shown,
+    read_cifar10,
+    read_cifar100,
 )
+from cnnlab.formats_digits import read_digits
+from cnnlab.formats_idx import FASHION_MNIST_NAMES, MNIST_NAMES, read_mnist
+from cnnlab.formats_images import RESAMPLING, read_image_folders, resize_arrays
+from cnnlab.sources import MAX_ARCHIVE_BYTES, Arrays, folder_entries, shown
 
 __all__ = [
+    "CIFAR100_COARSE_NAMES",
+    "CIFAR100_FINE_NAMES",
     "CLASS_NAMES",
+    "DATASETS",
+    "DESCRIPTIONS",
+    "ENVIRONMENT",
+    "FASHION_MNIST_NAMES",
+    "MNIST_NAMES",
+    "OFFICIAL_FILES",
+    "RESAMPLING",
     "Cifar10",
+    "Dataset",
     "LoadedCifar10",
+    "LoadedDataset",
+    "OfficialFile",
     "cache_dir",
     "channel_statistics",
     "fetch_official",
     "load_cifar10",
     "load_cifar10_with_cache_info",
+    "load_dataset",
+    "load_dataset_with_cache_info",
     "sample_images_per_class",
     "stratified_order",
     "stratified_subset",
     "validation_split",
 ]
 
-OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-OFFICIAL_NAME = "cifar-10-python.tar.gz"
-OFFICIAL_MD5 = "c58f30108f718f92721af3b95e74349a"
-OFFICIAL_SHA256 = "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce"
-_CACHE_FORMAT = 1  # bump when the cached arrays' meaning changes
-_ARRAY_NAMES = ("train_images", "train_labels", "test_images", "test_labels")
-_HASH_CHUNK_BYTES = 1 << 20
-_LOCAL_COPY_HINT = (
-    "point cnnlab at a local copy with --data PATH or CNNLAB_DATA=PATH "
-    "(an official python/binary archive or folder, or train/ and test/ image folders)"
-)
+# --- the named datasets -----------------------------------------------------------------------
+
+DESCRIPTIONS: dict[str, str] = {
+    "cifar10": "CIFAR-10: 32x32 RGB, 10 classes (official python/binary archives or image folders)",
+    "cifar100": "CIFAR-100: 32x32 RGB, 100 fine classes (official python/binary archives)",
+    "cifar100-coarse": "CIFAR-100 with its 20 coarse classes (superclasses) as labels",
+    "mnist": "MNIST: 28x28 grayscale digits, 10 classes (four official IDX files or image folders)",
+    "fashion-mnist": "Fashion-MNIST: 28x28 grayscale clothes, 10 classes (four official IDX files)",
+    "digits": "scikit-learn's bundled 8x8 digits, 10 classes (offline; fixed 4:1 split)",
+    "images": "image folders train/<class>/* and test/<class>/*, any classes and sizes",
+}
+DATASETS: tuple[str, ...] = tuple(DESCRIPTIONS)
+# The environment variable each dataset reads when no `data` path is given.
+ENVIRONMENT: dict[str, str] = {
+    "cifar10": "CNNLAB_DATA",
+    "cifar100": "CNNLAB_DATA_CIFAR100",
+    "cifar100-coarse": "CNNLAB_DATA_CIFAR100",
+    "mnist": "CNNLAB_DATA_MNIST",
+    "fashion-mnist": "CNNLAB_DATA_FASHION_MNIST",
+    "images": "CNNLAB_DATA_IMAGES",
+}
 
 
 @dataclass(frozen=True)
-class Cifar10:
-    """CIFAR-10 in memory: images uint8 (N, 32, 32, 3) channels-last, labels int64 (N,)."""
+class OfficialFile:
+    """One file of an official distribution: where it comes from and how it is verified."""
+
+    dataset: str  # the `fetch_official` dataset it belongs to
+    name: str  # its official file name
+    urls: tuple[str, ...]  # tried in order (mirrors)
+    md5: str
+    sha256: str | None = None  # None where no sha256 is published alongside the md5
+    folder: str = ""  # where it goes under the fetch destination ("" for the archives)
+    fetched: bool = True  # False: a known official form that `fetch_official` does not download
+
+
+_TORONTO = "https://www.cs.toronto.edu/~kriz/"
+_MNIST_MIRRORS = (
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "http://yann.lecun.com/exdb/mnist/",
+)
+_FASHION_MIRROR = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+_IDX_NAMES = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
+# md5s as published by the datasets' authors (and in torchvision's tables); sha256s where two or
+# more independent public tables agree (Fashion-MNIST's are checked by md5 only).
+OFFICIAL_FILES: tuple[OfficialFile, ...] = (
+    OfficialFile(
+        "cifar10",
+        "cifar-10-python.tar.gz",
+        (_TORONTO + "cifar-10-python.tar.gz",),
+        "c58f30108f718f92721af3b95e74349a",
+        "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce",
+    ),
+    OfficialFile(
+        "cifar10",
+        "cifar-10-binary.tar.gz",
+        (_TORONTO + "cifar-10-binary.tar.gz",),
+        "c32a1d4ab5d03f1284b67883e8d87530",
+        fetched=False,
+    ),
+    OfficialFile(
+        "cifar100",
+        "cifar-100-python.tar.gz",
+        (_TORONTO + "cifar-100-python.tar.gz",),
+        "eb9058c3a382ffc7106e4002c42a8d85",
+        "85cd44d02ba6437773c5bbd22e183051d648de2e7d6b014e1ef29b855ba677a7",
+    ),
+    OfficialFile(
+        "cifar100",
+        "cifar-100-binary.tar.gz",
+        (_TORONTO + "cifar-100-binary.tar.gz",),
+        "03b5dce01913d631647c71ecec9e9cb8",
+        fetched=False,
+    ),
+    *(
+        OfficialFile("mnist", name, tuple(m + name for m in _MNIST_MIRRORS), md5, sha256, "mnist")
+        for name, md5, sha256 in zip(
+            _IDX_NAMES,
+            (
+                "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+                "d53e105ee54ea40749a09fcbcd1e9432",
+                "9fb629c4189551a2d022fa330f9573f3",
+                "ec29112dd5afa0611ce80d1b7f02629c",
+            ),
+            (
+                "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+                "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+                "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+                "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+            ),
+            strict=True,
+        )
+    ),
+    *(
+        OfficialFile("fashion-mnist", name, (_FASHION_MIRROR + name,), md5, None, "fashion-mnist")
+        for name, md5 in zip(
+            _IDX_NAMES,
+            (
+                "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+                "25c81989df183df01b3e8a0aad5dffbe",
+                "bef4ecab320f06d8554ea6380940ec79",
+                "bb300cfdad3c16e7a12a480ee83cd310",
+            ),
+            strict=True,
+        )
+    ),
+)
+# The official files each dataset name downloads (cifar100-coarse shares cifar100's archive).
+_FETCH_AS = {"cifar100-coarse": "cifar100"}
+
+_CACHE_FORMAT = 1  # bump when the cached arrays' meaning changes
+_ARRAY_NAMES = ("train_images", "train_labels", "test_images", "test_labels")
+_HASH_CHUNK_BYTES = 1 << 20
+
+
+def _local_copy_hint(name: str) -> str:
+    variable = ENVIRONMENT.get(name, "CNNLAB_DATA")
+    return f"point cnnlab at a local copy with --data PATH or {variable}=PATH"
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A dataset in memory: images uint8 (N, H, W, C) channels-last, labels int64 (N,)."""
 
     train_images: np.ndarray
     train_labels: np.ndarray
@@ -87,19 +224,36 @@ class Cifar10:
     class_names: tuple[str, ...] = CLASS_NAMES
     source: str = ""  # where it came from: a path, or a description for synthetic data
     source_sha256: str = ""  # checksum of the source file (or of the folder listing), "" if none
+    name: str = "cifar10"  # the dataset's name (one of DATASETS, or free text for synthetic data)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(height, width, channels) of one image."""
+        height, width, channels = self.train_images.shape[1:]
+        return int(height), int(width), int(channels)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+Cifar10 = Dataset  # the name this class had when CIFAR-10 was the only dataset
 
 
 @dataclass(frozen=True)
-class LoadedCifar10:
+class LoadedDataset:
     """A load and where its arrays live: `from_cache` is False when this load decoded the source."""
 
-    dataset: Cifar10
-    cache_path: Path  # the folder holding this source's .npy arrays
+    dataset: Dataset
+    cache_path: Path  # the folder holding this load's .npy arrays
     from_cache: bool
-    # Per-channel (R, G, B) statistics of the training images on the [0, 1] scale, computed once
-    # when the cache is built (a pass over 150 M values takes about a second here).
+    # Per-channel statistics of the training images on the [0, 1] scale (one value per channel),
+    # computed once when the cache is built (a pass over 150 M values takes about a second here).
     train_channel_mean: tuple[float, ...]
     train_channel_std: tuple[float, ...]
+
+
+LoadedCifar10 = LoadedDataset
 
 
 # --- loading ----------------------------------------------------------------------------------
@@ -110,35 +264,95 @@ def cache_dir() -> Path:
     return Path(os.environ.get("CNNLAB_CACHE") or "~/.cache/cnnlab").expanduser()
 
 
-def load_cifar10(data: str | os.PathLike[str] | None = None) -> Cifar10:
+def load_cifar10(data: str | os.PathLike[str] | None = None) -> Dataset:
     """CIFAR-10 from `data`, else $CNNLAB_DATA, else the fetched archive, else a download."""
-    return load_cifar10_with_cache_info(data).dataset
+    return load_dataset("cifar10", data)
 
 
-def load_cifar10_with_cache_info(data: str | os.PathLike[str] | None = None) -> LoadedCifar10:
+def load_cifar10_with_cache_info(data: str | os.PathLike[str] | None = None) -> LoadedDataset:
     """`load_cifar10`, also telling where the cached arrays are and whether they were reused."""
-    source = _resolve_source(data)
-    checksum, remembered = _source_sha256(source)
-    arrays_dir = cache_dir() / "arrays" / checksum[:32]
+    return load_dataset_with_cache_info("cifar10", data)
+
+
+def load_dataset(
+    name: str = "cifar10",
+    data: str | os.PathLike[str] | None = None,
+    *,
+    image_size: int | Sequence[int] | None = None,
+    resample: str = "bilinear",
+) -> Dataset:
+    """The dataset `name` from `data`, else its environment variable, the cache, a download.
+
+    `image_size` (a side, or (height, width)) resizes every image of another size with the
+    `resample` filter (one of RESAMPLING); without it, an image folder of mixed sizes is refused.
+    """
+    return load_dataset_with_cache_info(
+        name, data, image_size=image_size, resample=resample
+    ).dataset
+
+
+def load_dataset_with_cache_info(
+    name: str = "cifar10",
+    data: str | os.PathLike[str] | None = None,
+    *,
+    image_size: int | Sequence[int] | None = None,
+    resample: str = "bilinear",
+) -> LoadedDataset:
+    """`load_dataset`, also telling where the cached arrays are and whether they were reused."""
+    _check_name(name)
+    size = _checked_image_size(image_size)
+    if resample not in RESAMPLING:
+        raise CnnlabError(f"resample {resample!r} is not one of {', '.join(RESAMPLING)}")
+    options: dict[str, Any] = {"image_size": list(size) if size else None}
+    if size is not None:
+        options["resample"] = resample
+    if name == "digits":
+        if data is not None and str(data) != "":
+            raise CnnlabError(
+                f"digits comes with scikit-learn and reads no files; got --data {shown(data)}"
+            )
+        arrays = read_digits()
+        checksum = _arrays_sha256(arrays)
+        source: Path | str = "sklearn.datasets.load_digits"
+        decode: Callable[[], Arrays] = lambda: arrays  # noqa: E731
+        remembered = True
+    else:
+        source = _resolve_source(name, data)
+        checksum, remembered = _source_sha256(source)
+        path = source
+
+        def decode() -> Arrays:
+            return _read(name, path, size, resample)
+
+    if name == "cifar10" and size is None:
+        key = checksum[:32]  # as before datasets had names: a CIFAR-10 cache stays valid
+    else:
+        described = json.dumps({"dataset": name, "source_sha256": checksum, **options})
+        key = hashlib.sha256(described.encode()).hexdigest()[:32]
+    arrays_dir = cache_dir() / "arrays" / key
     cached = _read_cached_arrays(arrays_dir, checksum)
     from_cache = cached is not None
     if cached is None:
-        _write_cached_arrays(arrays_dir, checksum, source, read_source(source))
+        decoded = decode()
+        if size is not None and name != "images":  # image folders resize as they decode
+            decoded = resize_arrays(decoded, size, resample, str(source))
+        _write_cached_arrays(arrays_dir, checksum, str(source), name, options, decoded)
         cached = _read_cached_arrays(arrays_dir, checksum)
         assert cached is not None, f"the cache just written in {arrays_dir} does not read back"
-    if not remembered:
+    if not remembered and isinstance(source, Path):
         _remember_sha256(source, checksum)
     arrays, manifest = cached
-    dataset = Cifar10(
+    dataset = Dataset(
         arrays.train_images,
         arrays.train_labels,
         arrays.test_images,
         arrays.test_labels,
-        CLASS_NAMES,
+        tuple(manifest.get("class_names", CLASS_NAMES)),
         str(source),
         checksum,
+        name,
     )
-    return LoadedCifar10(
+    return LoadedDataset(
         dataset,
         arrays_dir,
         from_cache,
@@ -147,15 +361,80 @@ def load_cifar10_with_cache_info(data: str | os.PathLike[str] | None = None) -> 
     )
 
 
-def _resolve_source(data: str | os.PathLike[str] | None) -> Path:
-    """The first of: `data`, $CNNLAB_DATA, the fetched official archive, a fresh download."""
-    for value, origin in ((data, "--data"), (os.environ.get("CNNLAB_DATA"), "CNNLAB_DATA")):
+def _check_name(name: str) -> None:
+    if name not in DESCRIPTIONS:
+        raise CnnlabError(f"unknown dataset {shown(name)!r} (known: {', '.join(DATASETS)})")
+
+
+def _checked_image_size(image_size: int | Sequence[int] | None) -> tuple[int, int] | None:
+    """(height, width) from a side or a pair, each in 1..1024; None stays None."""
+    if image_size is None:
+        return None
+    sides = (image_size, image_size) if isinstance(image_size, int | np.integer) else image_size
+    try:
+        height, width = sides  # type: ignore[misc]
+    except (TypeError, ValueError):
+        height = width = None
+    valid = all(
+        not isinstance(side, bool) and isinstance(side, int | np.integer) and 1 <= side <= 1024
+        for side in (height, width)
+    )
+    if not valid:
+        raise CnnlabError(
+            f"image size {image_size!r} is not a side or a (height, width) pair of integers in "
+            "1..1024"
+        )
+    return int(height), int(width)  # type: ignore[arg-type]
+
+
+def _read(name: str, source: Path, size: tuple[int, int] | None, resample: str) -> Arrays:
+    """Decode `source` as the dataset `name` (every reader checks its own layout)."""
+    if name == "cifar10":
+        return read_cifar10(source)
+    if name in ("cifar100", "cifar100-coarse"):
+        return read_cifar100(source, coarse=name == "cifar100-coarse")
+    if name in ("mnist", "fashion-mnist"):
+        names = MNIST_NAMES if name == "mnist" else FASHION_MNIST_NAMES
+        return read_mnist(source, name, names)
+    assert name == "images", name
+    return read_image_folders(source, image_size=size, resample=resample)
+
+
+def _resolve_source(name: str, data: str | os.PathLike[str] | None) -> Path:
+    """The first of: `data`, the dataset's variable, the fetched official files, a download."""
+    variable = ENVIRONMENT[name]
+    for value, origin in ((data, "--data"), (os.environ.get(variable), variable)):
         if value is not None and str(value) != "":
             return _checked_source(value, f"{origin} {shown(value)}")
-    fetched = cache_dir() / OFFICIAL_NAME
-    if fetched.is_file():
-        return fetched.resolve()
-    return fetch_official()
+    if name == "images":
+        raise CnnlabError(
+            "the images dataset needs a folder or archive: give --data PATH or "
+            f"{variable}=PATH (train/<class>/* and test/<class>/*)"
+        )
+    fetched = _fetched_source(_FETCH_AS.get(name, name), cache_dir())
+    if fetched is not None:
+        return fetched
+    return fetch_official(dataset=name)
+
+
+def _official(dataset: str) -> list[OfficialFile]:
+    return [file for file in OFFICIAL_FILES if file.dataset == dataset and file.fetched]
+
+
+def _fetch_target(files: Sequence[OfficialFile], dest: Path) -> Path:
+    """What `fetch_official` hands back: the one archive, or the folder holding the files."""
+    if len(files) == 1 and not files[0].folder:
+        return dest / files[0].name
+    return dest / files[0].folder
+
+
+def _fetched_source(dataset: str, dest: Path) -> Path | None:
+    """The official files `fetch_official` left in `dest`, if all are there."""
+    files = _official(dataset)
+    target = _fetch_target(files, dest)
+    if all((dest / file.folder / file.name).is_file() for file in files):
+        return target.resolve()
+    return None
 
 
 def _checked_source(value: str | os.PathLike[str], where: str) -> Path:
@@ -173,7 +452,7 @@ def _checked_source(value: str | os.PathLike[str], where: str) -> Path:
         reason = error.strerror if isinstance(error, OSError) and error.strerror else error
         raise CnnlabError(f"{where}: cannot be read ({reason})") from None
     if not (stat.S_ISREG(facts.st_mode) or stat.S_ISDIR(facts.st_mode)):
-        raise CnnlabError(f"{where}: not a regular file or folder (expected a CIFAR-10 source)")
+        raise CnnlabError(f"{where}: not a regular file or folder (expected a dataset source)")
     return path
 
 
@@ -206,7 +485,7 @@ def _source_sha256(source: Path) -> tuple[str, bool]:
     facts = source.stat()
     if facts.st_size > MAX_ARCHIVE_BYTES:
         raise CnnlabError(
-            f"{where}: {facts.st_size:,} bytes is larger than any CIFAR-10 archive "
+            f"{where}: {facts.st_size:,} bytes is larger than any source cnnlab reads "
             f"(at most {MAX_ARCHIVE_BYTES:,}); refused"
         )
     try:
@@ -219,6 +498,16 @@ def _source_sha256(source: Path) -> tuple[str, bool]:
         return _file_digests(source)["sha256"], False
     except OSError as error:
         raise CnnlabError(f"{where}: cannot be read ({error.strerror or error})") from None
+
+
+def _arrays_sha256(arrays: Arrays) -> str:
+    """sha256 over the four arrays' shapes, dtypes and bytes (for sources that are no file)."""
+    digest = hashlib.sha256()
+    for name in _ARRAY_NAMES:
+        array = np.ascontiguousarray(getattr(arrays, name))
+        digest.update(f"{name}\t{array.dtype.str}\t{array.shape}\n".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
 
 
 def _remember_sha256(source: Path, checksum: str) -> None:
@@ -244,7 +533,14 @@ def _file_digests(path: Path) -> dict[str, str]:
     return {"md5": md5.hexdigest(), "sha256": sha256.hexdigest()}
 
 
-def _write_cached_arrays(arrays_dir: Path, checksum: str, source: Path, arrays: Arrays) -> None:
+def _write_cached_arrays(
+    arrays_dir: Path,
+    checksum: str,
+    source: str,
+    name: str,
+    options: dict[str, Any],
+    arrays: Arrays,
+) -> None:
     """Store each array as .npy atomically, then the manifest that vouches for them.
 
     If the cache cannot be written (disk full, no permission, a file where a folder should be),
@@ -254,8 +550,11 @@ def _write_cached_arrays(arrays_dir: Path, checksum: str, source: Path, arrays: 
     mean, std = channel_statistics(arrays.train_images)
     manifest: dict[str, Any] = {
         "format": _CACHE_FORMAT,
-        "source": str(source),
+        "source": source,
         "source_sha256": checksum,
+        "dataset": name,
+        "options": options,
+        "class_names": list(arrays.class_names),
         "train_channel_mean": mean.tolist(),
         "train_channel_std": std.tolist(),
         "arrays": {},
@@ -263,12 +562,12 @@ def _write_cached_arrays(arrays_dir: Path, checksum: str, source: Path, arrays: 
     written: list[Path] = []
     try:
         (arrays_dir / "manifest.json").unlink(missing_ok=True)  # never vouch for a partial set
-        for name in _ARRAY_NAMES:
-            array = getattr(arrays, name)
-            with atomic_path(arrays_dir / f"{name}.npy") as tmp:
+        for array_name in _ARRAY_NAMES:
+            array = getattr(arrays, array_name)
+            with atomic_path(arrays_dir / f"{array_name}.npy") as tmp:
                 np.save(tmp, array, allow_pickle=False)
-            written.append(arrays_dir / f"{name}.npy")
-            manifest["arrays"][name] = {"shape": list(array.shape), "dtype": array.dtype.str}
+            written.append(arrays_dir / f"{array_name}.npy")
+            manifest["arrays"][array_name] = {"shape": list(array.shape), "dtype": array.dtype.str}
         write_json(arrays_dir / "manifest.json", manifest)
     except OSError as error:
         for path in written:
@@ -295,12 +594,27 @@ def _read_cached_arrays(arrays_dir: Path, checksum: str) -> tuple[Arrays, dict[s
             if list(array.shape) != expected["shape"] or array.dtype.str != expected["dtype"]:
                 return None
             loaded[name] = array
+        channels = loaded["train_images"].shape[-1]
         for field in ("train_channel_mean", "train_channel_std"):
-            if len(manifest[field]) != 3:
+            if len(manifest[field]) != channels:
                 return None
+        # Manifests written before datasets had names hold CIFAR-10 and no class names.
+        class_names = tuple(manifest.get("class_names", CLASS_NAMES))
+        if not all(isinstance(class_name, str) for class_name in class_names):
+            return None
+        labels_top = max(
+            (
+                int(loaded[name].max())
+                for name in ("train_labels", "test_labels")
+                if loaded[name].size
+            ),
+            default=-1,
+        )
+        if labels_top >= len(class_names):
+            return None
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None  # missing, truncated or damaged: the caller decodes the source again
-    return Arrays(**loaded), manifest
+    return Arrays(**loaded, class_names=class_names), manifest
 
 
 # --- downloading ------------------------------------------------------------------------------
@@ -309,38 +623,76 @@ def _read_cached_arrays(arrays_dir: Path, checksum: str) -> tuple[Arrays, dict[s
 def fetch_official(
     dest: str | os.PathLike[str] | None = None,
     *,
-    url: str = OFFICIAL_URL,
-    md5: str = OFFICIAL_MD5,
-    sha256: str = OFFICIAL_SHA256,
+    dataset: str = "cifar10",
+    url: str | None = None,
+    md5: str | None = None,
+    sha256: str | None = None,
+    files: Sequence[OfficialFile] | None = None,
     opener: Callable[..., Any] | None = None,
 ) -> Path:
-    """Download the official python archive into `dest` (default: the cache), verified, or fail.
+    """Download the official files of `dataset` into `dest` (default: the cache), verified.
 
-    The download goes to a temporary file that is renamed only when both checksums match; an
-    archive already there with the right checksums is kept without downloading.
+    Returns what `load_dataset` reads: the archive (CIFAR) or the folder of IDX files (MNIST).
+    Each download goes to a temporary file that is renamed only when its checksums match; a file
+    already there with the right checksums is kept without downloading. `url`, `md5` and
+    `sha256` replace the one official archive's (for tests and private mirrors); `files`
+    replaces the whole list.
     """
-    target = Path(dest if dest is not None else cache_dir()).expanduser() / OFFICIAL_NAME
-    if target.is_file() and _file_digests(target) == {"md5": md5, "sha256": sha256}:
-        return target.resolve()
-    open_url = opener if opener is not None else urllib.request.urlopen
-    try:
-        response = open_url(url, timeout=30)
-    except (urllib.error.URLError, OSError) as error:
-        reason = getattr(error, "reason", error)
-        raise CnnlabError(
-            f"cannot download {url} (no network? {reason}); {_LOCAL_COPY_HINT}"
-        ) from None
-    with atomic_path(target) as tmp:
-        got = _download(response, tmp, url)
-        if got != {"md5": md5, "sha256": sha256}:
-            raise CnnlabError(
-                f"{url}: checksum mismatch (md5 {got['md5']}, sha256 {got['sha256']}; expected "
-                f"md5 {md5}, sha256 {sha256}); nothing was kept"
+    _check_name(dataset)
+    if dataset in ("digits", "images"):
+        raise CnnlabError(f"{dataset} has no official files to fetch (known: {_fetchable()})")
+    official = list(files) if files is not None else _official(_FETCH_AS.get(dataset, dataset))
+    if url is not None or md5 is not None or sha256 is not None:
+        assert len(official) == 1, "url/md5/sha256 replace a single archive's; use files="
+        (only,) = official
+        official = [
+            replace(
+                only,
+                urls=(url,) if url is not None else only.urls,
+                md5=md5 if md5 is not None else only.md5,
+                sha256=sha256 if sha256 is not None else only.sha256,
             )
-    return target.resolve()
+        ]
+    root = Path(dest if dest is not None else cache_dir()).expanduser()
+    for file in official:
+        _fetch_one(file, root / file.folder / file.name, dataset, opener)
+    return _fetch_target(official, root).resolve()
 
 
-def _download(response: Any, tmp: Path, url: str) -> dict[str, str]:
+def _fetchable() -> str:
+    return ", ".join(sorted({file.dataset for file in OFFICIAL_FILES if file.fetched}))
+
+
+def _fetch_one(file: OfficialFile, target: Path, dataset: str, opener: Callable[..., Any] | None):
+    """One official file into `target`, verified; the first mirror that answers is used."""
+    expected = {"md5": file.md5, "sha256": file.sha256}
+    if target.is_file() and _matches(_file_digests(target), expected):
+        return
+    open_url = opener if opener is not None else urllib.request.urlopen
+    failures = []
+    for url in file.urls:
+        try:
+            response = open_url(url, timeout=30)
+        except (urllib.error.URLError, OSError) as error:
+            failures.append(f"{url} (no network? {getattr(error, 'reason', error)})")
+            continue
+        with atomic_path(target) as tmp:
+            got = _download(response, tmp, url, file.name)
+            if not _matches(got, expected):
+                wanted = f"md5 {file.md5}" + (f", sha256 {file.sha256}" if file.sha256 else "")
+                raise CnnlabError(
+                    f"{url}: checksum mismatch (md5 {got['md5']}, sha256 {got['sha256']}; "
+                    f"expected {wanted}); nothing was kept"
+                )
+        return
+    raise CnnlabError(f"cannot download {'; '.join(failures)}; {_local_copy_hint(dataset)}")
+
+
+def _matches(got: dict[str, str], expected: dict[str, str | None]) -> bool:
+    return all(value is None or got[kind] == value for kind, value in expected.items())
+
+
+def _download(response: Any, tmp: Path, url: str, label: str) -> dict[str, str]:
     """Copy `response` into `tmp` with a progress bar on stderr; the md5 and sha256 of what came."""
     from rich.console import Console
     from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
@@ -358,7 +710,7 @@ def _download(response: Any, tmp: Path, url: str) -> dict[str, str]:
                 console=Console(stderr=True),  # stdout is for results
             ) as progress,
         ):
-            task = progress.add_task(f"{OFFICIAL_NAME}", total=int(length) if length else None)
+            task = progress.add_task(label, total=int(length) if length else None)
             while chunk := response.read(_HASH_CHUNK_BYTES):
                 stream.write(chunk)
                 md5.update(chunk)
@@ -375,7 +727,7 @@ def _download(response: Any, tmp: Path, url: str) -> dict[str, str]:
 def stratified_order(labels: np.ndarray, seed: int) -> np.ndarray:
     """All indices, shuffled within each class by `seed`, then dealt round-robin over the classes.
 
-    With balanced classes every prefix of length 10·k holds exactly k images of each class.
+    With balanced classes every prefix of length (classes)·k holds exactly k images of each class.
     """
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
@@ -387,11 +739,25 @@ def stratified_order(labels: np.ndarray, seed: int) -> np.ndarray:
     return np.lexsort((labels, ranks))
 
 
-def stratified_subset(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
+def stratified_subset(
+    labels: np.ndarray, size: int, seed: int, *, dataset: str | None = None
+) -> np.ndarray:
     """The first `size` indices of `stratified_order(labels, seed)`."""
-    total = np.asarray(labels).shape[0]
+    labels = np.asarray(labels)
+    total = labels.shape[0]
     if isinstance(size, bool) or not isinstance(size, int | np.integer) or not 1 <= size <= total:
-        raise CnnlabError(f"subset size {size!r} is not an integer in 1..{total}")
+        counts = np.bincount(labels) if labels.size else np.zeros(0, np.int64)
+        if counts.size and counts.min() == counts.max():
+            per_class = f"{counts[0]:,} in each of {counts.size} classes"
+        elif counts.size <= 20:
+            per_class = "per class " + " ".join(f"{count:,}" for count in counts)
+        else:
+            per_class = f"{counts.min():,} to {counts.max():,} per class over {counts.size}"
+        whose = f"{dataset} holds" if dataset else "the set holds"
+        raise CnnlabError(
+            f"subset size {size!r} is not an integer in 1..{total} ({whose} {total:,} images: "
+            f"{per_class})"
+        )
     return stratified_order(labels, seed)[:size]
 
 
@@ -412,7 +778,7 @@ def validation_split(indices: np.ndarray, fraction: float) -> tuple[np.ndarray, 
 
 
 def channel_statistics(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and std of uint8 images (..., 3) on the [0, 1] scale."""
+    """Per-channel mean and std of uint8 images (..., C) on the [0, 1] scale."""
     # A histogram per channel is exact and needs no float copy of the 150 M values.
     channels = images.shape[-1]
     flat = np.asarray(images).reshape(-1, channels)
@@ -427,11 +793,18 @@ def channel_statistics(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def sample_images_per_class(
-    images: np.ndarray, labels: np.ndarray, per_class: int, seed: int = 0
+    images: np.ndarray,
+    labels: np.ndarray,
+    per_class: int,
+    seed: int = 0,
+    *,
+    class_count: int | None = None,
 ) -> list[list[np.ndarray]]:
     """`per_class` images of each class, the first of that class in the stratified order."""
-    class_count = len(CLASS_NAMES)
-    smallest = int(np.bincount(labels, minlength=class_count).min())
+    labels = np.asarray(labels)
+    if class_count is None:
+        class_count = int(labels.max()) + 1 if labels.size else 0
+    smallest = int(np.bincount(labels, minlength=class_count).min()) if class_count else 0
     if isinstance(per_class, bool) or not 1 <= per_class <= min(smallest, 100):
         raise CnnlabError(
             f"images per class {per_class} is not in 1..{min(smallest, 100)} for this split"
