@@ -83,8 +83,12 @@ def ray_address() -> str:
             shutil.rmtree(cache, ignore_errors=True)
 
 
+def _train(configs, data, address, **options):
+    return ray_backend.train_on_ray(configs, data, device="cpu", address=address, **options)
+
+
 def _events_on_ray(configs, data, address, **options):
-    return list(ray_backend.train_on_ray(configs, data, device="cpu", address=address, **options))
+    return list(_train(configs, data, address, **options))
 
 
 def _assert_each_run_once(events, count: int, epochs: int) -> None:
@@ -192,6 +196,18 @@ def test_a_killed_ray_worker_is_retried_and_its_run_done_once(tiny_cifar, ray_ad
     _assert_each_run_once(events, len(configs), epochs=40)
     # Tasks never wait while they train, which would lend their CPU to a third run.
     assert most_at_once <= 2
+
+
+def test_a_run_whose_worker_dies_past_the_retries_fails_with_the_reason(tiny_cifar, ray_address):
+    configs = [dataclasses.replace(BASE, epochs=40)]
+    title = f"ray::{ray_backend.task_name(configs)}"
+    events = []
+    for event in _train(configs, tiny_cifar, ray_address, max_retries=0):
+        events.append(event)
+        if event.kind == "progress" and event.payload["epoch"] == 1:
+            os.kill(_process_titled(title), signal.SIGKILL)
+    assert [event.kind for event in events if event.kind != "progress"] == ["started", "failed"]
+    assert events[-1].payload == "its Ray worker process died (1 try)"
 
 
 def test_a_failing_run_fails_once_with_its_reason_and_the_others_finish(tiny_cifar, ray_address):

@@ -273,7 +273,7 @@ def _outcomes(
 def _ray_failure(ray: Any, error: Exception, max_retries: int) -> str:
     """A failed task's reason in one line (Ray's own messages run to many)."""
     exceptions = ray.exceptions
-    tries = f"{max_retries + 1} tries"
+    tries = "1 try" if max_retries == 0 else f"{max_retries + 1} tries"
     if isinstance(error, exceptions.TaskCancelledError):
         return "its Ray task was cancelled"
     if isinstance(error, exceptions.OutOfMemoryError):
