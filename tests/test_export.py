@@ -473,7 +473,7 @@ def test_the_command_logs_a_study_live_and_exports_the_same(tmp_path, monkeypatc
     monkeypatch.setattr(runfolder, "save_run", study_fakes.fake_save_run)
     monkeypatch.setattr(workers, "process_count", lambda *args: 1)
     data = study_fakes.zeros_cifar()
-    monkeypatch.setattr("cnnlab.data.load_cifar10", lambda source=None: data)
+    monkeypatch.setattr("cnnlab.data.load_dataset", lambda name, source=None, **options: data)
     path = tmp_path / "mini.toml"
     path.write_text(study_fakes.STUDY_TOML)
     out, live, replayed = tmp_path / "out", tmp_path / "live", tmp_path / "replayed"

@@ -16,6 +16,7 @@ from cnnlab import progress
 # The real command with fake, slowed-down training in its own process.
 DRIVER = """
 import sys
+import time
 sys.path.insert(0, {tests!r})
 import study_fakes
 from cnnlab import cli, runfolder, train, workers
@@ -24,6 +25,7 @@ def fit(config, data, *, device="auto", progress=None):
     result = study_fakes.fake_fit(config, data, device=device)
     for row in result.history[:3]:
         progress({{**row, "member": 0, "epochs": config.epochs}})
+        time.sleep(0.3)  # long enough for the display's next redraw to show it
     return result
 
 train.fit = fit
@@ -31,7 +33,7 @@ runfolder.save_run = study_fakes.fake_save_run
 workers.process_count = lambda *args: 1
 data = study_fakes.zeros_cifar()
 import cnnlab.data
-cnnlab.data.load_cifar10 = lambda source=None: data
+cnnlab.data.load_dataset = lambda name, source=None, **options: data
 sys.exit(cli.main(["study", {study!r}, "--out", {out!r}, "--repeats", "1"]))
 """
 
@@ -42,7 +44,7 @@ def driver(tmp_path: Path) -> list[str]:
     code = DRIVER.format(
         tests=str(Path(__file__).parent), study=str(study), out=str(tmp_path / "out")
     )
-    env = {**os.environ, "CNNLAB_FAKE_SECONDS": "0.6", "COLUMNS": "160"}
+    env = {**os.environ, "CNNLAB_FAKE_SECONDS": "0", "COLUMNS": "160"}
     return [sys.executable, "-c", code], env
 
 

@@ -239,7 +239,7 @@ def test_failed_and_diverged_runs_are_recorded_and_the_study_goes_on(
 ):
     text = mini.read_text().replace("[0, 0.0001, 1]", "[0, 0.0001, 1, 100]")
     mini.write_text(text + "\n[experiments.broken]\nlearning_rate = 0.5\n")
-    monkeypatch.setattr("cnnlab.data.load_cifar10", lambda data=None: tiny_data)
+    monkeypatch.setattr("cnnlab.data.load_dataset", lambda name, data=None, **options: tiny_data)
     out = tmp_path / "out"
     code = main(["study", str(mini), "--out", str(out), "--repeats", "1"])
     printed = capsys.readouterr().out
@@ -267,7 +267,7 @@ def test_failed_and_diverged_runs_are_recorded_and_the_study_goes_on(
 def test_a_write_that_fails_marks_the_run_failed_and_exits_2(
     mini, tmp_path, tiny_data, fake_training, monkeypatch, capsys
 ):
-    monkeypatch.setattr("cnnlab.data.load_cifar10", lambda data=None: tiny_data)
+    monkeypatch.setattr("cnnlab.data.load_dataset", lambda name, data=None, **options: tiny_data)
     out = tmp_path / "out"
     Store.open(out).close()  # a study folder (empty) with a file where the run folders would go
     (out / "runs").write_text("a file where the runs folder should go")

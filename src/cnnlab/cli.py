@@ -29,13 +29,14 @@ EXIT_USER_ERROR = 2
 def _cmd_data_info(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from cnnlab.data import load_cifar10_with_cache_info
+    from cnnlab.data import load_dataset_with_cache_info
 
-    loaded = load_cifar10_with_cache_info(args.data)
+    loaded = load_dataset_with_cache_info(args.dataset, args.data, **_load_options(args))
     data = loaded.dataset
     train_counts = np.bincount(data.train_labels, minlength=len(data.class_names))
     test_counts = np.bincount(data.test_labels, minlength=len(data.class_names))
-    width = max(len(name) for name in data.class_names)
+    width = max(len("class"), *(len(name) for name in data.class_names))
+    print(f"dataset: {data.name}, {'x'.join(map(str, data.input_shape))} images")
     print(f"source: {data.source}")
     print(f"sha256: {data.source_sha256}")
     print(f"{'class':<{width}}  {'train':>6}  {'test':>6}")
@@ -44,8 +45,9 @@ def _cmd_data_info(args: argparse.Namespace) -> int:
     print(f"{'total':<{width}}  {train_counts.sum():>6,}  {test_counts.sum():>6,}")
     mean = " ".join(f"{value:.4f}" for value in loaded.train_channel_mean)
     std = " ".join(f"{value:.4f}" for value in loaded.train_channel_std)
-    print(f"train mean (R G B, 0..1): {mean}")
-    print(f"train std  (R G B, 0..1): {std}")
+    channels = "R G B" if len(loaded.train_channel_mean) == 3 else "gray"
+    print(f"train mean ({channels}, 0..1): {mean}")
+    print(f"train std  ({channels}, 0..1): {std}")
     how = "loaded from the cache" if loaded.from_cache else "decoded now and cached"
     print(f"cache: {loaded.cache_path} ({how})")
     return 0
@@ -54,17 +56,17 @@ def _cmd_data_info(args: argparse.Namespace) -> int:
 def _cmd_data_show(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from cnnlab.data import load_cifar10, sample_images_per_class
+    from cnnlab.data import load_dataset, sample_images_per_class
     from cnnlab.plots import class_samples_figure, save_figure
 
-    data = load_cifar10(args.data)
+    data = load_dataset(args.dataset, args.data, **_load_options(args))
     images, labels = (
         (data.train_images, data.train_labels)
         if args.split == "train"
         else (data.test_images, data.test_labels)
     )
     samples = sample_images_per_class(images, labels, args.per_class)
-    title = f"CIFAR-10 {args.split}: {args.per_class} per class ({Path(data.source).name})"
+    title = f"{data.name} {args.split}: {args.per_class} per class ({Path(data.source).name})"
     save_figure(class_samples_figure(samples, data.class_names, title), args.out)
     print(f"wrote {args.out}: {args.per_class} {args.split} images per class")
     return 0
@@ -73,7 +75,7 @@ def _cmd_data_show(args: argparse.Namespace) -> int:
 def _cmd_data_fetch(args: argparse.Namespace) -> int:
     from cnnlab.data import fetch_official
 
-    path = fetch_official(args.dest)
+    path = fetch_official(args.dest, dataset=args.dataset)
     print(f"{path}: md5 and sha256 verified")
     return 0
 
@@ -117,9 +119,23 @@ def _cmd_archs(args: argparse.Namespace) -> int:
 
 
 def _cmd_summary(args: argparse.Namespace) -> int:
-    from cnnlab import models
+    from cnnlab import config, models
 
-    print(models.format_summary(args.arch, models.get_architecture(args.arch)))
+    shape_and_classes = config.DATASET_SHAPES[args.dataset]
+    if shape_and_classes is None:
+        from cnnlab.data import load_dataset
+
+        data = load_dataset(args.dataset, args.data, **_load_options(args))
+        shape_and_classes = (data.input_shape, data.num_classes)
+    layers = models.get_architecture(args.arch)
+    try:
+        print(models.format_summary(args.arch, layers, *shape_and_classes))
+    except CnnlabError as error:
+        shape, classes = shape_and_classes
+        raise CnnlabError(
+            f"{args.arch} does not fit {args.dataset} ({'x'.join(map(str, shape))} images,"
+            f" {classes} classes): {error}"
+        ) from None
     return 0
 
 
@@ -136,13 +152,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     import time
 
     from cnnlab import models, runfolder, train
-    from cnnlab.data import load_cifar10
+    from cnnlab.data import load_dataset
 
     config = _run_config(args)
     # Mistakes in the arguments surface before the data is decoded.
     train.resolve_device(args.device)
-    models.resolve_layers(config)
-    data = load_cifar10(args.data)
+    if config.dataset != "images":  # an image folder's shape is known once it is read
+        models.resolve_layers(config)
+    data = load_dataset(config.dataset, args.data, **_load_options(args))
     train.subset_indices(config, data)  # the config against the data, before training
     out = args.out or (
         f"runs/{config.arch}-{config.train_size}-seed{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -166,7 +183,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 print(_epoch_line(row), flush=True)
 
         result = train.fit(config, data, device=args.device, progress=progress)
-    runfolder.write_run_folder(result, out, data.class_names)
+    runfolder.write_run_folder(
+        result, out, data.class_names, test_images=data.test_images, test_labels=data.test_labels
+    )
     metrics = result.metrics
     if result.status == "diverged":
         print(
@@ -185,11 +204,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from cnnlab import runfolder
-    from cnnlab.data import load_cifar10
+    from cnnlab.data import load_dataset
     from cnnlab.metrics import report_text
 
     run = runfolder.load_run(args.run_dir)
-    data = load_cifar10(args.data)
+    data = load_dataset(run.config.dataset, args.data, **_load_options(args))
     for split, (labels, scores) in runfolder.evaluate_run(run, data, args.device).items():
         saved = run.metrics.get(f"{split}_accuracy")
         was = f" (saved: {saved:.4f})" if isinstance(saved, float) else ""
@@ -319,12 +338,57 @@ def _run_config(args: argparse.Namespace) -> RunConfig:
     return run
 
 
+def _load_options(args: argparse.Namespace) -> dict:
+    """How to load image folders of mixed sizes: `--image-size` and `--resample`."""
+    if getattr(args, "image_size", None) is None:
+        return {}
+    return {"image_size": args.image_size, "resample": args.resample}
+
+
+def _image_size(text: str) -> int | tuple[int, int]:
+    """'28' or '28x32' (height x width)."""
+    try:
+        parts = [int(part) for part in text.lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2) or min(parts, default=0) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected SIZE or HEIGHTxWIDTH, e.g. 28x28")
+    return parts[0] if len(parts) == 1 else (parts[0], parts[1])
+
+
+def _add_dataset_option(parser: argparse.ArgumentParser, *, named: bool = True) -> None:
+    """--dataset (where it is not a run field), --image-size and --resample."""
+    from cnnlab import config
+
+    if named:
+        parser.add_argument(
+            "--dataset",
+            default=config.RunConfig.dataset,
+            choices=tuple(config.DATASET_SHAPES),
+            help="which dataset (default: cifar10); 'images' is any image-folder dataset",
+        )
+    parser.add_argument(
+        "--image-size",
+        type=_image_size,
+        default=None,
+        metavar="SIZE",
+        help="resize image-folder images to SIZE or HxW (needed when their sizes differ)",
+    )
+    parser.add_argument(
+        "--resample",
+        default="bilinear",
+        choices=("nearest", "bilinear", "bicubic", "lanczos"),
+        help="how --image-size resizes (Pillow's filter; default: bilinear)",
+    )
+
+
 def _add_data_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data",
         metavar="PATH",
-        help="CIFAR-10 source: official python/binary archive or folder, or an image-folder "
-        "directory/.zip/.tar/.tar.gz (default: $CNNLAB_DATA, then the cache, then download)",
+        help="the dataset's source: its official files (archive or folder), or an image-folder "
+        "directory/.zip/.tar/.tar.gz (default: $CNNLAB_DATA[_NAME], then the cache, then a "
+        "download)",
     )
 
 
@@ -335,19 +399,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cnnlab {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    data = commands.add_parser("data", help="inspect, show or fetch CIFAR-10")
+    data = commands.add_parser("data", help="inspect, show or fetch a dataset")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     info = data_commands.add_parser("info", help="source, checksum, counts, channel statistics")
     _add_data_option(info)
+    _add_dataset_option(info)
     info.set_defaults(handler=_cmd_data_info)
     show = data_commands.add_parser("show", help="write a PNG grid of sample images per class")
     _add_data_option(show)
-    show.add_argument("--out", default="cifar10-samples.png", metavar="FILE", help="PNG to write")
+    _add_dataset_option(show)
+    show.add_argument("--out", default="samples.png", metavar="FILE", help="PNG to write")
     show.add_argument("--per-class", type=int, default=8, metavar="N", help="images per class")
     show.add_argument("--split", choices=["train", "test"], default="train")
     show.set_defaults(handler=_cmd_data_show)
-    fetch = data_commands.add_parser("fetch", help="download and verify the official archive")
+    fetch = data_commands.add_parser("fetch", help="download and verify the official files")
     fetch.add_argument("--dest", metavar="DIR", help="where to keep it (default: the cache)")
+    _add_dataset_option(fetch)
     fetch.set_defaults(handler=_cmd_data_fetch)
 
     convolve = commands.add_parser("convolve", help="filter images with kernels (NumPy, by hand)")
@@ -387,11 +454,14 @@ def build_parser() -> argparse.ArgumentParser:
     archs.set_defaults(handler=_cmd_archs)
     summary = commands.add_parser("summary", help="Keras-style layer table of an architecture")
     summary.add_argument("arch", metavar="ARCH")
+    _add_data_option(summary)
+    _add_dataset_option(summary)
     summary.set_defaults(handler=_cmd_summary)
 
     train = commands.add_parser("train", help="train one ConvNet with Keras semantics")
     _add_data_option(train)
     _add_run_fields(train)
+    _add_dataset_option(train, named=False)
     train.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     train.add_argument("--out", default=None, metavar="DIR", help="run folder to write")
     train.set_defaults(handler=_cmd_train)
@@ -399,6 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="re-evaluate a run folder's saved weights")
     evaluate.add_argument("run_dir", metavar="RUN_DIR")
     _add_data_option(evaluate)
+    _add_dataset_option(evaluate, named=False)
     evaluate.add_argument("--device", default="auto")
     evaluate.set_defaults(handler=_cmd_evaluate)
 

@@ -47,22 +47,25 @@ class Document:
         return [value for kind, value in self.blocks if kind == "image"]
 
     def markdown(self) -> str:
-        lines = [f"# {self.title}", ""]
+        """Markdown where text is text: HTML in it is escaped, table cells keep their pipes."""
+        text = _markdown_text
+        lines = [f"# {text(self.title)}", ""]
         for kind, value in self.blocks:
             if kind == "heading":
-                lines += [f"{'#' * value[0]} {value[1]}", ""]
+                lines += [f"{'#' * value[0]} {text(value[1])}", ""]
             elif kind == "paragraph":
-                lines += [value, ""]
+                lines += [text(value), ""]
             elif kind == "bullets":
-                lines += [f"- {item}" for item in value] + [""]
+                lines += [f"- {text(item)}" for item in value] + [""]
             elif kind == "table":
                 headers, rows = value
-                lines.append("| " + " | ".join(headers) + " |")
+                lines.append("| " + " | ".join(_cell_text(h) for h in headers) + " |")
                 lines.append("|" + "|".join("---" for _ in headers) + "|")
-                lines += ["| " + " | ".join(row) + " |" for row in rows]
+                lines += ["| " + " | ".join(_cell_text(c) for c in row) + " |" for row in rows]
                 lines.append("")
             elif kind == "image":
-                lines += [f"![{value.caption}]({FILES_FOLDER}/{value.name})", ""]
+                caption = text(value.caption).replace("[", "\\[").replace("]", "\\]")
+                lines += [f"![{caption}]({FILES_FOLDER}/{value.name})", ""]
         return "\n".join(lines)
 
     def html(self) -> str:
@@ -187,3 +190,12 @@ _HTML_PAGE = """<!DOCTYPE html>
 </body>
 </html>
 """
+
+
+def _markdown_text(text: str) -> str:
+    """Text for Markdown: raw HTML (from a study's name or description) shows as text."""
+    return html.escape(str(text), quote=False).replace("\n", " ")
+
+
+def _cell_text(text: str) -> str:
+    return _markdown_text(text).replace("|", "\\|")

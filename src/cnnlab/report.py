@@ -178,9 +178,10 @@ class Report:
 
     def write(self) -> dict[str, Path]:
         """Write report.md (+ report_files/*.png) and report.html beside the results."""
-        files = self.study_dir / FILES_FOLDER
-        for image in self.document.images():
-            atomic.write_bytes(files / image.name, image.png)
+        # The figures' folder is replaced whole: a full disk never leaves half of it.
+        with atomic.atomic_folder(self.study_dir / FILES_FOLDER) as files:
+            for image in self.document.images():
+                (files / image.name).write_bytes(image.png)
         paths = {"md": self.study_dir / "report.md", "html": self.study_dir / "report.html"}
         atomic.write_text(paths["md"], self.document.markdown())
         atomic.write_text(paths["html"], self.document.html())
@@ -198,7 +199,7 @@ def build(study_dir: str | os.PathLike[str]) -> Report:
     study = load_study(
         study_dir / f"{meta['study_name']}.toml", meta["study_text"], check_architectures=False
     )
-    return Report(study_dir, build_report(study, records, meta, study_dir))
+    return Report(study_dir, compose(study, records, meta, study_dir))
 
 
 def write_report(study_dir: str | os.PathLike[str]) -> dict[str, Path]:
@@ -206,7 +207,7 @@ def write_report(study_dir: str | os.PathLike[str]) -> dict[str, Path]:
     return build(study_dir).write()
 
 
-def build_report(
+def compose(
     study: Study, records: list[RunRecord], meta: dict[str, str], study_dir: Path
 ) -> Document:
     """The whole report as a document: summary, experiments, best run, observations, machine."""
@@ -241,6 +242,9 @@ def build_report(
         )
     _environment_section(document, records, meta)
     return document
+
+
+build_report = build  # the name the package root gives it
 
 
 _STATUS_ORDER = ("done", "diverged", "failed", "running", "pending")

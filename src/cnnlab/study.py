@@ -116,6 +116,14 @@ def _check_config(
     except ConfigError as error:
         keys = _origin(study, experiment, error.key)
         raise CnnlabError(f"{where(study, keys)}: {error.reason}") from None
+    if data is not None:
+        from cnnlab import train
+
+        try:
+            train.layers_for(config, data)  # the net must fit the data's images and classes
+        except CnnlabError as error:
+            keys = _origin(study, experiment, "arch")
+            raise CnnlabError(f"{where(study, keys)}: {error}") from None
 
 
 def _origin(study: Study, experiment: Experiment, field: str) -> tuple[str, ...]:
@@ -226,7 +234,13 @@ def _record(run: PlannedRun, result: Any, data: Any, store: Store, study_dir: Pa
 
     run_dir = study_dir / RUNS_FOLDER / run.id
     try:
-        paths = runfolder.write_run_folder(result, run_dir, data.class_names)
+        paths = runfolder.write_run_folder(
+            result,
+            run_dir,
+            data.class_names,
+            test_images=data.test_images,
+            test_labels=data.test_labels,
+        )
     except OSError as error:
         where = error.filename or run_dir
         store.record_failure(run.id, f"cannot write {where}: {error.strerror or error}")
@@ -324,11 +338,12 @@ def run_study(
     `echo` gets the study's own lines (what it found, what it will run); `watchers` follow the
     runs (`cnnlab.progress`; default: plain lines through `echo`, when it is given).
 
-    `data` is a source for `load_cifar10` (default: the study's, then cnnlab's usual search) or an
-    already loaded `Cifar10`; it is loaded only if some run has to train. `workers` is how many
-    processes train side by side on the CPU (default: one per core), or how many groups of runs
-    on CUDA (default: all, up to 8); 1 trains one after another in this process. `fit`
-    replaces the training (see `execute_runs`). The report is the caller's to write.
+    `data` is the source of the study's main dataset (its [defaults] dataset; default: the
+    study file's `data`, then cnnlab's usual search) or that dataset already loaded; runs on
+    other datasets load theirs by the usual search. Data is loaded only if some run trains.
+    `workers` is how many processes train side by side on the CPU (default: one per core), or
+    how many groups of runs on CUDA (default: all, up to 8); 1 trains one after another in this
+    process. `fit` replaces the training (see `execute_runs`). The report is the caller's.
     """
     started = time.perf_counter()
     if watchers is None:
@@ -341,10 +356,13 @@ def run_study(
     if data is None:
         data = study.data
     check_folder(study_dir, force=force)
+    main = study.defaults.get("dataset", RunConfig.dataset)
+    loaded: dict[str, Any] = {}
     if not (study_dir / DATABASE_NAME).exists():
         # A new study trains every run: check them against the data before writing anything.
-        data = _loaded(data, device)
-        _check_against(study, plan, data)
+        for name, runs in _by_dataset(plan).items():
+            loaded[name] = _loaded(name, data if name == main else None, device)
+            _check_against(study, runs, loaded[name])
     prepare_folder(study_dir, force=force)
     with _locked(study_dir), Store.open(study_dir) as store:
         store.claim(study.name, study.text, study.sha256, force=force)
@@ -369,11 +387,13 @@ def run_study(
             f"study {study.name}: {len(plan)} runs, {skipped} already finished,"
             f" {len(todo)} to run -> {study_dir}"
         )
-        if todo:
-            dataset = _record_data(_loaded(data, device), store, force=force)
-            _check_against(study, todo, dataset)
+        for name, runs in _by_dataset(todo).items():
+            if name not in loaded:
+                loaded[name] = _loaded(name, data if name == main else None, device)
+            dataset = _record_data(loaded[name], store, main=name == main, force=force)
+            _check_against(study, runs, dataset)
             execute_runs(
-                todo,
+                runs,
                 dataset,
                 store,
                 study_dir,
@@ -401,15 +421,23 @@ def run_study(
     )
 
 
-def _loaded(data: Any, device: str) -> Any:
-    """The data, loaded unless it already is (a path, None for the usual search, or loaded)."""
+def _by_dataset(plan: list[PlannedRun]) -> dict[str, list[PlannedRun]]:
+    """The runs of `plan` by the dataset they train on, in the plan's order."""
+    groups: dict[str, list[PlannedRun]] = {}
+    for run in plan:
+        groups.setdefault(run.config.dataset, []).append(run)
+    return groups
+
+
+def _loaded(name: str, data: Any, device: str) -> Any:
+    """Dataset `name`: `data` if already loaded, else loaded from `data` (a path, or None)."""
     from cnnlab import train
 
     train.resolve_device(device)  # an unavailable device fails before the data is decoded
     if isinstance(data, str | os.PathLike) or data is None:
-        from cnnlab.data import load_cifar10
+        from cnnlab.data import load_dataset
 
-        return load_cifar10(None if data is None else str(data))
+        return load_dataset(name, None if data is None else str(data))
     return data
 
 
@@ -420,9 +448,14 @@ def _check_against(study: Study, plan: list[PlannedRun], data: Any) -> None:
         _check_config(study, experiments[next(iter(run.experiments))], run.config, data)
 
 
-def _record_data(data: Any, store: Store, *, force: bool) -> Any:
-    """Make sure `data` is what the study's earlier runs trained on, and note it in the store."""
-    known = store.meta().get("data_sha256")
+def _record_data(data: Any, store: Store, *, main: bool, force: bool) -> Any:
+    """Make sure `data` is what the study's earlier runs trained on, and note it in the store.
+
+    The main dataset's facts go under the store's plain keys (what the report reads); another
+    dataset's under keys suffixed with its name.
+    """
+    suffix = "" if main else f".{getattr(data, 'name', 'data')}"
+    known = store.meta().get("data_sha256" + suffix)
     if known and data.source_sha256 and known != data.source_sha256 and not force:
         raise CnnlabError(
             f"data {data.source}: checksum {data.source_sha256[:12]} differs from the data this"
@@ -430,9 +463,9 @@ def _record_data(data: Any, store: Store, *, force: bool) -> Any:
         )
     store.set_meta(
         {
-            "data_source": str(data.source),
-            "data_sha256": data.source_sha256,
-            "class_names": json.dumps(list(data.class_names)),
+            "data_source" + suffix: str(data.source),
+            "data_sha256" + suffix: data.source_sha256,
+            "class_names" + suffix: json.dumps(list(data.class_names)),
             "machine": machine_description(),
             "cpu_count": str(os.cpu_count()),
         }
