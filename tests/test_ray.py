@@ -125,11 +125,12 @@ def test_a_node_uses_its_own_copy_of_the_data_only_when_the_checksum_matches(tmp
     from cnnlab.data import load_cifar10
 
     loaded = load_cifar10(source)
-    copy = ray_backend.local_copy(str(source), loaded.source_sha256)
+    sha256 = loaded.source_sha256
+    copy = ray_backend.local_copy("cifar10", str(source), sha256)
     assert copy is not None and (copy.train_labels == loaded.train_labels).all()
-    assert ray_backend.local_copy(str(source), "0" * 64) is None  # another file at that path
-    assert ray_backend.local_copy(str(tmp_path / "absent.zip"), loaded.source_sha256) is None
-    assert ray_backend.local_copy("synthetic", "") is None
+    assert ray_backend.local_copy("cifar10", str(source), "0" * 64) is None  # another file there
+    assert ray_backend.local_copy("cifar10", str(tmp_path / "absent.zip"), sha256) is None
+    assert ray_backend.local_copy("cifar10", "synthetic", "") is None
 
 
 def test_the_study_file_chooses_the_backend_and_the_cluster(tmp_path):
@@ -270,7 +271,7 @@ def test_a_group_task_reports_each_member_under_its_run_index(tiny_cifar, ray_ad
     ray.init(address=ray_address)
     try:
         mailbox = ray.remote(ray_backend.Mailbox).remote()
-        shared = ray_backend.SharedData("", "", [ray.put(tiny_cifar)])
+        shared = ray_backend.SharedData("cifar10", "", "", (0,), [ray.put(tiny_cifar)])
         task = ray.remote(ray_backend.train_task)
         outcomes = ray.get(task.remote(configs, [7, 3], shared, mailbox, "cpu", 1), timeout=300)
         messages = ray.get(mailbox.take.remote())

@@ -43,7 +43,7 @@ import torch
 
 from cnnlab import batched, streams, workers
 from cnnlab.config import RunConfig, run_id
-from cnnlab.data import Cifar10, load_cifar10
+from cnnlab.data import Dataset, load_dataset
 from cnnlab.errors import CnnlabError
 from cnnlab.events import Event, failure_reason
 from cnnlab.metrics import RunResult
@@ -59,7 +59,7 @@ _POLL_SECONDS = 0.2
 
 def train_on_ray(
     configs: Sequence[RunConfig],
-    data: Cifar10,
+    data: Dataset,
     *,
     device: str = "auto",
     address: str | None = None,
@@ -117,7 +117,7 @@ def _import_ray() -> Any:
 
 def _events(
     configs: list[RunConfig],
-    data: Cifar10,
+    data: Dataset,
     *,
     device: str,
     address: str | None,
@@ -137,7 +137,9 @@ def _events(
         mailbox = ray.remote(num_cpus=0)(Mailbox).remote()
         stored = ray.put(_plain(data))  # once per call
         # Nested in a list, Ray leaves the arrays where they are until a task asks for them.
-        shared = SharedData(data.source, data.source_sha256, [stored])
+        shared = SharedData(
+            data.name, data.source, data.source_sha256, data.train_images.shape, [stored]
+        )
         given = None if _has_file(data) else stored
         options: dict[str, Any] = {
             "num_cpus": cpus_per_run,
@@ -228,7 +230,7 @@ class Mailbox:
         return messages
 
 
-def _has_file(data: Cifar10) -> bool:
+def _has_file(data: Dataset) -> bool:
     return bool(data.source_sha256) and Path(data.source).exists()
 
 
@@ -295,8 +297,10 @@ def _ray_failure(ray: Any, error: Exception, max_retries: int) -> str:
 class SharedData:
     """Where a task finds the data: the source path on its node, else the object store."""
 
+    name: str  # the dataset's name (`data.load_dataset`)
     source: str
     sha256: str
+    train_shape: tuple[int, ...]  # a resized load shows here, where the checksum is the file's
     stored: list[Any]  # [the ObjectRef of the arrays]; nested, so Ray does not fetch it for us
 
 
@@ -307,7 +311,7 @@ def train_task(
     mailbox: Any,
     device: str,
     threads: int,
-    given: Cifar10 | None = None,
+    given: Dataset | None = None,
 ) -> list[tuple[str, Any]]:
     """Train one scheduled group in a Ray worker: ("done", RunResult) or ("failed", reason) each.
 
@@ -321,8 +325,8 @@ def train_task(
         mailbox.put.remote([("progress", indices[row.get("member", 0)], row)])
 
     try:
-        data = given if given is not None else local_copy(shared.source, shared.sha256)
-        if data is None:
+        data = given if given is not None else local_copy(shared.name, shared.source, shared.sha256)
+        if data is None or data.train_images.shape != shared.train_shape:
             data = ray.get(shared.stored[0])
         results = batched.train_together(configs, data, device=device, progress=progress)
         outcomes = [("done", _weights_as_arrays(result)) for result in results]
@@ -335,15 +339,15 @@ def train_task(
 
 
 @functools.lru_cache(maxsize=2)
-def local_copy(source: str, sha256: str) -> Cifar10 | None:
-    """The dataset at `source` on this machine if it is there with checksum `sha256`, else None.
+def local_copy(name: str, source: str, sha256: str) -> Dataset | None:
+    """Dataset `name` from `source` on this machine if it is there with checksum `sha256`.
 
     Kept per worker process: a worker that trains several runs loads (memory-maps) it once.
     """
     if not source or not sha256 or not Path(source).exists():
         return None
     try:
-        data = load_cifar10(source)
+        data = load_dataset(name, source)
     except CnnlabError:
         return None
     return data if data.source_sha256 == sha256 else None
@@ -352,7 +356,7 @@ def local_copy(source: str, sha256: str) -> Cifar10 | None:
 # --- moving data and results through Ray --------------------------------------------------------
 
 
-def _plain(data: Cifar10) -> Cifar10:
+def _plain(data: Dataset) -> Dataset:
     """`data` with plain arrays (not memory maps), which Ray's object store holds by value."""
     arrays = {
         field.name: np.asarray(getattr(data, field.name))
