@@ -4,7 +4,10 @@ CONTRACT (other modules rely on these names):
 - `Dataset` (alias `Cifar10`): the in-memory dataset, with `input_shape` and `num_classes`.
 - `DATASETS` (names) and `DESCRIPTIONS` (one line each, for --help).
 - `load_dataset(name, data=None, *, image_size=None, resample="bilinear") -> Dataset`:
-  `data` > the dataset's environment variable > the user cache > a download (see ENVIRONMENT).
+  `data` > the dataset's environment variable > the user cache > a download. The variables
+  (ENVIRONMENT): CNNLAB_DATA (cifar10, as always), CNNLAB_DATA_CIFAR100 (cifar100 and
+  cifar100-coarse), CNNLAB_DATA_MNIST, CNNLAB_DATA_FASHION_MNIST, CNNLAB_DATA_IMAGES (images,
+  which has no official files: a path or this variable is required); digits reads no files.
 - `load_cifar10(data=None)` is `load_dataset("cifar10", data)`.
 - `stratified_order(labels, seed) -> indices` and `stratified_subset(labels, size, seed)`.
 - `validation_split(indices, fraction) -> (train_indices, validation_indices)`.
