@@ -589,3 +589,91 @@ def test_mutated_archives_load_or_raise_only_cnnlab_error(mutation: tuple[str, b
         # A mutation the format does not notice (a flipped pixel) still gives valid arrays.
         assert data.train_images.dtype == np.uint8 and data.train_images.shape[1:] == (32, 32, 3)
         assert data.train_labels.min() >= 0 and data.train_labels.max() <= 9
+
+
+# --- the other datasets' formats, mutated ------------------------------------------------------
+
+OTHER_FORMS = {  # form -> the dataset it is loaded as
+    "mnist idx .tar": "mnist",
+    "cifar100 python .tar": "cifar100",
+    "cifar100 binary .tar": "cifar100-coarse",
+    "images .zip": "images",
+}
+_VALID_OTHER: dict[str, tuple[str, bytes]] = {}
+
+
+def valid_other_archive(form: str) -> tuple[str, bytes]:
+    """The file name and bytes of a valid tiny archive of another dataset, built once."""
+    from test_datasets import (
+        cifar100_arrays,
+        gray_layout,
+        mnist_arrays,
+        write_cifar100_binary,
+        write_cifar100_python,
+        write_idx,
+        write_images,
+    )
+
+    if form not in _VALID_OTHER:
+        with tempfile.TemporaryDirectory() as folder:
+            root = Path(folder)
+            if form.startswith("mnist"):
+                archive = tar_folder(write_idx(root / "m", mnist_arrays()), root / "m.tar")
+            elif form.startswith("cifar100 python"):
+                tree = write_cifar100_python(root / "c", cifar100_arrays())
+                archive = tar_folder(tree, root / "c.tar", wrapper="cifar-100-python")
+            elif form.startswith("cifar100 binary"):
+                archive = tar_folder(
+                    write_cifar100_binary(root / "b", cifar100_arrays()), root / "b.tar"
+                )
+            else:
+                from test_data import zip_folder
+
+                archive = zip_folder(write_images(root / "i", gray_layout()), root / "i.zip")
+            _VALID_OTHER[form] = (archive.name, archive.read_bytes())
+    return _VALID_OTHER[form]
+
+
+@st.composite
+def other_mutations(draw: st.DrawFn) -> tuple[str, str, bytes]:
+    form = draw(st.sampled_from(sorted(OTHER_FORMS)))
+    name, content = valid_other_archive(form)
+    data = bytearray(content)
+    for _ in range(draw(st.integers(1, 3))):
+        if not data:
+            break
+        at = draw(st.integers(0, len(data) - 1))
+        kind = draw(st.sampled_from(["flip", "truncate", "insert", "zero run"]))
+        if kind == "flip":
+            data[at] ^= draw(st.integers(1, 255))
+        elif kind == "truncate":
+            del data[at:]
+        elif kind == "insert":
+            data[at:at] = draw(st.binary(min_size=1, max_size=64))
+        else:
+            data[at : at + 512] = bytes(len(data[at : at + 512]))
+    return OTHER_FORMS[form], name, bytes(data)
+
+
+@settings(
+    max_examples=120,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(other_mutations())
+def test_mutated_sources_of_other_datasets_load_or_raise_only_cnnlab_error(
+    mutation: tuple[str, str, bytes],
+):
+    from cnnlab.data import load_dataset
+
+    dataset, name, content = mutation
+    with tempfile.TemporaryDirectory() as folder:
+        archive = Path(folder) / name
+        archive.write_bytes(content)
+        try:
+            data = load_dataset(dataset, archive)
+        except CnnlabError as error:
+            assert "\n" not in str(error)
+            return
+        assert data.train_images.dtype == np.uint8 and data.train_images.ndim == 4
+        assert data.train_labels.min() >= 0 and data.train_labels.max() < data.num_classes
