@@ -353,3 +353,76 @@ def _image_folder_zip(path: Path) -> Path:
                     Image.new("RGB", (32, 32), (number * 20, copy * 50, 10)).save(buffer, "PNG")
                     archive.writestr(f"{split}/{name}/{copy}.png", buffer.getvalue())
     return path
+
+
+def _png_folder(root: Path) -> Path:
+    """A CIFAR look-alike image folder: 20 train and 10 test PNGs per class."""
+    import numpy as np
+    from PIL import Image
+
+    from cnnlab.data import CLASS_NAMES
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 20), ("test", 10)):
+        for label, name in enumerate(CLASS_NAMES):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for index in range(count):
+                pixels = rng.integers(0, 96, size=(32, 32, 3), dtype=np.uint8)
+                pixels[..., label % 3] += np.uint8(16 * label)
+                Image.fromarray(pixels).save(folder / f"{index:03d}.png")
+    return root
+
+
+def test_a_study_through_the_command_resumes_after_its_driver_is_killed(ray_address, tmp_path):
+    from cnnlab.store import Store
+
+    data = _png_folder(tmp_path / "pngs")
+    study_file = tmp_path / "tiny.toml"
+    study_file.write_text(
+        study_fakes.tiny_study_toml("ray", "{ seed = [0, 1, 2, 3], l1 = [0.0, 0.01] }").replace(
+            "epochs = 2", "epochs = 4"
+        )
+    )
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "CNNLAB_CACHE": str(tmp_path / "cache")}
+
+    def cnnlab_study(out: Path, *options: str) -> subprocess.Popen:
+        command = [sys.executable, "-m", "cnnlab", "study", str(study_file), "--data", str(data)]
+        return subprocess.Popen(
+            [*command, "--out", str(out), *options],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    out = tmp_path / "ray"
+    driver = cnnlab_study(out, "--backend", "ray", "--address", ray_address)
+    deadline = time.monotonic() + _START_SECONDS * 2
+    while time.monotonic() < deadline and driver.poll() is None:
+        try:
+            with Store.open(out, create=False) as store:
+                if sum(r.status == "done" for r in store.runs()) >= 2:
+                    break
+        except CnnlabError:
+            pass
+        time.sleep(0.2)
+    driver.send_signal(signal.SIGKILL)  # the driver: Ray's tasks for it end with it
+    driver.communicate()
+    with Store.open(out, create=False) as store:
+        interrupted = [r.status for r in store.runs()]
+    assert interrupted.count("done") >= 2 and len(interrupted) == 8
+    resumed = cnnlab_study(out, "--backend", "ray", "--address", ray_address)
+    _, stderr = resumed.communicate(timeout=_START_SECONDS * 3)
+    assert resumed.returncode == 0, stderr
+    local = cnnlab_study(tmp_path / "local", "--workers", "2")
+    _, stderr = local.communicate(timeout=_START_SECONDS * 3)
+    assert local.returncode == 0, stderr
+    with Store.open(out) as through_ray, Store.open(tmp_path / "local") as here:
+        ours = {r.id: r for r in through_ray.runs()}
+        theirs = {r.id: r for r in here.runs()}
+    assert sorted(ours) == sorted(theirs) and {r.status for r in ours.values()} == {"done"}
+    for identifier, record in theirs.items():
+        # A run is a pure function of its config: Ray's tasks and local workers agree exactly.
+        expected = {k: v for k, v in record.metrics.items() if k not in _TIMINGS}
+        assert {k: v for k, v in ours[identifier].metrics.items() if k not in _TIMINGS} == expected

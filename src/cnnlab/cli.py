@@ -251,6 +251,8 @@ def _cmd_study(args: argparse.Namespace) -> int:
         echo=print,
         watchers=[_study_display()],
         logger=logger,
+        backend=args.backend,
+        address=args.address,
     )
     for line in study.summary_lines(outcome):
         print(line)
@@ -501,6 +503,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="runs trained side by side: CPU worker processes (default: one per core), or"
         " groups of runs on CUDA streams (default: all, up to 8); 1 trains one after another"
         " in this process",
+    )
+    study.add_argument(
+        "--backend",
+        choices=("local", "ray"),
+        default=None,
+        help="where runs train: local (default) or ray (Ray tasks; pip install 'cnnlab[ray]')",
+    )
+    study.add_argument(
+        "--address",
+        default=None,
+        metavar="HOST:PORT",
+        help="with --backend ray: the cluster to join (default: $RAY_ADDRESS, else a local Ray)",
     )
     study.add_argument(
         "--log",

@@ -169,6 +169,8 @@ def execute_runs(
     fit: Fit | None = None,
     watchers: Sequence[Watcher] = (),
     logger: StudyLogger | None = None,
+    backend: str = "local",
+    address: str | None = None,
 ) -> None:
     """Train every run of `plan` through `cnnlab.execute`, recording each in `store`.
 
@@ -188,7 +190,15 @@ def execute_runs(
             return [fit(configs[0], data, device=device, progress=progress)]
 
     configs = [run.config for run in plan]
-    execution = execute(configs, data, device=device, workers=workers, train_group=train_group)
+    execution = execute(
+        configs,
+        data,
+        device=device,
+        workers=workers,
+        train_group=train_group,
+        backend=backend,
+        address=address,
+    )
     in_hand: set[str] = set()
     try:
         if logger is not None:
@@ -332,6 +342,8 @@ def run_study(
     echo: Callable[[str], None] | None = None,
     watchers: Sequence[Watcher] | None = None,
     logger: StudyLogger | None = None,
+    backend: str | None = None,
+    address: str | None = None,
 ) -> StudyOutcome:
     """Run every unfinished run of a study file, quietly unless told otherwise.
 
@@ -351,6 +363,9 @@ def run_study(
     echo = echo or _quiet
     check_workers(workers)  # before any data is loaded
     study = load_study(study_file)
+    backend, address = backend or study.backend, address or study.address
+    if fit is not None and backend != "local":
+        raise CnnlabError(f"fit replaces the training in this process: backend {backend!r}")
     plan = plan_runs(study, repeats)
     study_dir = Path(out) if out is not None else Path("results") / study.name
     if data is None:
@@ -361,7 +376,7 @@ def run_study(
     if not (study_dir / DATABASE_NAME).exists():
         # A new study trains every run: check them against the data before writing anything.
         for name, runs in _by_dataset(plan).items():
-            loaded[name] = _loaded(name, data if name == main else None, device)
+            loaded[name] = _loaded(name, data if name == main else None, device, backend)
             _check_against(study, runs, loaded[name])
     prepare_folder(study_dir, force=force)
     with _locked(study_dir), Store.open(study_dir) as store:
@@ -389,7 +404,7 @@ def run_study(
         )
         for name, runs in _by_dataset(todo).items():
             if name not in loaded:
-                loaded[name] = _loaded(name, data if name == main else None, device)
+                loaded[name] = _loaded(name, data if name == main else None, device, backend)
             dataset = _record_data(loaded[name], store, main=name == main, force=force)
             _check_against(study, runs, dataset)
             execute_runs(
@@ -402,6 +417,8 @@ def run_study(
                 fit=fit,
                 watchers=watchers,
                 logger=logger,
+                backend=backend,
+                address=address,
             )
         final = store.runs(planned_only=True)
         store.set_meta({"last_wall_seconds": f"{time.perf_counter() - started:.3f}"})
@@ -429,11 +446,12 @@ def _by_dataset(plan: list[PlannedRun]) -> dict[str, list[PlannedRun]]:
     return groups
 
 
-def _loaded(name: str, data: Any, device: str) -> Any:
+def _loaded(name: str, data: Any, device: str, backend: str = "local") -> Any:
     """Dataset `name`: `data` if already loaded, else loaded from `data` (a path, or None)."""
     from cnnlab import train
 
-    train.resolve_device(device)  # an unavailable device fails before the data is decoded
+    if backend == "local":  # on Ray the nodes have the devices, not this machine
+        train.resolve_device(device)  # an unavailable device fails before the data is decoded
     if isinstance(data, str | os.PathLike) or data is None:
         from cnnlab.data import load_dataset
 
