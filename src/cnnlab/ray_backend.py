@@ -41,12 +41,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from cnnlab import batched, streams, workers
+from cnnlab import batched, streams, train, workers
 from cnnlab.config import RunConfig, run_id
 from cnnlab.data import Dataset, load_dataset
 from cnnlab.errors import CnnlabError
 from cnnlab.events import Event, failure_reason
-from cnnlab.metrics import RunResult
 
 MISSING_RAY = "--backend ray needs Ray: pip install 'cnnlab[ray]'"
 DEFAULT_MAX_RETRIES = 2  # retries of a task whose worker process or node died
@@ -267,7 +266,7 @@ def _outcomes(
         reason = _ray_failure(ray, error, max_retries)
         return [(index, "failed", reason) for index in group]
     return [
-        (index, kind, _weights_as_tensors(payload) if kind == "done" else payload)
+        (index, kind, train.weights_as_tensors(payload) if kind == "done" else payload)
         for index, (kind, payload) in zip(group, outcomes, strict=True)
     ]
 
@@ -329,7 +328,7 @@ def train_task(
         if data is None or data.train_images.shape != shared.train_shape:
             data = ray.get(shared.stored[0])
         results = batched.train_together(configs, data, device=device, progress=progress)
-        outcomes = [("done", _weights_as_arrays(result)) for result in results]
+        outcomes = [("done", train.weights_as_arrays(result)) for result in results]
     except Exception as error:  # the driver records the runs as failed and goes on
         reason = failure_reason(error)
         outcomes = [("failed", reason) for _ in configs]
@@ -364,15 +363,3 @@ def _plain(data: Dataset) -> Dataset:
         if isinstance(getattr(data, field.name), np.ndarray)
     }
     return dataclasses.replace(data, **arrays)
-
-
-def _weights_as_arrays(result: RunResult) -> RunResult:
-    """Weights as NumPy arrays: Ray moves them by value, with no torch on the way."""
-    weights = {name: tensor.detach().cpu().numpy() for name, tensor in result.state_dict.items()}
-    return dataclasses.replace(result, state_dict=weights)
-
-
-def _weights_as_tensors(result: RunResult) -> RunResult:
-    # Copies: Ray hands back read-only views of its object store.
-    weights = {name: torch.from_numpy(np.array(array)) for name, array in result.state_dict.items()}
-    return dataclasses.replace(result, state_dict=weights)

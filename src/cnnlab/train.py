@@ -13,6 +13,7 @@ one network (`LoneNet`); `batched.fit_group` with several trained as one (`batch
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -391,3 +392,15 @@ def fit(
     target = resolve_device(device)
     on_device = to_device(config, data, target)
     return fit_members([config], data, on_device, LoneNet(config, on_device), progress)[0]
+
+
+def weights_as_arrays(result: RunResult) -> RunResult:
+    """`result` with its weights as NumPy arrays: they travel by value between processes."""
+    weights = {name: tensor.detach().cpu().numpy() for name, tensor in result.state_dict.items()}
+    return dataclasses.replace(result, state_dict=weights)
+
+
+def weights_as_tensors(result: RunResult) -> RunResult:
+    """The inverse of `weights_as_arrays`."""
+    weights = {name: torch.from_numpy(array) for name, array in result.state_dict.items()}
+    return dataclasses.replace(result, state_dict=weights)

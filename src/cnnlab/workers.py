@@ -35,7 +35,6 @@ from cnnlab import train
 from cnnlab.config import RunConfig, check_workers
 from cnnlab.data import Cifar10
 from cnnlab.events import Event, failure_reason
-from cnnlab.metrics import RunResult
 
 # How long a worker may take to leave after being told to, before it is killed (seconds).
 _EXIT_GRACE_SECONDS = 5.0
@@ -136,7 +135,7 @@ class _Worker:
             while self.connection.poll():
                 kind, index, payload = self.connection.recv()
                 if kind == "done":
-                    payload = _with_tensors(payload)
+                    payload = train.weights_as_tensors(payload)
                 if kind in ("done", "failed"):
                     self.index = None
                 yield Event(kind, index, payload)
@@ -269,7 +268,7 @@ def _worker_main(
         except Exception as error:  # the parent records the run as failed and goes on
             connection.send(("failed", index, failure_reason(error)))
         else:
-            connection.send(("done", index, _without_tensors(result)))
+            connection.send(("done", index, train.weights_as_arrays(result)))
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -332,14 +331,3 @@ def _rebuild(data: Cifar10) -> Cifar10:
             )
         fields[field.name] = value
     return dataclasses.replace(data, **fields)
-
-
-def _without_tensors(result: RunResult) -> RunResult:
-    """Weights as NumPy arrays: they pickle by value, not through torch's shared memory."""
-    weights = {name: tensor.detach().cpu().numpy() for name, tensor in result.state_dict.items()}
-    return dataclasses.replace(result, state_dict=weights)
-
-
-def _with_tensors(result: RunResult) -> RunResult:
-    weights = {name: torch.from_numpy(array) for name, array in result.state_dict.items()}
-    return dataclasses.replace(result, state_dict=weights)
