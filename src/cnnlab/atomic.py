@@ -71,6 +71,10 @@ def atomic_folder(path: str | os.PathLike[str]) -> Iterator[Path]:
         tempfile.mkdtemp(prefix=f".{target.name}.", suffix=TEMPORARY_SUFFIX, dir=target.parent)
     )
     try:
+        # mkdtemp makes 0700 folders; give the result what a plain mkdir would.
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)
         yield tmp
         if target.exists() or target.is_symlink():
             old = Path(

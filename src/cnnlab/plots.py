@@ -273,10 +273,21 @@ def history_figure(history: list[dict[str, float]], title: str) -> Figure:
 # --- data (cnnlab data show) ------------------------------------------------------------------
 
 
+def show_image(axes, image) -> None:
+    """A uint8 image (H x W x C) as it looks: colour as it is, one channel in grays."""
+    import numpy as np
+
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[2] == 1:
+        axes.imshow(image[:, :, 0], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    else:
+        axes.imshow(image, interpolation="nearest")
+
+
 def class_samples_figure(
     images: list[list[object]], class_names: list[str] | tuple[str, ...], title: str
 ) -> Figure:
-    """A grid of 32×32 images: one row per class, named on the left; `images[row]` per class."""
+    """A grid of small images: one row per class, named on the left; `images[row]` per class."""
     columns = max(len(row) for row in images)
     figure = Figure(figsize=(1.2 + 0.62 * columns, 0.66 * len(images) + 0.5), layout="constrained")
     figure.suptitle(title)
@@ -289,7 +300,7 @@ def class_samples_figure(
             for spine in axes.spines.values():
                 spine.set_visible(False)
             if column < len(row_images):
-                axes.imshow(row_images[column], interpolation="nearest")
+                show_image(axes, row_images[column])
             if column == 0:
                 axes.set_ylabel(class_name, rotation=0, ha="right", va="center", fontsize=9)
     return figure
@@ -299,7 +310,7 @@ def class_samples_figure(
 
 
 def misclassified_figure(images, true_names: list[str], predicted_names: list[str], title: str):
-    """A grid of misclassified 32×32 images, each titled with its true and predicted class."""
+    """A grid of misclassified images, each titled with its true and predicted class."""
     columns = min(8, max(len(images), 1))
     rows = -(-len(images) // columns)
     figure = Figure(figsize=(1.15 * columns + 0.2, 1.42 * rows + 0.45), layout="constrained")
@@ -310,7 +321,7 @@ def misclassified_figure(images, true_names: list[str], predicted_names: list[st
     for axes, image, true, predicted in zip(
         axes_grid.flat, images, true_names, predicted_names, strict=False
     ):
-        axes.imshow(image, interpolation="nearest")
+        show_image(axes, image)
         axes.set_title(f"{true}\n→ {predicted}", fontsize=8, linespacing=1.15)
     return figure
 
