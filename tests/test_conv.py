@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage, signal
 
-from cnnlab import conv
+from cnnlab import conv, conv_fast, kernels
 from cnnlab.errors import CnnlabError
 
 SETTINGS = settings(max_examples=100, deadline=None)
@@ -148,7 +148,7 @@ def test_stride_matches_torch_conv2d(problem, mode, stride, method):
     image, kernel = problem
     if mode == "valid" and not fits_valid(image, kernel):
         return
-    before = [conv._padding(size, mode, flipped=False)[0] for size in kernel.shape]
+    before = [conv_fast.padding(size, mode, flipped=False)[0] for size in kernel.shape]
     after = [
         size - 1 - b if mode == "same" else b for size, b in zip(kernel.shape, before, strict=True)
     ]
@@ -165,7 +165,7 @@ def test_channels_match_torch_conv2d(problem, stride, summed):
     image, kernel = problem
     channels = image.shape[2]
     torch_image = torch.from_numpy(np.ascontiguousarray(np.moveaxis(image, 2, 0)))[None]
-    pads = [conv._padding(size, "same", flipped=False) for size in kernel.shape]
+    pads = [conv_fast.padding(size, "same", flipped=False) for size in kernel.shape]
     torch_image = F.pad(torch_image, (*pads[1], *pads[0]))
     if summed:  # one kh x kw x C filter, summed over channels: one output map
         kernel = np.stack([kernel * (c + 1) for c in range(channels)], axis=2)
@@ -336,7 +336,7 @@ KERNELS_WITH_ZEROS = {
 def test_nan_and_inf_spread_like_scipy_on_every_path(kernel_name, mode):
     kernel = KERNELS_WITH_ZEROS[kernel_name]
     if kernel_name == "separable":
-        assert conv._separable(kernel) is not None
+        assert conv_fast.separable(kernel) is not None
     if kernel_name == "large":
         assert conv.choose_method((40, 40), kernel, mode) == "fft"
     rng = np.random.default_rng(7)
@@ -467,7 +467,7 @@ def test_loop_reference_agrees_with_fast_paths(problem, mode, boundary, stride, 
 def test_loop_reference_matches_scipy_on_the_reports_kernel():
     rng = np.random.default_rng(3)
     image = rng.integers(0, 256, (7, 9)).astype(np.float64)
-    kernel = conv.KERNELS["laplacian8"].array()
+    kernel = kernels.KERNELS["laplacian8"].array()
     for mode in conv.MODES:
         np.testing.assert_allclose(
             conv.correlate2d_loop(image, kernel, mode), signal.correlate2d(image, kernel, mode)
@@ -507,7 +507,7 @@ def test_correlation_conjugates_the_second_input():
 
 def test_sobel_x_is_positive_where_brightness_grows_to_the_right():
     ramp = np.tile(np.arange(8.0), (6, 1))
-    inner = conv.convolve2d(ramp, conv.KERNELS["sobel-x"].array(), "valid")
+    inner = conv.convolve2d(ramp, kernels.KERNELS["sobel-x"].array(), "valid")
     np.testing.assert_array_equal(inner, np.full((4, 6), 8.0))
 
 
@@ -525,7 +525,7 @@ def test_every_scipy_boundary_name_is_accepted():
 def test_fft_and_direct_agree_on_a_large_kernel_and_a_separable_one():
     rng = np.random.default_rng(1)
     image = rng.uniform(0, 255, (70, 90))
-    for kernel in (rng.standard_normal((17, 13)), conv.gaussian(15, 2.5)):
+    for kernel in (rng.standard_normal((17, 13)), kernels.gaussian(15, 2.5)):
         direct = conv.convolve2d(image, kernel, "same", method="direct")
         fft = conv.convolve2d(image, kernel, "same", method="fft")
         assert_close(direct, fft, image, kernel)
@@ -538,11 +538,11 @@ def test_auto_picks_direct_for_small_kernels_and_fft_for_large_dense_ones():
     assert conv.choose_method((1024, 1024), rng.standard_normal((31, 31)), "same") == "fft"
     assert conv.choose_method((256, 256), rng.standard_normal((15, 15)), "same") == "fft"
     # A separable Gaussian costs 2k taps per pixel, not k^2: direct stays cheaper.
-    assert conv.choose_method((1024, 1024), conv.gaussian(31, 5.0), "same") == "direct"
+    assert conv.choose_method((1024, 1024), kernels.gaussian(31, 5.0), "same") == "direct"
 
 
 def test_next_fast_length():
-    assert [conv._next_fast_length(n) for n in (1, 7, 13, 1054, 1031)] == [1, 7, 14, 1056, 1050]
+    assert [conv_fast.next_fast_length(n) for n in (1, 7, 13, 1054, 1031)] == [1, 7, 14, 1056, 1050]
 
 
 def test_conv_needs_neither_torch_nor_scipy():
@@ -624,11 +624,11 @@ def test_channel_functions_and_cnnlab_options_fail_in_one_clear_line(
 
 
 def test_the_reports_kernels_have_honest_names():
-    assert conv.parse_kernel("laplacian8")[1].sum() == 0  # an edge detector: flat areas -> 0
-    assert conv.parse_kernel("laplacian4-boost")[1].sum() == 4  # 4 x image + edges
+    assert kernels.parse_kernel("laplacian8")[1].sum() == 0  # an edge detector: flat areas -> 0
+    assert kernels.parse_kernel("laplacian4-boost")[1].sum() == 4  # 4 x image + edges
     np.testing.assert_array_equal(
-        conv.parse_kernel("laplacian4-boost")[1],
-        4 * conv.parse_kernel("identity")[1] + conv.parse_kernel("laplacian4")[1],
+        kernels.parse_kernel("laplacian4-boost")[1],
+        4 * kernels.parse_kernel("identity")[1] + kernels.parse_kernel("laplacian4")[1],
     )
 
 
@@ -648,30 +648,30 @@ def test_the_reports_kernels_have_honest_names():
     ],
 )
 def test_parse_kernel(spec, name, shape, total):
-    parsed_name, kernel = conv.parse_kernel(spec)
+    parsed_name, kernel = kernels.parse_kernel(spec)
     assert (parsed_name, kernel.shape) == (name, shape)
     assert kernel.sum() == pytest.approx(total)
 
 
 def test_gaussian_is_normalised_symmetric_and_separable():
-    kernel = conv.gaussian(7, 1.5)
+    kernel = kernels.gaussian(7, 1.5)
     assert kernel.sum() == pytest.approx(1.0)
     np.testing.assert_allclose(kernel, kernel.T)
-    assert conv._separable(kernel) is not None
+    assert conv_fast.separable(kernel) is not None
 
 
 def test_kernel_files(tmp_path):
     kernel = np.arange(6.0).reshape(2, 3)
     np.save(tmp_path / "mine.npy", kernel)
     np.savetxt(tmp_path / "yours.txt", kernel)
-    assert conv.parse_kernel(str(tmp_path / "mine.npy"))[0] == "mine"
-    np.testing.assert_array_equal(conv.parse_kernel(str(tmp_path / "mine.npy"))[1], kernel)
-    np.testing.assert_array_equal(conv.parse_kernel(str(tmp_path / "yours.txt"))[1], kernel)
+    assert kernels.parse_kernel(str(tmp_path / "mine.npy"))[0] == "mine"
+    np.testing.assert_array_equal(kernels.parse_kernel(str(tmp_path / "mine.npy"))[1], kernel)
+    np.testing.assert_array_equal(kernels.parse_kernel(str(tmp_path / "yours.txt"))[1], kernel)
     (tmp_path / "bad.txt").write_text("1 2\n3\n")
     with pytest.raises(CnnlabError, match="cannot read kernel file"):
-        conv.parse_kernel(str(tmp_path / "bad.txt"))
+        kernels.parse_kernel(str(tmp_path / "bad.txt"))
     with pytest.raises(CnnlabError, match="does not exist"):
-        conv.parse_kernel(str(tmp_path / "missing.npy"))
+        kernels.parse_kernel(str(tmp_path / "missing.npy"))
 
 
 @pytest.mark.parametrize(
@@ -694,5 +694,5 @@ def test_kernel_files(tmp_path):
 )
 def test_bad_kernel_specs(spec, message):
     with pytest.raises(CnnlabError, match=message) as error:
-        conv.parse_kernel(spec)
+        kernels.parse_kernel(spec)
     assert "\n" not in str(error.value)

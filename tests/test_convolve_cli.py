@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnnlab import conv, imaging
+from cnnlab import conv, imaging, kernels
 from cnnlab.cli import main
 
 
@@ -44,8 +44,8 @@ def photo(tmp_path):
 
 def test_samples_with_the_reports_kernels(tmp_path, capsys):
     out = tmp_path / "out"
-    kernels = ["--kernel", "laplacian8", "--kernel", "laplacian4-boost"]
-    code, stdout, _ = run(["convolve", "--sample", *kernels, "--out", str(out)], capsys)
+    chosen = ["--kernel", "laplacian8", "--kernel", "laplacian4-boost"]
+    code, stdout, _ = run(["convolve", "--sample", *chosen, "--out", str(out)], capsys)
     assert code == 0
     expected = {
         f"{stem}_{name}.png"
@@ -56,7 +56,7 @@ def test_samples_with_the_reports_kernels(tmp_path, capsys):
     assert len(stdout.splitlines()) == 6
     # The written pixels are the red channel's convolution, clipped like cv2.imwrite.
     red = imaging.draw_shapes()[..., 0].astype(np.float64)
-    laplacian = conv.convolve2d(red, conv.KERNELS["laplacian8"].array(), "same")
+    laplacian = conv.convolve2d(red, kernels.KERNELS["laplacian8"].array(), "same")
     expected_pixels = np.clip(np.rint(laplacian), 0, 255).astype(np.uint8)
     np.testing.assert_array_equal(read_png(out / "sample-shapes_laplacian8.png"), expected_pixels)
     figure = read_png(out / "sample-shapes_figure.png")

@@ -22,7 +22,8 @@ from cnnlab import runfolder, study, tables
 from cnnlab.cli import main
 from cnnlab.document import FILES_FOLDER
 from cnnlab.errors import CnnlabError
-from cnnlab.report import Report, build, confused_pairs, per_class_accuracy, write_report
+from cnnlab.learned import confused_pairs, per_class_accuracy
+from cnnlab.report import Report, build, write_report
 from cnnlab.store import Store
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cnnlab import report, runfolder, train
+from cnnlab import learned, runfolder, train
 from cnnlab.config import RunConfig
 from cnnlab.runfolder import first_conv_kernels, misclassified_sample
 
@@ -60,7 +60,7 @@ def test_the_misclassified_sample_holds_real_mistakes_with_their_images(tiny_run
     np.testing.assert_array_equal(arrays["true"], data.test_labels[arrays["index"]])
     np.testing.assert_array_equal(arrays["predicted"], result.test_predictions[arrays["index"]])
     assert np.all(arrays["true"] != arrays["predicted"])
-    assert report._load_misclassified(Path(paths["misclassified_test"])) is not None
+    assert learned._load_misclassified(Path(paths["misclassified_test"])) is not None
 
 
 def test_the_first_layer_kernels_are_the_first_convs_weights(tiny_run_folder):
@@ -96,7 +96,7 @@ def test_layer_responses_are_what_the_conv_layer_computes(kernel_size):
     rng = np.random.default_rng(kernel_size)
     image = rng.uniform(0, 1, (13, 17, 3))
     kernels = rng.normal(0, 0.3, (4, 3, kernel_size, kernel_size))
-    ours = report.layer_responses(image, kernels)
+    ours = learned.layer_responses(image, kernels)
     reference = F.conv2d(
         torch.from_numpy(image).permute(2, 0, 1)[None],
         torch.from_numpy(kernels),

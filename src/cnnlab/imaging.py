@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 
-from cnnlab import conv
+from cnnlab import conv, kernels
 from cnnlab.atomic import atomic_path
 from cnnlab.errors import CnnlabError
 
@@ -63,7 +63,7 @@ def _check_pixels(path: Path, pixels: int, size: str) -> None:
 
 
 def _read_array(path: Path) -> np.ndarray:
-    conv.check_npy_size(path, MAX_IMAGE_PIXELS * 3, "array")
+    kernels.check_npy_size(path, MAX_IMAGE_PIXELS * 3, "array")
     try:
         array = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as error:
@@ -256,7 +256,7 @@ def parse_kernels(specs: Sequence[str]) -> list[tuple[str, np.ndarray]]:
     """(unique file-safe name, kernel) per --kernel; literals are named kernel1, kernel2, ..."""
     parsed = []
     for position, spec in enumerate(specs, start=1):
-        name, kernel = conv.parse_kernel(spec)
+        name, kernel = kernels.parse_kernel(spec)
         parsed.append((f"kernel{position}" if name == "literal" else name, kernel))
     names = _unique([_file_safe(name) for name, _ in parsed])
     return [(name, kernel) for name, (_, kernel) in zip(names, parsed, strict=True)]

@@ -451,3 +451,12 @@ def responses_figure(image, hand, learned, title: str, columns: int = 6) -> Figu
     for axes in bottom_axes[len(learned) :]:
         axes.set_visible(False)
     return figure
+
+
+def png_bytes(figure: Figure) -> bytes:
+    """A figure as PNG bytes, as the report embeds it."""
+    import io
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    return buffer.getvalue()

@@ -13,6 +13,8 @@ from typing import Any
 from cnnlab.errors import CnnlabError
 from cnnlab.store import RunRecord, Store
 
+FIELD_LABELS = {"train_size": "n", "l1": "L1 weight", "arch": "architecture"}
+
 RESULT_METRICS = ("train_accuracy", "test_accuracy", "val_accuracy", "fit_seconds", "parameters")
 
 
@@ -162,3 +164,8 @@ def show_value(value: Any) -> str:
     if isinstance(value, int):
         return f"{value:,}"
     return f"{value:g}"
+
+
+def point_label(point: dict[str, Any]) -> str:
+    """'n=5,000, L1 weight=0.0001': a grid point's fields as tables and figures name them."""
+    return ", ".join(f"{FIELD_LABELS.get(k, k)}={show_value(v)}" for k, v in point.items()) or "-"
