@@ -14,7 +14,6 @@ import os
 import pickle
 import re
 import resource
-import signal
 import struct
 import subprocess
 import sys
@@ -386,27 +385,36 @@ def run_data_info(
 ) -> tuple[int, str, str, int]:
     """`cnnlab data info --data source` in a subprocess: exit code, stdout, stderr, peak RSS KB."""
 
-    def limit_resources() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE_LIMIT, ADDRESS_SPACE_LIMIT))
-        resource.setrlimit(resource.RLIMIT_CPU, (CPU_SECONDS_LIMIT, CPU_SECONDS_LIMIT))
-        if file_size_limit is not None:  # writes past it fail with EFBIG, as a full disk would
-            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-            resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
-
+    # A small launcher sets the limits and runs the command as its own child: a process forked
+    # from this (large) test process would report this process's peak RSS as its own, even
+    # after its exec, so the command's peak is measured by the launcher, one level down.
+    limits = [(resource.RLIMIT_AS, ADDRESS_SPACE_LIMIT), (resource.RLIMIT_CPU, CPU_SECONDS_LIMIT)]
+    if file_size_limit is not None:  # writes past it fail with EFBIG, as a full disk would
+        limits.append((resource.RLIMIT_FSIZE, file_size_limit))
+    launcher = (
+        "import os, resource, signal, sys\n"
+        f"for kind, value in {limits!r}:\n"
+        "    resource.setrlimit(kind, (value, value))\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    os.execv(sys.executable, [sys.executable, *sys.argv[2:]])\n"
+        "_, status, usage = os.wait4(pid, 0)\n"
+        "open(sys.argv[1], 'w').write(str(usage.ru_maxrss))\n"
+        "code = os.waitstatus_to_exitcode(status)\n"
+        "sys.exit(code if code >= 0 else 128 - code)\n"
+    )
     environment = {**os.environ, "CNNLAB_CACHE": str(cache)}
     environment.pop("CNNLAB_DATA", None)
-    command = [sys.executable, "-m", "cnnlab", "data", "info", "--data", source]
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        process = subprocess.Popen(
-            command, stdout=out, stderr=err, env=environment, preexec_fn=limit_resources
-        )
-        _, status, usage = os.wait4(process.pid, 0)
-        process.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        stdout = out.read().decode(errors="replace")
-        stderr = err.read().decode(errors="replace")
-    return process.returncode, stdout, stderr, usage.ru_maxrss
+    with tempfile.TemporaryDirectory() as scratch:
+        peak_file = Path(scratch) / "peak"
+        command = [sys.executable, "-c", launcher, str(peak_file), "-m", "cnnlab"]
+        command += ["data", "info", "--data", source]
+        done = subprocess.run(command, capture_output=True, env=environment, timeout=300)
+        peak = int(peak_file.read_text())
+    stdout = done.stdout.decode(errors="replace")
+    stderr = done.stderr.decode(errors="replace")
+    return done.returncode, stdout, stderr, peak
 
 
 def files_under(folder: Path) -> list[str]:

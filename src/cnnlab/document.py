@@ -193,8 +193,13 @@ _HTML_PAGE = """<!DOCTYPE html>
 
 
 def _markdown_text(text: str) -> str:
-    """Text for Markdown: raw HTML (from a study's name or description) shows as text."""
-    return html.escape(str(text), quote=False).replace("\n", " ")
+    """Text for Markdown: raw HTML (from a study's name or description) shows as text.
+
+    Only what Markdown would take for HTML is escaped: a '<' that opens a tag, comment or
+    declaration, and a '&' that starts an entity; "p < 0.05" stays as it is.
+    """
+    text = re.sub(r"&(?=#?\w+;)", "&amp;", str(text))
+    return re.sub(r"<(?=[A-Za-z/!?])", "&lt;", text).replace("\n", " ")
 
 
 def _cell_text(text: str) -> str:

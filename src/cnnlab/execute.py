@@ -90,10 +90,10 @@ def execute(
     groups, count = plan_in_process(configs, target, workers)
     events = streams.train_concurrently(configs, groups, data, device=target, streams=count)
     if target.type == "cpu":
-        return Execution(
-            _with_threads(events, threads),
-            f"training on the CPU in this process, one run after another, {threads} thread(s)",
-        )
+        how = f"training on the CPU in this process, one run after another, {threads} thread(s)"
+        if count > 1:
+            how = f"training {len(groups)} group(s) of runs on the CPU, {count} at a time"
+        return Execution(_with_threads(events, threads), how)
     return Execution(
         events,
         f"training {len(groups)} group(s) of runs on {target}, {count} at a time"

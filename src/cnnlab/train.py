@@ -402,5 +402,9 @@ def weights_as_arrays(result: RunResult) -> RunResult:
 
 def weights_as_tensors(result: RunResult) -> RunResult:
     """The inverse of `weights_as_arrays`."""
-    weights = {name: torch.from_numpy(array) for name, array in result.state_dict.items()}
+    weights = {
+        # Arrays from Ray's object store are read-only; a run's weights are small to copy.
+        name: torch.from_numpy(array if array.flags.writeable else array.copy())
+        for name, array in result.state_dict.items()
+    }
     return dataclasses.replace(result, state_dict=weights)
