@@ -355,29 +355,10 @@ def _image_folder_zip(path: Path) -> Path:
     return path
 
 
-def _png_folder(root: Path) -> Path:
-    """A CIFAR look-alike image folder: 20 train and 10 test PNGs per class."""
-    import numpy as np
-    from PIL import Image
-
-    from cnnlab.data import CLASS_NAMES
-
-    rng = np.random.default_rng(0)
-    for split, count in (("train", 20), ("test", 10)):
-        for label, name in enumerate(CLASS_NAMES):
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            for index in range(count):
-                pixels = rng.integers(0, 96, size=(32, 32, 3), dtype=np.uint8)
-                pixels[..., label % 3] += np.uint8(16 * label)
-                Image.fromarray(pixels).save(folder / f"{index:03d}.png")
-    return root
-
-
 def test_a_study_through_the_command_resumes_after_its_driver_is_killed(ray_address, tmp_path):
     from cnnlab.store import Store
 
-    data = _png_folder(tmp_path / "pngs")
+    data = study_fakes.write_png_folder(tmp_path / "pngs")
     study_file = tmp_path / "tiny.toml"
     study_file.write_text(
         study_fakes.tiny_study_toml("ray", "{ seed = [0, 1, 2, 3], l1 = [0.0, 0.01] }").replace(

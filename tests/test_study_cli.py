@@ -9,12 +9,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from cnnlab.data import CLASS_NAMES
+import study_fakes
 from cnnlab.store import Store
 from processes import alive, children_of, command_line, wait_gone
 
@@ -44,18 +42,7 @@ subset_seed = 1
 
 @pytest.fixture(scope="module")
 def png_folder(tmp_path_factory) -> Path:
-    """An image-folder CIFAR look-alike: 20 train and 10 test PNGs per class, coloured by class."""
-    root = tmp_path_factory.mktemp("pngs")
-    rng = np.random.default_rng(0)
-    for split, count in (("train", 20), ("test", 10)):
-        for label, name in enumerate(CLASS_NAMES):
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            for index in range(count):
-                pixels = rng.integers(0, 96, size=(32, 32, 3), dtype=np.uint8)
-                pixels[..., label % 3] += np.uint8(16 * label)
-                Image.fromarray(pixels).save(folder / f"{index:03d}.png")
-    return root
+    return study_fakes.write_png_folder(tmp_path_factory.mktemp("pngs"))
 
 
 @pytest.fixture(scope="module")
