@@ -396,7 +396,7 @@ def _add_data_option(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="cnnlab", description="A laboratory for convolutional networks on CIFAR-10."
+        prog="cnnlab", description="A laboratory for convolutional networks on small image datasets"
     )
     parser.add_argument("--version", action="version", version=f"cnnlab {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
