@@ -421,3 +421,20 @@ def test_settings_the_loop_refuses_name_their_line(mini):
     message = r"mini.toml:12: defaults.learning_rate: must be a positive finite number, got 0.0"
     with pytest.raises(CnnlabError, match=message):
         plan_runs(load_study(mini))
+
+
+def test_a_study_over_two_datasets_is_watched_as_one(mini, tmp_path, tiny_data, fake_training):
+    text = mini.read_text() + (
+        '\n[experiments.digits]\ndataset = "digits"\narch = "tiny"\ntrain_size = 100\n'
+    )
+    mini.write_text(text)
+    lines: list[str] = []
+    outcome = run_study(mini, out=tmp_path / "out", data=tiny_data, repeats=1, echo=lines.append)
+    assert outcome.counts["done"] == outcome.planned == 6
+    # One numbering over both datasets' runs: the watchers see one study.
+    starts = [line.split("]")[0] for line in lines if line.startswith("[")]
+    assert starts == [f"[{n}/6" for n in range(1, 7)]
+    assert {config.dataset for config in fake_training} == {"cifar10", "digits"}
+    with Store.open(tmp_path / "out") as store:
+        meta = store.meta()
+    assert meta["data_sha256"] == tiny_data.source_sha256 and meta["data_sha256.digits"]

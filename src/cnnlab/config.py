@@ -10,7 +10,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -193,6 +192,11 @@ def check_workers(requested: int | None) -> None:
         raise CnnlabError(f"workers {requested!r}: must be at least 1 (1 trains in this process)")
 
 
+# Bumped when the same config starts to give different results (a fidelity fix), so that a
+# resumed study retrains instead of mixing old results with new ones.
+ID_VERSION = 2
+
+
 def run_id(config: RunConfig) -> str:
     """12 hex digits of the SHA-256 of the config's fields that differ from their defaults.
 
@@ -205,18 +209,8 @@ def run_id(config: RunConfig) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
-# Bumped when the same config starts to give different results (a fidelity fix), so that a
-# resumed study retrains instead of mixing old results with new ones.
-ID_VERSION = 2
-
-
 _KIND_NAMES = {int: "an integer", str: "a string", float: "a number"}
 
 
 def _show(value: Any) -> str:
     return f"{type(value).__name__} {value!r}"
-
-
-def field_hint(name: str) -> Any:
-    """RunConfig's annotation of `name`, resolved."""
-    return typing.get_type_hints(RunConfig)[name]

@@ -174,6 +174,9 @@ def execute_runs(
 ) -> None:
     """Train every run of `plan` through `cnnlab.execute`, recording each in `store`.
 
+    `data` is the loaded dataset, or a dict of them by name: then each run trains on its
+    config's dataset, one dataset's runs after another, watched and logged as one study.
+
     A run is marked running when it starts and recorded (artifacts first, then its row) when it
     ends; a failed run is recorded with its reason and the rest go on. `watchers` are told each
     step (see `cnnlab.progress`). `fit` (train.fit's signature) replaces the training, one run
@@ -189,53 +192,59 @@ def execute_runs(
         def train_group(configs, data, *, device, progress):
             return [fit(configs[0], data, device=device, progress=progress)]
 
-    configs = [run.config for run in plan]
-    execution = execute(
-        configs,
-        data,
-        device=device,
-        workers=workers,
-        train_group=train_group,
-        backend=backend,
-        address=address,
-    )
+    datasets = data if isinstance(data, dict) else {None: data}
+    parts = []  # (runs, their dataset, the execution that trains them); nothing starts yet
+    for name, dataset in datasets.items():
+        runs = [run for run in plan if name is None or run.config.dataset == name]
+        if runs:
+            options = {"device": device, "workers": workers, "train_group": train_group}
+            options |= {"backend": backend, "address": address}
+            parts.append((runs, dataset, execute([run.config for run in runs], dataset, **options)))
     in_hand: set[str] = set()
     try:
         if logger is not None:
             logger.start(store.meta(), store.runs(planned_only=True))
+        how = "; ".join(dict.fromkeys(execution.how for _, _, execution in parts))
         for watcher in watchers:
-            watcher.begin(plan, execution.how)
-        for event in execution:
-            run = plan[event.index]
-            if event.kind == "started":
-                in_hand.add(run.id)
-                store.mark_running(run.id)
-                for watcher in watchers:
-                    watcher.started(run)
-            elif event.kind == "progress":
-                for watcher in watchers:
-                    watcher.epoch(run, event.payload)
-            else:
-                in_hand.discard(run.id)
-                if event.kind == "failed":
-                    store.record_failure(run.id, event.payload)
-                else:
-                    _record(run, event.payload, data, store, study_dir)
-                record = store.get(run.id)
-                for watcher in watchers:
-                    watcher.finished(run, record)
-            if logger is not None:
-                log_event(logger, store, study_dir, run.id, event)
+            watcher.begin(plan, how)
+        for runs, dataset, execution in parts:
+            _follow(runs, dataset, execution, store, study_dir, watchers, logger, in_hand)
     except BaseException:  # Ctrl-C, or a write that failed: the runs in hand are redone later
         for identifier in in_hand:
             store.mark_pending(identifier)
         raise
     finally:
-        execution.close()
+        for _, _, execution in parts:
+            execution.close()
         for watcher in watchers:
             watcher.close()
         if logger is not None:
             logger.close()
+
+
+def _follow(runs, data, execution, store, study_dir, watchers, logger, in_hand) -> None:
+    """Record, watch and log one execution's events; `in_hand` holds the runs training now."""
+    for event in execution:
+        run = runs[event.index]
+        if event.kind == "started":
+            in_hand.add(run.id)
+            store.mark_running(run.id)
+            for watcher in watchers:
+                watcher.started(run)
+        elif event.kind == "progress":
+            for watcher in watchers:
+                watcher.epoch(run, event.payload)
+        else:
+            in_hand.discard(run.id)
+            if event.kind == "failed":
+                store.record_failure(run.id, event.payload)
+            else:
+                _record(run, event.payload, data, store, study_dir)
+            record = store.get(run.id)
+            for watcher in watchers:
+                watcher.finished(run, record)
+        if logger is not None:
+            log_event(logger, store, study_dir, run.id, event)
 
 
 def _record(run: PlannedRun, result: Any, data: Any, store: Store, study_dir: Path) -> None:
@@ -402,14 +411,16 @@ def run_study(
             f"study {study.name}: {len(plan)} runs, {skipped} already finished,"
             f" {len(todo)} to run -> {study_dir}"
         )
+        needed = {}
         for name, runs in _by_dataset(todo).items():
             if name not in loaded:
                 loaded[name] = _loaded(name, data if name == main else None, device, backend)
-            dataset = _record_data(loaded[name], store, main=name == main, force=force)
-            _check_against(study, runs, dataset)
+            needed[name] = _record_data(loaded[name], store, main=name == main, force=force)
+            _check_against(study, runs, needed[name])
+        if todo:
             execute_runs(
-                runs,
-                dataset,
+                todo,
+                needed,
                 store,
                 study_dir,
                 device=device,
