@@ -23,3 +23,20 @@ def test_unknown_command_exits_2(capsys):
         main(["no-such-command"])
     assert exit_.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("arguments", "expected"),
+    [
+        (["no-such-command"], "cnnlab: error: argument COMMAND: invalid choice"),
+        (["train", "--epochs", "x"], "cnnlab train: error: argument --epochs: invalid int"),
+        (["study", "s.toml", "--backend", "dask"], "cnnlab study: error: argument --backend"),
+        ([], "cnnlab: error: the following arguments are required: COMMAND"),
+    ],
+)
+def test_a_mistake_in_the_arguments_is_one_line(capsys, arguments, expected):
+    with pytest.raises(SystemExit) as exit_:
+        main(arguments)
+    error = capsys.readouterr().err
+    assert exit_.value.code == 2 and error.count("\n") == 1, error
+    assert error.startswith(expected) and error.rstrip().endswith("--help)")

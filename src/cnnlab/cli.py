@@ -11,6 +11,7 @@ import contextlib
 import errno
 import os
 import sys
+import typing
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -394,8 +395,15 @@ def _add_data_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a mistake in the arguments as one line and exit code 2 like any other."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="cnnlab", description="A laboratory for convolutional networks on small image datasets"
     )
     parser.add_argument("--version", action="version", version=f"cnnlab {__version__}")
