@@ -315,16 +315,26 @@ def _add_run_fields(parser: argparse.ArgumentParser) -> None:
     for name in config.SETTABLE:
         rule = config.RULES[name]
         default = config.DEFAULTS[name]
-        shown = "the architecture's" if default is None else default
+        shown = rule.none_means if default is None else default
+        if rule.kind is bool:
+            shown = str(default).lower()
         parser.add_argument(
             "--" + name.replace("_", "-"),
             dest=name,
-            type=rule.kind,
+            type=_boolean if rule.kind is bool else rule.kind,
             choices=rule.choices or None,
             default=None,
-            metavar=None if rule.choices else name.upper(),
+            metavar="true|false" if rule.kind is bool else None if rule.choices else name.upper(),
             help=f"{rule.help} (default: {shown})",
         )
+
+
+def _boolean(text: str) -> bool:
+    """A true/false flag value, as TOML spells it (also yes/no, on/off, 1/0)."""
+    value = {"true": True, "yes": True, "on": True, "1": True}.get(text.lower())
+    if value is None and text.lower() not in ("false", "no", "off", "0"):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected true or false")
+    return bool(value)
 
 
 def _run_config(args: argparse.Namespace) -> RunConfig:

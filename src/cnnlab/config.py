@@ -28,7 +28,12 @@ DATASET_SHAPES: dict[str, tuple[tuple[int, int, int], int] | None] = {
     "digits": ((8, 8, 1), 10),
     "images": None,
 }
-OPTIMIZERS = ("adam", "torch_adam")  # Keras's Adam update (default), PyTorch's Adam update
+# Keras's Adam update (default), PyTorch's Adam update, Keras's AdamW and Keras's SGD (optim.py)
+OPTIMIZERS = ("adam", "torch_adam", "adamw", "sgd")
+LR_SCHEDULES = ("constant", "step", "cosine", "linear")  # per step, after any warm-up (optim.py)
+PADDING_MODES = ("reflect", "constant")  # how a random crop pads its borders (augment.py)
+TTA_MODES = ("none", "flip", "flip-translate")  # test-time augmentation (augment.py)
+ADAMW_WEIGHT_DECAY = 0.004  # Keras's AdamW default, what weight_decay None means for "adamw"
 # SQLite stores integers as signed 64-bit; seeds also feed NumPy's SeedSequence.
 MAX_SEED = 2**63 - 1
 
@@ -46,24 +51,45 @@ class RunConfig:
     epochs: int = 20  # passes over the training part
     batch_size: int = 128  # images per optimisation step
     validation_split: float = 0.1  # last fraction of the subset, held out before any shuffling
-    optimizer: str = "adam"  # "adam": Keras's update; "torch_adam": PyTorch's (see optim.py)
-    learning_rate: float = 1e-3  # Adam step size
+    optimizer: str = "adam"  # "adam": Keras's update; "torch_adam": PyTorch's; "adamw", "sgd":
+    # Keras's AdamW and SGD (see optim.py)
+    learning_rate: float = 1e-3  # step size (Keras's Adam default; a schedule's peak)
     beta_1: float = 0.9  # Adam first-moment decay
     beta_2: float = 0.999  # Adam second-moment decay
     epsilon: float = 1e-7  # Adam epsilon: Keras's default, not PyTorch's 1e-8
     seed: int = 0  # initialisation, dropout masks and per-epoch shuffles
     subset_seed: int = 0  # which images form the subset; the same across repeats
     precision: str = "float32"  # forward-pass compute: "float32" (TF32 on CUDA) or "bfloat16"
+    # Modern training. Every field below is off by default, so the seed's Keras semantics stay;
+    # each follows the convention named beside it (README: "Modern layers and recipes").
+    momentum: float = 0.0  # sgd only: Keras's SGD form, m <- momentum·m - lr·g, p <- p + m
+    nesterov: bool = False  # sgd only: Keras's Nesterov form, p <- p + momentum·m - lr·g
+    weight_decay: float | None = None  # Keras 3's decoupled p <- p - lr·wd·p before each step,
+    # on every trainable tensor; None: the optimizer's default (adamw 0.004 as Keras's, else 0)
+    lr_schedule: str = "constant"  # per step after the warm-up: constant, step, cosine, linear
+    lr_warmup_epochs: float = 0.0  # linear warm-up from lr_warmup_start·lr to lr (Keras's form)
+    lr_warmup_start: float = 0.0  # the warm-up's first learning rate, a fraction of the peak
+    lr_final: float = 0.0  # cosine, linear: the last step's fraction of the peak (Keras's alpha)
+    lr_step_epochs: float = 10.0  # step: epochs between decays (Keras's staircase decay)
+    lr_step_factor: float = 0.1  # step: the learning rate's factor at each decay
+    label_smoothing: float = 0.0  # targets (1 - s)·one_hot + s/classes, as Keras and PyTorch
+    ema: float = 0.0  # momentum of a per-step average of the weights used to evaluate; 0: off
+    flip: bool = False  # mirror each training image left-right with probability 1/2
+    crop_padding: int = 0  # pixels: pad each side, crop back at a random offset; 0: off
+    crop_padding_mode: str = "reflect"  # the crop's border: reflect, or constant (zeros)
+    cutout: int = 0  # pixels: zero a random square this wide in each training image; 0: off
+    tta: str = "none"  # validation and test scores: none, flip, flip-translate (logits averaged)
 
 
 @dataclass(frozen=True)
 class Rule:
     """What one run field accepts: its type, a check of the value, and a line of help."""
 
-    kind: type  # int, float or str (layers have rules of their own, in models.py)
+    kind: type  # int, float, str or bool (layers have rules of their own, in models.py)
     check: Callable[[Any], str | None]  # the reason a value is invalid, or None
     help: str
     choices: tuple[str, ...] = ()
+    none_means: str = "the architecture's"  # what a default of None stands for, in --help
 
 
 def _at_least(low: int) -> Callable[[Any], str | None]:
@@ -90,6 +116,15 @@ def _decay(value: float) -> str | None:
     return None if 0 <= value < 1 else f"must be in [0, 1), got {value}"
 
 
+def _decay_factor(value: float) -> str | None:
+    return None if 0 < value <= 1 else f"must be in (0, 1], got {value}"
+
+
+def _pixels(value: int) -> str | None:
+    # The largest images any reader admits are 1024 pixels wide (README: Limits).
+    return None if 0 <= value <= 1024 else f"must be between 0 and 1024 pixels, got {value}"
+
+
 def _seed(value: int) -> str | None:
     if not 0 <= value <= MAX_SEED:
         return f"must be between 0 and {MAX_SEED}, got {value}"
@@ -113,18 +148,18 @@ RULES: dict[str, Rule] = {
     ),
     "arch": Rule(str, _any, "architecture: a registered name (see `cnnlab archs`)"),
     "train_size": Rule(int, _at_least(1), "training images: a stratified subset of this size"),
-    "l1": Rule(float, _finite_not_negative, "L1 weight on the dense kernels (default: arch's)"),
-    "l2": Rule(float, _finite_not_negative, "L2 weight on the dense kernels (default: arch's)"),
+    "l1": Rule(float, _finite_not_negative, "L1 weight on the dense kernels"),
+    "l2": Rule(float, _finite_not_negative, "L2 weight on the dense kernels"),
     "epochs": Rule(int, _at_least(1), "passes over the training part"),
     "batch_size": Rule(int, _at_least(1), "images per optimisation step"),
     "validation_split": Rule(float, _fraction, "last fraction of the subset held out"),
     "optimizer": Rule(
         str,
         _one_of(OPTIMIZERS),
-        "adam: Keras's update (default); torch_adam: PyTorch's",
+        "adam: Keras's Adam (default); torch_adam: PyTorch's; adamw, sgd: Keras's",
         OPTIMIZERS,
     ),
-    "learning_rate": Rule(float, _positive_finite, "Adam step size"),
+    "learning_rate": Rule(float, _positive_finite, "step size (the peak, with a schedule)"),
     "beta_1": Rule(float, _decay, "Adam first-moment decay"),
     "beta_2": Rule(float, _decay, "Adam second-moment decay"),
     "epsilon": Rule(float, _finite_not_negative, "Adam epsilon (Keras's 1e-7)"),
@@ -133,8 +168,36 @@ RULES: dict[str, Rule] = {
     "precision": Rule(
         str, _one_of(PRECISIONS), "forward-pass arithmetic; bfloat16 is opt-in", PRECISIONS
     ),
+    "momentum": Rule(float, _decay, "sgd momentum, Keras's form"),
+    "nesterov": Rule(bool, _any, "sgd Nesterov momentum, Keras's form"),
+    "weight_decay": Rule(
+        float,
+        _finite_not_negative,
+        "decoupled weight decay, x the learning rate",
+        none_means="the optimizer's: adamw 0.004, else 0",
+    ),
+    "lr_schedule": Rule(
+        str, _one_of(LR_SCHEDULES), "learning rate per step after the warm-up", LR_SCHEDULES
+    ),
+    "lr_warmup_epochs": Rule(float, _finite_not_negative, "epochs of linear warm-up"),
+    "lr_warmup_start": Rule(float, _finite_not_negative, "warm-up's first lr, x learning_rate"),
+    "lr_final": Rule(float, _finite_not_negative, "cosine/linear: last lr, x learning_rate"),
+    "lr_step_epochs": Rule(float, _positive_finite, "step schedule: epochs between decays"),
+    "lr_step_factor": Rule(float, _decay_factor, "step schedule: factor at each decay"),
+    "label_smoothing": Rule(float, _decay, "share of each target spread over all classes"),
+    "ema": Rule(float, _decay, "momentum of the weight average used to evaluate (0: off)"),
+    "flip": Rule(bool, _any, "mirror training images left-right at random"),
+    "crop_padding": Rule(int, _pixels, "random crop: pixels of padding per side (0: off)"),
+    "crop_padding_mode": Rule(
+        str, _one_of(PADDING_MODES), "random crop's padding: reflect or constant", PADDING_MODES
+    ),
+    "cutout": Rule(int, _pixels, "side of a random square zeroed per image (0: off)"),
+    "tta": Rule(str, _one_of(TTA_MODES), "test-time augmentation of val/test scores", TTA_MODES),
 }
 FIELDS = tuple(field.name for field in dataclasses.fields(RunConfig))
+# The fields that came after the seed's vocabulary: at their defaults a run trains as Keras's
+# plain loop (the grouped CUDA path, `batched.groupable`, trains only such runs).
+MODERN_FIELDS = FIELDS[FIELDS.index("momentum") :]
 SETTABLE = tuple(name for name in FIELDS if name in RULES)  # every field but inline layers
 DEFAULTS = {field.name: field.default for field in dataclasses.fields(RunConfig)}
 
@@ -153,7 +216,10 @@ def check_value(name: str, value: Any) -> Any:
     rule = RULES.get(name)
     if rule is None:
         raise ConfigError(name, f"unknown run field; valid fields: {', '.join(SETTABLE)}")
-    if rule.kind is float:
+    if rule.kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(name, f"expected true or false, got {_show(value)}")
+    elif rule.kind is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(name, f"expected a number, got {_show(value)}")
         value = float(value)
@@ -177,6 +243,7 @@ def check_config(
         value = getattr(config, name)
         if value is not None or DEFAULTS[name] is not None:
             check_value(name, value)
+    _check_combination(config)
     low = classes or 1
     if available is not None and not low <= config.train_size <= available:
         raise ConfigError(
@@ -184,6 +251,28 @@ def check_config(
             f"{config.train_size} must be between {low} (one image per class) and"
             f" {available:,} (the training images available)",
         )
+
+
+def _check_combination(config: RunConfig) -> None:
+    """Fields that are valid alone but not together (each named, never silently ignored)."""
+    if config.optimizer != "sgd":
+        for name in ("momentum", "nesterov"):
+            if getattr(config, name) != DEFAULTS[name]:
+                raise ConfigError(name, f"only the sgd optimizer uses it, not {config.optimizer}")
+    if config.nesterov and config.momentum == 0:
+        raise ConfigError("nesterov", "needs momentum > 0")
+    if config.lr_warmup_epochs >= config.epochs and config.lr_warmup_epochs > 0:
+        raise ConfigError(
+            "lr_warmup_epochs",
+            f"{config.lr_warmup_epochs} must be fewer than the {config.epochs} epochs",
+        )
+
+
+def weight_decay(config: RunConfig) -> float:
+    """The weight decay a config trains with: its own, else its optimizer's default."""
+    if config.weight_decay is not None:
+        return config.weight_decay
+    return ADAMW_WEIGHT_DECAY if config.optimizer == "adamw" else 0.0
 
 
 def check_workers(requested: int | None) -> None:
@@ -209,7 +298,7 @@ def run_id(config: RunConfig) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
-_KIND_NAMES = {int: "an integer", str: "a string", float: "a number"}
+_KIND_NAMES = {int: "an integer", str: "a string", float: "a number", bool: "true or false"}
 
 
 def _show(value: Any) -> str:
