@@ -460,3 +460,79 @@ def test_results_frame_is_one_row_per_run(finished):
     done = frame[frame.status == "done"]
     assert done.test_accuracy.between(0, 1).all()
     assert frame.loc[records[0].id, "seed"] == records[0].seed
+
+
+# --- variants: an ablation held against its first variant ----------------------------------------
+
+ABLATION_TOML = """
+[study]
+name = "ablation"
+repeats = 3
+
+[defaults]
+train_size = 5000
+epochs = 4
+
+[experiments.parts]
+title = "Parts"
+l1 = 0.5
+
+[[experiments.parts.variants]]
+name = "full recipe"
+
+[[experiments.parts.variants]]
+name = "without one part"
+l1 = 0.7
+
+[[experiments.parts.variants]]
+name = "much worse"
+train_size = 10000
+"""
+ABLATION = {  # test accuracy per variant and seed
+    "full recipe": [0.40, 0.41, 0.39],
+    "without one part": [0.40, 0.42, 0.38],
+    "much worse": [0.30, 0.31, 0.29],
+}
+
+
+def _ablation_fit(config, data, **options):
+    result = study_fakes.fake_fit(config, data, **options)
+    variant = {0.5: "full recipe", 0.7: "without one part"}[config.l1]
+    if config.train_size == 10000:
+        variant = "much worse"
+    metrics = {**result.metrics, "test_accuracy": ABLATION[variant][config.seed]}
+    return dataclasses.replace(result, metrics=metrics)
+
+
+def test_variants_are_each_held_against_the_first(tmp_path):
+    path = tmp_path / "ablation.toml"
+    path.write_text(ABLATION_TOML)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(runfolder, "save_run", study_fakes.fake_save_run)
+        outcome = study.run_study(
+            path, out=tmp_path / "out", data=study_fakes.zeros_cifar(), fit=_ablation_fit
+        )
+    written = write_report(outcome.study_dir)
+    markdown = written["md"].read_text()
+    assert re.search(r"\| without one part \| [^|]+ \| 0\.400 ± 0\.020 \(3\) \|", markdown)
+    assert (
+        "each point against the baseline **variant=full recipe** (the experiment's first variant)"
+        in markdown
+    )
+    real = _row(
+        "full recipe", "much worse", "baseline", ABLATION["full recipe"], ABLATION["much worse"]
+    )
+    assert real in markdown and real.endswith("| **real** |")
+    same = _row(
+        "full recipe",
+        "without one part",
+        "baseline",
+        ABLATION["full recipe"],
+        ABLATION["without one part"],
+    )
+    assert same in markdown and same.endswith("| not distinguishable |")
+    assert "neighbours" not in markdown  # variants have no order
+    figure = outcome.study_dir / FILES_FOLDER / "parts-variants.png"
+    assert figure.is_file() and f"{FILES_FOLDER}/parts-variants.png" in markdown
+    with Image.open(figure) as image:
+        assert image.size[0] > 400

@@ -438,3 +438,86 @@ def test_a_study_over_two_datasets_is_watched_as_one(mini, tmp_path, tiny_data, 
     with Store.open(tmp_path / "out") as store:
         meta = store.meta()
     assert meta["data_sha256"] == tiny_data.source_sha256 and meta["data_sha256.digits"]
+
+
+# --- variants (an ablation) -------------------------------------------------------------------
+
+VARIANTS = """
+[experiments.parts]
+title = "Parts"
+grid = { train_size = [5000, 10000] }
+l1 = 0.0001
+
+[[experiments.parts.variants]]
+name = "full"
+
+[[experiments.parts.variants]]
+name = "without L1"
+l1 = 0.0
+
+[[experiments.parts.variants]]
+name = "faster"
+learning_rate = 0.002
+epochs = 3
+"""
+
+
+def test_variants_times_the_grid_are_the_runs_with_each_variants_fields(mini):
+    mini.write_text(mini.read_text() + VARIANTS)
+    study_file = load_study(mini)
+    (parts,) = [e for e in study_file.experiments if e.name == "parts"]
+    assert parts.grid == {"variant": ("full", "without L1", "faster"), "train_size": (5000, 10000)}
+    runs = [r for r in plan_runs(study_file, repeats=1) if "parts" in r.experiments]
+    placed = {
+        (r.experiments["parts"]["variant"], r.experiments["parts"]["train_size"]): r.config
+        for r in runs
+    }
+    assert len(placed) == len(runs) == 6
+    assert placed[("full", 5000)].l1 == 0.0001  # the experiment's fixed field
+    assert placed[("without L1", 10000)].l1 == 0.0  # the variant's over the fixed one
+    faster = placed[("faster", 5000)]
+    assert (faster.learning_rate, faster.epochs, faster.l1) == (0.002, 3, 0.0001)
+    (labelled,) = [r for r in runs if r.config is faster]
+    assert "parts: l1=0.0001 variant=faster train_size=5000" in labelled.label()
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ('name = "faster"', "", "variants.name: variant 3: expected a name"),
+        ('name = "faster"', 'name = "full"', "variants.name: variant 3: 'full' is used twice"),
+        ("epochs = 3", "train_size = 20000", "variants.train_size: variant 'faster' sets a field"),
+        ("epochs = 3", "epochs = 0", "variants.epochs: must be at least 1"),
+        ("epochs = 3", "colour = 3", "variants.colour: unknown key"),
+        ("learning_rate = 0.002\nepochs = 3", "l1 = 0.0001", "train the same runs"),
+    ],
+)
+def test_bad_variants_are_one_line_naming_the_key(mini, old, new, message):
+    mini.write_text(mini.read_text() + VARIANTS.replace(old, new))
+    with pytest.raises(CnnlabError) as caught:
+        plan_runs(load_study(mini), repeats=1)
+    text = str(caught.value)
+    assert message in text and "\n" not in text
+    assert text.startswith(f"{mini}:")
+
+
+def test_a_variant_with_an_unknown_architecture_names_its_line(mini):
+    mini.write_text(mini.read_text() + VARIANTS.replace("epochs = 3", 'arch = "nope"'))
+    with pytest.raises(CnnlabError, match=r"experiments.parts.variants.arch: unknown architecture"):
+        load_study(mini)
+
+
+def test_the_new_run_fields_are_study_fields_with_their_rules(mini):
+    text = mini.read_text() + VARIANTS.replace(
+        "epochs = 3", 'flip = true\ncrop_padding = 2\ntta = "flip"\nlr_schedule = "cosine"'
+    )
+    mini.write_text(text)
+    (faster,) = [
+        r.config
+        for r in plan_runs(load_study(mini), repeats=1)
+        if r.experiments.get("parts", {}).get("variant") == "faster" and r.config.train_size == 5000
+    ]
+    assert (faster.flip, faster.crop_padding, faster.tta) == (True, 2, "flip")
+    mini.write_text(text.replace("flip = true", "flip = 1"))
+    with pytest.raises(CnnlabError, match=r"variants\.flip: expected true or false, got int 1"):
+        load_study(mini)

@@ -177,6 +177,39 @@ def comparison_bars_figure(
     return figure
 
 
+def variants_figure(
+    labels: list[str],
+    accuracy: list[tuple[float, float]],
+    seconds: list[tuple[float, float]],
+    title: str,
+) -> Figure:
+    """Horizontal bars per variant: test accuracy and fit time (mean ± std), first one marked."""
+    height = 0.45 * len(labels) + 1.4
+    figure = Figure(figsize=(8.0, height), layout="constrained")
+    figure.suptitle(title)
+    positions = list(range(len(labels)))[::-1]  # the first variant on top
+    panels = (("test accuracy", accuracy, _TEST_COLOUR), ("fit time (s)", seconds, _TIME_COLOUR))
+    for index, (panel_title, values, colour) in enumerate(panels):
+        axes = figure.add_subplot(1, 2, index + 1)
+        axes.barh(
+            positions,
+            [mean for mean, _ in values],
+            xerr=[std for _, std in values],
+            capsize=3,
+            color=colour,
+            alpha=0.8,
+        )
+        axes.axvline(values[0][0], color=_REPORT_COLOUR, linestyle="--", linewidth=1)
+        axes.set_yticks(positions)
+        axes.set_yticklabels(labels if index == 0 else [], fontsize="small")
+        axes.set_title(panel_title, fontsize="medium")
+        axes.grid(axis="x", alpha=0.3)
+        if index == 0:
+            low = min(mean - std for mean, std in values)
+            axes.set_xlim(max(0.0, low - 0.05), min(1.0, max(m + s for m, s in values) + 0.02))
+    return figure
+
+
 def confusion_matrix_figure(matrix: list[list[int]], class_names: list[str], title: str) -> Figure:
     """A confusion matrix with counts in the cells (rows: true class, columns: predicted)."""
     import numpy as np

@@ -10,7 +10,6 @@ those figures). The seed report's numbers come from the study file's
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 import math
 import os
@@ -29,7 +28,7 @@ from cnnlab.machine import machine_description
 from cnnlab.metrics import versions as installed_versions
 from cnnlab.stats import WelchResult, welch_t_test
 from cnnlab.store import FINISHED, RunRecord, Store
-from cnnlab.studyfile import Experiment, Study, load_study
+from cnnlab.studyfile import VARIANT, Experiment, Study, load_study
 from cnnlab.tables import FIELD_LABELS, point_label, show_value
 
 METRIC_LABELS = {
@@ -105,10 +104,9 @@ class _Point:
 def _points(experiment: Experiment, records: list[RunRecord]) -> list[_Point]:
     """The experiment's grid points in declaration order, each with its runs and report row."""
     mine = [r for r in records if experiment.name in r.experiments]
-    names = list(experiment.grid)
     points = []
-    for values in itertools.product(*experiment.grid.values()):
-        point = dict(zip(names, values, strict=True))
+    for place, _ in experiment.points():
+        point = {name: place[name] for name in experiment.grid}
         runs = [
             r
             for r in mine
@@ -285,6 +283,8 @@ def _experiment_section(
         _versus_figure(document, experiment, points, slug)
     if experiment.kind == "pooling":
         _pooling_figure(document, experiment, points, slug)
+    if VARIANT in experiment.grid:
+        _variants_figure(document, experiment, points, slug)
     _observe(experiment, points, observations)
     representative = next((r for p in points for r in p.records if r.status in FINISHED), None)
     if representative is not None:
@@ -360,6 +360,29 @@ def _pooling_figure(
     figure = plots.comparison_bars_figure(labels, panels, experiment.title)
     caption = "Parameters, fit time and accuracy (report's fit times are from its machine)"
     document.image(Image(f"{slug}-comparison.png", plots.png_bytes(figure), caption))
+
+
+def _variants_figure(
+    document: Document, experiment: Experiment, points: list[_Point], slug: str
+) -> None:
+    """Test accuracy and fit time per point, the baseline (first) variant marked."""
+    shown = [p for p in points if _stat(p.records, "test_accuracy").n]
+    if len(shown) < 2:
+        return
+    labels = [_label(experiment, p).removeprefix(f"{VARIANT}=") for p in shown]
+    accuracy = [_stat(p.records, "test_accuracy") for p in shown]
+    seconds = [_stat(p.records, "fit_seconds") for p in shown]
+    figure = plots.variants_figure(
+        labels,
+        [(stat.mean, stat.std) for stat in accuracy],
+        [(stat.mean, stat.std) for stat in seconds],
+        experiment.title,
+    )
+    caption = (
+        "Test accuracy and fit time of each variant, mean ± std over its repeats; the dashed"
+        " line is the first variant's mean accuracy"
+    )
+    document.image(Image(f"{slug}-variants.png", plots.png_bytes(figure), caption))
 
 
 def _observe(experiment: Experiment, points: list[_Point], observations: list[str]) -> None:
@@ -490,6 +513,8 @@ def _baseline_point(study: Study, experiment: Experiment, points: list[_Point]) 
     The point whose grid values are the study's defaults (the seed model's configuration), else
     the experiment's first point.
     """
+    if VARIANT in experiment.grid:
+        return 0, "the experiment's first variant"
     defaults = {field.name: field.default for field in dataclasses.fields(RunConfig)}
     defaults |= study.defaults | experiment.fixed
     for index, point in enumerate(points):
@@ -498,10 +523,10 @@ def _baseline_point(study: Study, experiment: Experiment, points: list[_Point]) 
     return 0, "the experiment's first point: no point matches the study's defaults"
 
 
-def _comparisons(points: list[_Point], baseline: int) -> list[_Comparison]:
-    """Neighbouring points, then each point against the baseline; a pair appears once."""
+def _comparisons(points: list[_Point], baseline: int, ordered: bool) -> list[_Comparison]:
+    """Neighbouring points if `ordered`, then each point against the baseline; a pair once."""
     pairs: dict[tuple[int, int], list[str]] = {}
-    for index in range(1, len(points)):
+    for index in range(1, len(points) if ordered else 0):
         pairs.setdefault((index - 1, index), []).append("neighbours")
     for index in range(len(points)):
         if index != baseline:
@@ -550,11 +575,14 @@ def _significance(
         )
         return
     baseline, why = _baseline_point(study, experiment, points)
-    comparisons = _comparisons(points, baseline)
+    # Variants (an ablation) have no order: each is held against the first only.
+    ordered = VARIANT not in experiment.grid
+    comparisons = _comparisons(points, baseline, ordered)
     document.paragraph(
         "Is a difference larger than the run-to-run noise? Welch's t-test (two-sided, unequal"
-        " variances) on the test accuracy of the repeats, between neighbouring points and"
-        f" against the baseline **{_label(experiment, points[baseline])}** ({why}). A difference"
+        " variances) on the test accuracy of the repeats, "
+        + ("between neighbouring points and against" if ordered else "each point against")
+        + f" the baseline **{_label(experiment, points[baseline])}** ({why}). A difference"
         f" counts as **real** when p < {SIGNIFICANCE:g}; at that threshold about one comparison"
         " in 20 between truly equal points still comes out real, and with few repeats a small"
         " real difference can go unseen. Each point's mean ± std is in the table above; a"

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
-import itertools
 import json
 import math
 import os
@@ -47,8 +46,7 @@ class PlannedRun:
     def label(self) -> str:
         """'sizes: train_size=5000 | l1: l1=0.0001' (what differs, per experiment)."""
         return " | ".join(
-            f"{name}: " + (" ".join(f"{k}={v}" for k, v in fields.items()) or "-")
-            for name, fields in self.experiments.items()
+            f"{name}: {_fields_text(fields)}" for name, fields in self.experiments.items()
         )
 
 
@@ -86,10 +84,8 @@ def plan_runs(study: Study, repeats: int | None = None) -> list[PlannedRun]:
     planned: dict[str, PlannedRun] = {}
     for experiment in study.experiments:
         count = repeats or experiment.repeats or study.repeats
-        names = list(experiment.grid)
-        for values in itertools.product(*experiment.grid.values()):
-            point = dict(zip(names, values, strict=True))
-            fields = {**study.defaults, **experiment.fixed, **point}
+        for place, point in experiment.points():
+            fields = {**study.defaults, **point}
             base_seed = fields.pop("seed", RunConfig.seed)
             arch = fields.get("arch", RunConfig.arch)
             if arch in study.architectures:
@@ -100,8 +96,18 @@ def plan_runs(study: Study, repeats: int | None = None) -> list[PlannedRun]:
                 identifier = run_id(config)
                 run = planned.setdefault(identifier, PlannedRun(identifier, config, {}))
                 # What places the run in this experiment: its grid point and fixed fields.
-                run.experiments.setdefault(experiment.name, {**experiment.fixed, **point})
+                known = run.experiments.setdefault(experiment.name, place)
+                if known != place:
+                    raise CnnlabError(
+                        f"{where(study, ('experiments', experiment.name, 'variants'))}:"
+                        f" {_fields_text(known)} and {_fields_text(place)} train the same runs;"
+                        " make the variants differ"
+                    )
     return list(planned.values())
+
+
+def _fields_text(fields: dict[str, Any]) -> str:
+    return " ".join(f"{name}={value}" for name, value in fields.items()) or "-"
 
 
 def _check_config(
@@ -131,6 +137,8 @@ def _origin(study: Study, experiment: Experiment, field: str) -> tuple[str, ...]
     own = ("experiments", experiment.name)
     if field in experiment.grid:
         return (*own, "grid", field)
+    if any(field in fields for fields in experiment.variants.values()):
+        return (*own, "variants", field)
     if field in experiment.fixed:
         return (*own, field)
     if field in study.defaults:

@@ -9,6 +9,10 @@ A study file declares:
     [experiments.N]    grid = {field = [values, ...]}, fixed run fields, repeats, and for the
                        report: title, description, kind ("size", "l1", "pooling", "depth") and
                        [[experiments.N.reference]] rows (grid values + the seed report's numbers)
+    [[experiments.N.variants]]  name = "...", then run fields: named variants of the experiment
+                       (an ablation: each variant's fields over the fixed ones); the runs are
+                       variants x grid points, and the report holds each variant against the
+                       first
 
 Run fields are checked by the config's own rules (`cnnlab.config.check_value`). This module
 imports no torch: only checking that an architecture builds loads the model code.
@@ -16,7 +20,9 @@ imports no torch: only checking that an architecture builds loads the model code
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import itertools
 import math
 import os
 import re
@@ -52,8 +58,11 @@ _EXPERIMENT_KEYS = {
     "grid": dict,
     "repeats": int,
     "reference": list,
+    "variants": list,
 }
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+VARIANT = "variant"  # the pseudo grid field whose values are an experiment's variant names
+MAX_VARIANT_NAME = 60  # characters: a variant's name labels table rows and figure bars
 
 
 @dataclass(frozen=True)
@@ -65,9 +74,23 @@ class Experiment:
     description: str
     kind: str | None  # one of KINDS, or None for a plain table
     fixed: dict[str, Any]  # run fields set for every point of this experiment
-    grid: dict[str, tuple[Any, ...]]  # run field -> values; the runs are their product
+    # run field -> values; the runs are their product. With variants, "variant" comes first
+    # and its values are the variants' names.
+    grid: dict[str, tuple[Any, ...]]
     repeats: int | None  # seeds per grid point; None: the study's
     reference: tuple[dict[str, Any], ...]  # the seed report's rows: grid values + metrics
+    variants: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # name -> fields
+
+    def points(self) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """Each grid point as (what places a run there, the run fields it sets), in order."""
+        names = list(self.grid)
+        points = []
+        for values in itertools.product(*self.grid.values()):
+            place = dict(zip(names, values, strict=True))
+            fields = {**self.fixed, **self.variants.get(place.get(VARIANT), {})}
+            fields |= {name: value for name, value in place.items() if name != VARIANT}
+            points.append(({**self.fixed, **place}, fields))
+        return points
 
 
 @dataclass(frozen=True)
@@ -241,6 +264,10 @@ class _Parser:
             for experiment in experiments:
                 keys = ("experiments", experiment.name)
                 used.append((experiment.fixed.get("arch"), (*keys, "arch")))
+                used += [
+                    (fields.get("arch"), (*keys, "variants", "arch"))
+                    for fields in experiment.variants.values()
+                ]
                 grid_archs = experiment.grid.get("arch", ())
                 used += [(arch, (*keys, "grid", "arch")) for arch in grid_archs]
             for arch, keys in used:
@@ -294,10 +321,17 @@ class _Parser:
         fixed = self.run_fields(table, keys)
         for field_name in grid.keys() & fixed.keys():
             self.fail((*keys, field_name), "set both as a fixed field and in the grid")
+        variants = self.variants(table.get("variants", []), (*keys, "variants"), run_keys, grid)
+        if variants:
+            grid = {VARIANT: tuple(variants), **grid}
         reference = []
         for index, row in enumerate(table.get("reference", [])):
             row_keys = (*keys, "reference")
             self.check_keys(row, row_keys, [*grid, *REFERENCE_METRICS])
+            if VARIANT in row and row[VARIANT] not in variants:
+                self.fail(
+                    (*row_keys, VARIANT), f"row {index + 1}: no variant is named {row[VARIANT]!r}"
+                )
             for metric in REFERENCE_METRICS:
                 value = row.get(metric)
                 if metric in row and (
@@ -307,7 +341,7 @@ class _Parser:
                 ):
                     self.fail((*row_keys, metric), f"expected a finite number, got {_show(value)}")
             for field_name in grid:
-                if field_name in row:
+                if field_name in row and field_name != VARIANT:
                     value = self.run_field(field_name, row[field_name], (*row_keys, field_name))
                     if value not in grid[field_name]:
                         self.fail(
@@ -325,7 +359,32 @@ class _Parser:
             grid=grid,
             repeats=repeats,
             reference=tuple(reference),
+            variants=variants,
         )
+
+    def variants(
+        self, tables: Any, keys: tuple[str, ...], run_keys: list[str], grid: dict[str, Any]
+    ) -> dict[str, dict[str, Any]]:
+        """[[experiments.N.variants]]: name -> run fields, in the file's order."""
+        if not isinstance(tables, list):
+            self.fail(keys, f"expected a list of tables, got {_show(tables)}")
+        variants: dict[str, dict[str, Any]] = {}
+        for index, table in enumerate(tables, 1):
+            self.check_keys(table, keys, ["name", *run_keys])
+            name = table.get("name")
+            if not isinstance(name, str) or not name.strip() or len(name) > MAX_VARIANT_NAME:
+                self.fail(
+                    (*keys, "name"),
+                    f"variant {index}: expected a name of 1 to {MAX_VARIANT_NAME} characters,"
+                    f" got {_show(name)}",
+                )
+            if name in variants:
+                self.fail((*keys, "name"), f"variant {index}: {name!r} is used twice")
+            fields = self.run_fields(table, keys)
+            for field_name in fields.keys() & grid.keys():
+                self.fail((*keys, field_name), f"variant {name!r} sets a field of the grid")
+            variants[name] = fields
+        return variants
 
 
 def _check_registered(parser: _Parser, arch: str, keys: tuple[str, ...]) -> None:

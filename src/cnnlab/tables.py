@@ -13,7 +13,7 @@ from typing import Any
 from cnnlab.errors import CnnlabError
 from cnnlab.store import RunRecord, Store
 
-FIELD_LABELS = {"train_size": "n", "l1": "L1 weight", "arch": "architecture"}
+FIELD_LABELS = {"train_size": "n", "l1": "L1 weight", "arch": "architecture", "variant": "variant"}
 
 RESULT_METRICS = ("train_accuracy", "test_accuracy", "val_accuracy", "fit_seconds", "parameters")
 
