@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+import torch.nn.functional as F
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from scipy import special
 from torch.utils.flop_counter import FlopCounterMode
 
 from cnnlab import models
@@ -222,3 +225,757 @@ def test_asymmetric_padding_gradients_are_exact():
     images = torch.rand(2, 2, 6, 6, dtype=torch.float64, requires_grad=True)
     assert conv.extra_padding == (0, 1, 0, 1)  # the case that goes through the custom pad
     assert torch.autograd.gradcheck(conv, (images,))
+
+
+# --- the seed report's nets are untouched ------------------------------------------------------
+
+# Computed with models.py as it was before the modern layers (commit 469abf8): the first 16 hex
+# digits of the sha256 of the seeded initial parameters and of the printed summary, the loss of
+# one seeded training step, and two entries each of the first kernel's and the last bias's
+# gradients.
+PINNED = {
+    "seed": (
+        "ea415814d678b009",
+        "5bc3ad52a7cbd8b6",
+        2.3353540897369385,
+        [0.01743944361805916, 0.030833199620246887],
+        [-0.15247628092765808, -0.15148554742336273],
+    ),
+    "seed-maxpool": (
+        "bbda6598019d6263",
+        "689dd640408eba17",
+        2.362852096557617,
+        [0.04123273491859436, 0.021327055990695953],
+        [-0.1343458592891693, -0.14916735887527466],
+    ),
+    "seed-deep": (
+        "8f1424602a7a4d7b",
+        "4652b6092efb4967",
+        2.331923484802246,
+        [0.019533822312951088, 0.014062419533729553],
+        [-0.15130296349525452, -0.14942917227745056],
+    ),
+    "tiny": (
+        "9e2c29e5f58f64d3",
+        "b0e4c1686773e1ce",
+        2.6333401203155518,
+        [0.14164869487285614, 0.007104482501745224],
+        [-0.16246254742145538, -0.16273736953735352],
+    ),
+}
+
+
+def short_sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def seeded_step(model: models.ConvNet) -> torch.Tensor:
+    """The loss of one training step on seeded images and dropout masks; gradients left set."""
+    images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    model.set_dropout_generator(torch.Generator().manual_seed(2))
+    logits = model(images)
+    loss = torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 2, 3])) + model.penalty()
+    loss.backward()
+    return loss
+
+
+@pytest.mark.parametrize("name", sorted(PINNED))
+def test_the_seed_report_nets_are_unchanged(name):
+    weights, summary, loss, first_gradient, last_gradient = PINNED[name]
+    model = models.build_model(name, generator=torch.Generator().manual_seed(0))
+    parameters = b"".join(p.detach().numpy().tobytes() for p in model.parameters())
+    assert short_sha256(parameters) == weights
+    text = models.format_summary(name, models.get_architecture(name))
+    assert short_sha256(text.encode()) == summary
+    assert seeded_step(model).item() == pytest.approx(loss, rel=1e-6)
+    first, last = model.layers[0].weight.grad, model.layers[-1].bias.grad
+    np.testing.assert_allclose(first.flatten()[:2].numpy(), first_gradient, rtol=1e-5)
+    np.testing.assert_allclose(last[:2].numpy(), last_gradient, rtol=1e-5)
+
+
+def test_seed_net_is_plain_torch_bit_for_bit():
+    """The seed net restated with plain torch ops on this machine: same draws, same bits."""
+    model = models.build_model("seed", generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    shapes = [(16, 3), (16, 16), (32, 16), (32, 32)]
+    kernels = [torch.empty(out, into, 3, 3) for out, into in shapes]
+    dense = torch.empty(10, 2048)
+    for weight in [*kernels, dense]:
+        torch.nn.init.xavier_uniform_(weight, generator=generator)
+    convs = [module for module in model.layers if isinstance(module, models.KerasConv2d)]
+    for module, kernel in zip([*convs, model.layers[-1]], [*kernels, dense], strict=True):
+        assert torch.equal(module.weight, kernel) and not module.bias.any()
+    reference = [torch.nn.Parameter(t) for t in [*kernels, dense]]
+    biases = [torch.nn.Parameter(torch.zeros(len(t))) for t in reference]
+    images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    tensor = images
+    for index in range(4):
+        if index % 2:  # stride 2 on an even side: TensorFlow pads one row and column after
+            tensor = F.conv2d(F.pad(tensor, (0, 1, 0, 1)), reference[index], biases[index], 2)
+        else:
+            tensor = F.conv2d(tensor, reference[index], biases[index], 1, 1)
+        tensor = tensor.relu_()
+    noise = torch.rand(tensor.shape, generator=torch.Generator().manual_seed(2))
+    tensor = tensor * (noise >= 0.5).float().mul_(2.0)
+    logits = F.linear(tensor.permute(0, 2, 3, 1).flatten(1), reference[4], biases[4])
+    loss = F.cross_entropy(logits, torch.tensor([0, 1, 2, 3])) + 1e-4 * reference[4].abs().sum()
+    loss.backward()
+    assert torch.equal(seeded_step(model), loss.detach())
+    ours = [p.grad for p in model.parameters()]
+    theirs = [
+        g for pair in zip(reference, biases, strict=True) for g in (pair[0].grad, pair[1].grad)
+    ]
+    assert all(torch.equal(a, b) for a, b in zip(ours, theirs, strict=True))
+
+
+# --- activations ------------------------------------------------------------------------------
+
+
+def reference_activation(name: str, values: np.ndarray) -> np.ndarray:
+    """Keras's activations in float64 NumPy."""
+    formulas = {
+        "linear": lambda x: x,
+        "relu": lambda x: np.maximum(x, 0),
+        "gelu": lambda x: 0.5 * x * (1 + special.erf(x / math.sqrt(2))),  # exact, not tanh
+        "silu": lambda x: x / (1 + np.exp(-x)),
+        "leaky_relu": lambda x: np.where(x > 0, x, 0.2 * x),  # Keras's slope, not torch's 0.01
+        "elu": lambda x: np.where(x > 0, x, np.expm1(x)),
+        "tanh": np.tanh,
+        "sigmoid": lambda x: 1 / (1 + np.exp(-x)),
+    }
+    return formulas[name](values)
+
+
+@pytest.mark.parametrize("name", [name for name in models.ACTIVATIONS if name != "softmax"])
+def test_activations_match_keras_formulas(name):
+    values = np.random.default_rng(0).normal(scale=3, size=(4, 50))
+    tensor = torch.from_numpy(values)
+    ours = models.apply_activation(name, tensor)
+    np.testing.assert_allclose(ours.numpy(), reference_activation(name, values), rtol=1e-12)
+    assert torch.equal(tensor, torch.from_numpy(values))  # out of place: an input may be shared
+    assert torch.equal(models.activate(name, tensor.clone()), ours)
+    layer = models.build_model([{"type": "activation", "activation": name}, *HEAD]).layers[0]
+    assert torch.equal(layer(tensor), ours)
+
+
+# --- batch normalisation ----------------------------------------------------------------------
+
+
+def keras_moving_statistics(batches, momentum, axes):
+    """Keras's moving mean and variance after `batches`, in float64 NumPy."""
+    channels = batches[0].shape[1]
+    mean, variance = np.zeros(channels), np.ones(channels)
+    for batch in batches:
+        mean = mean * momentum + batch.mean(axis=axes) * (1 - momentum)
+        variance = variance * momentum + batch.var(axis=axes) * (1 - momentum)  # biased
+    return mean, variance
+
+
+@pytest.mark.parametrize(
+    ("shape", "options"),
+    [
+        ((6, 3, 5, 4), {}),
+        ((6, 3, 5, 4), {"momentum": 0.5, "epsilon": 0.1}),
+        ((6, 3, 5, 4), {"center": False}),
+        ((6, 3, 5, 4), {"scale": False, "momentum": 0.0}),
+        ((7, 5), {"momentum": 0.9}),  # a flat input: the features are the channels
+    ],
+)
+def test_batch_norm_is_keras_batch_normalization(shape, options):
+    spec = models.BatchNorm(**options)
+    norm = models.KerasBatchNorm(spec, shape[1]).double()
+    rng = np.random.default_rng(1)
+    with torch.no_grad():
+        for parameter in (norm.weight, norm.bias):
+            if parameter is not None:
+                parameter.copy_(torch.from_numpy(rng.normal(size=shape[1])))
+    axes = (0,) if len(shape) == 2 else (0, 2, 3)
+    batches = [rng.normal(loc=3, scale=2, size=shape) for _ in range(4)]
+    for batch in batches:
+        tensor = torch.from_numpy(batch)
+        expected = F.batch_norm(tensor, None, None, norm.weight, norm.bias, True, 0.0, spec.epsilon)
+        np.testing.assert_allclose(norm(tensor).detach(), expected.detach(), rtol=1e-12)
+    mean, variance = keras_moving_statistics(batches, spec.momentum, axes)
+    np.testing.assert_allclose(norm.running_mean.numpy(), mean, rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(norm.running_var.numpy(), variance, rtol=1e-13)
+    # PyTorch's own layer in eval mode with the same statistics and weights.
+    torch_norm = (torch.nn.BatchNorm1d if len(shape) == 2 else torch.nn.BatchNorm2d)(
+        shape[1], eps=spec.epsilon, affine=False
+    ).double()
+    torch_norm.running_mean.copy_(norm.running_mean)
+    torch_norm.running_var.copy_(norm.running_var)
+    tensor = torch.from_numpy(batches[0])
+    expected = torch_norm.eval()(tensor)
+    view = (1, -1) + (1,) * (len(shape) - 2)
+    if norm.weight is not None:
+        expected = expected * norm.weight.detach().reshape(view)
+    if norm.bias is not None:
+        expected = expected + norm.bias.detach().reshape(view)
+    np.testing.assert_allclose(norm.eval()(tensor).detach(), expected, rtol=1e-12, atol=1e-14)
+    names = {name for name, _ in norm.named_parameters()}
+    assert names == {name for name, kept in (("weight", spec.scale), ("bias", spec.center)) if kept}
+
+
+def test_batch_norm_is_not_torchs_moving_variance():
+    """PyTorch moves its variance by the unbiased batch variance; Keras by the biased one."""
+    batch = torch.randn(4, 2, 2, 2, generator=torch.Generator().manual_seed(0))
+    ours = models.KerasBatchNorm(models.BatchNorm(momentum=0.0), 2)
+    theirs = torch.nn.BatchNorm2d(2, momentum=1.0)
+    ours(batch)
+    theirs(batch)
+    assert torch.allclose(ours.running_mean, theirs.running_mean)
+    np.testing.assert_allclose(ours.running_var, batch.var((0, 2, 3), unbiased=False), rtol=1e-6)
+    np.testing.assert_allclose(ours.running_var * 16 / 15, theirs.running_var, rtol=1e-6)
+
+
+def test_batch_norm_of_one_value_per_channel_is_kerass():
+    """F.batch_norm refuses it; Keras's batch variance is 0, so the output is beta."""
+    norm = models.KerasBatchNorm(models.BatchNorm(momentum=0.5), 3)
+    with torch.no_grad():
+        norm.bias.copy_(torch.tensor([1.0, 2.0, 3.0]))
+    features = torch.tensor([[4.0, -2.0, 0.5]], requires_grad=True)
+    output = norm(features)
+    assert torch.equal(output.detach(), torch.tensor([[1.0, 2.0, 3.0]]))
+    output.sum().backward()
+    assert not features.grad.any()
+    assert torch.equal(norm.running_mean, torch.tensor([2.0, -1.0, 0.25]))
+    assert torch.equal(norm.running_var, torch.full((3,), 0.5))
+
+
+def test_batch_norm_under_bfloat16_autocast_and_channels_last():
+    conv = models.KerasConv2d(models.Conv(8, (3, 3), padding="same", use_bias=False), 3, (6, 6))
+    norm = models.KerasBatchNorm(models.BatchNorm(momentum=0.0), 8)
+    images = torch.randn(5, 3, 6, 6, generator=torch.Generator().manual_seed(0))
+    images = images.contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        features = conv(images)
+        output = norm(features)
+    assert features.dtype == output.dtype == torch.bfloat16
+    assert norm.running_var.dtype == torch.float32
+    reference = features.detach().float()
+    np.testing.assert_allclose(norm.running_mean, reference.mean((0, 2, 3)), rtol=1e-3, atol=1e-4)
+    biased = reference.var((0, 2, 3), unbiased=False)
+    np.testing.assert_allclose(norm.running_var, biased, rtol=1e-3)
+    expected = (reference - reference.mean((0, 2, 3), keepdim=True)) / (
+        biased.reshape(1, -1, 1, 1) + 1e-3
+    ).sqrt()
+    np.testing.assert_allclose(output.float().detach(), expected, atol=0.05)
+    output.float().sum().backward()
+    assert torch.isfinite(conv.weight.grad).all()
+
+
+# --- pools ------------------------------------------------------------------------------------
+
+
+def test_average_and_global_pools_match_torchs():
+    images = torch.randn(2, 3, 7, 9, generator=torch.Generator().manual_seed(0))
+    average = {"type": "avgpool", "size": [3, 2], "stride": [2, 3]}
+    model = models.build_model([average, *HEAD], input_shape=(7, 9, 3))
+    assert torch.equal(model.layers[0](images), torch.nn.AvgPool2d((3, 2), (2, 3))(images))
+    # 'valid' padding: (7 - 3)//2 + 1 rows, (9 - 2)//3 + 1 columns.
+    assert models.architecture_summary([average, *HEAD], (7, 9, 3))[0][0].output_shape == (3, 3, 3)
+    dense = HEAD[1]
+    global_average, global_max = (
+        models.build_model([{"type": kind}, dense], input_shape=(7, 9, 3)).layers[0]
+        for kind in ("globalavgpool", "globalmaxpool")
+    )
+    expected = F.adaptive_avg_pool2d(images, 1).flatten(1)
+    np.testing.assert_allclose(global_average(images), expected, rtol=1e-6)
+    assert torch.equal(global_max(images), F.adaptive_max_pool2d(images, 1).flatten(1))
+
+
+# --- residual blocks --------------------------------------------------------------------------
+
+
+def conv_reference(image, kernel, bias, stride, padding):
+    """A conv by loops in float64: image (C, H, W), kernel (F, C, KH, KW), TF 'same' or 'valid'."""
+    if padding == "same":
+        return tf_same_conv_reference(image, kernel, stride) + bias[:, None, None]
+    filters, _, kernel_h, kernel_w = kernel.shape
+    out_h = (image.shape[1] - kernel_h) // stride + 1
+    out_w = (image.shape[2] - kernel_w) // stride + 1
+    out = np.zeros((filters, out_h, out_w))
+    for row in range(out_h):
+        for column in range(out_w):
+            top, left = row * stride, column * stride
+            window = image[:, top : top + kernel_h, left : left + kernel_w]
+            out[:, row, column] = np.tensordot(kernel, window, axes=3) + bias
+    return out
+
+
+def numpy_weights(module):
+    return module.weight.detach().numpy(), module.bias.detach().numpy()
+
+
+@pytest.mark.parametrize(("size", "stride"), [((8, 6), 2), ((9, 9), 3)])
+def test_residual_block_with_projection_matches_a_numpy_loop(size, stride):
+    """relu(conv(relu(conv_strided(x))) + projection(x)): TF 'same' padding inside, a 1x1
+    strided projection on the shortcut (the filters and the size change)."""
+    block = {
+        "type": "residual",
+        "layers": [
+            {"type": "conv", "filters": 5, "kernel": 3, "stride": stride, "padding": "same"},
+            {"type": "activation", "activation": "relu"},
+            {"type": "conv", "filters": 5, "kernel": 2, "padding": "same"},
+        ],
+        "activation": "relu",
+    }
+    model = models.build_model(
+        [block, *HEAD], input_shape=(*size, 3), generator=torch.Generator().manual_seed(0)
+    ).double()
+    residual = model.layers[0]
+    first, second = residual.layers[0], residual.layers[2]
+    (projection,) = residual.shortcut
+    assert projection.kernel_size == (1, 1) and projection.stride == (stride, stride)
+    rng = np.random.default_rng(0)
+    with torch.no_grad():
+        for module in (first, second, projection):
+            module.bias.copy_(torch.from_numpy(rng.normal(size=module.bias.shape)))
+    image = rng.normal(size=(3, *size))
+    with torch.no_grad():
+        ours = residual(torch.from_numpy(image)[None])[0].numpy()
+    hidden = np.maximum(conv_reference(image, *numpy_weights(first), stride, "same"), 0)
+    branch = conv_reference(hidden, *numpy_weights(second), 1, "same")
+    shortcut = conv_reference(image, *numpy_weights(projection), stride, "valid")
+    np.testing.assert_allclose(ours, np.maximum(branch + shortcut, 0), rtol=1e-10)
+
+
+def test_residual_identity_shortcut_adds_the_input():
+    same = {"type": "conv", "filters": 3, "kernel": 3, "padding": "same"}
+    model = models.build_model(
+        [{"type": "residual", "layers": [same]}, *HEAD], input_shape=(5, 5, 3)
+    ).double()
+    residual = model.layers[0]
+    assert len(residual.shortcut) == 0
+    image = np.random.default_rng(0).normal(size=(3, 5, 5))
+    with torch.no_grad():
+        ours = residual(torch.from_numpy(image)[None])[0].numpy()
+    branch = conv_reference(image, *numpy_weights(residual.layers[0]), 1, "same")
+    np.testing.assert_allclose(ours, branch + image, rtol=1e-10)
+
+
+# --- parsing the new vocabulary ---------------------------------------------------------------
+
+# A valid table of each new type (or of a type with new keys) and, per key, whether a value is
+# valid: written out here, apart from models.py's own rules.
+VALID_TABLES = {
+    "conv": {"type": "conv", "filters": 4, "kernel": 3, "padding": "same"},
+    "dense": {"type": "dense", "units": 5},
+    "batchnorm": {"type": "batchnorm"},
+    "activation": {"type": "activation", "activation": "gelu"},
+    "residual": {"type": "residual", "layers": [{"type": "batchnorm"}]},
+}
+
+
+def is_number(value):
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+ACCEPTS = {
+    ("conv", "use_bias"): lambda v: isinstance(v, bool),
+    ("conv", "trainable"): lambda v: isinstance(v, bool),
+    ("conv", "l1"): lambda v: is_number(v) and v >= 0,
+    ("conv", "l2"): lambda v: is_number(v) and v >= 0,
+    ("conv", "init"): lambda v: v in ("glorot_uniform", "he_normal", "he_uniform"),
+    ("conv", "activation"): lambda v: v in models.ACTIVATIONS,
+    ("dense", "use_bias"): lambda v: isinstance(v, bool),
+    ("dense", "trainable"): lambda v: isinstance(v, bool),
+    ("dense", "init"): lambda v: v in ("glorot_uniform", "he_normal", "he_uniform"),
+    ("batchnorm", "momentum"): lambda v: is_number(v) and 0 <= v <= 1,
+    ("batchnorm", "epsilon"): lambda v: is_number(v) and 0 < v < math.inf,
+    ("batchnorm", "center"): lambda v: isinstance(v, bool),
+    ("batchnorm", "scale"): lambda v: isinstance(v, bool),
+    ("activation", "activation"): lambda v: v in models.ACTIVATIONS,
+    ("residual", "activation"): lambda v: v in models.ACTIVATIONS,
+    ("residual", "layers"): lambda v: False,  # no drawn value is a list of layer tables
+    ("residual", "shortcut"): lambda v: v == [],  # an explicit identity
+}
+VALUES = st.one_of(
+    st.booleans(),
+    st.integers(-3, 3),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from(["relu", "he_normal", "whiten", "softmax", "yes", "", "1e-3"]),
+    st.lists(st.integers(-1, 2), max_size=3),
+    st.none(),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(case=st.sampled_from(sorted(ACCEPTS)), value=VALUES, nested=st.booleans())
+def test_a_bad_value_is_one_line_naming_the_layer_and_key(case, value, nested):
+    kind, key = case
+    assume(not ACCEPTS[case](value) and value != "softmax")  # softmax: a check of its own
+    if kind == "dense":
+        nested = False  # a dense layer never stands inside a block
+    table = {**VALID_TABLES[kind], key: value}
+    layers = [{"type": "batchnorm"}, table, *HEAD]
+    where = f"layer 1 ({kind})"
+    if nested:
+        layers[1] = {"type": "residual", "layers": [table]}
+        where = f"layer 1 (residual): layers: layer 0 ({kind})"
+    with pytest.raises(CnnlabError) as error:
+        models.parse_layers(layers)
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith(where), message
+    assert f"{key}:" in message, message
+
+
+@pytest.mark.parametrize(
+    ("layers", "message"),
+    [
+        (
+            [
+                {"type": "conv", "filters": 4, "kernel": 2},
+                {**VALID_TABLES["conv"], "init": "whiten"},
+            ],
+            r"layer 1 \(conv\): init: 'whiten' is only for the net's first layer",
+        ),
+        (
+            [{"type": "residual", "layers": [{**VALID_TABLES["conv"], "init": "whiten"}]}],
+            r"layers: layer 0 \(conv\): init: 'whiten' is only",
+        ),
+        (
+            [{"type": "conv", "filters": 7, "kernel": 2, "init": "whiten"}],
+            r"layer 0 \(conv\): filters: init 'whiten' needs an even count.*got 7",
+        ),
+        (
+            [{"type": "conv", "filters": 26, "kernel": 2, "init": "whiten"}],
+            r"filters: init 'whiten' allows at most 2·2·2·3 = 24.*got 26",
+        ),
+        (
+            [{"type": "dense", "units": 4, "init": "whiten"}],
+            r"layer 0 \(dense\): init: expected one of glorot_uniform, he_normal, he_uniform",
+        ),
+        (
+            [{"type": "residual", "layers": [{"type": "flatten"}]}],
+            r"layer 0 \(residual\): layers: layer 0 \(flatten\): not allowed inside a residual",
+        ),
+        (
+            [{"type": "residual", "layers": [{"type": "globalavgpool"}]}],
+            r"layers: layer 0 \(globalavgpool\): not allowed inside",
+        ),
+        (
+            [{"type": "residual", "layers": [models.Dense(4)]}],
+            r"layers: layer 0 \(dense\): not allowed inside",
+        ),
+        ([{"type": "residual", "layers": []}], r"layers: a residual block needs at least one"),
+        (
+            [{"type": "residual", "layers": {"type": "conv"}}],
+            r"layer 0 \(residual\): layers: expected a list of layer tables",
+        ),
+        (
+            [
+                {
+                    "type": "residual",
+                    "layers": [{"type": "conv", "filters": 4, "kernel": 3, "padding": "same"}],
+                    "shortcut": [{"type": "conv", "filters": 4, "kernel": 3}],
+                }
+            ],
+            r"layer 0 \(residual\): shortcut: gives \(30, 30, 4\) but the layers give"
+            r" \(32, 32, 4\)",
+        ),
+        (
+            [{"type": "residual", "layers": [{"type": "conv", "filters": 4, "kernel": 3}]}],
+            r"the layers map \(32, 32, 3\) to \(30, 30, 4\) and no 1x1 projection stride maps"
+            r" 32x32 onto 30x30",
+        ),
+        (
+            [{"type": "residual", "layers": [{"type": "conv", "filters": 4, "kernel": 33}]}],
+            r"layer 0 \(residual\): layers: layer 0 \(conv\): Conv2D: window 33x33 is larger",
+        ),
+        (
+            [
+                {"type": "flatten"},
+                {"type": "residual", "layers": [{"type": "batchnorm"}]},
+            ],
+            r"layer 1 \(residual\): a residual block needs an image input",
+        ),
+        (
+            [{"type": "flatten"}, {"type": "globalmaxpool"}],
+            r"layer 1 \(globalmaxpool\): GlobalMaxPooling2D needs an image input",
+        ),
+        (
+            [{"type": "activation", "activation": "softmax"}],
+            r"layer 0: softmax is only for the last layer",
+        ),
+        (
+            [
+                {
+                    "type": "residual",
+                    "layers": [{"type": "activation", "activation": "softmax"}],
+                }
+            ],
+            r"layers: layer 0 \(activation\): softmax is only for the last layer",
+        ),
+        ([{"type": "activation"}], r"layer 0 \(activation\): missing key 'activation'"),
+        ([{"type": "batchnorm", "axis": 1}], r"layer 0 \(batchnorm\): unknown key 'axis'"),
+        ([{"type": "globalavgpool", "size": 2}], r"unknown key 'size'; valid keys: none besides"),
+    ],
+)
+def test_invalid_modern_specs_are_one_line_naming_layer_and_key(layers, message):
+    with pytest.raises(CnnlabError, match=message) as error:
+        models.parse_layers([*layers, *HEAD])
+    assert "\n" not in str(error.value)
+
+
+# --- initialisers, frozen layers, biases, counts ----------------------------------------------
+
+
+@pytest.mark.parametrize("init", ["he_normal", "he_uniform"])
+def test_he_initialisers_scale_by_fan_in(init):
+    layers = [
+        {"type": "conv", "filters": 64, "kernel": 3, "init": init},
+        {"type": "globalavgpool"},
+        {"type": "dense", "units": 10, "activation": "softmax", "init": init},
+    ]
+    model = models.build_model(layers, input_shape=(8, 8, 32), generator=torch.Generator())
+    for module, fan_in in ((model.layers[0], 32 * 3 * 3), (model.layers[-1], 64)):
+        weight = module.weight.detach()
+        if init == "he_normal":  # a normal truncated at two of its (widened) deviations
+            bound = 2 * math.sqrt(2 / fan_in) / 0.87962566103423978
+        else:
+            bound = math.sqrt(6 / fan_in)
+        assert weight.abs().max().item() <= bound
+        if weight.numel() > 10_000:
+            assert weight.std().item() == pytest.approx(math.sqrt(2 / fan_in), rel=0.03)
+            assert weight.abs().max().item() > 0.97 * bound
+
+
+def test_initialise_draws_blocks_then_shortcuts_in_layer_order():
+    layers = [
+        {"type": "conv", "filters": 4, "kernel": 3, "padding": "same", "init": "he_uniform"},
+        {"type": "batchnorm"},
+        {
+            "type": "residual",
+            "layers": [
+                {"type": "conv", "filters": 6, "kernel": 3, "stride": 2, "padding": "same"},
+                {
+                    "type": "residual",
+                    "layers": [{"type": "conv", "filters": 6, "kernel": 1, "init": "he_normal"}],
+                },
+            ],
+        },
+        {"type": "flatten"},
+        {"type": "dense", "units": 10, "activation": "softmax"},
+    ]
+    model = models.build_model(layers, input_shape=(6, 6, 3))
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.fill_(7.0)
+        for buffer in model.buffers():
+            buffer.fill_(7.0)
+    models.initialise(model, torch.Generator().manual_seed(5))
+    generator = torch.Generator().manual_seed(5)
+    expected = [
+        torch.empty(4, 3, 3, 3).uniform_(
+            -math.sqrt(6 / 27), math.sqrt(6 / 27), generator=generator
+        ),
+        torch.nn.init.xavier_uniform_(torch.empty(6, 4, 3, 3), generator=generator),
+        torch.nn.init.trunc_normal_(
+            torch.empty(6, 6, 1, 1),
+            0.0,
+            math.sqrt(2 / 6) / 0.87962566103423978,
+            -2 * math.sqrt(2 / 6) / 0.87962566103423978,
+            2 * math.sqrt(2 / 6) / 0.87962566103423978,
+            generator=generator,
+        ),
+        torch.nn.init.xavier_uniform_(torch.empty(6, 4, 1, 1), generator=generator),  # projection
+        torch.nn.init.xavier_uniform_(torch.empty(10, 54), generator=generator),
+    ]
+    kernels = [
+        m.weight for m in model.modules() if isinstance(m, models.KerasConv2d | models.KerasDense)
+    ]
+    for ours, theirs in zip(kernels, expected, strict=True):
+        assert torch.equal(ours, theirs)
+    norm = model.layers[1]
+    assert (norm.weight == 1).all() and not norm.bias.any() and not norm.running_mean.any()
+    assert (norm.running_var == 1).all()
+    biases = [m.bias for m in model.modules() if getattr(m, "bias", None) is not None]
+    assert all(not bias.any() for bias in biases if bias is not norm.bias)
+
+
+def test_frozen_and_biasless_layers_count_as_keras_counts_them():
+    layers = [
+        {"type": "conv", "filters": 4, "kernel": 3, "trainable": False, "l2": 0.5},
+        {"type": "batchnorm", "center": False},
+        {"type": "conv", "filters": 2, "kernel": 3, "use_bias": False, "l1": 0.25, "l2": 0.5},
+        {"type": "flatten"},
+        {"type": "dense", "units": 10, "activation": "softmax", "use_bias": False, "l1": 0.125},
+    ]
+    model = models.build_model(layers, input_shape=(6, 6, 3), generator=torch.Generator())
+    frozen, norm, conv, dense = model.layers[0], model.layers[1], model.layers[2], model.layers[4]
+    assert not frozen.weight.requires_grad and not frozen.bias.requires_grad
+    assert conv.bias is None and dense.bias is None and norm.bias is None
+    assert [name for name, _ in model.named_parameters()] == [
+        "layers.0.weight",
+        "layers.0.bias",
+        "layers.1.weight",
+        "layers.2.weight",
+        "layers.4.weight",
+    ]
+    # Keras regularises trainable weights only: the frozen kernel's l2 is not in the loss.
+    expected = (
+        0.25 * conv.weight.abs().sum() + 0.5 * conv.weight.square().sum()
+    ) + 0.125 * dense.weight.abs().sum()
+    assert model.penalty().item() == pytest.approx(expected.item(), rel=1e-6)
+    rows, total = models.architecture_summary(layers, (6, 6, 3))
+    conv_frozen, norm_count = 3 * 3 * 3 * 4 + 4, 3 * 4  # gamma, moving mean, moving variance
+    assert [(row.parameters, row.non_trainable) for row in rows] == [
+        (conv_frozen, conv_frozen),
+        (norm_count, 8),
+        (3 * 3 * 4 * 2, 0),
+        (0, 0),
+        (2 * 2 * 2 * 10, 0),
+    ]
+    assert models.count_parameters(model) == total == conv_frozen + norm_count + 72 + 80
+    text = models.format_summary("frozen", layers, (6, 6, 3))
+    frozen_count = conv_frozen + 8
+    assert text.endswith(
+        f"Total params: {total}\nTrainable params: {total - frozen_count}"
+        f"\nNon-trainable params: {frozen_count}"
+    )
+
+
+def test_tiny_modern_summary_is_kerass():
+    """Keras's counts: two batch norms' moving statistics are the 16 non-trainable parameters
+    (tests/test_keras.py holds the rows and totals to Keras's)."""
+    text = models.format_summary("tiny-modern", models.get_architecture("tiny-modern"))
+    header = text.splitlines()[2]
+    assert header.split() == ["Layer", "(type)", "Output", "Shape", "Param", "#", "Connected", "to"]
+    assert "input_layer (InputLayer)" in text
+    assert "add (Add)" in text and "activation_1[0][0], activation[0][0]" in text
+    assert text.endswith("Total params: 710\nTrainable params: 694\nNon-trainable params: 16")
+
+
+def test_dropout_generator_reaches_nested_dropouts():
+    layers = [
+        {
+            "type": "residual",
+            "layers": [
+                {"type": "dropout", "rate": 0.5},
+                {"type": "residual", "layers": [{"type": "dropout", "rate": 0.5}]},
+            ],
+        },
+        *HEAD,
+    ]
+    model = models.build_model(layers, input_shape=(4, 4, 3))
+    dropouts = [m for m in model.modules() if isinstance(m, models.GeneratorDropout)]
+    generator = torch.Generator().manual_seed(3)
+    model.set_dropout_generator(generator)
+    assert len(dropouts) == 2 and all(dropout.generator is generator for dropout in dropouts)
+    images = torch.rand(2, 3, 4, 4, generator=torch.Generator().manual_seed(4))
+    ours = model.layers[0](images)
+    # The masks are drawn in layer order: the outer block's dropout, then the inner one's.
+    mirror = torch.Generator().manual_seed(3)
+    outer = images * (torch.rand(2, 3, 4, 4, generator=mirror) >= 0.5).float() * 2
+    inner = outer * (torch.rand(2, 3, 4, 4, generator=mirror) >= 0.5).float() * 2
+    assert torch.equal(ours, (inner + outer) + images)
+
+
+def test_forward_flops_count_nested_blocks_and_shortcuts():
+    layers = [
+        {
+            "type": "residual",
+            "layers": [
+                {"type": "conv", "filters": 4, "kernel": 3, "stride": 2, "padding": "same"},
+                {"type": "residual", "layers": [{"type": "conv", "filters": 4, "kernel": 1}]},
+            ],
+            "shortcut": [{"type": "avgpool"}, {"type": "conv", "filters": 4, "kernel": 1}],
+        },
+        {"type": "globalavgpool"},
+        {"type": "dense", "units": 10, "activation": "softmax"},
+    ]
+    model = models.build_model(layers, input_shape=(8, 8, 3)).eval()
+    with FlopCounterMode(display=False) as counter:
+        model(torch.rand(1, 3, 8, 8))
+    flops = models.forward_flops(models.parse_layers(layers, (8, 8, 3)), (8, 8, 3))
+    assert flops == counter.get_total_flops() == 2 * (16 * 4 * 27 + 16 * 4 * 4 + 16 * 4 * 3 + 40)
+
+
+def test_config_l1_override_keeps_the_dense_layers_other_keys():
+    class Config:
+        arch, l1, l2 = "inline", 0.5, None
+        layers = (
+            {"type": "globalavgpool"},
+            {"type": "dense", "units": 10, "activation": "softmax", "use_bias": False},
+        )
+
+    dense = models.resolve_layers(Config)[-1]
+    assert dense == models.Dense(10, "softmax", l1=0.5, use_bias=False)
+
+
+# --- patch whitening --------------------------------------------------------------------------
+
+
+def correlated_images(count: int, size: int, seed: int) -> torch.Tensor:
+    """Float NCHW images whose neighbouring pixels and channels are strongly correlated."""
+    rng = np.random.default_rng(seed)
+    noise = rng.normal(size=(count, 3, size + 2, size + 2))
+    smooth = noise[:, :, :-2, :-2] + noise[:, :, 1:-1, 1:-1] + 0.5 * noise[:, :, 2:, 2:]
+    mixing = np.array([[1.0, 0.8, 0.3], [0.0, 1.0, 0.6], [0.2, 0.0, 1.0]])
+    return torch.from_numpy(np.einsum("dc,nchw->ndhw", mixing, smooth) + 0.7).float()
+
+
+def whitened_net(filters: int, kernel: int = 2, **keys) -> models.ConvNet:
+    first = {"type": "conv", "filters": filters, "kernel": kernel, "init": "whiten", **keys}
+    return models.build_model([first, *HEAD], input_shape=(9, 9, 3), generator=torch.Generator())
+
+
+def test_whitened_outputs_have_identity_covariance_and_zero_mean():
+    images = correlated_images(64, 9, seed=0)
+    model = whitened_net(24)  # 2·(2·2·3): every eigenvector and its negation
+    assert models.needs_whitening(model)
+    models.whiten_first_layer(model, images, epsilon=1e-9)
+    with torch.no_grad():
+        outputs = model.layers[0](images).double()
+    half = outputs[:, :12].permute(1, 0, 2, 3).reshape(12, -1)
+    np.testing.assert_allclose(torch.cov(half, correction=0), np.eye(12), atol=2e-3)
+    np.testing.assert_allclose(half.mean(1), np.zeros(12), atol=2e-4)
+    assert torch.equal(outputs[:, 12:], -outputs[:, :12])
+
+
+def test_whitened_kernel_is_the_leading_eigenvectors_of_a_numpy_covariance():
+    images = correlated_images(16, 9, seed=1)
+    model = whitened_net(6, kernel=(2, 3), use_bias=False)
+    models.whiten_first_layer(model, images)
+    array = images.double().numpy()
+    patches = np.array(
+        [
+            array[n, :, row : row + 2, column : column + 3].reshape(-1)
+            for n in range(16)
+            for row in range(8)
+            for column in range(7)
+        ]
+    )
+    covariance = np.cov(patches, rowvar=False, bias=True)
+    eigenvalues, eigenvectors = np.linalg.eigh(covariance)
+    leading = (
+        eigenvectors[:, ::-1][:, :3].T
+        / np.sqrt(eigenvalues[::-1][:3] + 5e-4 * eigenvalues.mean())[:, None]
+    )
+    kernel = model.layers[0].weight.detach().double().reshape(6, -1).numpy()
+    signs = np.sign(np.sum(kernel[:3] * leading, axis=1))  # eigenvectors have no fixed sign
+    np.testing.assert_allclose(kernel[:3], leading * signs[:, None], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(kernel[3:], -kernel[:3])
+    assert model.layers[0].bias is None
+    # Largest eigenvalue first: the first filter has the smallest norm.
+    norms = np.linalg.norm(kernel[:3], axis=1)
+    assert np.all(np.diff(norms) > 0)
+
+
+def test_patch_statistics_do_not_depend_on_the_chunk():
+    images = correlated_images(10, 9, seed=2)
+    whole = models.patch_statistics(images, (3, 3), chunk=100)
+    parts = models.patch_statistics(images, (3, 3), chunk=3)
+    for ours, theirs in zip(whole, parts, strict=True):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-10, atol=1e-12)
+
+
+def test_whitening_needs_a_whiten_net_and_varied_images():
+    plain = models.build_model("tiny")
+    assert not models.needs_whitening(plain)
+    with pytest.raises(CnnlabError, match="not a conv with init 'whiten'"):
+        models.whiten_first_layer(plain, torch.rand(2, 3, 32, 32))
+    with pytest.raises(CnnlabError, match="do not vary"):
+        models.whiten_first_layer(whitened_net(4), torch.full((2, 3, 9, 9), 0.5))
