@@ -22,7 +22,7 @@ import contextlib
 import dataclasses
 import threading
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnlab import models, train
-from cnnlab.config import RunConfig
+from cnnlab.config import DEFAULTS, MODERN_FIELDS, RunConfig
 from cnnlab.data import Cifar10
 from cnnlab.metrics import Evaluation, RunResult
 
@@ -40,6 +40,11 @@ CAPTURE_LOCK = threading.Lock()
 
 # Fields that may differ between the members of one group; every other field must match.
 MEMBER_FIELDS = ("seed", "l1", "l2")
+# What a GroupNet can train: the seed report's layers and Keras's plain loop (Adam, constant
+# rate). A run with anything more (batch norm, a schedule, augmentation, ...) trains alone.
+GROUP_LAYERS = (models.Conv, models.MaxPool, models.Dropout, models.Flatten, models.Dense)
+GROUP_ACTIVATIONS = ("linear", "relu", "tanh", "sigmoid", "softmax")
+GROUP_OPTIMIZERS = ("adam", "torch_adam")
 
 
 def group_key(config: RunConfig) -> tuple[Any, ...]:
@@ -48,11 +53,37 @@ def group_key(config: RunConfig) -> tuple[Any, ...]:
     return tuple((name, repr(fields[name])) for name in sorted(fields) if name not in MEMBER_FIELDS)
 
 
+def groupable(config: RunConfig) -> bool:
+    """Whether a GroupNet can train `config`: its layers and training are the seed's kind."""
+    if config.optimizer not in GROUP_OPTIMIZERS or any(
+        getattr(config, name) != DEFAULTS[name] for name in MODERN_FIELDS
+    ):
+        return False
+    return all(_seed_kind(layer) for layer in models.resolve_layers(config))
+
+
+def _seed_kind(layer: models.LayerSpec) -> bool:
+    """A layer of the seed report's vocabulary, with none of the later keys set."""
+    if isinstance(layer, models.Conv):
+        plain = models.Conv(layer.filters, layer.kernel, layer.stride, layer.padding)
+        return layer == dataclasses.replace(plain, activation=layer.activation) and (
+            layer.activation in GROUP_ACTIVATIONS
+        )
+    if isinstance(layer, models.Dense):
+        plain = models.Dense(layer.units, layer.activation, layer.l1, layer.l2)
+        return layer == plain and layer.activation in GROUP_ACTIVATIONS
+    return isinstance(layer, GROUP_LAYERS)
+
+
 def plan_groups(configs: Sequence[RunConfig], max_members: int) -> list[list[int]]:
-    """Indices of `configs` split into groups of at most `max_members` compatible runs."""
+    """Indices of `configs` split into groups of at most `max_members` compatible runs.
+
+    A run that cannot be grouped (`groupable`) is a group of its own.
+    """
     by_key: dict[tuple[Any, ...], list[int]] = {}
     for index, config in enumerate(configs):
-        by_key.setdefault(group_key(config), []).append(index)
+        key = group_key(config) if groupable(config) else ("alone", index)
+        by_key.setdefault(key, []).append(index)
     groups = []
     for indices in by_key.values():
         groups += [indices[i : i + max_members] for i in range(0, len(indices), max_members)]
@@ -325,27 +356,6 @@ def _evaluate_group(net: GroupNet, images, labels, precision, batch_size=train.E
     ]
 
 
-@contextlib.contextmanager
-def fast_cuda_math() -> Iterator[None]:
-    """TF32 matrix products and cuDNN's autotuner while a group trains; restored afterwards."""
-    saved = (
-        torch.backends.cuda.matmul.allow_tf32,
-        torch.backends.cudnn.allow_tf32,
-        torch.backends.cudnn.benchmark,
-    )
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
-    torch.backends.cudnn.benchmark = True  # fixed shapes: the tuned kernels are reused
-    try:
-        yield
-    finally:
-        (
-            torch.backends.cuda.matmul.allow_tf32,
-            torch.backends.cudnn.allow_tf32,
-            torch.backends.cudnn.benchmark,
-        ) = saved
-
-
 def fit_group(
     configs: Sequence[RunConfig],
     data: Cifar10,
@@ -365,7 +375,7 @@ def fit_group(
         raise ValueError("fit_group needs runs that differ only in " + ", ".join(MEMBER_FIELDS))
     target = train.resolve_device(device)
     on_cuda = target.type == "cuda"
-    fast_math = fast_cuda_math() if on_cuda else contextlib.nullcontext()
+    fast_math = train.fast_cuda_math() if on_cuda else contextlib.nullcontext()
     with fast_math:
         on_device = train.to_device(configs[0], data, target)
         members = GroupMembers(
@@ -441,7 +451,10 @@ class GroupMembers:
         scores = (torch.stack([full.loss_sum, full.correct]) / count).cpu()
         return [(float(scores[0, m]), float(scores[1, m])) for m in range(self.count)]
 
-    def evaluate(self, images: torch.Tensor, labels: torch.Tensor) -> list[Evaluation]:
+    def evaluate(
+        self, images: torch.Tensor, labels: torch.Tensor, *, test_time: bool = True
+    ) -> list[Evaluation]:
+        # Grouped runs have no test-time augmentation (`groupable`): test_time changes nothing.
         return _evaluate_group(self.net, images, labels, self.config.precision)
 
     def state_dict(self, member: int) -> dict[str, torch.Tensor]:
@@ -475,8 +488,9 @@ def train_together(
     device: str = "auto",
     progress: train.Progress | None = None,
 ) -> list[RunResult]:
-    """Train one scheduled group: `train.fit` for a lone run on the CPU, else `fit_group`."""
+    """Train one scheduled group: `train.fit` for a lone run on the CPU or one that cannot be
+    grouped (`groupable`), else `fit_group`."""
     target = train.resolve_device(device)
-    if len(configs) == 1 and target.type != "cuda":
+    if len(configs) == 1 and (target.type != "cuda" or not groupable(configs[0])):
         return [train.fit(configs[0], data, device=device, progress=progress)]
     return fit_group(configs, data, device=device, progress=progress)

@@ -291,7 +291,12 @@ def evaluate_run(
     for split, (images, labels) in splits.items():
         tensor_labels = torch.from_numpy(labels.astype(np.int64)).to(target)
         scores = train.evaluate_model(
-            model, train.images_to_device(images, target), tensor_labels, precision=config.precision
+            model,
+            train.images_to_device(images, target),
+            tensor_labels,
+            precision=config.precision,
+            tta=config.tta if split == "test" else "none",  # as the run scored itself
+            label_smoothing=config.label_smoothing,
         )
         results[split] = (labels, scores)
     return results

@@ -90,7 +90,7 @@ def train_concurrently(
         threading.Thread(target=serve, name=f"cnnlab-group-{n}", daemon=True)
         for n in range(max(1, min(streams, len(waiting))))
     ]
-    fast_math = batched.fast_cuda_math() if target.type == "cuda" else contextlib.nullcontext()
+    fast_math = train.fast_cuda_math() if target.type == "cuda" else contextlib.nullcontext()
     with fast_math:
         for thread in threads:
             thread.start()

@@ -3,8 +3,13 @@
 Keras semantics kept here: the validation part is the last fraction of the subset, cut before
 any shuffling; the training part is reshuffled every epoch; the epoch's loss and accuracy are
 running means over its batches with dropout active, the validation scores are taken in eval
-mode after the epoch; every reported loss includes the kernel penalty. The data stays on the
-device as uint8 tensors; batches are gathered there by index.
+mode after the epoch; every reported loss is the loss trained on (label smoothing and the
+kernel penalty included, as Keras's compiled loss). The data stays on the device as uint8
+tensors; batches are gathered there by index.
+
+The modern options of a config (`Recipe`: augmentation, a learning-rate schedule, label
+smoothing, a weight average, test-time augmentation, patch whitening) are all off by default;
+off, the loop runs exactly the operations it ran before they existed.
 
 `fit_members` is the one training skeleton: the data on the device, the epochs with their
 history rows, progress and divergence, the final scores and the RunResult. `fit` drives it with
@@ -13,9 +18,10 @@ one network (`LoneNet`); `batched.fit_group` with several trained as one (`batch
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -23,13 +29,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cnnlab import metrics, models, optim
+from cnnlab import augment, metrics, models, optim
 from cnnlab.config import RunConfig, check_config
 from cnnlab.data import Cifar10, stratified_subset, validation_split
 from cnnlab.errors import CnnlabError
 from cnnlab.metrics import Evaluation, RunResult
 
 EVAL_BATCH_SIZE = 1000  # images per forward pass when evaluating (no gradients kept)
+WHITENING_IMAGES = 5000  # training images whose patches set a whitened first layer
 Progress = Callable[[dict[str, Any]], None]
 
 
@@ -74,6 +81,27 @@ def normalise(images: torch.Tensor) -> torch.Tensor:
     return images.float().div_(255.0)
 
 
+@contextlib.contextmanager
+def fast_cuda_math() -> Iterator[None]:
+    """TF32 matrix products and cuDNN's autotuner while CUDA trains; restored afterwards."""
+    saved = (
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+        torch.backends.cudnn.benchmark,
+    )
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = True  # fixed shapes: the tuned kernels are reused
+    try:
+        yield
+    finally:
+        (
+            torch.backends.cuda.matmul.allow_tf32,
+            torch.backends.cudnn.allow_tf32,
+            torch.backends.cudnn.benchmark,
+        ) = saved
+
+
 # --- evaluation -------------------------------------------------------------------------------
 
 
@@ -86,35 +114,110 @@ def autocast(precision: str, device: torch.device) -> torch.autocast:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16")
 
 
+def cross_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.0, reduction: str = "mean"
+) -> torch.Tensor:
+    """Softmax cross-entropy of logits, with Keras's (and PyTorch's) label smoothing."""
+    if smoothing:
+        return F.cross_entropy(logits, labels, reduction=reduction, label_smoothing=smoothing)
+    return F.cross_entropy(logits, labels, reduction=reduction)
+
+
 def evaluate_model(
     model: models.ConvNet,
     images: torch.Tensor,
     labels: torch.Tensor,
     batch_size: int = EVAL_BATCH_SIZE,
     precision: str = "float32",
+    *,
+    tta: str = "none",
+    label_smoothing: float = 0.0,
 ) -> Evaluation:
-    """Loss, accuracy and predictions of `model` on uint8 NCHW `images` (on the model's device)."""
+    """Loss, accuracy and predictions of `model` on uint8 NCHW `images` (on the model's device).
+
+    `tta` averages the logits of augmented copies (`augment.tta_logits`); the loss is the
+    training objective, smoothing included (Keras's compiled loss).
+    """
     was_training = model.training
     model.eval()
-    cross_entropy = torch.zeros((), device=images.device)
+    cross_entropy_sum = torch.zeros((), device=images.device)
     predictions = []
     with torch.inference_mode():
         for start in range(0, len(labels), batch_size):
+            batch = normalise(images[start : start + batch_size])
             with autocast(precision, images.device):
-                logits = model(normalise(images[start : start + batch_size])).float()
+                logits = augment.tta_logits(model, batch, tta).float()
             batch_labels = labels[start : start + batch_size]
-            cross_entropy += F.cross_entropy(logits, batch_labels, reduction="sum")
+            cross_entropy_sum += cross_entropy(logits, batch_labels, label_smoothing, "sum")
             predictions.append(logits.argmax(1))
         penalty = model.penalty()
         predicted = torch.cat(predictions) if predictions else labels.new_zeros(0)
         correct = (predicted == labels).sum()
-        total = cross_entropy / max(len(labels), 1) + (0.0 if penalty is None else penalty)
+        total = cross_entropy_sum / max(len(labels), 1) + (0.0 if penalty is None else penalty)
         loss, correct_count = torch.stack([total, correct.float()]).tolist()
     model.train(was_training)
     return Evaluation(loss, correct_count / max(len(labels), 1), predicted.cpu().numpy())
 
 
 # --- training ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Recipe:
+    """A run's options beyond Keras's plain loop, ready for the steps; each off for the seed."""
+
+    seed: int  # the run's seed: augmentation draws from (seed, epoch) streams
+    label_smoothing: float = 0.0
+    augmentation: dict[str, Any] | None = None  # augment.augment_batch's options; None: off
+    schedule: RunConfig | None = None  # whose lr_* fields set each step's rate; None: constant
+    steps_per_epoch: int = 1
+    average: optim.WeightAverage | None = None  # the weights evaluated instead of the live ones
+    step: int = 0  # optimisation steps taken so far
+
+    def augment(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        if generator is None:
+            return images
+        return augment.augment_batch(images, **self.augmentation, generator=generator)
+
+    def epoch_generator(self, epoch: int, device: torch.device) -> torch.Generator | None:
+        """The epoch's augmentation stream, or None when nothing is augmented."""
+        if self.augmentation is None:
+            return None
+        return augment.epoch_generator(self.seed, epoch, device)
+
+    def before_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Set the scheduled learning rate of the coming step."""
+        if self.schedule is not None:
+            per_epoch, total = self.steps_per_epoch, self.steps_per_epoch * self.schedule.epochs
+            rate = optim.learning_rate_at(self.step, total, per_epoch, self.schedule)
+            for group in optimizer.param_groups:
+                group["lr"] = rate
+
+    def after_step(self, model: torch.nn.Module) -> None:
+        self.step += 1
+        if self.average is not None:
+            self.average.update(model)
+
+
+def make_recipe(config: RunConfig, model: torch.nn.Module, train_count: int) -> Recipe:
+    """The config's modern options for a run of `train_count` training images."""
+    augmentation = None
+    if config.flip or config.crop_padding or config.cutout:
+        augmentation = {
+            "flip": config.flip,
+            "crop_padding": config.crop_padding,
+            "crop_padding_mode": config.crop_padding_mode,
+            "cutout": config.cutout,
+        }
+    scheduled = config.lr_schedule != "constant" or config.lr_warmup_epochs > 0
+    return Recipe(
+        config.seed,
+        config.label_smoothing,
+        augmentation,
+        config if scheduled else None,
+        optim.steps_per_epoch(train_count, config.batch_size),
+        optim.WeightAverage(model, config.ema) if config.ema > 0 else None,
+    )
 
 
 def train_one_epoch(
@@ -125,24 +228,31 @@ def train_one_epoch(
     batch_size: int,
     generator: torch.Generator,
     precision: str = "float32",
+    recipe: Recipe | None = None,
+    epoch: int = 1,
 ) -> tuple[float, float]:
     """One pass over a fresh shuffle; (loss, accuracy) as running means over the batches."""
     model.train()
+    recipe = recipe or Recipe(seed=0)
     order = torch.randperm(len(labels), generator=generator).to(images.device)
+    augmentation = recipe.epoch_generator(epoch, images.device)
     loss_sum = torch.zeros((), device=images.device)
     correct = torch.zeros((), device=images.device, dtype=torch.long)
     for start in range(0, len(labels), batch_size):
         batch = order[start : start + batch_size]
         batch_labels = labels[batch]
+        batch_images = recipe.augment(images[batch], augmentation)
         with autocast(precision, images.device):
-            logits = model(normalise(images[batch])).float()
-        loss = F.cross_entropy(logits, batch_labels)
+            logits = model(normalise(batch_images)).float()
+        loss = cross_entropy(logits, batch_labels, recipe.label_smoothing)
         penalty = model.penalty()
         if penalty is not None:
             loss = loss + penalty
+        recipe.before_step(optimizer)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        recipe.after_step(model)
         # Keras weights each batch's loss by its size; no host sync until the epoch ends.
         loss_sum += loss.detach() * len(batch)
         correct += (logits.argmax(1) == batch_labels).sum()
@@ -164,6 +274,14 @@ def subset_indices(config: RunConfig, data: Cifar10) -> tuple[np.ndarray, np.nda
     """(training part, validation part) of the run's subset: Keras holds out the last fraction."""
     check_config(config, available=len(data.train_labels), classes=len(data.class_names))
     layers_for(config, data)  # the net must fit the images and the classes
+    height, width = data.train_images.shape[1:3]
+    augment.check_augmentation(
+        height,
+        width,
+        crop_padding=config.crop_padding,
+        crop_padding_mode=config.crop_padding_mode,
+        cutout=config.cutout,
+    )
     subset = stratified_subset(data.train_labels, config.train_size, config.subset_seed)
     train_part, validation_part = validation_split(subset, config.validation_split)
     if len(train_part) == 0 or len(validation_part) == 0:
@@ -185,8 +303,9 @@ def run_flops(
     forward = models.forward_flops(models.resolve_layers(config, input_shape), input_shape)
     trained = int(config.train_size * (1 - config.validation_split))  # Keras floors
     validation = config.train_size - trained
-    passes = (3 * trained + validation) * config.epochs + config.train_size + test_images
-    return float(forward) * passes
+    views = augment.TTA_VIEWS[config.tta]  # forward passes per validation or test image
+    passes = (3 * trained + views * validation) * config.epochs
+    return float(forward) * (passes + config.train_size + views * test_images)
 
 
 def make_optimizer(
@@ -248,8 +367,14 @@ class Members(Protocol):
         """One epoch; each member's (loss, accuracy), running means over its batches."""
         ...
 
-    def evaluate(self, images: torch.Tensor, labels: torch.Tensor) -> list[Evaluation]:
-        """Each member's scores on the same uint8 NCHW images, in eval mode."""
+    def evaluate(
+        self, images: torch.Tensor, labels: torch.Tensor, *, test_time: bool = True
+    ) -> list[Evaluation]:
+        """Each member's scores on the same uint8 NCHW images, in eval mode.
+
+        `test_time`: held-out images (validation, test), which the run's test-time augmentation
+        applies to; False for the training subset's final score.
+        """
         ...
 
     def state_dict(self, member: int) -> dict[str, torch.Tensor]:
@@ -312,7 +437,7 @@ def _score(configs, data, on_device, members, trained, fit_seconds) -> list[RunR
     evaluated = time.perf_counter()
     test_images = images_to_device(data.test_images, device)
     test_labels = torch.from_numpy(data.test_labels.astype(np.int64)).to(device)
-    train_scores = members.evaluate(on_device.images, on_device.labels)
+    train_scores = members.evaluate(on_device.images, on_device.labels, test_time=False)
     test_scores = members.evaluate(test_images, test_labels)
     provenance = metrics.Provenance(
         data_source=str(data.source),
@@ -352,12 +477,17 @@ class LoneNet:
         self.model = models.ConvNet(on_device.layers, on_device.input_shape)
         models.initialise(self.model, init_generator)
         self.model.to(device)
+        if models.needs_whitening(self.model):
+            first = on_device.images[: min(on_device.train_count, WHITENING_IMAGES)]
+            models.whiten_first_layer(self.model, normalise(first))
         self.model.set_dropout_generator(dropout_generator)
         self.optimizer = make_optimizer(self.model, config)
-        self.config, self.on_device = config, on_device
+        self.recipe = make_recipe(config, self.model, on_device.train_count)
+        self.config, self.on_device, self.epoch = config, on_device, 0
 
     def train_epoch(self) -> list[tuple[float, float]]:
         count = self.on_device.train_count
+        self.epoch += 1
         scores = train_one_epoch(
             self.model,
             self.optimizer,
@@ -366,19 +496,40 @@ class LoneNet:
             self.config.batch_size,
             self.shuffle_generator,
             self.config.precision,
+            self.recipe,
+            self.epoch,
         )
         return [scores]
 
-    def evaluate(self, images: torch.Tensor, labels: torch.Tensor) -> list[Evaluation]:
-        return [evaluate_model(self.model, images, labels, precision=self.config.precision)]
+    def evaluate(
+        self, images: torch.Tensor, labels: torch.Tensor, *, test_time: bool = True
+    ) -> list[Evaluation]:
+        config = self.config
+        with self._evaluated_weights():
+            scores = evaluate_model(
+                self.model,
+                images,
+                labels,
+                precision=config.precision,
+                tta=config.tta if test_time else "none",
+                label_smoothing=config.label_smoothing,
+            )
+        return [scores]
 
     def state_dict(self, member: int) -> dict[str, torch.Tensor]:
-        return {
-            name: value.detach().cpu().clone() for name, value in self.model.state_dict().items()
-        }
+        with self._evaluated_weights():
+            return {
+                name: value.detach().cpu().clone()
+                for name, value in self.model.state_dict().items()
+            }
 
     def parameter_count(self, member: int) -> int:
         return models.count_parameters(self.model)
+
+    def _evaluated_weights(self) -> contextlib.AbstractContextManager:
+        """The weight average in place of the live weights while scoring or saving, if any."""
+        average = self.recipe.average
+        return contextlib.nullcontext() if average is None else average.applied(self.model)
 
 
 def fit(
@@ -390,8 +541,10 @@ def fit(
 ) -> RunResult:
     """Train `config` on `data` as Keras would; `progress` gets each epoch's row as it ends."""
     target = resolve_device(device)
-    on_device = to_device(config, data, target)
-    return fit_members([config], data, on_device, LoneNet(config, on_device), progress)[0]
+    fast_math = fast_cuda_math() if target.type == "cuda" else contextlib.nullcontext()
+    with fast_math:
+        on_device = to_device(config, data, target)
+        return fit_members([config], data, on_device, LoneNet(config, on_device), progress)[0]
 
 
 def weights_as_arrays(result: RunResult) -> RunResult:
