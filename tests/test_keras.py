@@ -102,6 +102,8 @@ def keras_layer(layer: models.LayerSpec):
         )
     if isinstance(layer, models.Activation):
         return keras.layers.Activation(layer.activation)
+    if isinstance(layer, models.Rescaling):
+        return keras.layers.Rescaling(layer.scale, layer.offset)
     if isinstance(layer, models.GlobalAvgPool):
         return keras.layers.GlobalAveragePooling2D()
     if isinstance(layer, models.GlobalMaxPool):

@@ -979,3 +979,53 @@ def test_whitening_needs_a_whiten_net_and_varied_images():
         models.whiten_first_layer(plain, torch.rand(2, 3, 32, 32))
     with pytest.raises(CnnlabError, match="do not vary"):
         models.whiten_first_layer(whitened_net(4), torch.full((2, 3, 9, 9), 0.5))
+
+
+# --- rescaling and a softmax activation at the end ----------------------------------------------
+
+
+def test_rescaling_is_x_times_scale_plus_offset_and_can_end_before_a_softmax():
+    layers = [
+        {"type": "rescaling", "scale": 2.0, "offset": -1.0},  # [0, 1] pixels to [-1, 1]
+        {"type": "conv", "filters": 4, "kernel": 3},
+        {"type": "globalmaxpool"},
+        {"type": "dense", "units": 10, "use_bias": False},
+        {"type": "rescaling", "scale": 1 / 9},
+        {"type": "activation", "activation": "softmax"},
+    ]
+    model = models.build_model(layers, generator=torch.Generator().manual_seed(0))
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    conv, dense = model.layers[1], model.layers[3]
+    expected = dense(conv(images * 2.0 - 1.0).amax((2, 3))) / 9
+    torch.testing.assert_close(model(images), expected)  # logits: the softmax is the loss's
+    rows, total = models.architecture_summary(layers)
+    assert [row.kind for row in rows][-2:] == ["Rescaling", "Activation"]
+    assert total == (3 * 3 * 3 + 1) * 4 + 4 * 10
+
+
+@pytest.mark.parametrize(
+    ("last", "message"),
+    [
+        ({"type": "rescaling"}, "missing key 'scale'"),
+        ({"type": "rescaling", "scale": float("nan")}, "scale: expected a finite number"),
+        ({"type": "activation", "activation": "relu"}, "a classifier ends with a softmax"),
+    ],
+)
+def test_bad_endings_and_rescalings_are_one_line(last, message):
+    layers = [{"type": "flatten"}, {"type": "dense", "units": 10}, last]
+    with pytest.raises(CnnlabError, match=message) as error:
+        models.parse_layers(layers)
+    assert "\n" not in str(error.value)
+
+
+def test_a_softmax_activation_needs_one_feature_per_class():
+    layers = [
+        {"type": "flatten"},
+        {"type": "dense", "units": 7},
+        {"type": "activation", "activation": "softmax"},
+    ]
+    with pytest.raises(CnnlabError, match=r"layer 2: the softmax needs 10 features .*, got 7"):
+        models.parse_layers(layers)
+    early = [{"type": "activation", "activation": "softmax"}, *layers[:2], layers[2]]
+    with pytest.raises(CnnlabError, match="softmax is only for the last layer"):
+        models.parse_layers(early, num_classes=7)

@@ -130,6 +130,14 @@ class Activation:
 
 
 @dataclass(frozen=True)
+class Rescaling:
+    """Keras's Rescaling layer: x·scale + offset (e.g. a logit temperature before the softmax)."""
+
+    scale: float
+    offset: float = 0.0
+
+
+@dataclass(frozen=True)
 class GlobalAvgPool:
     """GlobalAveragePooling2D: (H, W, C) -> (C,), each channel's mean."""
 
@@ -157,6 +165,7 @@ LayerSpec = (
     | Dense
     | BatchNorm
     | Activation
+    | Rescaling
     | GlobalAvgPool
     | GlobalMaxPool
     | Residual
@@ -170,6 +179,7 @@ LAYER_TYPES = (
     Dense,
     BatchNorm,
     Activation,
+    Rescaling,
     GlobalAvgPool,
     GlobalMaxPool,
     Residual,
@@ -213,6 +223,7 @@ _LAYER_KEYS: dict[str, tuple[type, dict[str, str]]] = {
         {"momentum": "momentum", "epsilon": "epsilon", "center": "bool", "scale": "bool"},
     ),
     "activation": (Activation, {"activation": "activation"}),
+    "rescaling": (Rescaling, {"scale": "finite", "offset": "finite"}),
     "globalavgpool": (GlobalAvgPool, {}),
     "globalmaxpool": (GlobalMaxPool, {}),
     "residual": (Residual, {"layers": "layers", "shortcut": "layers", "activation": "activation"}),
@@ -222,11 +233,21 @@ _REQUIRED = {
     "dropout": ("rate",),
     "dense": ("units",),
     "activation": ("activation",),
+    "rescaling": ("scale",),
     "residual": ("layers",),
 }
 _TYPE_NAMES = {cls: kind for kind, (cls, _) in _LAYER_KEYS.items()}
 # What a residual block may hold: layers that keep an image an image.
-BLOCK_TYPES = ("conv", "maxpool", "avgpool", "dropout", "batchnorm", "activation", "residual")
+BLOCK_TYPES = (
+    "conv",
+    "maxpool",
+    "avgpool",
+    "dropout",
+    "batchnorm",
+    "activation",
+    "rescaling",
+    "residual",
+)
 _KERAS_NAMES = {
     Conv: ("conv2d", "Conv2D"),
     MaxPool: ("max_pooling2d", "MaxPooling2D"),
@@ -236,6 +257,7 @@ _KERAS_NAMES = {
     Dense: ("dense", "Dense"),
     BatchNorm: ("batch_normalization", "BatchNormalization"),
     Activation: ("activation", "Activation"),
+    Rescaling: ("rescaling", "Rescaling"),
     GlobalAvgPool: ("global_average_pooling2d", "GlobalAveragePooling2D"),
     GlobalMaxPool: ("global_max_pooling2d", "GlobalMaxPooling2D"),
     Residual: ("add", "Add"),
@@ -291,6 +313,10 @@ def _check_value(where: str, key: str, kind: str, value: Any) -> Any:
     if kind == "momentum":
         if not is_number or not 0 <= value <= 1:
             raise fail("a number in [0, 1]")
+        return float(value)
+    if kind == "finite":
+        if not is_number or not math.isfinite(value):
+            raise fail("a finite number")
         return float(value)
     if kind == "epsilon":
         if not is_number or not 0 < value < math.inf:
@@ -437,7 +463,7 @@ def output_shape(layer: LayerSpec, shape: tuple[int, ...]) -> tuple[int, ...]:
         if len(shape) != 1:
             raise CnnlabError(f"{name} needs a flat input, got {shape}; add a flatten layer first")
         return (layer.units,)
-    if isinstance(layer, Dropout | BatchNorm | Activation):
+    if isinstance(layer, Dropout | BatchNorm | Activation | Rescaling):
         return shape
     if len(shape) != 3:
         raise CnnlabError(f"{name} needs an image input (height, width, channels), got {shape}")
@@ -485,21 +511,27 @@ def parse_layers(
     input_shape: tuple[int, int, int] = INPUT_SHAPE,
     num_classes: int = NUM_CLASSES,
 ) -> tuple[LayerSpec, ...]:
-    """Validate layer specs against the input; the net must end in Dense(num_classes, softmax)."""
+    """Validate layer specs against the input; the net must end in a softmax over num_classes
+    features (a softmax dense layer, or a softmax activation layer)."""
     if isinstance(specs, str | bytes | Mapping) or not isinstance(specs, Sequence):
         raise CnnlabError(f"layers: expected a list of layer tables, got {specs!r}")
     if not specs:
         raise CnnlabError("layers: an architecture needs at least one layer")
     layers = tuple(_parse_layer(index, spec) for index, spec in enumerate(specs))
-    _chain_shape(layers, tuple(input_shape))
+    classes = _chain_shape(layers, tuple(input_shape))
     _check_whitening(layers[0], input_shape)
     last = layers[-1]
-    if not (isinstance(last, Dense) and last.activation == "softmax"):
-        raise CnnlabError(f"layer {len(layers) - 1}: a classifier ends with a softmax dense layer")
-    if last.units != num_classes:
+    if not (isinstance(last, Dense | Activation) and last.activation == "softmax"):
         raise CnnlabError(
-            f"layer {len(layers) - 1}: the last dense layer needs {num_classes} units (one per"
-            f" class), got {last.units}"
+            f"layer {len(layers) - 1}: a classifier ends with a softmax: a dense layer with"
+            " activation softmax, or an activation layer softmax"
+        )
+    if classes != (num_classes,):
+        what = "the last dense layer needs" if isinstance(last, Dense) else "the softmax needs"
+        unit = "units" if isinstance(last, Dense) else "features"
+        raise CnnlabError(
+            f"layer {len(layers) - 1}: {what} {num_classes} {unit} (one per class),"
+            f" got {classes[0] if len(classes) == 1 else classes}"
         )
     for index, layer in enumerate(layers[:-1]):
         if getattr(layer, "activation", None) == "softmax":
@@ -593,7 +625,9 @@ ARCHITECTURES: dict[str, tuple[dict[str, Any], ...]] = {
         },
         {"type": "globalavgpool"},
         {"type": "dropout", "rate": 0.25},
-        {"type": "dense", "units": 10, "activation": "softmax", "l1": 1e-4},
+        {"type": "dense", "units": 10, "l1": 1e-4},
+        {"type": "rescaling", "scale": 0.5},  # a logit temperature, as the strong nets have
+        {"type": "activation", "activation": "softmax"},
     ),
 }
 DESCRIPTIONS = {
@@ -601,7 +635,7 @@ DESCRIPTIONS = {
     "seed-maxpool": "seed without strides, one 2x2 max-pool after the fourth conv (report, c)",
     "seed-deep": "thinner and deeper: six convs 8-8-16-16-32-32, every second strided (report, d)",
     "tiny": "one strided conv and a dense layer, for tests",
-    "tiny-modern": "batch norm, gelu, silu, two residual blocks, a global pool; for tests",
+    "tiny-modern": "batch norm, gelu, silu, residual blocks, a global pool, rescaling; for tests",
 }
 
 
@@ -882,6 +916,21 @@ class ActivationLayer(nn.Module):
         return self.activation
 
 
+class RescalingLayer(nn.Module):
+    """Keras's Rescaling: x·scale + offset."""
+
+    def __init__(self, scale: float, offset: float):
+        super().__init__()
+        self.scale, self.offset = scale, offset
+
+    def forward(self, tensor: torch.Tensor) -> torch.Tensor:
+        tensor = tensor * self.scale
+        return tensor + self.offset if self.offset else tensor
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale}, offset={self.offset}"
+
+
 class MaxPool2d(nn.MaxPool2d):
     """MaxPooling2D, 'valid' padding."""
 
@@ -964,6 +1013,8 @@ def build_modules(layers: Sequence[LayerSpec], input_shape: tuple[int, ...]) -> 
             modules.append(KerasBatchNorm(spec, shape[-1]))
         elif isinstance(spec, Activation):
             modules.append(ActivationLayer(spec.activation))
+        elif isinstance(spec, Rescaling):
+            modules.append(RescalingLayer(spec.scale, spec.offset))
         elif isinstance(spec, GlobalAvgPool):
             modules.append(GlobalAvgPool2d())
         elif isinstance(spec, GlobalMaxPool):
