@@ -31,7 +31,10 @@ from cnnlab.optim import KerasAdam, make_optimizer
 
 # Keras's torch backend calls np.array(x, copy=False) on tensors (keras/src/backend/torch/core.py).
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
-ARCHITECTURES = sorted(models.ARCHITECTURES)
+# The registry's strong nets (a frozen whitened stem, no penalty) are held to Keras by
+# test_strong_nets_match_keras; the tests parametrised over these train every weight.
+STRONG = sorted(name for name in models.ARCHITECTURES if name.startswith("strong"))
+ARCHITECTURES = sorted(set(models.ARCHITECTURES) - set(STRONG))
 # The registered nets without batch norm: the seed report's vocabulary.
 KERAS_BN_FREE = [
     name
@@ -262,6 +265,25 @@ def test_summary_matches_keras(name):
     ]
     assert [row.parameters for row in rows] == [layer.count_params() for layer in model.layers]
     assert total == model.count_params() == models.count_parameters(net)
+
+
+@pytest.mark.parametrize("name", STRONG)
+def test_strong_nets_match_keras(name):
+    """Summary (the frozen stem's weights are non-trainable) and the eval forward pass."""
+    net, model = cnnlab_and_keras(name, "float64")
+    rows, total = models.architecture_summary(models.get_architecture(name))
+    assert [(row.name, row.kind) for row in rows] == [
+        (layer.name, type(layer).__name__) for layer in model.layers
+    ]
+    assert total == model.count_params() == models.count_parameters(net)
+    frozen = sum(row.non_trainable for row in rows)
+    assert frozen == sum(int(np.prod(v.shape)) for v in model.non_trainable_weights)
+    images, _ = random_batch(np.random.default_rng(1), 3, "float64")
+    net.eval()
+    with torch.no_grad(), floatx("float64"):
+        probabilities = keras.ops.convert_to_numpy(model(images, training=False))
+        ours = torch.softmax(net(channels_first(images)), dim=1).numpy()
+    np.testing.assert_allclose(ours, probabilities, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", ARCHITECTURES)

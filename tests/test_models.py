@@ -29,8 +29,12 @@ def test_every_registered_architecture_trains(name):
     assert logits.shape == (3, models.NUM_CLASSES)
     assert torch.isfinite(logits).all()
     loss = torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 2]))
-    (loss + model.penalty()).backward()
+    penalty = model.penalty()
+    (loss if penalty is None else loss + penalty).backward()
     for parameter_name, parameter in model.named_parameters():
+        if not parameter.requires_grad:  # a frozen layer (trainable = false) gets no gradient
+            assert parameter.grad is None, parameter_name
+            continue
         assert parameter.grad is not None and torch.isfinite(parameter.grad).all(), parameter_name
     rows, total = models.architecture_summary(models.get_architecture(name))
     assert models.count_parameters(model) == total == sum(row.parameters for row in rows)
@@ -63,7 +67,9 @@ def test_seed_summary_matches_the_report_table():
 
 
 def test_unknown_architecture_lists_the_known_ones():
-    with pytest.raises(CnnlabError, match="known: seed, seed-deep, seed-maxpool, tiny"):
+    with pytest.raises(
+        CnnlabError, match="known: seed, seed-deep, seed-maxpool, strong-l, strong-m"
+    ):
         models.get_architecture("resnet")
 
 

@@ -559,6 +559,38 @@ _HEAD = (
     {"type": "dense", "units": 10, "activation": "softmax", "l1": 1e-4},
 )
 
+
+def _strong_block(width: int) -> tuple[dict[str, Any], ...]:
+    """conv, 2x2 max-pool, batch norm, gelu, conv, batch norm, gelu (airbench's block)."""
+    conv = {"type": "conv", "filters": width, "kernel": 3, "padding": "same", "use_bias": False}
+    # A fast-moving average (Keras's momentum 0.6): the statistics keep up with a run of a few
+    # hundred steps; no gamma, since a scale before gelu adds nothing a conv cannot learn.
+    norm = {"type": "batchnorm", "momentum": 0.6, "epsilon": 1e-12, "scale": False}
+    gelu = {"type": "activation", "activation": "gelu"}
+    return (conv, {"type": "maxpool", "size": 2}, norm, gelu, conv, norm, gelu)
+
+
+def _strong(widths: tuple[int, int, int]) -> tuple[dict[str, Any], ...]:
+    """The strong recipe's net: a frozen patch-whitening stem, three blocks, scaled logits."""
+    stem = {
+        "type": "conv",
+        "filters": 24,
+        "kernel": 2,
+        "padding": "valid",
+        "init": "whiten",
+        "trainable": False,
+        "activation": "gelu",
+    }
+    return (
+        stem,
+        *(layer for width in widths for layer in _strong_block(width)),
+        {"type": "globalmaxpool"},
+        {"type": "dense", "units": 10, "use_bias": False},
+        {"type": "rescaling", "scale": 1 / 9},  # a logit temperature the high learning rate needs
+        {"type": "activation", "activation": "softmax"},
+    )
+
+
 ARCHITECTURES: dict[str, tuple[dict[str, Any], ...]] = {
     "seed": (_conv(16), _conv(16, stride=2), _conv(32), _conv(32, stride=2), *_HEAD),
     "seed-maxpool": (
@@ -629,6 +661,9 @@ ARCHITECTURES: dict[str, tuple[dict[str, Any], ...]] = {
         {"type": "rescaling", "scale": 0.5},  # a logit temperature, as the strong nets have
         {"type": "activation", "activation": "softmax"},
     ),
+    "strong-s": _strong((32, 64, 128)),
+    "strong-m": _strong((64, 128, 256)),
+    "strong-l": _strong((64, 256, 256)),
 }
 DESCRIPTIONS = {
     "seed": "the seed report's ConvNet: two strided conv pairs, dropout, L1 dense",
@@ -636,6 +671,9 @@ DESCRIPTIONS = {
     "seed-deep": "thinner and deeper: six convs 8-8-16-16-32-32, every second strided (report, d)",
     "tiny": "one strided conv and a dense layer, for tests",
     "tiny-modern": "batch norm, gelu, silu, residual blocks, a global pool, rescaling; for tests",
+    "strong-s": "the strong recipe's net (airbench-style): whitened stem, blocks 32-64-128",
+    "strong-m": "the strong recipe's net, blocks 64-128-256",
+    "strong-l": "the strong recipe's net, blocks 64-256-256 (airbench94's widths)",
 }
 
 
