@@ -17,6 +17,7 @@ Run it on an otherwise idle machine (PyTorch's threads spin while they wait).
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -39,11 +40,12 @@ STUDY = ROOT / "studies" / "strong.toml"
 # (architecture, epochs): the frontier's points, from seconds to minutes on a 2-core CPU.
 DEFAULT_POINTS = (
     "strong-s:4",
+    "strong-s:6",
     "strong-s:8",
-    "strong-s:12",
-    "strong-m:10",
-    "strong-l:10",
-    "strong-l:14",
+    "strong-s:10",
+    "strong-m:12",
+    "strong-l:8",
+    "strong-l:12",
 )
 PLAIN_POINTS = ((32, 64, 128), (64, 128, 256))  # the untuned script's widths, 10 epochs each
 TARGETS = ((0.85, 150.0), (0.90, 720.0))  # (test accuracy, seconds of training) on the CPU
@@ -127,13 +129,14 @@ def airbench_point(data, device: torch.device) -> dict | None:
 def frontier_figure(points: list[dict], peers: list[dict], path: Path, device: str) -> None:
     """Test accuracy against fit seconds: one line per net, the peers as crosses."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
 
-    figure = Figure(figsize=(6.4, 4.2), layout="constrained")
+    figure = Figure(figsize=(7.2, 4.4), layout="constrained")
     axes = figure.add_subplot()
     by_arch: dict[str, list[dict]] = {}
     for point in points:
         by_arch.setdefault(point["name"].split(" x ")[0], []).append(point)
-    for arch, mine in by_arch.items():
+    for index, (arch, mine) in enumerate(by_arch.items()):
         mine.sort(key=lambda point: point["seconds"])
         axes.errorbar(
             [p["seconds"] for p in mine],
@@ -145,19 +148,37 @@ def frontier_figure(points: list[dict], peers: list[dict], path: Path, device: s
         )
         for point in mine:
             epochs = point["name"].split(" x ")[1]
-            axes.annotate(f"{epochs} ep", (point["seconds"], point["accuracy"]), fontsize=7)
+            offset = (-4, 7) if index % 2 else (5, -11)  # alternate sides: lines may meet
+            axes.annotate(
+                f"{epochs} ep",
+                (point["seconds"], point["accuracy"]),
+                xytext=offset,
+                textcoords="offset points",
+                fontsize=7,
+                ha="right" if index % 2 else "left",
+            )
     for peer in peers:
         axes.scatter(peer["seconds"], peer["accuracy"], marker="x", s=60, label=peer["name"])
     if device == "cpu":
         for accuracy, seconds in TARGETS:
-            axes.plot([seconds], [accuracy], marker="*", color="black", markersize=10)
-            axes.annotate(f" target {accuracy:.0%} in {seconds:.0f} s", (seconds, accuracy))
+            axes.scatter([seconds], [accuracy], marker="*", s=120, color="black", zorder=3)
+            axes.annotate(
+                f"target: {accuracy:.0%} within {seconds / 60:g} min",
+                (seconds, accuracy),
+                xytext=(0, -16),
+                textcoords="offset points",
+                ha="center",
+                fontsize=8,
+            )
     axes.set_xscale("log")
-    axes.set_xlabel(f"fit seconds ({device}, log scale)")
+    ticks = [t for t in (30, 60, 120, 300, 600, 1200) if t <= 2 * max(p["seconds"] for p in points)]
+    axes.set_xticks(ticks, [f"{t / 60:g} min" if t >= 60 else f"{t} s" for t in ticks])
+    axes.xaxis.set_minor_formatter(NullFormatter())
+    axes.set_xlabel(f"training time ({device}, log scale)")
     axes.set_ylabel("test accuracy (CIFAR-10)")
     axes.set_title("The strong recipe: accuracy against training time")
     axes.grid(alpha=0.3)
-    axes.legend(fontsize="small")
+    axes.legend(fontsize="small", loc="lower right")
     figure.savefig(path, dpi=110)
 
 
@@ -169,7 +190,16 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=1, help="runs per point (mean and spread)")
     parser.add_argument("--skip-plain", action="store_true", help="time cnnlab only")
     parser.add_argument("--figure", type=Path, default=None, help="write the frontier as a PNG")
+    parser.add_argument(
+        "--replot", type=Path, default=None, help="redraw --figure from a run's saved .json"
+    )
     args = parser.parse_args()
+    if args.replot is not None:
+        saved = json.loads(args.replot.read_text())
+        report(saved["points"], saved["peers"], saved["device"])
+        if args.figure is not None:
+            frontier_figure(saved["points"], saved["peers"], args.figure, saved["device"])
+        return
     device = train.resolve_device(args.device)
     data = load_cifar10(args.data)
     points = []
@@ -204,15 +234,17 @@ def main() -> None:
         anchor = airbench_point(data, device)
         if anchor is not None:
             peers.append(anchor)
-    report(points, peers, device)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    report(points, peers, where)
     if args.figure is not None:
         frontier_figure(points, peers, args.figure, device.type)
-        print(f"figure: {args.figure}")
+        saved = {"device": where, "date": time.strftime("%Y-%m-%d"), "points": points}
+        args.figure.with_suffix(".json").write_text(json.dumps({**saved, "peers": peers}, indent=1))
+        print(f"figure: {args.figure} (its numbers: {args.figure.with_suffix('.json')})")
 
 
-def report(points: list[dict], peers: list[dict], device: torch.device) -> None:
-    """The table, the ratios against the peers and the targets."""
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+def report(points: list[dict], peers: list[dict], where: str) -> None:
+    """The table, the ratios against the peers and, on the CPU, the targets."""
     print(f"strong recipe on {where}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"{'point':<26}{'fit s':>9}{'test acc':>10}{'± std':>8}{'images/s':>10}{'runs':>6}")
     for row in [*points, *peers]:
@@ -232,7 +264,7 @@ def report(points: list[dict], peers: list[dict], device: torch.device) -> None:
             )
         else:
             print(f"{peer['name']}: no cnnlab point here reaches its {peer['accuracy']:.4f}")
-    if device.type == "cpu":
+    if where == "cpu":
         for accuracy, seconds in TARGETS:
             within = [p for p in points if p["seconds"] <= seconds]
             best = max(within, key=lambda p: p["accuracy"], default=None)
