@@ -27,21 +27,45 @@ import torch.nn.functional as F
 from cnnlab import data as data_module
 from cnnlab import models, train
 from cnnlab.config import RunConfig
+from cnnlab.layers import (
+    ACTIVATIONS,
+    INPUT_SHAPE,
+    NUM_CLASSES,
+    Activation,
+    AvgPool,
+    BatchNorm,
+    Conv,
+    Dense,
+    Dropout,
+    Flatten,
+    GlobalAvgPool,
+    GlobalMaxPool,
+    LayerSpec,
+    MaxPool,
+    Rescaling,
+    Residual,
+    flat_specs,
+    get_architecture,
+    output_shape,
+    parse_layers,
+    shortcut_specs,
+)
+from cnnlab.layers import ARCHITECTURES as REGISTRY
 from cnnlab.optim import KerasAdam, make_optimizer
+from cnnlab.summary import architecture_summary
 
 # Keras's torch backend calls np.array(x, copy=False) on tensors (keras/src/backend/torch/core.py).
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 # The registry's strong nets (a frozen whitened stem, no penalty) are held to Keras by
 # test_strong_nets_match_keras; the tests parametrised over these train every weight.
-STRONG = sorted(name for name in models.ARCHITECTURES if name.startswith("strong"))
-ARCHITECTURES = sorted(set(models.ARCHITECTURES) - set(STRONG))
+STRONG = sorted(name for name in REGISTRY if name.startswith("strong"))
+ARCHITECTURES = sorted(set(REGISTRY) - set(STRONG))
 # The registered nets without batch norm: the seed report's vocabulary.
 KERAS_BN_FREE = [
     name
     for name in ARCHITECTURES
     if not any(
-        isinstance(layer, models.BatchNorm)
-        for layer in models.flat_specs(models.parse_layers(models.get_architecture(name)))
+        isinstance(layer, BatchNorm) for layer in flat_specs(parse_layers(get_architecture(name)))
     )
 ]
 CPU = torch.device("cpu")
@@ -64,20 +88,20 @@ def floatx(dtype: str):
         keras.config.set_floatx(previous)
 
 
-def layer_specs(name: str, *, dropout: bool = True) -> tuple[models.LayerSpec, ...]:
+def layer_specs(name: str, *, dropout: bool = True) -> tuple[LayerSpec, ...]:
     """The architecture's parsed layers; without dropout, every dropout rate is 0."""
-    layers = models.parse_layers(models.get_architecture(name))
+    layers = parse_layers(get_architecture(name))
     if dropout:
         return layers
     return tuple(
-        dataclasses.replace(layer, rate=0.0) if isinstance(layer, models.Dropout) else layer
+        dataclasses.replace(layer, rate=0.0) if isinstance(layer, Dropout) else layer
         for layer in layers
     )
 
 
-def keras_layer(layer: models.LayerSpec):
+def keras_layer(layer: LayerSpec):
     """The Keras layer of one (non-residual) layer spec, with Keras's default name."""
-    if isinstance(layer, models.Conv):
+    if isinstance(layer, Conv):
         regularizer = (
             keras.regularizers.L1L2(l1=layer.l1, l2=layer.l2) if layer.l1 or layer.l2 else None
         )
@@ -91,25 +115,25 @@ def keras_layer(layer: models.LayerSpec):
             kernel_regularizer=regularizer,
             trainable=layer.trainable,
         )
-    if isinstance(layer, models.MaxPool):
+    if isinstance(layer, MaxPool):
         return keras.layers.MaxPooling2D(layer.size, strides=layer.stride)
-    if isinstance(layer, models.AvgPool):
+    if isinstance(layer, AvgPool):
         return keras.layers.AveragePooling2D(layer.size, strides=layer.stride)
-    if isinstance(layer, models.Dropout):
+    if isinstance(layer, Dropout):
         return keras.layers.Dropout(layer.rate)
-    if isinstance(layer, models.Flatten):
+    if isinstance(layer, Flatten):
         return keras.layers.Flatten()
-    if isinstance(layer, models.BatchNorm):
+    if isinstance(layer, BatchNorm):
         return keras.layers.BatchNormalization(
             momentum=layer.momentum, epsilon=layer.epsilon, center=layer.center, scale=layer.scale
         )
-    if isinstance(layer, models.Activation):
+    if isinstance(layer, Activation):
         return keras.layers.Activation(layer.activation)
-    if isinstance(layer, models.Rescaling):
+    if isinstance(layer, Rescaling):
         return keras.layers.Rescaling(layer.scale, layer.offset)
-    if isinstance(layer, models.GlobalAvgPool):
+    if isinstance(layer, GlobalAvgPool):
         return keras.layers.GlobalAveragePooling2D()
-    if isinstance(layer, models.GlobalMaxPool):
+    if isinstance(layer, GlobalMaxPool):
         return keras.layers.GlobalMaxPooling2D()
     regularizer = keras.regularizers.L1L2(l1=layer.l1, l2=layer.l2)
     return keras.layers.Dense(
@@ -125,25 +149,25 @@ def keras_graph(layers, tensor, shape: tuple[int, ...]):
     """Keras's functional graph of `layers` applied to `tensor`, layers created in cnnlab's
     order: a residual block's layers, its shortcut, then Add (and its Activation)."""
     for layer in layers:
-        if isinstance(layer, models.Residual):
+        if isinstance(layer, Residual):
             branch = keras_graph(layer.layers, tensor, shape)
-            shortcut = keras_graph(models.shortcut_specs(layer, shape), tensor, shape)
+            shortcut = keras_graph(shortcut_specs(layer, shape), tensor, shape)
             output = keras.layers.Add()([branch, shortcut])
             if layer.activation != "linear":
                 output = keras.layers.Activation(layer.activation)(output)
         else:
             output = keras_layer(layer)(tensor)
-        tensor, shape = output, models.output_shape(layer, shape)
+        tensor, shape = output, output_shape(layer, shape)
     return tensor
 
 
-def keras_model(layers: tuple[models.LayerSpec, ...]) -> keras.Model:
+def keras_model(layers: tuple[LayerSpec, ...]) -> keras.Model:
     """The Keras model the layer specs describe, with Keras's default layer names: Sequential,
     or functional where residual blocks need keras.layers.Add."""
     keras.backend.clear_session()  # restarts the name counters: conv2d, conv2d_1, ...
-    inputs = keras.Input(shape=models.INPUT_SHAPE)
-    if any(isinstance(layer, models.Residual) for layer in layers):
-        return keras.Model(inputs, keras_graph(layers, inputs, models.INPUT_SHAPE))
+    inputs = keras.Input(shape=INPUT_SHAPE)
+    if any(isinstance(layer, Residual) for layer in layers):
+        return keras.Model(inputs, keras_graph(layers, inputs, INPUT_SHAPE))
     return keras.Sequential([inputs, *(keras_layer(layer) for layer in layers)])
 
 
@@ -198,7 +222,7 @@ def cnnlab_and_keras(
     """The architecture in both frameworks with the same (cnnlab-initialised) weights; the Keras
     model compiled with the config's Adam."""
     layers = layer_specs(name, dropout=dropout)
-    net = models.ConvNet(layers, models.INPUT_SHAPE)
+    net = models.ConvNet(layers, INPUT_SHAPE)
     models.initialise(net, torch.Generator().manual_seed(config.seed))
     net.to(getattr(torch, dtype))
     with floatx(dtype):
@@ -210,8 +234,8 @@ def cnnlab_and_keras(
 
 def random_batch(rng: np.random.Generator, size: int, dtype: str) -> tuple[np.ndarray, np.ndarray]:
     """Channels-last images in [0, 1) and labels."""
-    images = rng.random((size, *models.INPUT_SHAPE)).astype(dtype)
-    return images, rng.integers(0, models.NUM_CLASSES, size=size)
+    images = rng.random((size, *INPUT_SHAPE)).astype(dtype)
+    return images, rng.integers(0, NUM_CLASSES, size=size)
 
 
 def channels_first(images: np.ndarray) -> torch.Tensor:
@@ -257,7 +281,7 @@ def compile_like(model: keras.Model, config: RunConfig) -> None:
 @pytest.mark.parametrize("name", ARCHITECTURES)
 def test_summary_matches_keras(name):
     net, model = cnnlab_and_keras(name, "float32")
-    rows, total = models.architecture_summary(models.get_architecture(name))
+    rows, total = architecture_summary(get_architecture(name))
     assert [row.name for row in rows] == [layer.name for layer in model.layers]
     assert [row.kind for row in rows] == [type(layer).__name__ for layer in model.layers]
     assert [row.output_shape for row in rows] == [
@@ -271,7 +295,7 @@ def test_summary_matches_keras(name):
 def test_strong_nets_match_keras(name):
     """Summary (the frozen stem's weights are non-trainable) and the eval forward pass."""
     net, model = cnnlab_and_keras(name, "float64")
-    rows, total = models.architecture_summary(models.get_architecture(name))
+    rows, total = architecture_summary(get_architecture(name))
     assert [(row.name, row.kind) for row in rows] == [
         (layer.name, type(layer).__name__) for layer in model.layers
     ]
@@ -401,8 +425,8 @@ def test_fit_history_matches_keras():
     shuffle generator will draw."""
     count, split, batch_size = 50, 0.15, 16
     rng = np.random.default_rng(5)
-    labels = rng.integers(0, models.NUM_CLASSES, size=count)
-    images = rng.integers(0, 128, size=(count, *models.INPUT_SHAPE), dtype=np.uint8)
+    labels = rng.integers(0, NUM_CLASSES, size=count)
+    images = rng.integers(0, 128, size=(count, *INPUT_SHAPE), dtype=np.uint8)
     images[np.arange(count), :, :, labels % 3] += (labels * 12).astype(np.uint8)[:, None, None]
     train_part, validation_part = data_module.validation_split(np.arange(count), split)
     assert (len(train_part), len(validation_part)) == (42, 8)  # Keras floors 42.5
@@ -442,7 +466,7 @@ def test_fit_history_matches_keras():
 # --- the modern layers ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", [name for name in models.ACTIVATIONS if name != "softmax"])
+@pytest.mark.parametrize("name", [name for name in ACTIVATIONS if name != "softmax"])
 def test_activations_match_keras(name):
     values = np.random.default_rng(6).normal(scale=3, size=(5, 40))
     with floatx("float64"):
@@ -463,7 +487,7 @@ def test_batch_normalization_matches_keras(shape, options):
     """Outputs and moving statistics over training calls, then the eval output. Keras computes
     BatchNormalization in result_type(float64, "float32"), float32 by its JAX-like promotion, so
     float64 models agree to float32's rounding."""
-    spec = models.BatchNorm(**options)
+    spec = BatchNorm(**options)
     channels = shape[-1]
     ours = models.KerasBatchNorm(spec, channels).double()
     rng = np.random.default_rng(7)
@@ -552,15 +576,15 @@ MODERN_LAYERS = (
 
 
 def test_modern_layers_match_keras():
-    layers = models.parse_layers(MODERN_LAYERS)
-    net = models.ConvNet(layers, models.INPUT_SHAPE)
+    layers = parse_layers(MODERN_LAYERS)
+    net = models.ConvNet(layers, INPUT_SHAPE)
     models.initialise(net, torch.Generator().manual_seed(8))
     net.double()
     with floatx("float64"):
         model = keras_model(layers)
         compile_like(model, DEFAULT_CONFIG)
     copy_weights(net, model)
-    rows, total = models.architecture_summary(MODERN_LAYERS)
+    rows, total = architecture_summary(MODERN_LAYERS)
     assert [(row.name, row.kind) for row in rows] == [
         (layer.name, type(layer).__name__) for layer in model.layers
     ]
@@ -617,8 +641,8 @@ def test_he_initialisers_draw_from_kerass_distributions(init, keras_name):
     """Two samples of a (3, 3, 16, 64) kernel, ours and Keras's, from one distribution."""
     from scipy import stats
 
-    spec = models.Conv(64, (3, 3), init=init)
-    net = models.ConvNet([spec, models.Flatten(), models.Dense(10, "softmax")], (8, 8, 16))
+    spec = Conv(64, (3, 3), init=init)
+    net = models.ConvNet([spec, Flatten(), Dense(10, "softmax")], (8, 8, 16))
     models.initialise(net, torch.Generator().manual_seed(10))
     ours = net.layers[0].weight.detach().numpy().ravel()
     theirs = keras.ops.convert_to_numpy(

@@ -1,4 +1,4 @@
-"""Layer specs, the registry and the Keras semantics of the built networks."""
+"""The built networks (layer specs -> nn.Module) and their Keras semantics."""
 
 from __future__ import annotations
 
@@ -9,24 +9,35 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import assume, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import special
 from torch.utils.flop_counter import FlopCounterMode
 
 from cnnlab import models
 from cnnlab.errors import CnnlabError
+from cnnlab.layers import (
+    ACTIVATIONS,
+    ARCHITECTURES,
+    NUM_CLASSES,
+    BatchNorm,
+    Conv,
+    forward_flops,
+    get_architecture,
+    parse_layers,
+)
+from cnnlab.summary import architecture_summary, format_summary
 
 # Keras's model.summary() totals for the seed report's networks.
 KERAS_PARAMETERS = {"seed": 37_146, "seed-maxpool": 98_586, "seed-deep": 22_994}
 
 
-@pytest.mark.parametrize("name", sorted(models.ARCHITECTURES))
+@pytest.mark.parametrize("name", sorted(ARCHITECTURES))
 def test_every_registered_architecture_trains(name):
     model = models.build_model(name, generator=torch.Generator().manual_seed(0))
     images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     logits = model(images)
-    assert logits.shape == (3, models.NUM_CLASSES)
+    assert logits.shape == (3, NUM_CLASSES)
     assert torch.isfinite(logits).all()
     loss = torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 2]))
     penalty = model.penalty()
@@ -36,41 +47,19 @@ def test_every_registered_architecture_trains(name):
             assert parameter.grad is None, parameter_name
             continue
         assert parameter.grad is not None and torch.isfinite(parameter.grad).all(), parameter_name
-    rows, total = models.architecture_summary(models.get_architecture(name))
+    rows, total = architecture_summary(get_architecture(name))
     assert models.count_parameters(model) == total == sum(row.parameters for row in rows)
     if name in KERAS_PARAMETERS:
         assert total == KERAS_PARAMETERS[name]
 
 
-@pytest.mark.parametrize("name", sorted(models.ARCHITECTURES))
+@pytest.mark.parametrize("name", sorted(ARCHITECTURES))
 def test_forward_flops_agree_with_torchs_flop_counter(name):
     model = models.build_model(name, generator=torch.Generator().manual_seed(0)).eval()
     with FlopCounterMode(display=False) as counter:
         model(torch.rand(1, 3, 32, 32))
-    layers = models.parse_layers(models.get_architecture(name))
-    assert models.forward_flops(layers) == counter.get_total_flops() > 0
-
-
-def test_seed_summary_matches_the_report_table():
-    rows, _ = models.architecture_summary(models.get_architecture("seed"))
-    assert [(row.name, row.output_shape, row.parameters) for row in rows] == [
-        ("conv2d", (32, 32, 16), 448),
-        ("conv2d_1", (16, 16, 16), 2320),
-        ("conv2d_2", (16, 16, 32), 4640),
-        ("conv2d_3", (8, 8, 32), 9248),
-        ("dropout", (8, 8, 32), 0),
-        ("flatten", (2048,), 0),
-        ("dense", (10,), 20490),
-    ]
-    text = models.format_summary("seed", models.get_architecture("seed"))
-    assert "Total params: 37,146" in text and "(None, 16, 16, 16)" in text
-
-
-def test_unknown_architecture_lists_the_known_ones():
-    with pytest.raises(
-        CnnlabError, match="known: seed, seed-deep, seed-maxpool, strong-l, strong-m"
-    ):
-        models.get_architecture("resnet")
+    layers = parse_layers(get_architecture(name))
+    assert forward_flops(layers) == counter.get_total_flops() > 0
 
 
 HEAD = [{"type": "flatten"}, {"type": "dense", "units": 10, "activation": "softmax"}]
@@ -99,17 +88,6 @@ def test_invalid_layer_specs_name_the_layer_and_key(layers, message):
         models.build_model(layers)
     if layers:
         assert "layer" in str(error.value)
-
-
-def test_config_l1_overrides_every_dense_kernel():
-    class Config:
-        arch, layers, l1, l2 = "seed", None, 0.5, None
-
-    (dense,) = [layer for layer in models.resolve_layers(Config) if isinstance(layer, models.Dense)]
-    assert (dense.l1, dense.l2) == (0.5, 0.0)
-    Config.l1 = None
-    (dense,) = [layer for layer in models.resolve_layers(Config) if isinstance(layer, models.Dense)]
-    assert dense.l1 == 1e-4
 
 
 def test_glorot_uniform_kernels_and_zero_biases():
@@ -157,7 +135,7 @@ def tf_same_conv_reference(image, kernel, stride):
     seed=st.integers(0, 2**16),
 )
 def test_same_padding_matches_tensorflow(size, kernel, stride, seed):
-    spec = models.Conv(filters=2, kernel=(kernel, kernel), stride=(stride, stride), padding="same")
+    spec = Conv(filters=2, kernel=(kernel, kernel), stride=(stride, stride), padding="same")
     conv = models.KerasConv2d(spec, 3, (size, size)).double()
     rng = np.random.default_rng(seed)
     image = rng.normal(size=(3, size, size))
@@ -171,7 +149,7 @@ def test_same_padding_matches_tensorflow(size, kernel, stride, seed):
 
 
 def test_stride_2_same_padding_is_not_pytorchs_symmetric_padding():
-    spec = models.Conv(filters=1, kernel=(3, 3), stride=(2, 2), padding="same")
+    spec = Conv(filters=1, kernel=(3, 3), stride=(2, 2), padding="same")
     conv = models.KerasConv2d(spec, 1, (8, 8))
     image = torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     symmetric = torch.nn.functional.conv2d(image, conv.weight, conv.bias, stride=2, padding=1)
@@ -226,7 +204,7 @@ def test_dropout_masks_come_from_the_generator():
 
 
 def test_asymmetric_padding_gradients_are_exact():
-    spec = models.Conv(filters=2, kernel=(3, 3), stride=(2, 2), padding="same")
+    spec = Conv(filters=2, kernel=(3, 3), stride=(2, 2), padding="same")
     conv = models.KerasConv2d(spec, 2, (6, 6)).double()
     images = torch.rand(2, 2, 6, 6, dtype=torch.float64, requires_grad=True)
     assert conv.extra_padding == (0, 1, 0, 1)  # the case that goes through the custom pad
@@ -291,7 +269,7 @@ def test_the_seed_report_nets_are_unchanged(name):
     model = models.build_model(name, generator=torch.Generator().manual_seed(0))
     parameters = b"".join(p.detach().numpy().tobytes() for p in model.parameters())
     assert short_sha256(parameters) == weights
-    text = models.format_summary(name, models.get_architecture(name))
+    text = format_summary(name, get_architecture(name))
     assert short_sha256(text.encode()) == summary
     assert seeded_step(model).item() == pytest.approx(loss, rel=1e-6)
     first, last = model.layers[0].weight.grad, model.layers[-1].bias.grad
@@ -352,7 +330,7 @@ def reference_activation(name: str, values: np.ndarray) -> np.ndarray:
     return formulas[name](values)
 
 
-@pytest.mark.parametrize("name", [name for name in models.ACTIVATIONS if name != "softmax"])
+@pytest.mark.parametrize("name", [name for name in ACTIVATIONS if name != "softmax"])
 def test_activations_match_keras_formulas(name):
     values = np.random.default_rng(0).normal(scale=3, size=(4, 50))
     tensor = torch.from_numpy(values)
@@ -388,7 +366,7 @@ def keras_moving_statistics(batches, momentum, axes):
     ],
 )
 def test_batch_norm_is_keras_batch_normalization(shape, options):
-    spec = models.BatchNorm(**options)
+    spec = BatchNorm(**options)
     norm = models.KerasBatchNorm(spec, shape[1]).double()
     rng = np.random.default_rng(1)
     with torch.no_grad():
@@ -425,7 +403,7 @@ def test_batch_norm_is_keras_batch_normalization(shape, options):
 def test_batch_norm_is_not_torchs_moving_variance():
     """PyTorch moves its variance by the unbiased batch variance; Keras by the biased one."""
     batch = torch.randn(4, 2, 2, 2, generator=torch.Generator().manual_seed(0))
-    ours = models.KerasBatchNorm(models.BatchNorm(momentum=0.0), 2)
+    ours = models.KerasBatchNorm(BatchNorm(momentum=0.0), 2)
     theirs = torch.nn.BatchNorm2d(2, momentum=1.0)
     ours(batch)
     theirs(batch)
@@ -436,7 +414,7 @@ def test_batch_norm_is_not_torchs_moving_variance():
 
 def test_batch_norm_of_one_value_per_channel_is_kerass():
     """F.batch_norm refuses it; Keras's batch variance is 0, so the output is beta."""
-    norm = models.KerasBatchNorm(models.BatchNorm(momentum=0.5), 3)
+    norm = models.KerasBatchNorm(BatchNorm(momentum=0.5), 3)
     with torch.no_grad():
         norm.bias.copy_(torch.tensor([1.0, 2.0, 3.0]))
     features = torch.tensor([[4.0, -2.0, 0.5]], requires_grad=True)
@@ -449,8 +427,8 @@ def test_batch_norm_of_one_value_per_channel_is_kerass():
 
 
 def test_batch_norm_under_bfloat16_autocast_and_channels_last():
-    conv = models.KerasConv2d(models.Conv(8, (3, 3), padding="same", use_bias=False), 3, (6, 6))
-    norm = models.KerasBatchNorm(models.BatchNorm(momentum=0.0), 8)
+    conv = models.KerasConv2d(Conv(8, (3, 3), padding="same", use_bias=False), 3, (6, 6))
+    norm = models.KerasBatchNorm(BatchNorm(momentum=0.0), 8)
     images = torch.randn(5, 3, 6, 6, generator=torch.Generator().manual_seed(0))
     images = images.contiguous(memory_format=torch.channels_last)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -479,7 +457,7 @@ def test_average_and_global_pools_match_torchs():
     model = models.build_model([average, *HEAD], input_shape=(7, 9, 3))
     assert torch.equal(model.layers[0](images), torch.nn.AvgPool2d((3, 2), (2, 3))(images))
     # 'valid' padding: (7 - 3)//2 + 1 rows, (9 - 2)//3 + 1 columns.
-    assert models.architecture_summary([average, *HEAD], (7, 9, 3))[0][0].output_shape == (3, 3, 3)
+    assert architecture_summary([average, *HEAD], (7, 9, 3))[0][0].output_shape == (3, 3, 3)
     dense = HEAD[1]
     global_average, global_max = (
         models.build_model([{"type": kind}, dense], input_shape=(7, 9, 3)).layers[0]
@@ -558,171 +536,6 @@ def test_residual_identity_shortcut_adds_the_input():
         ours = residual(torch.from_numpy(image)[None])[0].numpy()
     branch = conv_reference(image, *numpy_weights(residual.layers[0]), 1, "same")
     np.testing.assert_allclose(ours, branch + image, rtol=1e-10)
-
-
-# --- parsing the new vocabulary ---------------------------------------------------------------
-
-# A valid table of each new type (or of a type with new keys) and, per key, whether a value is
-# valid: written out here, apart from models.py's own rules.
-VALID_TABLES = {
-    "conv": {"type": "conv", "filters": 4, "kernel": 3, "padding": "same"},
-    "dense": {"type": "dense", "units": 5},
-    "batchnorm": {"type": "batchnorm"},
-    "activation": {"type": "activation", "activation": "gelu"},
-    "residual": {"type": "residual", "layers": [{"type": "batchnorm"}]},
-}
-
-
-def is_number(value):
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-ACCEPTS = {
-    ("conv", "use_bias"): lambda v: isinstance(v, bool),
-    ("conv", "trainable"): lambda v: isinstance(v, bool),
-    ("conv", "l1"): lambda v: is_number(v) and v >= 0,
-    ("conv", "l2"): lambda v: is_number(v) and v >= 0,
-    ("conv", "init"): lambda v: v in ("glorot_uniform", "he_normal", "he_uniform"),
-    ("conv", "activation"): lambda v: v in models.ACTIVATIONS,
-    ("dense", "use_bias"): lambda v: isinstance(v, bool),
-    ("dense", "trainable"): lambda v: isinstance(v, bool),
-    ("dense", "init"): lambda v: v in ("glorot_uniform", "he_normal", "he_uniform"),
-    ("batchnorm", "momentum"): lambda v: is_number(v) and 0 <= v <= 1,
-    ("batchnorm", "epsilon"): lambda v: is_number(v) and 0 < v < math.inf,
-    ("batchnorm", "center"): lambda v: isinstance(v, bool),
-    ("batchnorm", "scale"): lambda v: isinstance(v, bool),
-    ("activation", "activation"): lambda v: v in models.ACTIVATIONS,
-    ("residual", "activation"): lambda v: v in models.ACTIVATIONS,
-    ("residual", "layers"): lambda v: False,  # no drawn value is a list of layer tables
-    ("residual", "shortcut"): lambda v: v == [],  # an explicit identity
-}
-VALUES = st.one_of(
-    st.booleans(),
-    st.integers(-3, 3),
-    st.floats(allow_nan=True, allow_infinity=True),
-    st.sampled_from(["relu", "he_normal", "whiten", "softmax", "yes", "", "1e-3"]),
-    st.lists(st.integers(-1, 2), max_size=3),
-    st.none(),
-)
-
-
-@settings(max_examples=150, deadline=None)
-@given(case=st.sampled_from(sorted(ACCEPTS)), value=VALUES, nested=st.booleans())
-def test_a_bad_value_is_one_line_naming_the_layer_and_key(case, value, nested):
-    kind, key = case
-    assume(not ACCEPTS[case](value) and value != "softmax")  # softmax: a check of its own
-    if kind == "dense":
-        nested = False  # a dense layer never stands inside a block
-    table = {**VALID_TABLES[kind], key: value}
-    layers = [{"type": "batchnorm"}, table, *HEAD]
-    where = f"layer 1 ({kind})"
-    if nested:
-        layers[1] = {"type": "residual", "layers": [table]}
-        where = f"layer 1 (residual): layers: layer 0 ({kind})"
-    with pytest.raises(CnnlabError) as error:
-        models.parse_layers(layers)
-    message = str(error.value)
-    assert "\n" not in message
-    assert message.startswith(where), message
-    assert f"{key}:" in message, message
-
-
-@pytest.mark.parametrize(
-    ("layers", "message"),
-    [
-        (
-            [
-                {"type": "conv", "filters": 4, "kernel": 2},
-                {**VALID_TABLES["conv"], "init": "whiten"},
-            ],
-            r"layer 1 \(conv\): init: 'whiten' is only for the net's first layer",
-        ),
-        (
-            [{"type": "residual", "layers": [{**VALID_TABLES["conv"], "init": "whiten"}]}],
-            r"layers: layer 0 \(conv\): init: 'whiten' is only",
-        ),
-        (
-            [{"type": "conv", "filters": 7, "kernel": 2, "init": "whiten"}],
-            r"layer 0 \(conv\): filters: init 'whiten' needs an even count.*got 7",
-        ),
-        (
-            [{"type": "conv", "filters": 26, "kernel": 2, "init": "whiten"}],
-            r"filters: init 'whiten' allows at most 2·2·2·3 = 24.*got 26",
-        ),
-        (
-            [{"type": "dense", "units": 4, "init": "whiten"}],
-            r"layer 0 \(dense\): init: expected one of glorot_uniform, he_normal, he_uniform",
-        ),
-        (
-            [{"type": "residual", "layers": [{"type": "flatten"}]}],
-            r"layer 0 \(residual\): layers: layer 0 \(flatten\): not allowed inside a residual",
-        ),
-        (
-            [{"type": "residual", "layers": [{"type": "globalavgpool"}]}],
-            r"layers: layer 0 \(globalavgpool\): not allowed inside",
-        ),
-        (
-            [{"type": "residual", "layers": [models.Dense(4)]}],
-            r"layers: layer 0 \(dense\): not allowed inside",
-        ),
-        ([{"type": "residual", "layers": []}], r"layers: a residual block needs at least one"),
-        (
-            [{"type": "residual", "layers": {"type": "conv"}}],
-            r"layer 0 \(residual\): layers: expected a list of layer tables",
-        ),
-        (
-            [
-                {
-                    "type": "residual",
-                    "layers": [{"type": "conv", "filters": 4, "kernel": 3, "padding": "same"}],
-                    "shortcut": [{"type": "conv", "filters": 4, "kernel": 3}],
-                }
-            ],
-            r"layer 0 \(residual\): shortcut: gives \(30, 30, 4\) but the layers give"
-            r" \(32, 32, 4\)",
-        ),
-        (
-            [{"type": "residual", "layers": [{"type": "conv", "filters": 4, "kernel": 3}]}],
-            r"the layers map \(32, 32, 3\) to \(30, 30, 4\) and no 1x1 projection stride maps"
-            r" 32x32 onto 30x30",
-        ),
-        (
-            [{"type": "residual", "layers": [{"type": "conv", "filters": 4, "kernel": 33}]}],
-            r"layer 0 \(residual\): layers: layer 0 \(conv\): Conv2D: window 33x33 is larger",
-        ),
-        (
-            [
-                {"type": "flatten"},
-                {"type": "residual", "layers": [{"type": "batchnorm"}]},
-            ],
-            r"layer 1 \(residual\): a residual block needs an image input",
-        ),
-        (
-            [{"type": "flatten"}, {"type": "globalmaxpool"}],
-            r"layer 1 \(globalmaxpool\): GlobalMaxPooling2D needs an image input",
-        ),
-        (
-            [{"type": "activation", "activation": "softmax"}],
-            r"layer 0: softmax is only for the last layer",
-        ),
-        (
-            [
-                {
-                    "type": "residual",
-                    "layers": [{"type": "activation", "activation": "softmax"}],
-                }
-            ],
-            r"layers: layer 0 \(activation\): softmax is only for the last layer",
-        ),
-        ([{"type": "activation"}], r"layer 0 \(activation\): missing key 'activation'"),
-        ([{"type": "batchnorm", "axis": 1}], r"layer 0 \(batchnorm\): unknown key 'axis'"),
-        ([{"type": "globalavgpool", "size": 2}], r"unknown key 'size'; valid keys: none besides"),
-    ],
-)
-def test_invalid_modern_specs_are_one_line_naming_layer_and_key(layers, message):
-    with pytest.raises(CnnlabError, match=message) as error:
-        models.parse_layers([*layers, *HEAD])
-    assert "\n" not in str(error.value)
 
 
 # --- initialisers, frozen layers, biases, counts ----------------------------------------------
@@ -825,7 +638,7 @@ def test_frozen_and_biasless_layers_count_as_keras_counts_them():
         0.25 * conv.weight.abs().sum() + 0.5 * conv.weight.square().sum()
     ) + 0.125 * dense.weight.abs().sum()
     assert model.penalty().item() == pytest.approx(expected.item(), rel=1e-6)
-    rows, total = models.architecture_summary(layers, (6, 6, 3))
+    rows, total = architecture_summary(layers, (6, 6, 3))
     conv_frozen, norm_count = 3 * 3 * 3 * 4 + 4, 3 * 4  # gamma, moving mean, moving variance
     assert [(row.parameters, row.non_trainable) for row in rows] == [
         (conv_frozen, conv_frozen),
@@ -835,23 +648,12 @@ def test_frozen_and_biasless_layers_count_as_keras_counts_them():
         (2 * 2 * 2 * 10, 0),
     ]
     assert models.count_parameters(model) == total == conv_frozen + norm_count + 72 + 80
-    text = models.format_summary("frozen", layers, (6, 6, 3))
+    text = format_summary("frozen", layers, (6, 6, 3))
     frozen_count = conv_frozen + 8
     assert text.endswith(
         f"Total params: {total}\nTrainable params: {total - frozen_count}"
         f"\nNon-trainable params: {frozen_count}"
     )
-
-
-def test_tiny_modern_summary_is_kerass():
-    """Keras's counts: two batch norms' moving statistics are the 16 non-trainable parameters
-    (tests/test_keras.py holds the rows and totals to Keras's)."""
-    text = models.format_summary("tiny-modern", models.get_architecture("tiny-modern"))
-    header = text.splitlines()[2]
-    assert header.split() == ["Layer", "(type)", "Output", "Shape", "Param", "#", "Connected", "to"]
-    assert "input_layer (InputLayer)" in text
-    assert "add (Add)" in text and "activation_1[0][0], activation[0][0]" in text
-    assert text.endswith("Total params: 710\nTrainable params: 694\nNon-trainable params: 16")
 
 
 def test_dropout_generator_reaches_nested_dropouts():
@@ -895,20 +697,8 @@ def test_forward_flops_count_nested_blocks_and_shortcuts():
     model = models.build_model(layers, input_shape=(8, 8, 3)).eval()
     with FlopCounterMode(display=False) as counter:
         model(torch.rand(1, 3, 8, 8))
-    flops = models.forward_flops(models.parse_layers(layers, (8, 8, 3)), (8, 8, 3))
+    flops = forward_flops(parse_layers(layers, (8, 8, 3)), (8, 8, 3))
     assert flops == counter.get_total_flops() == 2 * (16 * 4 * 27 + 16 * 4 * 4 + 16 * 4 * 3 + 40)
-
-
-def test_config_l1_override_keeps_the_dense_layers_other_keys():
-    class Config:
-        arch, l1, l2 = "inline", 0.5, None
-        layers = (
-            {"type": "globalavgpool"},
-            {"type": "dense", "units": 10, "activation": "softmax", "use_bias": False},
-        )
-
-    dense = models.resolve_layers(Config)[-1]
-    assert dense == models.Dense(10, "softmax", l1=0.5, use_bias=False)
 
 
 # --- patch whitening --------------------------------------------------------------------------
@@ -1004,34 +794,6 @@ def test_rescaling_is_x_times_scale_plus_offset_and_can_end_before_a_softmax():
     conv, dense = model.layers[1], model.layers[3]
     expected = dense(conv(images * 2.0 - 1.0).amax((2, 3))) / 9
     torch.testing.assert_close(model(images), expected)  # logits: the softmax is the loss's
-    rows, total = models.architecture_summary(layers)
+    rows, total = architecture_summary(layers)
     assert [row.kind for row in rows][-2:] == ["Rescaling", "Activation"]
     assert total == (3 * 3 * 3 + 1) * 4 + 4 * 10
-
-
-@pytest.mark.parametrize(
-    ("last", "message"),
-    [
-        ({"type": "rescaling"}, "missing key 'scale'"),
-        ({"type": "rescaling", "scale": float("nan")}, "scale: expected a finite number"),
-        ({"type": "activation", "activation": "relu"}, "a classifier ends with a softmax"),
-    ],
-)
-def test_bad_endings_and_rescalings_are_one_line(last, message):
-    layers = [{"type": "flatten"}, {"type": "dense", "units": 10}, last]
-    with pytest.raises(CnnlabError, match=message) as error:
-        models.parse_layers(layers)
-    assert "\n" not in str(error.value)
-
-
-def test_a_softmax_activation_needs_one_feature_per_class():
-    layers = [
-        {"type": "flatten"},
-        {"type": "dense", "units": 7},
-        {"type": "activation", "activation": "softmax"},
-    ]
-    with pytest.raises(CnnlabError, match=r"layer 2: the softmax needs 10 features .*, got 7"):
-        models.parse_layers(layers)
-    early = [{"type": "activation", "activation": "softmax"}, *layers[:2], layers[2]]
-    with pytest.raises(CnnlabError, match="softmax is only for the last layer"):
-        models.parse_layers(early, num_classes=7)

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnlab import models, train
+from cnnlab import layers, models, train
 from cnnlab.config import DEFAULTS, MODERN_FIELDS, RunConfig
 from cnnlab.data import Cifar10
 from cnnlab.metrics import Evaluation, RunResult
@@ -42,7 +42,7 @@ CAPTURE_LOCK = threading.Lock()
 MEMBER_FIELDS = ("seed", "l1", "l2")
 # What a GroupNet can train: the seed report's layers and Keras's plain loop (Adam, constant
 # rate). A run with anything more (batch norm, a schedule, augmentation, ...) trains alone.
-GROUP_LAYERS = (models.Conv, models.MaxPool, models.Dropout, models.Flatten, models.Dense)
+GROUP_LAYERS = (layers.Conv, layers.MaxPool, layers.Dropout, layers.Flatten, layers.Dense)
 GROUP_ACTIVATIONS = ("linear", "relu", "tanh", "sigmoid", "softmax")
 GROUP_OPTIMIZERS = ("adam", "torch_adam")
 
@@ -59,18 +59,18 @@ def groupable(config: RunConfig) -> bool:
         getattr(config, name) != DEFAULTS[name] for name in MODERN_FIELDS
     ):
         return False
-    return all(_seed_kind(layer) for layer in models.resolve_layers(config))
+    return all(_seed_kind(layer) for layer in layers.resolve_layers(config))
 
 
-def _seed_kind(layer: models.LayerSpec) -> bool:
+def _seed_kind(layer: layers.LayerSpec) -> bool:
     """A layer of the seed report's vocabulary, with none of the later keys set."""
-    if isinstance(layer, models.Conv):
-        plain = models.Conv(layer.filters, layer.kernel, layer.stride, layer.padding)
+    if isinstance(layer, layers.Conv):
+        plain = layers.Conv(layer.filters, layer.kernel, layer.stride, layer.padding)
         return layer == dataclasses.replace(plain, activation=layer.activation) and (
             layer.activation in GROUP_ACTIVATIONS
         )
-    if isinstance(layer, models.Dense):
-        plain = models.Dense(layer.units, layer.activation, layer.l1, layer.l2)
+    if isinstance(layer, layers.Dense):
+        plain = layers.Dense(layer.units, layer.activation, layer.l1, layer.l2)
         return layer == plain and layer.activation in GROUP_ACTIVATIONS
     return isinstance(layer, GROUP_LAYERS)
 
@@ -161,10 +161,10 @@ class GroupNet(nn.Module):
         """A lone member's activation shape at each dropout layer, for a batch of `batch`."""
         shapes, shape = [], self.input_shape
         for spec in self.specs:
-            if isinstance(spec, models.Dropout) and spec.rate > 0:
+            if isinstance(spec, layers.Dropout) and spec.rate > 0:
                 lone = (batch, shape[2], shape[0], shape[1]) if len(shape) == 3 else (batch, *shape)
                 shapes.append(lone)
-            shape = models.output_shape(spec, shape)
+            shape = layers.output_shape(spec, shape)
         return shapes
 
     def mask_buffers(self, batch: int, device: torch.device) -> list[torch.Tensor]:
@@ -405,7 +405,7 @@ class GroupMembers:
                 member.seed, target
             )
             net = models.ConvNet(
-                models.resolve_layers(member, on_device.input_shape, on_device.num_classes),
+                layers.resolve_layers(member, on_device.input_shape, on_device.num_classes),
                 on_device.input_shape,
             )
             models.initialise(net, init_generator)

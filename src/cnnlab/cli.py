@@ -111,16 +111,19 @@ EXIT_DIVERGED = 3  # `cnnlab train`: the loss became NaN or infinite; the run fo
 
 
 def _cmd_archs(args: argparse.Namespace) -> int:
-    from cnnlab import models
+    from cnnlab.layers import ARCHITECTURES, DESCRIPTIONS
+    from cnnlab.summary import architecture_summary
 
-    for name, layers in models.ARCHITECTURES.items():
-        parameters = models.architecture_summary(layers)[1]
-        print(f"{name:<14}{parameters:>8,} params  {models.DESCRIPTIONS.get(name, '')}")
+    for name, layers in ARCHITECTURES.items():
+        parameters = architecture_summary(layers)[1]
+        print(f"{name:<14}{parameters:>8,} params  {DESCRIPTIONS.get(name, '')}")
     return 0
 
 
 def _cmd_summary(args: argparse.Namespace) -> int:
-    from cnnlab import config, models
+    from cnnlab import config
+    from cnnlab.layers import get_architecture
+    from cnnlab.summary import format_summary
 
     shape_and_classes = config.DATASET_SHAPES[args.dataset]
     if shape_and_classes is None:
@@ -128,9 +131,9 @@ def _cmd_summary(args: argparse.Namespace) -> int:
 
         data = load_dataset(args.dataset, args.data, **_load_options(args))
         shape_and_classes = (data.input_shape, data.num_classes)
-    layers = models.get_architecture(args.arch)
+    layers = get_architecture(args.arch)
     try:
-        print(models.format_summary(args.arch, layers, *shape_and_classes))
+        print(format_summary(args.arch, layers, *shape_and_classes))
     except CnnlabError as error:
         shape, classes = shape_and_classes
         raise CnnlabError(
@@ -152,14 +155,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
     import contextlib
     import time
 
-    from cnnlab import models, runfolder, train
+    from cnnlab import runfolder, train
     from cnnlab.data import load_dataset
+    from cnnlab.layers import resolve_layers
 
     config = _run_config(args)
     # Mistakes in the arguments surface before the data is decoded.
     train.resolve_device(args.device)
     if config.dataset != "images":  # an image folder's shape is known once it is read
-        models.resolve_layers(config)
+        resolve_layers(config)
     data = load_dataset(config.dataset, args.data, **_load_options(args))
     train.subset_indices(config, data)  # the config against the data, before training
     out = args.out or (

@@ -85,7 +85,7 @@ class RunConfig:
 class Rule:
     """What one run field accepts: its type, a check of the value, and a line of help."""
 
-    kind: type  # int, float, str or bool (layers have rules of their own, in models.py)
+    kind: type  # int, float, str or bool (layers have rules of their own, in layers.py)
     check: Callable[[Any], str | None]  # the reason a value is invalid, or None
     help: str
     choices: tuple[str, ...] = ()

@@ -24,6 +24,7 @@ from cnnlab import atomic, models, plots, train
 from cnnlab.config import DEFAULTS, ConfigError, RunConfig, check_value
 from cnnlab.data import Cifar10, stratified_subset
 from cnnlab.errors import CnnlabError
+from cnnlab.layers import get_architecture
 from cnnlab.metrics import HISTORY_KEYS, Evaluation, RunResult
 
 
@@ -31,7 +32,7 @@ def resolved_config(config: RunConfig) -> dict[str, Any]:
     """The config as JSON-ready data, with the registry's layers written out."""
     resolved = dataclasses.asdict(config)
     if config.layers is None:
-        resolved["layers"] = [dict(layer) for layer in models.get_architecture(config.arch)]
+        resolved["layers"] = [dict(layer) for layer in get_architecture(config.arch)]
     else:
         resolved["layers"] = [dict(layer) for layer in config.layers]
     return resolved

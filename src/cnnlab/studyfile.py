@@ -15,7 +15,7 @@ A study file declares:
                        first
 
 Run fields are checked by the config's own rules (`cnnlab.config.check_value`). This module
-imports no torch: only checking that an architecture builds loads the model code.
+imports no torch: architectures are checked by `cnnlab.layers`, which needs none.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from typing import Any
 
 from cnnlab.config import ConfigError, RunConfig, check_value
 from cnnlab.errors import CnnlabError
+from cnnlab.layers import get_architecture, resolve_layers
 
 KINDS = ("size", "l1", "pooling", "depth")  # what the report draws for an experiment
 REFERENCE_METRICS = ("fit_seconds", "parameters", "train_accuracy", "test_accuracy")
@@ -389,10 +390,8 @@ class _Parser:
 
 def _check_registered(parser: _Parser, arch: str, keys: tuple[str, ...]) -> None:
     """An architecture that is neither defined in the file nor registered is an error."""
-    from cnnlab import models
-
     try:
-        models.get_architecture(arch)
+        get_architecture(arch)
     except CnnlabError as error:
         parser.fail(keys, f"{error} (or define it under [architectures.{arch}])")
 
@@ -400,11 +399,9 @@ def _check_registered(parser: _Parser, arch: str, keys: tuple[str, ...]) -> None
 def _check_builds(
     parser: _Parser, name: str, layers: tuple[dict[str, Any], ...], keys: tuple[str, ...]
 ) -> None:
-    """An inline architecture must build into a network on 32x32x3 images."""
-    from cnnlab import models
-
+    """An inline architecture must build into a network on 32x32x3 images: its specs must parse."""
     try:
-        models.build_model(RunConfig(arch=name, layers=layers))
+        resolve_layers(RunConfig(arch=name, layers=layers))
     except CnnlabError as error:
         parser.fail(keys, f"does not build: {error}")
     except (TypeError, ValueError, KeyError, RuntimeError) as error:

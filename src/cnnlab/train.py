@@ -33,6 +33,7 @@ from cnnlab import augment, metrics, models, optim
 from cnnlab.config import RunConfig, check_config
 from cnnlab.data import Cifar10, stratified_subset, validation_split
 from cnnlab.errors import CnnlabError
+from cnnlab.layers import LayerSpec, dataset_input, forward_flops, resolve_layers
 from cnnlab.metrics import Evaluation, RunResult
 
 EVAL_BATCH_SIZE = 1000  # images per forward pass when evaluating (no gradients kept)
@@ -265,9 +266,9 @@ def data_input(data: Cifar10) -> tuple[tuple[int, int, int], int]:
     return tuple(data.train_images.shape[1:]), len(data.class_names)
 
 
-def layers_for(config: RunConfig, data: Cifar10) -> tuple[models.LayerSpec, ...]:
+def layers_for(config: RunConfig, data: Cifar10) -> tuple[LayerSpec, ...]:
     """The config's layers, checked against the dataset's images and classes."""
-    return models.resolve_layers(config, *data_input(data))
+    return resolve_layers(config, *data_input(data))
 
 
 def subset_indices(config: RunConfig, data: Cifar10) -> tuple[np.ndarray, np.ndarray]:
@@ -299,8 +300,8 @@ def run_flops(
 
     `input_shape` defaults to the config's named dataset's (an estimate for "images").
     """
-    input_shape = input_shape or models.dataset_input(config)[0]
-    forward = models.forward_flops(models.resolve_layers(config, input_shape), input_shape)
+    input_shape = input_shape or dataset_input(config)[0]
+    forward = forward_flops(resolve_layers(config, input_shape), input_shape)
     trained = int(config.train_size * (1 - config.validation_split))  # Keras floors
     validation = config.train_size - trained
     views = augment.TTA_VIEWS[config.tta]  # forward passes per validation or test image
@@ -344,7 +345,7 @@ class OnDevice:
     labels: torch.Tensor  # int64
     input_shape: tuple[int, int, int]  # one image: height, width, channels
     num_classes: int
-    layers: tuple[models.LayerSpec, ...]  # the config's net, checked against the dataset
+    layers: tuple[LayerSpec, ...]  # the config's net, checked against the dataset
 
 
 def to_device(config: RunConfig, data: Cifar10, device: torch.device) -> OnDevice:
