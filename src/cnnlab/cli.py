@@ -114,9 +114,12 @@ def _cmd_archs(args: argparse.Namespace) -> int:
     from cnnlab.layers import ARCHITECTURES, DESCRIPTIONS
     from cnnlab.summary import architecture_summary
 
-    for name, layers in ARCHITECTURES.items():
-        parameters = architecture_summary(layers)[1]
-        print(f"{name:<14}{parameters:>8,} params  {DESCRIPTIONS.get(name, '')}")
+    counts = {
+        name: f"{architecture_summary(layers)[1]:,}" for name, layers in ARCHITECTURES.items()
+    }
+    width = max(map(len, counts.values()))
+    for name, count in counts.items():
+        print(f"{name:<14}{count:>{width}} params  {DESCRIPTIONS.get(name, '')}")
     return 0
 
 

@@ -44,6 +44,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -104,45 +105,48 @@ class KerasAdam(torch.optim.Optimizer):
                 loss = closure()
         for group in self.param_groups:
             # alpha_t is computed in each parameter's dtype (Keras casts to the variable's).
-            buckets: dict[tuple[torch.device, torch.dtype], tuple[list[torch.Tensor], ...]] = {}
-            for param in group["params"]:
-                if param.grad is None:
-                    continue
-                if param.grad.is_sparse:
-                    raise RuntimeError("KerasAdam does not support sparse gradients")
-                state = self.state[param]
-                if not state:
-                    state["step"] = torch.zeros((), dtype=torch.float32, device=param.device)
-                    state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(
-                        param, memory_format=torch.preserve_format
-                    )
-                elif state["step"].device != param.device:
-                    # A state_dict loaded without capturable keeps the step where it was saved.
-                    state["step"] = state["step"].to(param.device, torch.float32)
-                lists = buckets.setdefault((param.device, param.dtype), ([], [], [], [], []))
-                for items, value in zip(
-                    lists,
-                    (param, param.grad, state["exp_avg"], state["exp_avg_sq"], state["step"]),
-                    strict=True,
-                ):
-                    items.append(value)
             beta_1, beta_2 = group["betas"]
-            for params, grads, exp_avgs, exp_avg_sqs, steps in buckets.values():
+            for params in _buckets(group, "KerasAdam"):
+                states = [self._state(param) for param in params]
                 if group["weight_decay"]:
                     decay_weights(params, weight_decay=group["weight_decay"], lr=group["lr"])
                 keras_adam_update(
                     params,
-                    grads,
-                    exp_avgs,
-                    exp_avg_sqs,
-                    steps,
+                    [param.grad for param in params],
+                    [state["exp_avg"] for state in states],
+                    [state["exp_avg_sq"] for state in states],
+                    [state["step"] for state in states],
                     lr=group["lr"],
                     beta_1=beta_1,
                     beta_2=beta_2,
                     eps=group["eps"],
                 )
         return loss
+
+    def _state(self, param: torch.Tensor) -> dict[str, torch.Tensor]:
+        """A parameter's moments and step count, created at its first step."""
+        state = self.state[param]
+        if not state:
+            state["step"] = torch.zeros((), dtype=torch.float32, device=param.device)
+            state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+        elif state["step"].device != param.device:
+            # A state_dict loaded without capturable keeps the step where it was saved.
+            state["step"] = state["step"].to(param.device, torch.float32)
+        return state
+
+
+def _buckets(group: dict[str, Any], optimizer: str) -> list[list[torch.Tensor]]:
+    """A param group's parameters that have a gradient, one list per (device, dtype): the
+    foreach ops take tensors of one device and dtype."""
+    buckets: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+    for param in group["params"]:
+        if param.grad is None:
+            continue
+        if param.grad.is_sparse:
+            raise RuntimeError(f"{optimizer} does not support sparse gradients")
+        buckets.setdefault((param.device, param.dtype), []).append(param)
+    return list(buckets.values())
 
 
 def keras_adam_update(
@@ -218,37 +222,26 @@ class KerasSGD(torch.optim.Optimizer):
                 loss = closure()
         for group in self.param_groups:
             momentum = group["momentum"]
-            buckets: dict[tuple[torch.device, torch.dtype], tuple[list[torch.Tensor], ...]] = {}
-            for param in group["params"]:
-                if param.grad is None:
-                    continue
-                if param.grad.is_sparse:
-                    raise RuntimeError("KerasSGD does not support sparse gradients")
-                params, grads, buffers = buckets.setdefault(
-                    (param.device, param.dtype), ([], [], [])
-                )
-                params.append(param)
-                grads.append(param.grad)
-                if momentum != 0:
-                    state = self.state[param]
-                    if "momentum_buffer" not in state:
-                        # Keras starts its momentums at zero (PyTorch's at the first gradient).
-                        state["momentum_buffer"] = torch.zeros_like(
-                            param, memory_format=torch.preserve_format
-                        )
-                    buffers.append(state["momentum_buffer"])
-            for params, grads, buffers in buckets.values():
+            for params in _buckets(group, "KerasSGD"):
+                buffers = [] if momentum == 0 else [self._buffer(param) for param in params]
                 if group["weight_decay"]:
                     decay_weights(params, weight_decay=group["weight_decay"], lr=group["lr"])
                 keras_sgd_update(
                     params,
-                    grads,
+                    [param.grad for param in params],
                     buffers,
                     lr=group["lr"],
                     momentum=momentum,
                     nesterov=group["nesterov"],
                 )
         return loss
+
+    def _buffer(self, param: torch.Tensor) -> torch.Tensor:
+        """A parameter's momentum, zero at its first step (Keras's; PyTorch's starts at g)."""
+        state = self.state[param]
+        if "momentum_buffer" not in state:
+            state["momentum_buffer"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+        return state["momentum_buffer"]
 
 
 def keras_sgd_update(
