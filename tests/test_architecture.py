@@ -93,7 +93,9 @@ with Store.open({str(out)!r}, create=False) as store:
 assert main(["results", {str(out)!r}, "--format", "csv"]) == 0
 assert main(["compare", "--study", {str(out)!r}, first, second]) == 0
 assert main(["report", {str(out)!r}]) == 0
-import cnnlab, cnnlab.conv, cnnlab.studyfile, cnnlab.config
+assert main(["archs"]) == 0 and main(["summary", "strong-l"]) == 0
+assert main(["study", {str(path)!r}, "--dry-run"]) == 0
+import cnnlab, cnnlab.conv, cnnlab.studyfile, cnnlab.config, cnnlab.layers, cnnlab.summary
 loaded = sorted(name for name in sys.modules if name == "torch" or name.startswith("torch."))
 print("torch modules:", loaded)
 """
