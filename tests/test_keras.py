@@ -26,6 +26,8 @@ import torch.nn.functional as F
 
 from cnnlab import data as data_module
 from cnnlab import models, train
+from cnnlab.architectures import ARCHITECTURES as REGISTRY
+from cnnlab.architectures import get_architecture
 from cnnlab.config import RunConfig
 from cnnlab.layers import (
     ACTIVATIONS,
@@ -45,12 +47,10 @@ from cnnlab.layers import (
     Rescaling,
     Residual,
     flat_specs,
-    get_architecture,
     output_shape,
     parse_layers,
     shortcut_specs,
 )
-from cnnlab.layers import ARCHITECTURES as REGISTRY
 from cnnlab.optim import KerasAdam, make_optimizer
 from cnnlab.summary import architecture_summary
 

@@ -10,8 +10,9 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from cnnlab.architectures import get_architecture
 from cnnlab.errors import CnnlabError
-from cnnlab.layers import ACTIVATIONS, Dense, get_architecture, parse_layers, resolve_layers
+from cnnlab.layers import ACTIVATIONS, Dense, parse_layers, resolve_layers
 
 HEAD = [{"type": "flatten"}, {"type": "dense", "units": 10, "activation": "softmax"}]
 
@@ -19,8 +20,8 @@ HEAD = [{"type": "flatten"}, {"type": "dense", "units": 10, "activation": "softm
 def test_the_layer_specs_load_no_torch():
     script = """
 import sys
-from cnnlab import layers
-specs = layers.parse_layers(layers.get_architecture("tiny-modern"))
+from cnnlab import architectures, layers
+specs = layers.parse_layers(architectures.get_architecture("tiny-modern"))
 print(layers.forward_flops(specs) > 0, [name for name in sys.modules if name.startswith("torch")])
 """
     done = subprocess.run(

@@ -15,15 +15,14 @@ from scipy import special
 from torch.utils.flop_counter import FlopCounterMode
 
 from cnnlab import models
+from cnnlab.architectures import ARCHITECTURES, get_architecture
 from cnnlab.errors import CnnlabError
 from cnnlab.layers import (
     ACTIVATIONS,
-    ARCHITECTURES,
     NUM_CLASSES,
     BatchNorm,
     Conv,
     forward_flops,
-    get_architecture,
     parse_layers,
 )
 from cnnlab.summary import architecture_summary, format_summary

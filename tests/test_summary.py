@@ -5,15 +5,15 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from cnnlab.layers import get_architecture
+from cnnlab.architectures import get_architecture
 from cnnlab.summary import architecture_summary, format_summary
 
 
 def test_the_summary_loads_no_torch():
     script = """
 import sys
-from cnnlab import layers, summary
-print(summary.architecture_summary(layers.get_architecture("strong-s"))[1] > 0)
+from cnnlab import architectures, summary
+print(summary.architecture_summary(architectures.get_architecture("strong-s"))[1] > 0)
 print([name for name in sys.modules if name.startswith("torch")])
 """
     done = subprocess.run(

@@ -25,7 +25,7 @@ _API = {
     "train_all": "cnnlab.execute",
     "load_cifar10": "cnnlab.data",
     "build_model": "cnnlab.models",
-    "ARCHITECTURES": "cnnlab.layers",
+    "ARCHITECTURES": "cnnlab.architectures",
     "save_run": "cnnlab.runfolder",
     "load_run": "cnnlab.runfolder",
     "load_study": "cnnlab.studyfile",

@@ -111,7 +111,7 @@ EXIT_DIVERGED = 3  # `cnnlab train`: the loss became NaN or infinite; the run fo
 
 
 def _cmd_archs(args: argparse.Namespace) -> int:
-    from cnnlab.layers import ARCHITECTURES, DESCRIPTIONS
+    from cnnlab.architectures import ARCHITECTURES, DESCRIPTIONS
     from cnnlab.summary import architecture_summary
 
     counts = {
@@ -125,7 +125,7 @@ def _cmd_archs(args: argparse.Namespace) -> int:
 
 def _cmd_summary(args: argparse.Namespace) -> int:
     from cnnlab import config
-    from cnnlab.layers import get_architecture
+    from cnnlab.architectures import get_architecture
     from cnnlab.summary import format_summary
 
     shape_and_classes = config.DATASET_SHAPES[args.dataset]

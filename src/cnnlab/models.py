@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cnnlab.architectures import get_architecture
 from cnnlab.errors import CnnlabError
 from cnnlab.layers import (
     INPUT_SHAPE,
@@ -35,7 +36,6 @@ from cnnlab.layers import (
     Rescaling,
     Residual,
     dataset_input,
-    get_architecture,
     output_shape,
     parse_layers,
     resolve_layers,

@@ -21,10 +21,10 @@ import numpy as np
 import torch
 
 from cnnlab import atomic, models, plots, train
+from cnnlab.architectures import get_architecture
 from cnnlab.config import DEFAULTS, ConfigError, RunConfig, check_value
 from cnnlab.data import Cifar10, stratified_subset
 from cnnlab.errors import CnnlabError
-from cnnlab.layers import get_architecture
 from cnnlab.metrics import HISTORY_KEYS, Evaluation, RunResult
 
 

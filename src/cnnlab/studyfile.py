@@ -32,9 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cnnlab.architectures import get_architecture
 from cnnlab.config import ConfigError, RunConfig, check_value
 from cnnlab.errors import CnnlabError
-from cnnlab.layers import get_architecture, resolve_layers
+from cnnlab.layers import resolve_layers
 
 KINDS = ("size", "l1", "pooling", "depth")  # what the report draws for an experiment
 REFERENCE_METRICS = ("fit_seconds", "parameters", "train_accuracy", "test_accuracy")
