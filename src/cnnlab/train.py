@@ -176,6 +176,7 @@ class Recipe:
     step: int = 0  # optimisation steps taken so far
 
     def augment(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """A batch augmented from the epoch's stream (unchanged when nothing is augmented)."""
         if generator is None:
             return images
         return augment.augment_batch(images, **self.augmentation, generator=generator)
@@ -195,6 +196,7 @@ class Recipe:
                 group["lr"] = rate
 
     def after_step(self, model: torch.nn.Module) -> None:
+        """Count the step and fold the new weights into the average."""
         self.step += 1
         if self.average is not None:
             self.average.update(model)
