@@ -536,3 +536,14 @@ def test_variants_are_each_held_against_the_first(tmp_path):
     assert figure.is_file() and f"{FILES_FOLDER}/parts-variants.png" in markdown
     with Image.open(figure) as image:
         assert image.size[0] > 400
+
+
+def test_a_collapsed_variant_does_not_squash_the_others():
+    from cnnlab import plots
+
+    accuracy = [(0.86, 0.002), (0.10, 0.0), (0.85, 0.003), (0.84, 0.001)]
+    figure = plots.variants_figure(list("abcd"), accuracy, [(1.0, 0.1)] * 4, "t")
+    dots = figure.axes[0]
+    left, right = dots.get_xlim()
+    assert 0.8 < left < 0.84 and 0.86 < right < 0.9  # fitted to the three that trained
+    assert any(text.get_text() == "0.100" for text in dots.texts)  # the collapsed one, named

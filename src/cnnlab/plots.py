@@ -12,6 +12,9 @@ from matplotlib.figure import Figure
 
 from cnnlab.atomic import atomic_path
 
+# A variant this far below the median accuracy is drawn at the axis's edge (it collapsed).
+COLLAPSED_BELOW = 0.15
+
 
 def save_figure(figure: Figure, path: str | os.PathLike[str], dpi: int = 110) -> None:
     """Write `figure` as PNG (or the format of the suffix) atomically."""
@@ -183,30 +186,44 @@ def variants_figure(
     seconds: list[tuple[float, float]],
     title: str,
 ) -> Figure:
-    """Horizontal bars per variant: test accuracy and fit time (mean ± std), first one marked."""
-    height = 0.45 * len(labels) + 1.4
-    figure = Figure(figsize=(8.0, height), layout="constrained")
+    """Per variant (the first on top, a dashed line at its mean): test accuracy as dots and fit
+    time as bars, mean ± std. A variant that collapsed far below the others is marked at the
+    accuracy axis's left edge with its value, so it does not squash the differences that remain."""
+    figure = Figure(figsize=(8.0, 0.45 * len(labels) + 1.4), layout="constrained")
     figure.suptitle(title)
-    positions = list(range(len(labels)))[::-1]  # the first variant on top
-    panels = (("test accuracy", accuracy, _TEST_COLOUR), ("fit time (s)", seconds, _TIME_COLOUR))
-    for index, (panel_title, values, colour) in enumerate(panels):
-        axes = figure.add_subplot(1, 2, index + 1)
-        means, stds = [mean for mean, _ in values], [std for _, std in values]
-        if index == 0:  # accuracies differ by points: dots, on an axis that need not start at 0
-            axes.errorbar(means, positions, xerr=stds, fmt="o", capsize=4, color=colour)
-        else:
-            axes.barh(positions, means, xerr=stds, capsize=3, color=colour, alpha=0.8)
-        axes.axvline(values[0][0], color=_REPORT_COLOUR, linestyle="--", linewidth=1)
+    positions = list(range(len(labels)))[::-1]
+    dots, bars = figure.add_subplot(1, 2, 1), figure.add_subplot(1, 2, 2)
+    _accuracy_dots(dots, positions, accuracy)
+    means, stds = [mean for mean, _ in seconds], [std for _, std in seconds]
+    bars.barh(positions, means, xerr=stds, capsize=3, color=_TIME_COLOUR, alpha=0.8)
+    bars.axvline(means[0], color=_REPORT_COLOUR, linestyle="--", linewidth=1)
+    for axes, panel_title in ((dots, "test accuracy"), (bars, "fit time (s)")):
         axes.set_yticks(positions)
-        axes.set_yticklabels(labels if index == 0 else [], fontsize="small")
+        axes.set_yticklabels(labels if axes is dots else [], fontsize="small")
         axes.set_title(panel_title, fontsize="medium")
         axes.grid(axis="x", alpha=0.3)
-        if index == 0:
-            low, high = min(m - s for m, s in values), max(m + s for m, s in values)
-            margin = max(0.01, (high - low) * 0.15)
-            axes.set_xlim(max(0.0, low - margin), min(1.0, high + margin))
-            axes.set_ylim(-0.5, len(labels) - 0.5)
     return figure
+
+
+def _accuracy_dots(axes, positions: list[int], accuracy: list[tuple[float, float]]) -> None:
+    """Dots with error bars on an axis fitted to the variants that did not collapse."""
+    middle = sorted(mean for mean, _ in accuracy)[len(accuracy) // 2]
+    shown = [(m, s) for m, s in accuracy if m >= middle - COLLAPSED_BELOW] or accuracy
+    low, high = min(m - s for m, s in shown), max(m + s for m, s in shown)
+    margin = max(0.01, (high - low) * 0.15)
+    left, right = max(0.0, low - margin), min(1.0, high + margin)
+    for position, (mean, std) in zip(positions, accuracy, strict=True):
+        if mean >= left:
+            axes.errorbar([mean], [position], xerr=[std], fmt="o", capsize=4, color=_TEST_COLOUR)
+        else:
+            axes.plot([left], [position], marker="<", color=_TEST_COLOUR, clip_on=False)
+            axes.annotate(
+                f"{mean:.3f}", (left, position), xytext=(8, -3), textcoords="offset points",
+                fontsize="small", color=_TEST_COLOUR,
+            )  # fmt: skip
+    axes.axvline(accuracy[0][0], color=_REPORT_COLOUR, linestyle="--", linewidth=1)
+    axes.set_xlim(left, right)
+    axes.set_ylim(-0.5, len(positions) - 0.5)
 
 
 def confusion_matrix_figure(matrix: list[list[int]], class_names: list[str], title: str) -> Figure:
