@@ -111,6 +111,13 @@ CASES = [
         "only by case",
     ),
     (STUDY.replace("test_accuracy = 0.50", "test_accuracy = nan"), "expected a finite number"),
+    (
+        STUDY  # a net whose weights alone would be 72 TB
+        + '\n[architectures.huge]\nlayers = [{ type = "conv", filters = 2000000000, kernel = 3 },'
+        ' { type = "flatten" }, { type = "dense", units = 10, activation = "softmax" }]\n',
+        "architectures.huge.layers: does not build: huge on cifar10 (32x32x3 images, 10 classes):"
+        " layers: the net holds 18,056,000,000,010 weights; at most 134,217,728 are allowed",
+    ),
 ]
 
 

@@ -10,7 +10,9 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from cnnlab import layers
 from cnnlab.architectures import get_architecture
+from cnnlab.config import EVAL_BATCH_SIZE, RunConfig
 from cnnlab.errors import CnnlabError
 from cnnlab.layers import ACTIVATIONS, Dense, parse_layers, resolve_layers
 
@@ -47,6 +49,45 @@ def test_config_l1_overrides_every_dense_kernel():
     Config.l1 = None
     (dense,) = [layer for layer in resolve_layers(Config) if isinstance(layer, Dense)]
     assert dense.l1 == 1e-4
+
+
+def test_net_size_counts_weights_and_every_layer_output():
+    block = {"type": "residual", "layers": [{"type": "conv", "filters": 8, "kernel": 3}]}
+    specs = [
+        {"type": "conv", "filters": 4, "kernel": 3},  # 28·4 weights; 30x30x4 out
+        {"type": "maxpool", "size": 2},  # 15x15x4
+        {"type": "batchnorm"},  # 4·4 weights (moving statistics included)
+        {**block, "layers": [{**block["layers"][0], "padding": "same"}]},  # 1x1 projection
+        {"type": "flatten"},
+        {"type": "dense", "units": 10, "activation": "softmax"},
+    ]
+    block_weights = (36 + 1) * 8 + (4 + 1) * 8
+    block_outputs = 15 * 15 * 8 * 3  # branch, projection, sum
+    assert layers.net_size(parse_layers(specs), (32, 32, 3)) == (
+        28 * 4 + 16 + block_weights + (15 * 15 * 8 + 1) * 10,
+        30 * 30 * 4 + 15 * 15 * 4 * 2 + block_outputs + 15 * 15 * 8 + 10,
+        30 * 30 * 4,
+    )
+
+
+def test_memory_a_net_would_take_is_refused_before_it_is_built(monkeypatch):
+    specs = parse_layers(get_architecture("seed"))
+    weights, outputs, largest = layers.net_size(specs, (32, 32, 3))
+    monkeypatch.setattr(layers, "MAX_WEIGHTS", weights)
+    parse_layers(get_architecture("seed"))
+    monkeypatch.setattr(layers, "MAX_WEIGHTS", weights - 1)
+    with pytest.raises(CnnlabError, match=f"the net holds {weights:,} weights; at most"):
+        parse_layers(get_architecture("seed"))
+    monkeypatch.undo()
+    assert outputs > largest  # so a training batch of 1,000 needs more than an evaluation one
+    monkeypatch.setattr(layers, "MAX_BATCH_OUTPUTS", outputs * 1000)
+    resolve_layers(RunConfig(batch_size=1000))
+    with pytest.raises(CnnlabError, match=r"^seed on cifar10 .*: batch_size 1001: .* per batch"):
+        resolve_layers(RunConfig(batch_size=1001))
+    resolve_layers(RunConfig(batch_size=1001, train_size=1000))  # a batch is at most the subset
+    monkeypatch.setattr(layers, "MAX_BATCH_OUTPUTS", largest * EVAL_BATCH_SIZE - 1)
+    with pytest.raises(CnnlabError, match=f"a layer outputs {largest:,} numbers per image"):
+        resolve_layers(RunConfig(batch_size=1))
 
 
 # --- parsing the new vocabulary ---------------------------------------------------------------

@@ -34,6 +34,7 @@ LR_SCHEDULES = ("constant", "step", "cosine", "linear")  # per step, after any w
 PADDING_MODES = ("reflect", "constant")  # how a random crop pads its borders (augment.py)
 TTA_MODES = ("none", "flip", "flip-translate")  # test-time augmentation (augment.py)
 ADAMW_WEIGHT_DECAY = 0.004  # Keras's AdamW default, what weight_decay None means for "adamw"
+EVAL_BATCH_SIZE = 1000  # images per forward pass when evaluating (no gradients kept)
 # SQLite stores integers as signed 64-bit; seeds also feed NumPy's SeedSequence.
 MAX_SEED = 2**63 - 1
 

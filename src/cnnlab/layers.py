@@ -20,9 +20,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from cnnlab.architectures import get_architecture
-from cnnlab.config import DATASET_SHAPES, RunConfig
+from cnnlab.config import DATASET_SHAPES, EVAL_BATCH_SIZE, RunConfig
 from cnnlab.errors import CnnlabError
 
+# A run's net is refused before it is built where it would hold more (float32: 512 MiB of
+# weights, before gradients and the optimizer's state; 8 GiB of layer outputs for one batch).
+MAX_WEIGHTS = 1 << 27
+MAX_BATCH_OUTPUTS = 1 << 31
 # Where no dataset is named, nets are checked and summarised for the default one's images.
 INPUT_SHAPE, NUM_CLASSES = DATASET_SHAPES[RunConfig.dataset]  # (height, width, channels)
 ACTIVATIONS = (
@@ -527,6 +531,12 @@ def parse_layers(
     for index, layer in enumerate(layers[:-1]):
         if getattr(layer, "activation", None) == "softmax":
             raise CnnlabError(f"layer {index}: softmax is only for the last layer")
+    weights = net_size(layers, input_shape)[0]
+    if weights > MAX_WEIGHTS:
+        raise CnnlabError(
+            f"layers: the net holds {weights:,} weights; at most {MAX_WEIGHTS:,} are allowed"
+            " (narrower or fewer conv and dense layers)"
+        )
     return layers
 
 
@@ -551,6 +561,65 @@ def forward_flops(layers: Sequence[LayerSpec], input_shape: tuple[int, ...] = IN
     return total
 
 
+def layer_weights(spec: LayerSpec, shape: tuple[int, ...]) -> tuple[int, int]:
+    """(all, non-trainable) weights of a layer that is not a residual block, on input `shape`."""
+    if isinstance(spec, Conv | Dense):
+        inputs = spec.kernel[0] * spec.kernel[1] * shape[2] if isinstance(spec, Conv) else shape[0]
+        outputs = spec.filters if isinstance(spec, Conv) else spec.units
+        count = (inputs + spec.use_bias) * outputs
+        return count, 0 if spec.trainable else count
+    if isinstance(spec, BatchNorm):
+        channels = shape[-1]
+        return (2 + spec.center + spec.scale) * channels, 2 * channels
+    return 0, 0
+
+
+def net_size(layers: Sequence[LayerSpec], input_shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """(weights, outputs, largest output) of a net: the numbers it holds, the numbers its layers
+    output for one image (a residual block's branch, shortcut and sum each count) and the most
+    that one layer outputs for one image."""
+    weights = outputs = largest = 0
+    shape = tuple(input_shape)
+    for layer in layers:
+        out = output_shape(layer, shape)
+        if isinstance(layer, Residual):
+            for part in (layer.layers, shortcut_specs(layer, shape)):
+                part_weights, part_outputs, part_largest = net_size(part, shape)
+                weights, outputs = weights + part_weights, outputs + part_outputs
+                largest = max(largest, part_largest)
+        else:
+            weights += layer_weights(layer, shape)[0]
+        outputs += math.prod(out)
+        largest = max(largest, math.prod(out))
+        shape = out
+    return weights, outputs, largest
+
+
+def _check_batch_size(
+    layers: Sequence[LayerSpec], input_shape: tuple[int, ...], config: Any
+) -> None:
+    """The memory of a run's batches is bounded before anything is allocated: the layer outputs
+    a training batch keeps for the backward pass, and one layer's output for an evaluation
+    batch (the weights are bounded by `parse_layers`)."""
+    _, outputs, largest = net_size(layers, input_shape)
+    batch = min(
+        getattr(config, "batch_size", RunConfig.batch_size),
+        getattr(config, "train_size", RunConfig.train_size),
+    )
+    if outputs * batch > MAX_BATCH_OUTPUTS:
+        raise CnnlabError(
+            f"batch_size {batch}: the layers output {outputs:,} numbers per image,"
+            f" {outputs * batch:,} per batch, kept for the backward pass; at most"
+            f" {MAX_BATCH_OUTPUTS:,} are allowed (a smaller batch_size, or narrower layers)"
+        )
+    if largest * EVAL_BATCH_SIZE > MAX_BATCH_OUTPUTS:
+        raise CnnlabError(
+            f"a layer outputs {largest:,} numbers per image, {largest * EVAL_BATCH_SIZE:,} for"
+            f" an evaluation batch of {EVAL_BATCH_SIZE:,}; at most {MAX_BATCH_OUTPUTS:,} are"
+            " allowed (narrower layers)"
+        )
+
+
 def dataset_input(config: Any) -> tuple[tuple[int, int, int], int]:
     """The (input shape, class count) of a config's named dataset, for checks before loading."""
     known = DATASET_SHAPES.get(getattr(config, "dataset", RunConfig.dataset))
@@ -573,6 +642,7 @@ def resolve_layers(
     specs = config.layers if config.layers is not None else get_architecture(config.arch)
     try:
         layers = parse_layers(specs, input_shape, num_classes)
+        _check_batch_size(layers, input_shape, config)
     except CnnlabError as error:
         dataset = getattr(config, "dataset", RunConfig.dataset)
         raise CnnlabError(

@@ -17,11 +17,9 @@ from cnnlab.layers import (
     INPUT_SHAPE,
     KERAS_NAMES,
     NUM_CLASSES,
-    BatchNorm,
-    Conv,
-    Dense,
     LayerSpec,
     Residual,
+    layer_weights,
     output_shape,
     parse_layers,
     shortcut_specs,
@@ -52,19 +50,6 @@ class _Node:
     parents: tuple[int, ...]
 
 
-def _parameter_counts(spec: LayerSpec, shape: tuple[int, ...]) -> tuple[int, int]:
-    """(all, non-trainable) weights of a layer that is not a residual block."""
-    if isinstance(spec, Conv | Dense):
-        inputs = spec.kernel[0] * spec.kernel[1] * shape[2] if isinstance(spec, Conv) else shape[0]
-        outputs = spec.filters if isinstance(spec, Conv) else spec.units
-        count = (inputs + spec.use_bias) * outputs
-        return count, 0 if spec.trainable else count
-    if isinstance(spec, BatchNorm):
-        channels = shape[-1]
-        return (2 + spec.center + spec.scale) * channels, 2 * channels
-    return 0, 0
-
-
 def _add_nodes(
     nodes: list[_Node], layers: Sequence[LayerSpec], shape: tuple[int, ...], parent: int
 ) -> tuple[int, tuple[int, ...]]:
@@ -79,7 +64,7 @@ def _add_nodes(
         else:
             output = output_shape(spec, shape)
             base, kind = KERAS_NAMES[type(spec)]
-            nodes.append(_Node(base, kind, output, *_parameter_counts(spec, shape), (parent,)))
+            nodes.append(_Node(base, kind, output, *layer_weights(spec, shape), (parent,)))
         parent, shape = len(nodes) - 1, output
     return parent, shape
 

@@ -30,13 +30,12 @@ import torch
 import torch.nn.functional as F
 
 from cnnlab import augment, metrics, models, optim
-from cnnlab.config import RunConfig, check_config
+from cnnlab.config import EVAL_BATCH_SIZE, RunConfig, check_config
 from cnnlab.data import Cifar10, stratified_subset, validation_split
 from cnnlab.errors import CnnlabError
 from cnnlab.layers import LayerSpec, dataset_input, forward_flops, resolve_layers
 from cnnlab.metrics import Evaluation, RunResult
 
-EVAL_BATCH_SIZE = 1000  # images per forward pass when evaluating (no gradients kept)
 WHITENING_IMAGES = 5000  # training images whose patches set a whitened first layer
 Progress = Callable[[dict[str, Any]], None]
 
