@@ -52,12 +52,19 @@ def study_file(tmp_path_factory) -> Path:
     return path
 
 
+def _at_a_terminal() -> None:
+    """Ctrl-C's default action, as at a terminal: a shell's background job (`pytest &`)
+    starts with SIGINT ignored, and Python then never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _cnnlab(*arguments: str, **options) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "cnnlab", *arguments],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_at_a_terminal,
         **options,
     )
 
