@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnlab import augment
+from cnnlab.training import augment
 
 OPTION_SETS = (
     ("flip", dict(flip=True)),

@@ -21,7 +21,7 @@ import numpy as np
 import scipy
 from scipy import ndimage, signal
 
-from cnnlab import conv
+from cnnlab.conv import convolve
 
 KERNEL_SIZES = (3, 7, 15, 31)
 # The loop reference costs ~1 us per tap: keep each run to a second or two.
@@ -62,9 +62,11 @@ def main() -> None:
     for size in KERNEL_SIZES:
         kernel = rng.standard_normal((size, size))
         ours_correlate = best_time(
-            lambda k=kernel: conv.correlate2d(image, k, "same"), args.repeats
+            lambda k=kernel: convolve.correlate2d(image, k, "same"), args.repeats
         )
-        ours_convolve = best_time(lambda k=kernel: conv.convolve2d(image, k, "same"), args.repeats)
+        ours_convolve = best_time(
+            lambda k=kernel: convolve.convolve2d(image, k, "same"), args.repeats
+        )
         ndimage_time = best_time(
             lambda k=kernel: ndimage.correlate(image, k, mode="constant"), args.repeats
         )
@@ -72,17 +74,17 @@ def main() -> None:
         signal_time = best_time(lambda k=kernel: signal.convolve2d(image, k, "same"), args.repeats)
         small = image[: LOOP_IMAGE_SIZE[size], : LOOP_IMAGE_SIZE[size]]
         begin = time.perf_counter()
-        loop_result = conv.convolve2d_loop(small, kernel, "same")
+        loop_result = convolve.convolve2d_loop(small, kernel, "same")
         loop_time = (time.perf_counter() - begin) * image.size / small.size  # per output pixel
 
         # Same answers, or the times mean nothing.
         tolerance = 1e-10 * np.abs(kernel).sum() * 255.0
         reference = signal.fftconvolve(image, kernel, "same")
-        assert np.abs(conv.convolve2d(image, kernel, "same") - reference).max() < tolerance
-        assert np.abs(conv.convolve2d(small, kernel, "same") - loop_result).max() < tolerance
+        assert np.abs(convolve.convolve2d(image, kernel, "same") - reference).max() < tolerance
+        assert np.abs(convolve.convolve2d(small, kernel, "same") - loop_result).max() < tolerance
 
         print(
-            f"{size:>3}x{size:<3} {conv.choose_method(image.shape, kernel, 'same'):>6} "
+            f"{size:>3}x{size:<3} {convolve.choose_method(image.shape, kernel, 'same'):>6} "
             f"{ours_correlate * 1e3:>8.2f} ms {ndimage_time * 1e3:>6.2f} ms "
             f"{ours_correlate / ndimage_time:>5.2f}x "
             f"{ours_convolve * 1e3:>7.2f} ms {fft_time * 1e3:>6.2f} ms "

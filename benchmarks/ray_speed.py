@@ -1,7 +1,8 @@
 """The seed study's 11 runs through `--backend ray` against the local default, on one machine.
 
 The runs are study_speed.py's: the seed study's first repeat from studies/seed.toml (20 epochs,
-batch 128). Both sides train them through `cnnlab.execute`, as `cnnlab study` does: locally by
+batch 128). Both sides train them through `cnnlab.execution.execute`, as `cnnlab study` does:
+locally by
 the default path (on the CPU one worker process per core, the longest run first), then as Ray
 tasks on a Ray instance started for it (one CPU per core, one CPU per run) or on the cluster at
 `--address`. Each side is timed from the call to its last event, so Ray's total includes
@@ -29,16 +30,18 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from cnnlab import execute, study, train
-from cnnlab.data import load_cifar10
+from cnnlab.data.datasets import load_cifar10
 from cnnlab.errors import CnnlabError
-from cnnlab.metrics import RunResult
+from cnnlab.execution import execute
+from cnnlab.study import runner
+from cnnlab.training import loop
+from cnnlab.training.metrics import RunResult
 
 
-def seed_configs(epochs: int) -> list[train.RunConfig]:
+def seed_configs(epochs: int) -> list[loop.RunConfig]:
     """The seed study's first repeat, as study_speed.py takes it."""
-    seed_study = study.load_study(ROOT / "studies" / "seed.toml")
-    configs = [run.config for run in study.plan_runs(seed_study, repeats=1)]
+    seed_study = runner.load_study(ROOT / "studies" / "seed.toml")
+    configs = [run.config for run in runner.plan_runs(seed_study, repeats=1)]
     return [dataclasses.replace(config, epochs=epochs) for config in configs]
 
 

@@ -29,11 +29,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from cnnlab import train
 from cnnlab.config import RunConfig
-from cnnlab.data import load_cifar10
+from cnnlab.data.datasets import load_cifar10
 from cnnlab.errors import CnnlabError
-from cnnlab.studyfile import load_study
+from cnnlab.study.studyfile import load_study
+from cnnlab.training import loop
+from cnnlab.training.device import resolve_device
 from plain_recipe import fit_plain_recipe
 
 STUDY = ROOT / "studies" / "strong.toml"
@@ -69,7 +70,7 @@ def run_point(data, arch: str, epochs: int, seeds: int, device: torch.device) ->
     seconds, accuracies = [], []
     for seed in range(seeds):
         config = recipe(arch, epochs, seed, device)
-        result = train.fit(config, data, device=str(device))
+        result = loop.fit(config, data, device=str(device))
         if result.status != "done":
             raise SystemExit(f"{arch} x {epochs} epochs diverged: {result.metrics}")
         seconds.append(result.metrics["fit_seconds"])
@@ -200,7 +201,7 @@ def main() -> None:
         if args.figure is not None:
             frontier_figure(saved["points"], saved["peers"], args.figure, saved["device"])
         return
-    device = train.resolve_device(args.device)
+    device = resolve_device(args.device)
     data = load_cifar10(args.data)
     points = []
     for point in args.points:

@@ -19,9 +19,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cnnlab import train
 from cnnlab.config import OPTIMIZERS, PRECISIONS, RunConfig
-from cnnlab.data import load_cifar10
+from cnnlab.data.datasets import load_cifar10
+from cnnlab.training import loop
 from plain_port import evaluate_plain, fit_plain, to_tensors
 
 # The course report's (train, test) accuracy at 5K images, by L1 weight (SEED.md, b-iv).
@@ -70,7 +70,7 @@ def main() -> None:
                 optimizer=optimizer,
                 precision=args.precision,
             )
-            result = train.fit(config, data, device=args.device)
+            result = loop.fit(config, data, device=args.device)
             metrics = result.metrics
             scores = rows.setdefault(optimizer, {"train": [], "test": [], "seconds": []})
             scores["train"].append(metrics["train_accuracy"])
@@ -82,7 +82,7 @@ def main() -> None:
                 flush=True,
             )
         if args.plain:
-            train_part, validation_part = train.subset_indices(config, data)
+            train_part, validation_part = loop.subset_indices(config, data)
             ordered = [*train_part, *validation_part]
             plain = fit_plain(
                 data.train_images[ordered],

@@ -2,7 +2,7 @@
 
 The runs are the seed study's first repeat (sizes 5K/10K/20K/40K; L1 0, 0.001, 1, 10, 100 at
 5K; max-pool at 5K; the deep net on all 50K; 20 epochs, batch 128), taken from
-studies/seed.toml. cnnlab trains them as `cnnlab study` does (`cnnlab.execute`: on the CPU
+studies/seed.toml. cnnlab trains them as `cnnlab study` does (`cnnlab.execution.execute`: on the CPU
 lone runs in one worker process per core, longest first; on a GPU grouped runs replayed from CUDA
 graphs, the groups side by side on CUDA streams, then once more one group after another to
 measure what the streams gain); the plain port (benchmarks/
@@ -36,10 +36,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from cnnlab import batched, execute, streams, study, train, workers
 from cnnlab.config import PRECISIONS
-from cnnlab.data import load_cifar10
+from cnnlab.data.datasets import load_cifar10
 from cnnlab.errors import CnnlabError
+from cnnlab.execution import execute, planning
+from cnnlab.execution.planning import run_flops
+from cnnlab.study import runner
+from cnnlab.training import loop
+from cnnlab.training.device import resolve_device
 from plain_port import evaluate_plain, fit_plain, to_tensors
 
 
@@ -63,15 +67,15 @@ def cpu_peak_flops() -> tuple[float, float | None]:
         flags = Path("/proc/cpuinfo").read_text()
         # fp32 FLOP per cycle per core: two FMA pipes x (16 lanes AVX-512 | 8 AVX2) x 2.
         per_cycle = 64 if "avx512f" in flags else 32
-        nominal = workers.cpu_count() * megahertz * 1e6 * per_cycle
+        nominal = planning.cpu_count() * megahertz * 1e6 * per_cycle
     except (OSError, ValueError):
         pass
     return measured, nominal
 
 
-def plain_run(config: train.RunConfig, data, device: torch.device) -> tuple[float, float]:
+def plain_run(config: loop.RunConfig, data, device: torch.device) -> tuple[float, float]:
     """(seconds, test accuracy) of the plain port on `config`'s images, evaluation included."""
-    train_part, validation_part = train.subset_indices(config, data)
+    train_part, validation_part = loop.subset_indices(config, data)
     ordered = np.concatenate([train_part, validation_part])
     started = time.perf_counter()
     plain = fit_plain(
@@ -111,10 +115,10 @@ def main() -> None:
     )
     parser.add_argument("--skip-plain", action="store_true", help="time cnnlab only")
     args = parser.parse_args()
-    device = train.resolve_device(args.device)
+    device = resolve_device(args.device)
     data = load_cifar10(args.data)
-    seed_study = study.load_study(ROOT / "studies" / "seed.toml")
-    configs = [run.config for run in study.plan_runs(seed_study, repeats=1)]
+    seed_study = runner.load_study(ROOT / "studies" / "seed.toml")
+    configs = [run.config for run in runner.plan_runs(seed_study, repeats=1)]
     configs = [
         dataclasses.replace(config, epochs=args.epochs, precision=args.precision)
         for config in configs
@@ -156,17 +160,17 @@ def main() -> None:
         + ("" if args.precision == "float32" else f", cnnlab in {args.precision}")
     )
     if device.type == "cpu":
-        processes = workers.process_count(len(configs), device, args.workers)
-        threads = max(1, workers.cpu_count() // processes)
+        process_count = planning.process_count(len(configs), device.type, args.workers)
+        threads = max(1, planning.cpu_count() // process_count)
         print(
-            f"cnnlab: {processes} process(es) x {threads} thread(s);"
+            f"cnnlab: {process_count} process(es) x {threads} thread(s);"
             f" plain port: 1 process x {torch.get_num_threads()} threads"
         )
     else:
-        groups = batched.schedule(configs, device)
+        groups = planning.schedule(configs, device.type)
         print(
             f"cnnlab: {len(groups)} groups of runs (sizes {[len(group) for group in groups]}),"
-            f" {streams.stream_count(len(groups), args.workers)} CUDA stream(s) at a time"
+            f" {planning.stream_count(len(groups), args.workers)} CUDA stream(s) at a time"
         )
     print(f"{'run':<34}{'cnnlab s':>10}{'test acc':>10}{'plain s':>10}{'test acc':>10}")
     for index, config in enumerate(configs):
@@ -191,7 +195,7 @@ def main() -> None:
             f" cnnlab / plain = {ours_total / plain_total:.3f}"
             f" ({plain_total / ours_total:.1f}x faster)"
         )
-    flops = sum(train.run_flops(config, len(data.test_labels)) for config in configs)
+    flops = sum(run_flops(config, len(data.test_labels)) for config in configs)
     print(
         f"network FLOPs, all runs: {flops / 1e12:.1f} TFLOP;"
         f" cnnlab achieved {flops / ours_total / 1e9:.1f} GFLOP/s"

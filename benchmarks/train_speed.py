@@ -18,9 +18,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cnnlab import train
 from cnnlab.config import RunConfig
-from cnnlab.data import load_cifar10
+from cnnlab.data.datasets import load_cifar10
+from cnnlab.training import loop
 from plain_port import fit_plain
 
 
@@ -36,7 +36,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     data = load_cifar10(args.data)
     config = RunConfig(arch="seed", train_size=args.train_size, epochs=args.epochs)
-    train_part, validation_part = train.subset_indices(config, data)
+    train_part, validation_part = loop.subset_indices(config, data)
     # The plain port holds out the last 10% of what it is given: give it the same images.
     ordered = [*train_part, *validation_part]
     images, labels = data.train_images[ordered], data.train_labels[ordered]
@@ -49,7 +49,7 @@ def main() -> None:
         f" {torch.get_num_threads()} threads, torch {torch.__version__}"
     )
     for round_ in range(1, args.rounds + 1):
-        result = train.fit(config, data, device="cpu")
+        result = loop.fit(config, data, device="cpu")
         times["cnnlab"].append(result.metrics["fit_seconds"])
         accuracy["cnnlab"] = result.history[-1]["val_accuracy"]
         print(f"  round {round_}: cnnlab {times['cnnlab'][-1]:6.1f} s", end="", flush=True)

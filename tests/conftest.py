@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cnnlab.data import CLASS_NAMES, Cifar10
+from cnnlab.data.datasets import CLASS_NAMES, Dataset
 
 
 @pytest.fixture(autouse=True)
@@ -18,7 +18,7 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
 
 
 @pytest.fixture
-def tiny_cifar() -> Cifar10:
+def tiny_cifar() -> Dataset:
     """20 train and 10 test images per class, with a class-dependent colour so nets can learn."""
     rng = np.random.default_rng(0)
 
@@ -32,7 +32,7 @@ def tiny_cifar() -> Cifar10:
 
     train_images, train_labels = split(20)
     test_images, test_labels = split(10)
-    return Cifar10(train_images, train_labels, test_images, test_labels, CLASS_NAMES, "synthetic")
+    return Dataset(train_images, train_labels, test_images, test_labels, CLASS_NAMES, "synthetic")
 
 
 def shared_archive() -> Path | None:

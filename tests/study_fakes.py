@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnlab import study
 from cnnlab.config import RunConfig
-from cnnlab.metrics import RunResult
 from cnnlab.store import RunRecord, Store
+from cnnlab.study import runner
+from cnnlab.training.metrics import RunResult
 
 _PNG = None
 
@@ -109,7 +109,7 @@ def fake_weights(seed: int) -> dict[str, np.ndarray]:
 def study_records(study_file: Path, out: Path, data, **options) -> dict[str, RunRecord]:
     """Run `study_file` into `out` on the CPU, no report; its runs' records by id."""
     options = {"device": "cpu", "echo": lambda line: None, **options}
-    study.run_study(study_file, out=out, data=data, **options)
+    runner.run_study(study_file, out=out, data=data, **options)
     with Store.open(out, create=False) as store:
         return {record.id: record for record in store.runs()}
 
@@ -209,11 +209,11 @@ def zeros_cifar(train_count: int = 50_000):
     """Black images (allocated lazily, never touched): data for runs that never look at it."""
     import numpy as np
 
-    from cnnlab.data import Cifar10
+    from cnnlab.data.datasets import Dataset
 
     images = np.zeros((train_count, 32, 32, 3), np.uint8)
     labels = np.arange(train_count, dtype=np.int64) % 10
-    return Cifar10(
+    return Dataset(
         images, labels, images[:100], labels[:100], source="zeros", source_sha256="0" * 64
     )
 
@@ -276,7 +276,7 @@ def write_png_folder(root: Path) -> Path:
     import numpy as np
     from PIL import Image
 
-    from cnnlab.data import CLASS_NAMES
+    from cnnlab.data.datasets import CLASS_NAMES
 
     rng = np.random.default_rng(0)
     for split, count in (("train", 20), ("test", 10)):

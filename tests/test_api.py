@@ -12,7 +12,8 @@ import pytest
 
 import cnnlab
 import study_fakes
-from cnnlab import runfolder, train, workers
+from cnnlab.execution import planning
+from cnnlab.training import loop, runfolder
 
 ROOT = Path(__file__).parents[1]
 
@@ -32,7 +33,9 @@ def test_every_public_name_resolves_and_lists():
 
 
 def test_importing_the_package_and_its_convolution_loads_no_torch():
-    script = "import sys, cnnlab, cnnlab.conv; cnnlab.convolve2d; print('torch' in sys.modules)"
+    script = (
+        "import sys, cnnlab, cnnlab.conv.convolve; cnnlab.convolve2d; print('torch' in sys.modules)"
+    )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.stdout.strip() == "False", done.stderr
 
@@ -41,10 +44,10 @@ def test_the_readme_snippet_runs(tmp_path, monkeypatch, capsys):
     # Real API calls; fake training (instant, in this process) and black images.
     data = study_fakes.zeros_cifar()
     monkeypatch.setattr(cnnlab, "load_cifar10", lambda *args: data)
-    monkeypatch.setattr(train, "fit", study_fakes.fake_fit)
+    monkeypatch.setattr(loop, "fit", study_fakes.fake_fit)
     monkeypatch.setattr(cnnlab, "fit", study_fakes.fake_fit)
     monkeypatch.setattr(runfolder, "save_run", study_fakes.fake_save_run)
-    monkeypatch.setattr(workers, "process_count", lambda *args: 1)
+    monkeypatch.setattr(planning, "process_count", lambda *args: 1)
     monkeypatch.chdir(tmp_path)
     os.symlink(ROOT / "studies", tmp_path / "studies")
     namespace: dict = {}

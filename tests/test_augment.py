@@ -1,4 +1,4 @@
-"""cnnlab.augment against NumPy references: crop, flip, cutout, their draws, streams and TTA."""
+"""training.augment against NumPy references: crop, flip, cutout, their draws, streams and TTA."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from cnnlab import augment
-from cnnlab.augment import AugmentDraws
-from cnnlab.config import TTA_MODES
+from cnnlab.config import TTA_MODES, TTA_VIEWS
 from cnnlab.errors import CnnlabError
+from cnnlab.training import augment
+from cnnlab.training.augment import AugmentDraws
 
 ALL_OFF = dict(flip=False, crop_padding=0, crop_padding_mode="reflect", cutout=0)
 
@@ -396,5 +396,5 @@ def test_tta_feeds_the_net_its_views_in_the_layout_it_was_given(mode):
         np.testing.assert_allclose(
             from_packed.numpy(), augment.tta_logits(net, images, mode).numpy()
         )
-    assert seen == [packed.stride()] * augment.TTA_VIEWS[mode]
-    assert set(augment.TTA_VIEWS) == set(TTA_MODES)
+    assert seen == [packed.stride()] * TTA_VIEWS[mode]
+    assert set(TTA_VIEWS) == set(TTA_MODES)

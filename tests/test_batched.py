@@ -9,10 +9,11 @@ import pytest
 import torch
 
 import study_fakes
-from cnnlab import batched, train
 from cnnlab.config import RunConfig
 from cnnlab.errors import CnnlabError
-from cnnlab.metrics import RunResult
+from cnnlab.execution import planning
+from cnnlab.training import grouped, grouping, loop
+from cnnlab.training.metrics import RunResult
 
 # Every layer kind, the asymmetric 'same' padding of a strided 3x3 conv, a 2x2 strided kernel,
 # and dropout on both sides of the flatten.
@@ -65,30 +66,30 @@ def assert_same_run(grouped: RunResult, lone: RunResult) -> None:
 
 
 def test_group_members_end_with_the_weights_of_lone_runs(tiny_cifar):
-    grouped = batched.fit_group(MEMBERS, tiny_cifar, device="cpu")
-    assert [result.config for result in grouped] == MEMBERS
-    for result, config in zip(grouped, MEMBERS, strict=True):
-        assert_same_run(result, train.fit(config, tiny_cifar, device="cpu"))
+    results = grouped.fit_group(MEMBERS, tiny_cifar, device="cpu")
+    assert [result.config for result in results] == MEMBERS
+    for result, config in zip(results, MEMBERS, strict=True):
+        assert_same_run(result, loop.fit(config, tiny_cifar, device="cpu"))
     # Members really differ: the same architecture, different seeds and penalties.
-    first, second = (result.state_dict["layers.0.weight"] for result in grouped[:2])
+    first, second = (result.state_dict["layers.0.weight"] for result in results[:2])
     assert not torch.allclose(first, second)
 
 
 def test_a_diverging_member_leaves_the_others_untouched(tiny_cifar):
     exploding = dataclasses.replace(BASE, seed=5, l1=1e38)
-    grouped = batched.fit_group([MEMBERS[0], exploding, MEMBERS[1]], tiny_cifar, device="cpu")
-    assert grouped[1].status == "diverged"
-    assert grouped[1].metrics["diverged_epoch"] == 1
-    assert len(grouped[1].history) == 1
-    assert not math.isfinite(grouped[1].history[0]["loss"])
-    assert_same_run(grouped[0], train.fit(MEMBERS[0], tiny_cifar, device="cpu"))
-    assert_same_run(grouped[2], train.fit(MEMBERS[1], tiny_cifar, device="cpu"))
+    results = grouped.fit_group([MEMBERS[0], exploding, MEMBERS[1]], tiny_cifar, device="cpu")
+    assert results[1].status == "diverged"
+    assert results[1].metrics["diverged_epoch"] == 1
+    assert len(results[1].history) == 1
+    assert not math.isfinite(results[1].history[0]["loss"])
+    assert_same_run(results[0], loop.fit(MEMBERS[0], tiny_cifar, device="cpu"))
+    assert_same_run(results[2], loop.fit(MEMBERS[1], tiny_cifar, device="cpu"))
 
 
 def test_epoch_drawn_masks_train_deterministically(tiny_cifar):
     # The mask protocol of the CUDA path, exercised on the CPU through the same static buffers.
-    first = batched.fit_group(MEMBERS[:2], tiny_cifar, device="cpu", masks="epoch")
-    again = batched.fit_group(MEMBERS[:2], tiny_cifar, device="cpu", masks="epoch")
+    first = grouped.fit_group(MEMBERS[:2], tiny_cifar, device="cpu", masks="epoch")
+    again = grouped.fit_group(MEMBERS[:2], tiny_cifar, device="cpu", masks="epoch")
     for a, b in zip(first, again, strict=True):
         assert a.history == [
             {**row, "seconds": a_row["seconds"]}
@@ -98,7 +99,7 @@ def test_epoch_drawn_masks_train_deterministically(tiny_cifar):
             assert torch.equal(weight, b.state_dict[name])
     assert all(math.isfinite(row["loss"]) for result in first for row in result.history)
     # Drawn per epoch, the masks differ from a lone run's per-step draws: the runs differ.
-    lone = train.fit(MEMBERS[0], tiny_cifar, device="cpu")
+    lone = loop.fit(MEMBERS[0], tiny_cifar, device="cpu")
     assert not torch.allclose(
         first[0].state_dict["layers.0.weight"], lone.state_dict["layers.0.weight"]
     )
@@ -107,10 +108,10 @@ def test_epoch_drawn_masks_train_deterministically(tiny_cifar):
 def test_plan_groups_puts_only_compatible_runs_together():
     sizes = [dataclasses.replace(BASE, train_size=size) for size in (150, 200)]
     configs = [*MEMBERS, *sizes, dataclasses.replace(BASE, seed=7)]
-    groups = batched.plan_groups(configs, max_members=3)
+    groups = grouping.plan_groups(configs, max_members=3)
     assert sorted(index for group in groups for index in group) == list(range(len(configs)))
     for group in groups:
-        assert len({batched.group_key(configs[index]) for index in group}) == 1
+        assert len({grouping.group_key(configs[index]) for index in group}) == 1
         assert len(group) <= 3
     # BASE with seeds 0, 1, 2, 7 differs only in member fields: 4 runs -> groups of 3 and 1.
     assert sorted(len(group) for group in groups) == [1, 1, 1, 3]
@@ -118,14 +119,14 @@ def test_plan_groups_puts_only_compatible_runs_together():
 
 def test_a_group_of_incompatible_runs_is_refused(tiny_cifar):
     with pytest.raises(ValueError, match="differ only in"):
-        batched.fit_group([BASE, dataclasses.replace(BASE, epochs=3)], tiny_cifar, device="cpu")
+        grouped.fit_group([BASE, dataclasses.replace(BASE, epochs=3)], tiny_cifar, device="cpu")
 
 
 def test_a_missing_device_is_a_user_error(tiny_cifar):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     with pytest.raises(CnnlabError, match="available: cpu"):
-        batched.fit_group(MEMBERS, tiny_cifar, device="cuda")
+        grouped.fit_group(MEMBERS, tiny_cifar, device="cuda")
 
 
 GROUPED_STUDY = """
@@ -165,16 +166,16 @@ def test_a_study_trained_in_groups_records_what_lone_runs_record(tiny_cifar, tmp
     # What the CUDA path does: every compatible run in one group (here all four).
     trained_together: list[int] = []
 
-    def schedule(configs, device):
-        groups = batched.plan_groups(configs, max_members=8)
+    def schedule(configs, device_type):
+        groups = grouping.plan_groups(configs, max_members=8)
         trained_together.extend(len(group) for group in groups)
         return groups
 
-    monkeypatch.setattr(batched, "schedule", schedule)
-    grouped = run("grouped")
+    monkeypatch.setattr(planning, "schedule", schedule)
+    results = run("grouped")
     assert trained_together == [4]
-    assert lone.keys() == grouped.keys() and len(lone) == 4
-    for run_id, record in grouped.items():
+    assert lone.keys() == results.keys() and len(lone) == 4
+    for run_id, record in results.items():
         assert record.status == lone[run_id].status == "done"
         assert record.metrics["group_size"] == 4
         for key in ("train_accuracy", "test_accuracy", "train_loss", "test_loss"):
@@ -184,9 +185,9 @@ def test_a_study_trained_in_groups_records_what_lone_runs_record(tiny_cifar, tmp
 
 def test_a_bfloat16_group_trains_in_mixed_precision(tiny_cifar):
     mixed = [dataclasses.replace(config, precision="bfloat16") for config in MEMBERS[:2]]
-    grouped = batched.fit_group(mixed, tiny_cifar, device="cpu")
-    full = batched.fit_group(MEMBERS[:2], tiny_cifar, device="cpu")
-    for result, reference in zip(grouped, full, strict=True):
+    results = grouped.fit_group(mixed, tiny_cifar, device="cpu")
+    full = grouped.fit_group(MEMBERS[:2], tiny_cifar, device="cpu")
+    for result, reference in zip(results, full, strict=True):
         assert result.status == "done"
         assert all(math.isfinite(row["loss"]) for row in result.history)
         assert result.history[-1]["loss"] != reference.history[-1]["loss"]

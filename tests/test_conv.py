@@ -1,6 +1,6 @@
-"""conv.py against scipy.signal, scipy.ndimage and torch, and against its loops.
+"""convolve.py against scipy.signal, scipy.ndimage and torch, and against its loops.
 
-SciPy's own test suite runs against conv.py in test_scipy_conv.py; here hypothesis draws random
+SciPy's own test suite runs against convolve.py in test_scipy_conv.py; here hypothesis draws random
 shapes, dtypes, modes and boundaries and holds every method to scipy.signal's results, dtypes,
 NaN propagation and exceptions.
 """
@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage, signal
 
-from cnnlab import conv, conv_fast, kernels
+from cnnlab.conv import convolve, fast, kernels
 from cnnlab.errors import CnnlabError
 
 SETTINGS = settings(max_examples=100, deadline=None)
@@ -30,7 +30,7 @@ NDIMAGE_MODE = {
     "symmetric": "reflect",
     "wrap": "grid-wrap",
 }
-PAIRS = [(conv.convolve2d, signal.convolve2d), (conv.correlate2d, signal.correlate2d)]
+PAIRS = [(convolve.convolve2d, signal.convolve2d), (convolve.correlate2d, signal.correlate2d)]
 INTEGER_DTYPES = ["uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64"]
 
 
@@ -83,9 +83,9 @@ def fits_valid(image, kernel) -> bool:
 @SETTINGS
 @given(
     problem=problems(),
-    mode=st.sampled_from(conv.MODES),
+    mode=st.sampled_from(convolve.MODES),
     boundary=st.sampled_from(SCIPY_BOUNDARIES),
-    method=st.sampled_from(conv.METHODS),
+    method=st.sampled_from(convolve.METHODS),
     fillvalue=st.sampled_from([0.0, 1.5]),
     swap=st.booleans(),
 )
@@ -115,15 +115,15 @@ def test_signature_and_defaults_are_scipys():
         assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in extras)
     image, kernel = np.arange(12.0).reshape(3, 4), np.array([[1.0, 2.0], [3.0, 4.0]])
     np.testing.assert_array_equal(
-        conv.convolve2d(in2=kernel, in1=image), signal.convolve2d(image, kernel)
+        convolve.convolve2d(in2=kernel, in1=image), signal.convolve2d(image, kernel)
     )
-    assert conv.correlate2d(image, kernel).shape == (4, 5)  # "full" by default
+    assert convolve.correlate2d(image, kernel).shape == (4, 5)  # "full" by default
 
 
 @SETTINGS
 @given(
     problem=problems(),
-    boundary=st.sampled_from(conv.BOUNDARIES),
+    boundary=st.sampled_from(convolve.BOUNDARIES),
     method=st.sampled_from(["direct", "fft"]),
 )
 def test_same_mode_matches_scipy_ndimage_for_every_boundary(problem, boundary, method):
@@ -133,14 +133,14 @@ def test_same_mode_matches_scipy_ndimage_for_every_boundary(problem, boundary, m
     expected = ndimage.correlate(
         image, kernel, mode=NDIMAGE_MODE[boundary], cval=2.0, origin=origin
     )
-    actual = conv.correlate2d(image, kernel, "same", boundary, fillvalue=2.0, method=method)
+    actual = convolve.correlate2d(image, kernel, "same", boundary, fillvalue=2.0, method=method)
     assert_close(actual, expected, image, kernel)
 
 
 @SETTINGS
 @given(
     problem=problems(max_image=12),
-    mode=st.sampled_from(conv.MODES),
+    mode=st.sampled_from(convolve.MODES),
     stride=st.integers(1, 4),
     method=st.sampled_from(["direct", "fft"]),
 )
@@ -148,14 +148,14 @@ def test_stride_matches_torch_conv2d(problem, mode, stride, method):
     image, kernel = problem
     if mode == "valid" and not fits_valid(image, kernel):
         return
-    before = [conv_fast.padding(size, mode, flipped=False)[0] for size in kernel.shape]
+    before = [fast.padding(size, mode, flipped=False)[0] for size in kernel.shape]
     after = [
         size - 1 - b if mode == "same" else b for size, b in zip(kernel.shape, before, strict=True)
     ]
     padded = F.pad(torch.from_numpy(image)[None, None], (before[1], after[1], before[0], after[0]))
     # torch.nn.functional.conv2d computes a cross-correlation.
     expected = F.conv2d(padded, torch.from_numpy(kernel)[None, None], stride=stride)[0, 0].numpy()
-    actual = conv.correlate2d(image, kernel, mode, stride=stride, method=method)
+    actual = convolve.correlate2d(image, kernel, mode, stride=stride, method=method)
     assert_close(actual, expected, image, kernel)
 
 
@@ -165,7 +165,7 @@ def test_channels_match_torch_conv2d(problem, stride, summed):
     image, kernel = problem
     channels = image.shape[2]
     torch_image = torch.from_numpy(np.ascontiguousarray(np.moveaxis(image, 2, 0)))[None]
-    pads = [conv_fast.padding(size, "same", flipped=False) for size in kernel.shape]
+    pads = [fast.padding(size, "same", flipped=False) for size in kernel.shape]
     torch_image = F.pad(torch_image, (*pads[1], *pads[0]))
     if summed:  # one kh x kw x C filter, summed over channels: one output map
         kernel = np.stack([kernel * (c + 1) for c in range(channels)], axis=2)
@@ -176,18 +176,19 @@ def test_channels_match_torch_conv2d(problem, stride, summed):
         result = F.conv2d(torch_image, weight, stride=stride, groups=channels)[0].numpy()
         expected = np.moveaxis(result, 0, 2)
     for method in ("direct", "fft"):
-        actual = conv.correlate_channels(image, kernel, "same", stride=stride, method=method)
+        actual = convolve.correlate_channels(image, kernel, "same", stride=stride, method=method)
         assert_close(actual, expected, image, kernel)
 
 
 def test_channels_of_a_2d_image_are_convolve2d():
     rng = np.random.default_rng(4)
     image, kernel = rng.standard_normal((9, 7)), rng.standard_normal((3, 4))
-    for mode in conv.MODES:
+    for mode in convolve.MODES:
         np.testing.assert_array_equal(
-            conv.convolve_channels(image, kernel, mode), conv.convolve2d(image, kernel, mode)
+            convolve.convolve_channels(image, kernel, mode),
+            convolve.convolve2d(image, kernel, mode),
         )
-    per_channel = conv.convolve_channels(np.stack([image, 2 * image], axis=2), kernel, "same")
+    per_channel = convolve.convolve_channels(np.stack([image, 2 * image], axis=2), kernel, "same")
     assert_close(per_channel[:, :, 1], 2 * signal.convolve2d(image, kernel, "same"), image, kernel)
 
 
@@ -201,7 +202,7 @@ def test_channels_of_a_2d_image_are_convolve2d():
     shapes=st.tuples(
         st.integers(1, 20), st.integers(1, 20), st.integers(1, 12), st.integers(1, 12)
     ),
-    mode=st.sampled_from(conv.MODES),
+    mode=st.sampled_from(convolve.MODES),
     boundary=st.sampled_from(["fill", "symm", "wrap"]),
     full_range=st.booleans(),
 )
@@ -220,7 +221,7 @@ def test_integers_are_exact_through_every_method(seed, dtypes, shapes, mode, bou
         expected = scipy_or_error(theirs, image, kernel, mode, boundary, fillvalue)
         if isinstance(expected, Exception):
             continue  # shapes that fit neither way in "valid" mode: test_matches_scipy_signal
-        for method in conv.METHODS:
+        for method in convolve.METHODS:
             actual = ours(image, kernel, mode, boundary, fillvalue, method=method)
             assert actual.dtype == expected.dtype
             if expected.dtype.kind == "f":  # uint64 with a signed type: float64, as in SciPy
@@ -234,16 +235,16 @@ def test_the_issues_integer_example_is_exact():
     rng = np.random.default_rng(5)
     image = rng.integers(0, 256, (40, 40))
     kernel = rng.integers(-9, 10, (15, 15))
-    assert conv.choose_method(image.shape, kernel, "same") == "fft"
-    for method in conv.METHODS:
-        result = conv.convolve2d(image, kernel, "same", method=method)
+    assert convolve.choose_method(image.shape, kernel, "same") == "fft"
+    for method in convolve.METHODS:
+        result = convolve.convolve2d(image, kernel, "same", method=method)
         assert result.dtype == np.int64
         np.testing.assert_array_equal(result, signal.convolve2d(image, kernel, "same"))
 
 
 def test_uint8_wraps_around_like_scipy():
     image = np.full((3, 3), 200, np.uint8)
-    result = conv.convolve2d(image, np.ones((2, 2), np.uint8))
+    result = convolve.convolve2d(image, np.ones((2, 2), np.uint8))
     assert result.dtype == np.uint8
     np.testing.assert_array_equal(result[1:3, 1:3], np.full((2, 2), (4 * 200) % 256))
     np.testing.assert_array_equal(result, signal.convolve2d(image, np.ones((2, 2), np.uint8)))
@@ -272,11 +273,11 @@ def test_result_dtype_is_scipys(dtypes):
     kernel = rng.integers(-5, 5, (3, 2)).astype(dtypes[1])
     for ours, theirs in PAIRS:
         expected = theirs(image, kernel, "same", fillvalue=1)
-        for method in conv.METHODS:
+        for method in convolve.METHODS:
             actual = ours(image, kernel, "same", fillvalue=1, method=method)
             assert actual.dtype == expected.dtype
             np.testing.assert_allclose(actual, expected, rtol=1e-6)
-    loop = conv.convolve2d_loop(image, kernel, "same", fillvalue=1)
+    loop = convolve.convolve2d_loop(image, kernel, "same", fillvalue=1)
     assert loop.dtype == signal.convolve2d(image, kernel, "same").dtype
 
 
@@ -293,7 +294,7 @@ def test_types_scipy_refuses_are_refused(dtype):
 @settings(max_examples=50, deadline=None)
 @given(
     problem=problems(),
-    mode=st.sampled_from(conv.MODES),
+    mode=st.sampled_from(convolve.MODES),
     boundary=st.sampled_from(["fill", "symm", "wrap"]),
     single=st.booleans(),
     imaginary_image=st.booleans(),
@@ -311,7 +312,7 @@ def test_complex_inputs_match_scipy(problem, mode, boundary, single, imaginary_i
         expected = scipy_or_error(theirs, image, kernel, mode, boundary, fillvalue)
         if isinstance(expected, Exception):
             continue
-        for method in conv.METHODS:
+        for method in convolve.METHODS:
             actual = ours(image, kernel, mode, boundary, fillvalue, method=method)
             assert actual.dtype == expected.dtype
             # SciPy sums complex64 in single precision; cnnlab in double, then rounds.
@@ -332,13 +333,13 @@ KERNELS_WITH_ZEROS = {
 
 
 @pytest.mark.parametrize("kernel_name", list(KERNELS_WITH_ZEROS))
-@pytest.mark.parametrize("mode", conv.MODES)
+@pytest.mark.parametrize("mode", convolve.MODES)
 def test_nan_and_inf_spread_like_scipy_on_every_path(kernel_name, mode):
     kernel = KERNELS_WITH_ZEROS[kernel_name]
     if kernel_name == "separable":
-        assert conv_fast.separable(kernel) is not None
+        assert fast.separable(kernel) is not None
     if kernel_name == "large":
-        assert conv.choose_method((40, 40), kernel, mode) == "fft"
+        assert convolve.choose_method((40, 40), kernel, mode) == "fft"
     rng = np.random.default_rng(7)
     image = rng.standard_normal((40, 40))
     image[0, 0] = image[5, 9] = np.nan  # a corner: in "valid" mode only one tap ever meets it
@@ -346,7 +347,7 @@ def test_nan_and_inf_spread_like_scipy_on_every_path(kernel_name, mode):
     for ours, theirs in PAIRS:
         expected = theirs(image, kernel, mode)
         assert np.isnan(expected).any()
-        for method in conv.METHODS:
+        for method in convolve.METHODS:
             actual = ours(image, kernel, mode, method=method)
             np.testing.assert_array_equal(np.isnan(actual), np.isnan(expected))
             np.testing.assert_array_equal(np.isposinf(actual), np.isposinf(expected))
@@ -365,9 +366,9 @@ def test_nan_and_inf_spread_like_scipy_on_every_path(kernel_name, mode):
 def test_nan_in_the_kernel_or_the_fill_value(kernel, fillvalue):
     image = np.arange(30.0).reshape(5, 6)
     for ours, theirs in PAIRS:
-        for mode in conv.MODES:
+        for mode in convolve.MODES:
             expected = theirs(image, kernel, mode, fillvalue=fillvalue)
-            for method in conv.METHODS:
+            for method in convolve.METHODS:
                 actual = ours(image, kernel, mode, fillvalue=fillvalue, method=method)
                 np.testing.assert_array_equal(np.isnan(actual), np.isnan(expected))
                 np.testing.assert_array_equal(actual, expected)
@@ -376,7 +377,7 @@ def test_nan_in_the_kernel_or_the_fill_value(kernel, fillvalue):
 def test_a_nan_stays_local():
     image = np.ones((40, 40))
     image[5, 5] = np.nan
-    result = conv.convolve2d(image, np.ones((21, 21)), "same", method="fft")
+    result = convolve.convolve2d(image, np.ones((21, 21)), "same", method="fft")
     assert np.isnan(result[5, 5]) and np.isfinite(result[35, 35])
 
 
@@ -397,7 +398,7 @@ def test_a_nan_stays_local():
         ((2, 2), (3, 0)),
     ],
 )
-@pytest.mark.parametrize("mode", conv.MODES)
+@pytest.mark.parametrize("mode", convolve.MODES)
 def test_empty_inputs_like_scipy(image_shape, kernel_shape, mode):
     image, kernel = np.ones(image_shape, np.int16), np.full(kernel_shape, 2.0)
     for ours, theirs in PAIRS:
@@ -406,20 +407,22 @@ def test_empty_inputs_like_scipy(image_shape, kernel_shape, mode):
             with pytest.raises(type(expected)):
                 ours(image, kernel, mode, fillvalue=3)
             continue
-        for method in conv.METHODS:
+        for method in convolve.METHODS:
             actual = ours(image, kernel, mode, fillvalue=3, method=method)
             assert actual.dtype == expected.dtype
             np.testing.assert_array_equal(actual, expected)
-        loop = conv.convolve2d_loop if ours is conv.convolve2d else conv.correlate2d_loop
+        loop = (
+            convolve.convolve2d_loop if ours is convolve.convolve2d else convolve.correlate2d_loop
+        )
         np.testing.assert_array_equal(loop(image, kernel, mode, fillvalue=3), expected)
 
 
 def test_an_empty_image_cannot_be_wrapped():
     """SciPy divides by zero there (the process dies); cnnlab raises a ValueError."""
-    for function in (conv.convolve2d, conv.correlate2d_loop):
+    for function in (convolve.convolve2d, convolve.correlate2d_loop):
         with pytest.raises(ValueError, match="cannot be extended"):
             function(np.ones((0, 3)), np.ones((2, 2)), "full", "wrap")
-    assert conv.convolve2d(np.ones((0, 3)), np.ones((2, 2)), "same", "wrap").shape == (0, 3)
+    assert convolve.convolve2d(np.ones((0, 3)), np.ones((2, 2)), "same", "wrap").shape == (0, 3)
 
 
 # --- the loop reference -------------------------------------------------------------------------
@@ -428,8 +431,8 @@ def test_an_empty_image_cannot_be_wrapped():
 @settings(max_examples=40, deadline=None)
 @given(
     problem=problems(max_image=6, max_kernel=4),
-    mode=st.sampled_from(conv.MODES),
-    boundary=st.sampled_from(conv.BOUNDARIES),
+    mode=st.sampled_from(convolve.MODES),
+    boundary=st.sampled_from(convolve.BOUNDARIES),
     stride=st.integers(1, 3),
     flip=st.booleans(),
     swap=st.booleans(),
@@ -444,9 +447,9 @@ def test_loop_reference_agrees_with_fast_paths(problem, mode, boundary, stride, 
         image, kernel = np.rint(image * 10), np.rint(kernel * 10)
     image, kernel = image.astype(dtype), kernel.astype(dtype)
     loop, fast = (
-        (conv.convolve2d_loop, conv.convolve2d)
+        (convolve.convolve2d_loop, convolve.convolve2d)
         if flip
-        else (conv.correlate2d_loop, conv.correlate2d)
+        else (convolve.correlate2d_loop, convolve.correlate2d)
     )
     options = {"mode": mode, "boundary": boundary, "fillvalue": 2, "stride": stride}
     try:
@@ -455,7 +458,7 @@ def test_loop_reference_agrees_with_fast_paths(problem, mode, boundary, stride, 
         with pytest.raises(ValueError):
             fast(image, kernel, **options)
         return
-    for method in conv.METHODS:
+    for method in convolve.METHODS:
         actual = fast(image, kernel, method=method, **options)
         assert actual.dtype == expected.dtype
         if expected.dtype.kind in "iu":
@@ -468,9 +471,9 @@ def test_loop_reference_matches_scipy_on_the_reports_kernel():
     rng = np.random.default_rng(3)
     image = rng.integers(0, 256, (7, 9)).astype(np.float64)
     kernel = kernels.KERNELS["laplacian8"].array()
-    for mode in conv.MODES:
+    for mode in convolve.MODES:
         np.testing.assert_allclose(
-            conv.correlate2d_loop(image, kernel, mode), signal.correlate2d(image, kernel, mode)
+            convolve.correlate2d_loop(image, kernel, mode), signal.correlate2d(image, kernel, mode)
         )
 
 
@@ -483,8 +486,8 @@ def test_even_and_odd_kernels_centre_at_k_minus_1_over_2(size):
     image = np.arange(42.0).reshape(6, 7)
     delta = np.zeros((size, size))
     delta[(size - 1) // 2, (size - 1) // 2] = 1.0
-    np.testing.assert_array_equal(conv.correlate2d(image, delta, "same"), image)
-    np.testing.assert_array_equal(conv.convolve2d(image, delta, "same"), image)
+    np.testing.assert_array_equal(convolve.correlate2d(image, delta, "same"), image)
+    np.testing.assert_array_equal(convolve.convolve2d(image, delta, "same"), image)
     np.testing.assert_array_equal(signal.convolve2d(image, delta, "same"), image)
 
 
@@ -493,31 +496,31 @@ def test_convolution_flips_and_correlation_does_not():
     image[2, 2] = 1.0
     kernel = np.arange(9.0).reshape(3, 3)
     # An impulse's convolution draws the kernel; its correlation draws the kernel rotated 180°.
-    np.testing.assert_array_equal(conv.convolve2d(image, kernel, "same")[1:4, 1:4], kernel)
+    np.testing.assert_array_equal(convolve.convolve2d(image, kernel, "same")[1:4, 1:4], kernel)
     np.testing.assert_array_equal(
-        conv.correlate2d(image, kernel, "same")[1:4, 1:4], kernel[::-1, ::-1]
+        convolve.correlate2d(image, kernel, "same")[1:4, 1:4], kernel[::-1, ::-1]
     )
 
 
 def test_correlation_conjugates_the_second_input():
     image = np.array([[1.0 + 2.0j]])
-    np.testing.assert_array_equal(conv.correlate2d(image, [[1j]]), [[(1.0 + 2.0j) * -1j]])
-    np.testing.assert_array_equal(conv.convolve2d(image, [[1j]]), [[(1.0 + 2.0j) * 1j]])
+    np.testing.assert_array_equal(convolve.correlate2d(image, [[1j]]), [[(1.0 + 2.0j) * -1j]])
+    np.testing.assert_array_equal(convolve.convolve2d(image, [[1j]]), [[(1.0 + 2.0j) * 1j]])
 
 
 def test_sobel_x_is_positive_where_brightness_grows_to_the_right():
     ramp = np.tile(np.arange(8.0), (6, 1))
-    inner = conv.convolve2d(ramp, kernels.KERNELS["sobel-x"].array(), "valid")
+    inner = convolve.convolve2d(ramp, kernels.KERNELS["sobel-x"].array(), "valid")
     np.testing.assert_array_equal(inner, np.full((4, 6), 8.0))
 
 
 def test_every_scipy_boundary_name_is_accepted():
     image, kernel = np.arange(20.0).reshape(4, 5), np.arange(6.0).reshape(2, 3)
-    for name, canonical in conv.BOUNDARY_ALIASES.items():
-        assert canonical in conv.BOUNDARIES
+    for name, canonical in convolve.BOUNDARY_ALIASES.items():
+        assert canonical in convolve.BOUNDARIES
         if name != "reflect":  # cnnlab's own; SciPy refuses it
             np.testing.assert_array_equal(
-                conv.convolve2d(image, kernel, "same", name),
+                convolve.convolve2d(image, kernel, "same", name),
                 signal.convolve2d(image, kernel, "same", name),
             )
 
@@ -526,27 +529,27 @@ def test_fft_and_direct_agree_on_a_large_kernel_and_a_separable_one():
     rng = np.random.default_rng(1)
     image = rng.uniform(0, 255, (70, 90))
     for kernel in (rng.standard_normal((17, 13)), kernels.gaussian(15, 2.5)):
-        direct = conv.convolve2d(image, kernel, "same", method="direct")
-        fft = conv.convolve2d(image, kernel, "same", method="fft")
+        direct = convolve.convolve2d(image, kernel, "same", method="direct")
+        fft = convolve.convolve2d(image, kernel, "same", method="fft")
         assert_close(direct, fft, image, kernel)
         assert_close(direct, signal.convolve2d(image, kernel, "same"), image, kernel)
 
 
 def test_auto_picks_direct_for_small_kernels_and_fft_for_large_dense_ones():
     rng = np.random.default_rng(2)
-    assert conv.choose_method((1024, 1024), rng.standard_normal((3, 3)), "same") == "direct"
-    assert conv.choose_method((1024, 1024), rng.standard_normal((31, 31)), "same") == "fft"
-    assert conv.choose_method((256, 256), rng.standard_normal((15, 15)), "same") == "fft"
+    assert convolve.choose_method((1024, 1024), rng.standard_normal((3, 3)), "same") == "direct"
+    assert convolve.choose_method((1024, 1024), rng.standard_normal((31, 31)), "same") == "fft"
+    assert convolve.choose_method((256, 256), rng.standard_normal((15, 15)), "same") == "fft"
     # A separable Gaussian costs 2k taps per pixel, not k^2: direct stays cheaper.
-    assert conv.choose_method((1024, 1024), kernels.gaussian(31, 5.0), "same") == "direct"
+    assert convolve.choose_method((1024, 1024), kernels.gaussian(31, 5.0), "same") == "direct"
 
 
 def test_next_fast_length():
-    assert [conv_fast.next_fast_length(n) for n in (1, 7, 13, 1054, 1031)] == [1, 7, 14, 1056, 1050]
+    assert [fast.next_fast_length(n) for n in (1, 7, 13, 1054, 1031)] == [1, 7, 14, 1056, 1050]
 
 
 def test_conv_needs_neither_torch_nor_scipy():
-    code = "import sys, cnnlab.conv; print(sorted({'torch', 'scipy'} & set(sys.modules)))"
+    code = "import sys, cnnlab.conv.convolve; print(sorted({'torch', 'scipy'} & set(sys.modules)))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
 
@@ -587,7 +590,7 @@ def test_bad_input_raises_what_scipy_raises(arguments, options):
         assert isinstance(expected, Exception), "SciPy accepted it"
         kind = ValueError if isinstance(expected, ValueError) else TypeError
         assert isinstance(expected, kind)
-        for function in (ours, conv.convolve2d_loop):
+        for function in (ours, convolve.convolve2d_loop):
             with pytest.raises(kind) as error:
                 function(*arguments, **options)
             assert "\n" not in str(error.value)
@@ -614,7 +617,7 @@ def test_bad_input_raises_what_scipy_raises(arguments, options):
 def test_channel_functions_and_cnnlab_options_fail_in_one_clear_line(
     image, kernel, options, message
 ):
-    for function in (conv.convolve_channels, conv.correlate_channels):
+    for function in (convolve.convolve_channels, convolve.correlate_channels):
         with pytest.raises(CnnlabError, match=message) as error:
             function(image, kernel, **options)
         assert "\n" not in str(error.value)
@@ -657,7 +660,7 @@ def test_gaussian_is_normalised_symmetric_and_separable():
     kernel = kernels.gaussian(7, 1.5)
     assert kernel.sum() == pytest.approx(1.0)
     np.testing.assert_allclose(kernel, kernel.T)
-    assert conv_fast.separable(kernel) is not None
+    assert fast.separable(kernel) is not None
 
 
 def test_kernel_files(tmp_path):

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnnlab import conv, imaging, kernels
 from cnnlab.cli import main
+from cnnlab.conv import convolve, imaging, kernels
 
 
 def write_png(path, pixels) -> None:
@@ -56,7 +56,7 @@ def test_samples_with_the_reports_kernels(tmp_path, capsys):
     assert len(stdout.splitlines()) == 6
     # The written pixels are the red channel's convolution, clipped like cv2.imwrite.
     red = imaging.draw_shapes()[..., 0].astype(np.float64)
-    laplacian = conv.convolve2d(red, kernels.KERNELS["laplacian8"].array(), "same")
+    laplacian = convolve.convolve2d(red, kernels.KERNELS["laplacian8"].array(), "same")
     expected_pixels = np.clip(np.rint(laplacian), 0, 255).astype(np.uint8)
     np.testing.assert_array_equal(read_png(out / "sample-shapes_laplacian8.png"), expected_pixels)
     figure = read_png(out / "sample-shapes_figure.png")

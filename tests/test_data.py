@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnnlab.data import (
+from cnnlab.data.datasets import (
     CLASS_NAMES,
     cache_dir,
     fetch_official,

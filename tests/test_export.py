@@ -25,10 +25,12 @@ from tensorboard.plugins.hparams import (
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
 import study_fakes
-from cnnlab import export, runfolder, study
 from cnnlab.errors import CnnlabError
-from cnnlab.events import Event
+from cnnlab.execution.events import Event
 from cnnlab.store import FINISHED, RunRecord, Store
+from cnnlab.study import runner
+from cnnlab.tracking import export
+from cnnlab.training import runfolder
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:mlflow.*")
 
@@ -54,7 +56,7 @@ def finished(tmp_path_factory) -> Path:
     path.write_text(study_fakes.STUDY_TOML.replace("[0, 0.0001, 1]", "[0, 0.0001, 1, 100]"))
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(runfolder, "save_run", study_fakes.fake_save_run)
-        study.run_study(
+        runner.run_study(
             path,
             out=folder / "out",
             data=study_fakes.zeros_cifar(),
@@ -281,7 +283,7 @@ def test_mlflow_holds_a_parent_per_study_and_every_param_metric_and_artifact(
     parent, _ = mlflow_children(client, "mini")
     with Store.open(finished, create=False) as store:
         meta = store.meta()
-    assert parent.data.tags["cnnlab.study"] == "mini"
+    assert parent.data.tags["cnnlab.study.runner"] == "mini"
     assert parent.data.tags["cnnlab.study_sha256"] == meta["study_sha256"]
     assert parent.info.status == "FINISHED"
     assert_mlflow_holds(client, "mini", records, finished)
@@ -449,7 +451,7 @@ def test_exporting_a_folder_that_is_no_study_says_so(tmp_path):
 
 def test_importing_the_module_loads_neither_extra_nor_torch():
     code = (
-        "import sys, cnnlab.export; "
+        "import sys, cnnlab.tracking.export; "
         "print(sorted({'tensorboard', 'mlflow', 'torch'} & set(sys.modules)))"
     )
     result = subprocess.run(
@@ -460,8 +462,9 @@ def test_importing_the_module_loads_neither_extra_nor_torch():
 
 def test_the_command_logs_a_study_live_and_exports_the_same(tmp_path, monkeypatch, capsys):
     # Through `cnnlab study --log` and `cnnlab export`, with the fake training in this process.
-    from cnnlab import train, workers
     from cnnlab.cli import main
+    from cnnlab.execution import planning
+    from cnnlab.training import loop
 
     def fit(config, data, *, device="auto", progress=None):
         result = study_fakes.fake_fit(config, data, device=device)
@@ -469,11 +472,13 @@ def test_the_command_logs_a_study_live_and_exports_the_same(tmp_path, monkeypatc
             progress({**row, "member": 0, "epochs": config.epochs})
         return result
 
-    monkeypatch.setattr(train, "fit", fit)
+    monkeypatch.setattr(loop, "fit", fit)
     monkeypatch.setattr(runfolder, "save_run", study_fakes.fake_save_run)
-    monkeypatch.setattr(workers, "process_count", lambda *args: 1)
+    monkeypatch.setattr(planning, "process_count", lambda *args: 1)
     data = study_fakes.zeros_cifar()
-    monkeypatch.setattr("cnnlab.data.load_dataset", lambda name, source=None, **options: data)
+    monkeypatch.setattr(
+        "cnnlab.data.datasets.load_dataset", lambda name, source=None, **options: data
+    )
     path = tmp_path / "mini.toml"
     path.write_text(study_fakes.STUDY_TOML)
     out, live, replayed = tmp_path / "out", tmp_path / "live", tmp_path / "replayed"

@@ -29,8 +29,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cnnlab import formats_cifar, sources
-from cnnlab.data import cache_dir, load_cifar10
+from cnnlab.data import cifar, sources
+from cnnlab.data.datasets import cache_dir, load_cifar10
 from cnnlab.errors import CnnlabError
 from test_data import (
     make_source,
@@ -522,7 +522,7 @@ def test_a_batch_with_more_images_than_the_limit_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
     folder = write_pickle_folder(tmp_path, tiny_arrays())
-    monkeypatch.setattr(formats_cifar, "MAX_BATCH_IMAGES", 3)  # each training batch holds 10
+    monkeypatch.setattr(cifar, "MAX_BATCH_IMAGES", 3)  # each training batch holds 10
     # The size of a file of 10 records is refused before it is read.
     with pytest.raises(
         CnnlabError, match=r"data_batch_1 declares [\d,]+ bytes; .* at most 3 images"
@@ -672,7 +672,7 @@ def other_mutations(draw: st.DrawFn) -> tuple[str, str, bytes]:
 def test_mutated_sources_of_other_datasets_load_or_raise_only_cnnlab_error(
     mutation: tuple[str, str, bytes],
 ):
-    from cnnlab.data import load_dataset
+    from cnnlab.data.datasets import load_dataset
 
     dataset, name, content = mutation
     with tempfile.TemporaryDirectory() as folder:

@@ -21,10 +21,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import study_fakes
-from cnnlab import config, runfolder
+from cnnlab import config
 from cnnlab.errors import CnnlabError
-from cnnlab.study import plan_runs
-from cnnlab.studyfile import load_study
+from cnnlab.study.runner import plan_runs
+from cnnlab.study.studyfile import load_study
+from cnnlab.training import runfolder
 
 MEMORY_LIMIT = 3 << 30  # address space for a command: torch's import needs about 1.5 GiB
 
@@ -232,12 +233,12 @@ class _Payload:
 @pytest.fixture(scope="module")
 def run_folder(tmp_path_factory) -> Path:
     """A real (tiny) run folder to break in copies."""
-    from cnnlab import train
     from cnnlab.config import RunConfig
+    from cnnlab.training import loop
 
     folder = tmp_path_factory.mktemp("run") / "run"
     data = study_fakes.zeros_cifar(train_count=100)
-    result = train.fit(RunConfig(arch="tiny", train_size=100, epochs=1), data, device="cpu")
+    result = loop.fit(RunConfig(arch="tiny", train_size=100, epochs=1), data, device="cpu")
     runfolder.write_run_folder(result, folder, data.class_names)
     return folder
 
@@ -355,7 +356,7 @@ def tiny_folder_path(tmp_path_factory) -> Path:
     """A PNG image folder of 10 train and 5 test images per class."""
     from PIL import Image
 
-    from cnnlab.data import CLASS_NAMES
+    from cnnlab.data.datasets import CLASS_NAMES
 
     root = tmp_path_factory.mktemp("pngs")
     rng = np.random.default_rng(0)

@@ -24,12 +24,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cnnlab import data as data_module
-from cnnlab import models, train
-from cnnlab.architectures import ARCHITECTURES as REGISTRY
-from cnnlab.architectures import get_architecture
 from cnnlab.config import RunConfig
-from cnnlab.layers import (
+from cnnlab.data import datasets as data_module
+from cnnlab.nn import modules
+from cnnlab.nn.architectures import ARCHITECTURES as REGISTRY
+from cnnlab.nn.architectures import get_architecture
+from cnnlab.nn.specs import (
     ACTIVATIONS,
     INPUT_SHAPE,
     NUM_CLASSES,
@@ -51,8 +51,10 @@ from cnnlab.layers import (
     parse_layers,
     shortcut_specs,
 )
-from cnnlab.optim import KerasAdam, make_optimizer
-from cnnlab.summary import architecture_summary
+from cnnlab.nn.summary import architecture_summary
+from cnnlab.training import loop
+from cnnlab.training.device import images_to_device
+from cnnlab.training.optim import KerasAdam, make_optimizer
 
 # Keras's torch backend calls np.array(x, copy=False) on tensors (keras/src/backend/torch/core.py).
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -173,13 +175,13 @@ def keras_model(layers: tuple[LayerSpec, ...]) -> keras.Model:
 
 # cnnlab's modules with weights and the base of their Keras layers' default names.
 KERAS_BASES = {
-    models.KerasConv2d: "conv2d",
-    models.KerasDense: "dense",
-    models.KerasBatchNorm: "batch_normalization",
+    modules.KerasConv2d: "conv2d",
+    modules.KerasDense: "dense",
+    modules.KerasBatchNorm: "batch_normalization",
 }
 
 
-def weighted_pairs(net: models.ConvNet, model: keras.Model) -> list:
+def weighted_pairs(net: modules.ConvNet, model: keras.Model) -> list:
     """(cnnlab module, Keras layer) for every layer with weights, in cnnlab's layer order.
 
     Keras names each kind's layers in creation order (conv2d, conv2d_1, ...), which is cnnlab's;
@@ -204,14 +206,14 @@ def keras_layout(weight: torch.Tensor) -> np.ndarray:
 def cnnlab_weights(module: torch.nn.Module) -> list[np.ndarray]:
     """A module's weights in Keras's layouts and order (kernel, bias; gamma, beta, moving mean,
     moving variance), those it has."""
-    if isinstance(module, models.KerasBatchNorm):
+    if isinstance(module, modules.KerasBatchNorm):
         tensors = (module.weight, module.bias, module.running_mean, module.running_var)
         return [tensor.detach().double().numpy() for tensor in tensors if tensor is not None]
     bias = [] if module.bias is None else [module.bias.detach().double().numpy()]
     return [keras_layout(module.weight), *bias]
 
 
-def copy_weights(net: models.ConvNet, model: keras.Model) -> None:
+def copy_weights(net: modules.ConvNet, model: keras.Model) -> None:
     for module, layer in weighted_pairs(net, model):
         layer.set_weights(cnnlab_weights(module))
 
@@ -222,8 +224,8 @@ def cnnlab_and_keras(
     """The architecture in both frameworks with the same (cnnlab-initialised) weights; the Keras
     model compiled with the config's Adam."""
     layers = layer_specs(name, dropout=dropout)
-    net = models.ConvNet(layers, INPUT_SHAPE)
-    models.initialise(net, torch.Generator().manual_seed(config.seed))
+    net = modules.ConvNet(layers, INPUT_SHAPE)
+    modules.initialise(net, torch.Generator().manual_seed(config.seed))
     net.to(getattr(torch, dtype))
     with floatx(dtype):
         model = keras_model(layers)
@@ -242,14 +244,14 @@ def channels_first(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2)
 
 
-def cnnlab_loss(net: models.ConvNet, images: np.ndarray, labels: np.ndarray) -> torch.Tensor:
-    """cnnlab's training loss (train.train_one_epoch's): cross-entropy of logits + penalty."""
+def cnnlab_loss(net: modules.ConvNet, images: np.ndarray, labels: np.ndarray) -> torch.Tensor:
+    """cnnlab's training loss (loop.train_one_epoch's): cross-entropy of logits + penalty."""
     loss = F.cross_entropy(net(channels_first(images)), torch.from_numpy(labels))
     penalty = net.penalty()
     return loss if penalty is None else loss + penalty
 
 
-def parameter_gaps(net: models.ConvNet, model: keras.Model) -> tuple[float, float]:
+def parameter_gaps(net: modules.ConvNet, model: keras.Model) -> tuple[float, float]:
     """(largest absolute difference, norm of the differences / norm of the weights) between the
     two models' weights."""
     largest, squared_difference, squared_weights = 0.0, 0.0, 0.0
@@ -288,7 +290,7 @@ def test_summary_matches_keras(name):
         tuple(layer.output.shape[1:]) for layer in model.layers
     ]
     assert [row.parameters for row in rows] == [layer.count_params() for layer in model.layers]
-    assert total == model.count_params() == models.count_parameters(net)
+    assert total == model.count_params() == modules.count_parameters(net)
 
 
 @pytest.mark.parametrize("name", STRONG)
@@ -299,7 +301,7 @@ def test_strong_nets_match_keras(name):
     assert [(row.name, row.kind) for row in rows] == [
         (layer.name, type(layer).__name__) for layer in model.layers
     ]
-    assert total == model.count_params() == models.count_parameters(net)
+    assert total == model.count_params() == modules.count_parameters(net)
     frozen = sum(row.non_trainable for row in rows)
     assert frozen == sum(int(np.prod(v.shape)) for v in model.non_trainable_weights)
     images, _ = random_batch(np.random.default_rng(1), 3, "float64")
@@ -354,7 +356,7 @@ def adam_gaps(name: str, optimizer: str, steps: int = 3) -> tuple[float, float]:
     net, model = cnnlab_and_keras(name, "float64", dropout=False, config=config)
     rng = np.random.default_rng(3)
     with floatx("float64"):
-        cnnlab_optimizer = train.make_optimizer(net, config)
+        cnnlab_optimizer = loop.make_optimizer(net, config)
         for _ in range(steps):
             images, labels = random_batch(rng, 8, "float64")
             model.train_on_batch(images, labels)
@@ -383,7 +385,7 @@ def test_adam_steps_match_keras(name):
 def test_keras_adam_is_keras_update_bit_for_bit(dtype):
     """Given the same gradients, KerasAdam's parameters equal keras.optimizers.Adam's exactly."""
     rng = np.random.default_rng(4)
-    shapes = [tuple(p.shape) for p in models.build_model("tiny").parameters()]
+    shapes = [tuple(p.shape) for p in modules.build_model("tiny").parameters()]
     start = [rng.normal(size=shape).astype(dtype) for shape in shapes]
     config = RunConfig()
     with floatx(dtype):
@@ -433,18 +435,18 @@ def test_fit_history_matches_keras():
 
     config = RunConfig(batch_size=batch_size, validation_split=split)
     net, model = cnnlab_and_keras("seed", "float32", dropout=False, config=config)
-    optimizer = train.make_optimizer(net, config)
-    train_images = train.images_to_device(images[train_part], CPU)
+    optimizer = loop.make_optimizer(net, config)
+    train_images = images_to_device(images[train_part], CPU)
     train_labels = torch.from_numpy(labels[train_part])
-    validation_images = train.images_to_device(images[validation_part], CPU)
+    validation_images = images_to_device(images[validation_part], CPU)
     validation_labels = torch.from_numpy(labels[validation_part])
     shuffles, mirror = torch.Generator().manual_seed(6), torch.Generator().manual_seed(6)
     for _ in range(2):
         order = torch.randperm(len(train_part), generator=mirror).numpy()
-        loss, accuracy = train.train_one_epoch(
+        loss, accuracy = loop.train_one_epoch(
             net, optimizer, train_images, train_labels, batch_size, shuffles
         )
-        validation = train.evaluate_model(net, validation_images, validation_labels)
+        validation = loop.evaluate_model(net, validation_images, validation_labels)
         epoch_images = np.concatenate([images[train_part][order], images[validation_part]])
         epoch_labels = np.concatenate([labels[train_part][order], labels[validation_part]])
         history = model.fit(
@@ -471,7 +473,7 @@ def test_activations_match_keras(name):
     values = np.random.default_rng(6).normal(scale=3, size=(5, 40))
     with floatx("float64"):
         theirs = keras.ops.convert_to_numpy(keras.activations.get(name)(values))
-    ours = models.apply_activation(name, torch.from_numpy(values)).numpy()
+    ours = modules.apply_activation(name, torch.from_numpy(values)).numpy()
     np.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=1e-15)
 
 
@@ -489,7 +491,7 @@ def test_batch_normalization_matches_keras(shape, options):
     float64 models agree to float32's rounding."""
     spec = BatchNorm(**options)
     channels = shape[-1]
-    ours = models.KerasBatchNorm(spec, channels).double()
+    ours = modules.KerasBatchNorm(spec, channels).double()
     rng = np.random.default_rng(7)
     with torch.no_grad():
         for parameter in (ours.weight, ours.bias):
@@ -577,8 +579,8 @@ MODERN_LAYERS = (
 
 def test_modern_layers_match_keras():
     layers = parse_layers(MODERN_LAYERS)
-    net = models.ConvNet(layers, INPUT_SHAPE)
-    models.initialise(net, torch.Generator().manual_seed(8))
+    net = modules.ConvNet(layers, INPUT_SHAPE)
+    modules.initialise(net, torch.Generator().manual_seed(8))
     net.double()
     with floatx("float64"):
         model = keras_model(layers)
@@ -597,7 +599,7 @@ def test_modern_layers_match_keras():
         for layer in model.layers
     ]
     trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
-    assert total == model.count_params() == models.count_parameters(net)
+    assert total == model.count_params() == modules.count_parameters(net)
     assert total - sum(row.non_trainable for row in rows) == trainable
     rng = np.random.default_rng(9)
     images, labels = random_batch(rng, 6, "float64")
@@ -642,8 +644,8 @@ def test_he_initialisers_draw_from_kerass_distributions(init, keras_name):
     from scipy import stats
 
     spec = Conv(64, (3, 3), init=init)
-    net = models.ConvNet([spec, Flatten(), Dense(10, "softmax")], (8, 8, 16))
-    models.initialise(net, torch.Generator().manual_seed(10))
+    net = modules.ConvNet([spec, Flatten(), Dense(10, "softmax")], (8, 8, 16))
+    modules.initialise(net, torch.Generator().manual_seed(10))
     ours = net.layers[0].weight.detach().numpy().ravel()
     theirs = keras.ops.convert_to_numpy(
         getattr(keras.initializers, keras_name)(seed=11)((3, 3, 16, 64))

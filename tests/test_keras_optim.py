@@ -25,7 +25,7 @@ import pytest
 import torch
 
 from cnnlab.config import RunConfig
-from cnnlab.optim import KerasAdam, KerasSGD, learning_rate_at, make_optimizer
+from cnnlab.training.optim import KerasAdam, KerasSGD, learning_rate_at, make_optimizer
 
 # Keras's torch backend calls np.array(x, copy=False) on tensors (keras/src/backend/torch/core.py).
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

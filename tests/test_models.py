@@ -14,10 +14,10 @@ from hypothesis import strategies as st
 from scipy import special
 from torch.utils.flop_counter import FlopCounterMode
 
-from cnnlab import models
-from cnnlab.architectures import ARCHITECTURES, get_architecture
 from cnnlab.errors import CnnlabError
-from cnnlab.layers import (
+from cnnlab.nn import modules
+from cnnlab.nn.architectures import ARCHITECTURES, get_architecture
+from cnnlab.nn.specs import (
     ACTIVATIONS,
     NUM_CLASSES,
     BatchNorm,
@@ -25,7 +25,7 @@ from cnnlab.layers import (
     forward_flops,
     parse_layers,
 )
-from cnnlab.summary import architecture_summary, format_summary
+from cnnlab.nn.summary import architecture_summary, format_summary
 
 # Keras's model.summary() totals for the seed report's networks.
 KERAS_PARAMETERS = {"seed": 37_146, "seed-maxpool": 98_586, "seed-deep": 22_994}
@@ -33,7 +33,7 @@ KERAS_PARAMETERS = {"seed": 37_146, "seed-maxpool": 98_586, "seed-deep": 22_994}
 
 @pytest.mark.parametrize("name", sorted(ARCHITECTURES))
 def test_every_registered_architecture_trains(name):
-    model = models.build_model(name, generator=torch.Generator().manual_seed(0))
+    model = modules.build_model(name, generator=torch.Generator().manual_seed(0))
     images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     logits = model(images)
     assert logits.shape == (3, NUM_CLASSES)
@@ -47,14 +47,14 @@ def test_every_registered_architecture_trains(name):
             continue
         assert parameter.grad is not None and torch.isfinite(parameter.grad).all(), parameter_name
     rows, total = architecture_summary(get_architecture(name))
-    assert models.count_parameters(model) == total == sum(row.parameters for row in rows)
+    assert modules.count_parameters(model) == total == sum(row.parameters for row in rows)
     if name in KERAS_PARAMETERS:
         assert total == KERAS_PARAMETERS[name]
 
 
 @pytest.mark.parametrize("name", sorted(ARCHITECTURES))
 def test_forward_flops_agree_with_torchs_flop_counter(name):
-    model = models.build_model(name, generator=torch.Generator().manual_seed(0)).eval()
+    model = modules.build_model(name, generator=torch.Generator().manual_seed(0)).eval()
     with FlopCounterMode(display=False) as counter:
         model(torch.rand(1, 3, 32, 32))
     layers = parse_layers(get_architecture(name))
@@ -84,15 +84,15 @@ HEAD = [{"type": "flatten"}, {"type": "dense", "units": 10, "activation": "softm
 )
 def test_invalid_layer_specs_name_the_layer_and_key(layers, message):
     with pytest.raises(CnnlabError, match=message) as error:
-        models.build_model(layers)
+        modules.build_model(layers)
     if layers:
         assert "layer" in str(error.value)
 
 
 def test_glorot_uniform_kernels_and_zero_biases():
-    model = models.build_model("seed", generator=torch.Generator().manual_seed(0))
+    model = modules.build_model("seed", generator=torch.Generator().manual_seed(0))
     for module in model.layers:
-        if isinstance(module, models.KerasConv2d | models.KerasDense):
+        if isinstance(module, modules.KerasConv2d | modules.KerasDense):
             weight = module.weight.detach()
             receptive = weight[0, 0].numel() if weight.dim() == 4 else 1
             fan_in, fan_out = weight.shape[1] * receptive, weight.shape[0] * receptive
@@ -135,7 +135,7 @@ def tf_same_conv_reference(image, kernel, stride):
 )
 def test_same_padding_matches_tensorflow(size, kernel, stride, seed):
     spec = Conv(filters=2, kernel=(kernel, kernel), stride=(stride, stride), padding="same")
-    conv = models.KerasConv2d(spec, 3, (size, size)).double()
+    conv = modules.KerasConv2d(spec, 3, (size, size)).double()
     rng = np.random.default_rng(seed)
     image = rng.normal(size=(3, size, size))
     with torch.no_grad():
@@ -149,7 +149,7 @@ def test_same_padding_matches_tensorflow(size, kernel, stride, seed):
 
 def test_stride_2_same_padding_is_not_pytorchs_symmetric_padding():
     spec = Conv(filters=1, kernel=(3, 3), stride=(2, 2), padding="same")
-    conv = models.KerasConv2d(spec, 1, (8, 8))
+    conv = modules.KerasConv2d(spec, 1, (8, 8))
     image = torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     symmetric = torch.nn.functional.conv2d(image, conv.weight, conv.bias, stride=2, padding=1)
     assert conv(image).shape == symmetric.shape
@@ -158,7 +158,7 @@ def test_stride_2_same_padding_is_not_pytorchs_symmetric_padding():
 
 def test_flatten_is_channels_last_like_keras():
     layers = [{"type": "flatten"}, {"type": "dense", "units": 10, "activation": "softmax"}]
-    model = models.build_model(layers, input_shape=(2, 3, 4))
+    model = modules.build_model(layers, input_shape=(2, 3, 4))
     rng = np.random.default_rng(0)
     images_nhwc = rng.normal(size=(5, 2, 3, 4))
     keras_kernel = rng.normal(size=(2 * 3 * 4, 10))  # Keras's Dense kernel is (inputs, units)
@@ -177,19 +177,19 @@ def test_penalty_is_l1_and_l2_on_dense_kernels_not_biases():
         {"type": "flatten"},
         {"type": "dense", "units": 10, "activation": "softmax", "l1": 0.01, "l2": 0.5},
     ]
-    model = models.build_model(layers, generator=torch.Generator().manual_seed(0))
+    model = modules.build_model(layers, generator=torch.Generator().manual_seed(0))
     dense = model.layers[-1]
     with torch.no_grad():
         dense.bias.fill_(100.0)
     weight = dense.weight.detach()
     expected = 0.01 * weight.abs().sum() + 0.5 * weight.square().sum()
     assert model.penalty().item() == pytest.approx(expected.item(), rel=1e-6)
-    unregularised = models.build_model([*layers[:2], {**layers[2], "l1": 0, "l2": 0}])
+    unregularised = modules.build_model([*layers[:2], {**layers[2], "l1": 0, "l2": 0}])
     assert unregularised.penalty() is None
 
 
 def test_dropout_masks_come_from_the_generator():
-    dropout = models.GeneratorDropout(0.5)
+    dropout = modules.GeneratorDropout(0.5)
     activations = torch.ones(4, 1000)
     masks = []
     for _ in range(2):
@@ -204,7 +204,7 @@ def test_dropout_masks_come_from_the_generator():
 
 def test_asymmetric_padding_gradients_are_exact():
     spec = Conv(filters=2, kernel=(3, 3), stride=(2, 2), padding="same")
-    conv = models.KerasConv2d(spec, 2, (6, 6)).double()
+    conv = modules.KerasConv2d(spec, 2, (6, 6)).double()
     images = torch.rand(2, 2, 6, 6, dtype=torch.float64, requires_grad=True)
     assert conv.extra_padding == (0, 1, 0, 1)  # the case that goes through the custom pad
     assert torch.autograd.gradcheck(conv, (images,))
@@ -212,7 +212,7 @@ def test_asymmetric_padding_gradients_are_exact():
 
 # --- the seed report's nets are untouched ------------------------------------------------------
 
-# Computed with models.py as it was before the modern layers (commit 469abf8): the first 16 hex
+# Computed with modules.py as it was before the modern layers (commit 469abf8): the first 16 hex
 # digits of the sha256 of the seeded initial parameters and of the printed summary, the loss of
 # one seeded training step, and two entries each of the first kernel's and the last bias's
 # gradients.
@@ -252,7 +252,7 @@ def short_sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
-def seeded_step(model: models.ConvNet) -> torch.Tensor:
+def seeded_step(model: modules.ConvNet) -> torch.Tensor:
     """The loss of one training step on seeded images and dropout masks; gradients left set."""
     images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     model.set_dropout_generator(torch.Generator().manual_seed(2))
@@ -265,7 +265,7 @@ def seeded_step(model: models.ConvNet) -> torch.Tensor:
 @pytest.mark.parametrize("name", sorted(PINNED))
 def test_the_seed_report_nets_are_unchanged(name):
     weights, summary, loss, first_gradient, last_gradient = PINNED[name]
-    model = models.build_model(name, generator=torch.Generator().manual_seed(0))
+    model = modules.build_model(name, generator=torch.Generator().manual_seed(0))
     parameters = b"".join(p.detach().numpy().tobytes() for p in model.parameters())
     assert short_sha256(parameters) == weights
     text = format_summary(name, get_architecture(name))
@@ -278,14 +278,14 @@ def test_the_seed_report_nets_are_unchanged(name):
 
 def test_seed_net_is_plain_torch_bit_for_bit():
     """The seed net restated with plain torch ops on this machine: same draws, same bits."""
-    model = models.build_model("seed", generator=torch.Generator().manual_seed(0))
+    model = modules.build_model("seed", generator=torch.Generator().manual_seed(0))
     generator = torch.Generator().manual_seed(0)
     shapes = [(16, 3), (16, 16), (32, 16), (32, 32)]
     kernels = [torch.empty(out, into, 3, 3) for out, into in shapes]
     dense = torch.empty(10, 2048)
     for weight in [*kernels, dense]:
         torch.nn.init.xavier_uniform_(weight, generator=generator)
-    convs = [module for module in model.layers if isinstance(module, models.KerasConv2d)]
+    convs = [module for module in model.layers if isinstance(module, modules.KerasConv2d)]
     for module, kernel in zip([*convs, model.layers[-1]], [*kernels, dense], strict=True):
         assert torch.equal(module.weight, kernel) and not module.bias.any()
     reference = [torch.nn.Parameter(t) for t in [*kernels, dense]]
@@ -333,11 +333,11 @@ def reference_activation(name: str, values: np.ndarray) -> np.ndarray:
 def test_activations_match_keras_formulas(name):
     values = np.random.default_rng(0).normal(scale=3, size=(4, 50))
     tensor = torch.from_numpy(values)
-    ours = models.apply_activation(name, tensor)
+    ours = modules.apply_activation(name, tensor)
     np.testing.assert_allclose(ours.numpy(), reference_activation(name, values), rtol=1e-12)
     assert torch.equal(tensor, torch.from_numpy(values))  # out of place: an input may be shared
-    assert torch.equal(models.activate(name, tensor.clone()), ours)
-    layer = models.build_model([{"type": "activation", "activation": name}, *HEAD]).layers[0]
+    assert torch.equal(modules.activate(name, tensor.clone()), ours)
+    layer = modules.build_model([{"type": "activation", "activation": name}, *HEAD]).layers[0]
     assert torch.equal(layer(tensor), ours)
 
 
@@ -366,7 +366,7 @@ def keras_moving_statistics(batches, momentum, axes):
 )
 def test_batch_norm_is_keras_batch_normalization(shape, options):
     spec = BatchNorm(**options)
-    norm = models.KerasBatchNorm(spec, shape[1]).double()
+    norm = modules.KerasBatchNorm(spec, shape[1]).double()
     rng = np.random.default_rng(1)
     with torch.no_grad():
         for parameter in (norm.weight, norm.bias):
@@ -402,7 +402,7 @@ def test_batch_norm_is_keras_batch_normalization(shape, options):
 def test_batch_norm_is_not_torchs_moving_variance():
     """PyTorch moves its variance by the unbiased batch variance; Keras by the biased one."""
     batch = torch.randn(4, 2, 2, 2, generator=torch.Generator().manual_seed(0))
-    ours = models.KerasBatchNorm(BatchNorm(momentum=0.0), 2)
+    ours = modules.KerasBatchNorm(BatchNorm(momentum=0.0), 2)
     theirs = torch.nn.BatchNorm2d(2, momentum=1.0)
     ours(batch)
     theirs(batch)
@@ -413,7 +413,7 @@ def test_batch_norm_is_not_torchs_moving_variance():
 
 def test_batch_norm_of_one_value_per_channel_is_kerass():
     """F.batch_norm refuses it; Keras's batch variance is 0, so the output is beta."""
-    norm = models.KerasBatchNorm(BatchNorm(momentum=0.5), 3)
+    norm = modules.KerasBatchNorm(BatchNorm(momentum=0.5), 3)
     with torch.no_grad():
         norm.bias.copy_(torch.tensor([1.0, 2.0, 3.0]))
     features = torch.tensor([[4.0, -2.0, 0.5]], requires_grad=True)
@@ -426,8 +426,8 @@ def test_batch_norm_of_one_value_per_channel_is_kerass():
 
 
 def test_batch_norm_under_bfloat16_autocast_and_channels_last():
-    conv = models.KerasConv2d(Conv(8, (3, 3), padding="same", use_bias=False), 3, (6, 6))
-    norm = models.KerasBatchNorm(BatchNorm(momentum=0.0), 8)
+    conv = modules.KerasConv2d(Conv(8, (3, 3), padding="same", use_bias=False), 3, (6, 6))
+    norm = modules.KerasBatchNorm(BatchNorm(momentum=0.0), 8)
     images = torch.randn(5, 3, 6, 6, generator=torch.Generator().manual_seed(0))
     images = images.contiguous(memory_format=torch.channels_last)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -453,13 +453,13 @@ def test_batch_norm_under_bfloat16_autocast_and_channels_last():
 def test_average_and_global_pools_match_torchs():
     images = torch.randn(2, 3, 7, 9, generator=torch.Generator().manual_seed(0))
     average = {"type": "avgpool", "size": [3, 2], "stride": [2, 3]}
-    model = models.build_model([average, *HEAD], input_shape=(7, 9, 3))
+    model = modules.build_model([average, *HEAD], input_shape=(7, 9, 3))
     assert torch.equal(model.layers[0](images), torch.nn.AvgPool2d((3, 2), (2, 3))(images))
     # 'valid' padding: (7 - 3)//2 + 1 rows, (9 - 2)//3 + 1 columns.
     assert architecture_summary([average, *HEAD], (7, 9, 3))[0][0].output_shape == (3, 3, 3)
     dense = HEAD[1]
     global_average, global_max = (
-        models.build_model([{"type": kind}, dense], input_shape=(7, 9, 3)).layers[0]
+        modules.build_model([{"type": kind}, dense], input_shape=(7, 9, 3)).layers[0]
         for kind in ("globalavgpool", "globalmaxpool")
     )
     expected = F.adaptive_avg_pool2d(images, 1).flatten(1)
@@ -503,7 +503,7 @@ def test_residual_block_with_projection_matches_a_numpy_loop(size, stride):
         ],
         "activation": "relu",
     }
-    model = models.build_model(
+    model = modules.build_model(
         [block, *HEAD], input_shape=(*size, 3), generator=torch.Generator().manual_seed(0)
     ).double()
     residual = model.layers[0]
@@ -525,7 +525,7 @@ def test_residual_block_with_projection_matches_a_numpy_loop(size, stride):
 
 def test_residual_identity_shortcut_adds_the_input():
     same = {"type": "conv", "filters": 3, "kernel": 3, "padding": "same"}
-    model = models.build_model(
+    model = modules.build_model(
         [{"type": "residual", "layers": [same]}, *HEAD], input_shape=(5, 5, 3)
     ).double()
     residual = model.layers[0]
@@ -547,7 +547,7 @@ def test_he_initialisers_scale_by_fan_in(init):
         {"type": "globalavgpool"},
         {"type": "dense", "units": 10, "activation": "softmax", "init": init},
     ]
-    model = models.build_model(layers, input_shape=(8, 8, 32), generator=torch.Generator())
+    model = modules.build_model(layers, input_shape=(8, 8, 32), generator=torch.Generator())
     for module, fan_in in ((model.layers[0], 32 * 3 * 3), (model.layers[-1], 64)):
         weight = module.weight.detach()
         if init == "he_normal":  # a normal truncated at two of its (widened) deviations
@@ -577,13 +577,13 @@ def test_initialise_draws_blocks_then_shortcuts_in_layer_order():
         {"type": "flatten"},
         {"type": "dense", "units": 10, "activation": "softmax"},
     ]
-    model = models.build_model(layers, input_shape=(6, 6, 3))
+    model = modules.build_model(layers, input_shape=(6, 6, 3))
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.fill_(7.0)
         for buffer in model.buffers():
             buffer.fill_(7.0)
-    models.initialise(model, torch.Generator().manual_seed(5))
+    modules.initialise(model, torch.Generator().manual_seed(5))
     generator = torch.Generator().manual_seed(5)
     expected = [
         torch.empty(4, 3, 3, 3).uniform_(
@@ -602,7 +602,7 @@ def test_initialise_draws_blocks_then_shortcuts_in_layer_order():
         torch.nn.init.xavier_uniform_(torch.empty(10, 54), generator=generator),
     ]
     kernels = [
-        m.weight for m in model.modules() if isinstance(m, models.KerasConv2d | models.KerasDense)
+        m.weight for m in model.modules() if isinstance(m, modules.KerasConv2d | modules.KerasDense)
     ]
     for ours, theirs in zip(kernels, expected, strict=True):
         assert torch.equal(ours, theirs)
@@ -621,7 +621,7 @@ def test_frozen_and_biasless_layers_count_as_keras_counts_them():
         {"type": "flatten"},
         {"type": "dense", "units": 10, "activation": "softmax", "use_bias": False, "l1": 0.125},
     ]
-    model = models.build_model(layers, input_shape=(6, 6, 3), generator=torch.Generator())
+    model = modules.build_model(layers, input_shape=(6, 6, 3), generator=torch.Generator())
     frozen, norm, conv, dense = model.layers[0], model.layers[1], model.layers[2], model.layers[4]
     assert not frozen.weight.requires_grad and not frozen.bias.requires_grad
     assert conv.bias is None and dense.bias is None and norm.bias is None
@@ -646,7 +646,7 @@ def test_frozen_and_biasless_layers_count_as_keras_counts_them():
         (0, 0),
         (2 * 2 * 2 * 10, 0),
     ]
-    assert models.count_parameters(model) == total == conv_frozen + norm_count + 72 + 80
+    assert modules.count_parameters(model) == total == conv_frozen + norm_count + 72 + 80
     text = format_summary("frozen", layers, (6, 6, 3))
     frozen_count = conv_frozen + 8
     assert text.endswith(
@@ -666,8 +666,8 @@ def test_dropout_generator_reaches_nested_dropouts():
         },
         *HEAD,
     ]
-    model = models.build_model(layers, input_shape=(4, 4, 3))
-    dropouts = [m for m in model.modules() if isinstance(m, models.GeneratorDropout)]
+    model = modules.build_model(layers, input_shape=(4, 4, 3))
+    dropouts = [m for m in model.modules() if isinstance(m, modules.GeneratorDropout)]
     generator = torch.Generator().manual_seed(3)
     model.set_dropout_generator(generator)
     assert len(dropouts) == 2 and all(dropout.generator is generator for dropout in dropouts)
@@ -693,7 +693,7 @@ def test_forward_flops_count_nested_blocks_and_shortcuts():
         {"type": "globalavgpool"},
         {"type": "dense", "units": 10, "activation": "softmax"},
     ]
-    model = models.build_model(layers, input_shape=(8, 8, 3)).eval()
+    model = modules.build_model(layers, input_shape=(8, 8, 3)).eval()
     with FlopCounterMode(display=False) as counter:
         model(torch.rand(1, 3, 8, 8))
     flops = forward_flops(parse_layers(layers, (8, 8, 3)), (8, 8, 3))
@@ -712,16 +712,16 @@ def correlated_images(count: int, size: int, seed: int) -> torch.Tensor:
     return torch.from_numpy(np.einsum("dc,nchw->ndhw", mixing, smooth) + 0.7).float()
 
 
-def whitened_net(filters: int, kernel: int = 2, **keys) -> models.ConvNet:
+def whitened_net(filters: int, kernel: int = 2, **keys) -> modules.ConvNet:
     first = {"type": "conv", "filters": filters, "kernel": kernel, "init": "whiten", **keys}
-    return models.build_model([first, *HEAD], input_shape=(9, 9, 3), generator=torch.Generator())
+    return modules.build_model([first, *HEAD], input_shape=(9, 9, 3), generator=torch.Generator())
 
 
 def test_whitened_outputs_have_identity_covariance_and_zero_mean():
     images = correlated_images(64, 9, seed=0)
     model = whitened_net(24)  # 2·(2·2·3): every eigenvector and its negation
-    assert models.needs_whitening(model)
-    models.whiten_first_layer(model, images, epsilon=1e-9)
+    assert modules.needs_whitening(model)
+    modules.whiten_first_layer(model, images, epsilon=1e-9)
     with torch.no_grad():
         outputs = model.layers[0](images).double()
     half = outputs[:, :12].permute(1, 0, 2, 3).reshape(12, -1)
@@ -733,7 +733,7 @@ def test_whitened_outputs_have_identity_covariance_and_zero_mean():
 def test_whitened_kernel_is_the_leading_eigenvectors_of_a_numpy_covariance():
     images = correlated_images(16, 9, seed=1)
     model = whitened_net(6, kernel=(2, 3), use_bias=False)
-    models.whiten_first_layer(model, images)
+    modules.whiten_first_layer(model, images)
     array = images.double().numpy()
     patches = np.array(
         [
@@ -761,19 +761,19 @@ def test_whitened_kernel_is_the_leading_eigenvectors_of_a_numpy_covariance():
 
 def test_patch_statistics_do_not_depend_on_the_chunk():
     images = correlated_images(10, 9, seed=2)
-    whole = models.patch_statistics(images, (3, 3), chunk=100)
-    parts = models.patch_statistics(images, (3, 3), chunk=3)
+    whole = modules.patch_statistics(images, (3, 3), chunk=100)
+    parts = modules.patch_statistics(images, (3, 3), chunk=3)
     for ours, theirs in zip(whole, parts, strict=True):
         np.testing.assert_allclose(ours, theirs, rtol=1e-10, atol=1e-12)
 
 
 def test_whitening_needs_a_whiten_net_and_varied_images():
-    plain = models.build_model("tiny")
-    assert not models.needs_whitening(plain)
+    plain = modules.build_model("tiny")
+    assert not modules.needs_whitening(plain)
     with pytest.raises(CnnlabError, match="not a conv with init 'whiten'"):
-        models.whiten_first_layer(plain, torch.rand(2, 3, 32, 32))
+        modules.whiten_first_layer(plain, torch.rand(2, 3, 32, 32))
     with pytest.raises(CnnlabError, match="do not vary"):
-        models.whiten_first_layer(whitened_net(4), torch.full((2, 3, 9, 9), 0.5))
+        modules.whiten_first_layer(whitened_net(4), torch.full((2, 3, 9, 9), 0.5))
 
 
 # --- rescaling and a softmax activation at the end ----------------------------------------------
@@ -788,7 +788,7 @@ def test_rescaling_is_x_times_scale_plus_offset_and_can_end_before_a_softmax():
         {"type": "rescaling", "scale": 1 / 9},
         {"type": "activation", "activation": "softmax"},
     ]
-    model = models.build_model(layers, generator=torch.Generator().manual_seed(0))
+    model = modules.build_model(layers, generator=torch.Generator().manual_seed(0))
     images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     conv, dense = model.layers[1], model.layers[3]
     expected = dense(conv(images * 2.0 - 1.0).amax((2, 3))) / 9

@@ -13,7 +13,7 @@ import torch
 
 from cnnlab.config import ConfigError, RunConfig
 from cnnlab.errors import CnnlabError
-from cnnlab.optim import (
+from cnnlab.training.optim import (
     KerasAdam,
     KerasSGD,
     WeightAverage,

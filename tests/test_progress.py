@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import study_fakes
-from cnnlab import progress
+from cnnlab.study import progress
 
 # The real command with fake, slowed-down training in its own process.
 DRIVER = """
@@ -19,7 +19,10 @@ import sys
 import time
 sys.path.insert(0, {tests!r})
 import study_fakes
-from cnnlab import cli, runfolder, train, workers
+from cnnlab import cli
+from cnnlab.training import runfolder
+from cnnlab.training import loop
+from cnnlab.execution import planning
 
 def fit(config, data, *, device="auto", progress=None):
     result = study_fakes.fake_fit(config, data, device=device)
@@ -28,12 +31,12 @@ def fit(config, data, *, device="auto", progress=None):
         time.sleep(0.3)  # long enough for the display's next redraw to show it
     return result
 
-train.fit = fit
+loop.fit = fit
 runfolder.save_run = study_fakes.fake_save_run
-workers.process_count = lambda *args: 1
+planning.process_count = lambda *args: 1
 data = study_fakes.zeros_cifar()
-import cnnlab.data
-cnnlab.data.load_dataset = lambda name, source=None, **options: data
+import cnnlab.data.datasets
+cnnlab.data.datasets.load_dataset = lambda name, source=None, **options: data
 sys.exit(cli.main(["study", {study!r}, "--out", {out!r}, "--repeats", "1"]))
 """
 

@@ -17,11 +17,13 @@ import pytest
 import torch
 
 import study_fakes
-from cnnlab import batched, execute, ray_backend, study, train
 from cnnlab.config import RunConfig, run_id
 from cnnlab.errors import CnnlabError
-from cnnlab.metrics import HISTORY_KEYS
-from cnnlab.studyfile import load_study
+from cnnlab.execution import execute, ray_tasks
+from cnnlab.study import runner
+from cnnlab.study.studyfile import load_study
+from cnnlab.training import grouped, loop
+from cnnlab.training.metrics import HISTORY_KEYS
 from processes import command_line, wait_gone
 
 ray = pytest.importorskip("ray", reason="the Ray tests need Ray: pip install 'cnnlab[ray]'")
@@ -84,7 +86,7 @@ def ray_address() -> str:
 
 
 def _train(configs, data, address, **options):
-    return ray_backend.train_on_ray(configs, data, device="cpu", address=address, **options)
+    return ray_tasks.train_on_ray(configs, data, device="cpu", address=address, **options)
 
 
 def _events_on_ray(configs, data, address, **options):
@@ -122,15 +124,15 @@ def test_an_unknown_backend_or_device_is_one_clear_error(tiny_cifar):
 
 def test_a_node_uses_its_own_copy_of_the_data_only_when_the_checksum_matches(tmp_path):
     source = _image_folder_zip(tmp_path / "cifar.zip")
-    from cnnlab.data import load_cifar10
+    from cnnlab.data.datasets import load_cifar10
 
     loaded = load_cifar10(source)
     sha256 = loaded.source_sha256
-    copy = ray_backend.local_copy("cifar10", str(source), sha256)
+    copy = ray_tasks.local_copy("cifar10", str(source), sha256)
     assert copy is not None and (copy.train_labels == loaded.train_labels).all()
-    assert ray_backend.local_copy("cifar10", str(source), "0" * 64) is None  # another file there
-    assert ray_backend.local_copy("cifar10", str(tmp_path / "absent.zip"), sha256) is None
-    assert ray_backend.local_copy("cifar10", "synthetic", "") is None
+    assert ray_tasks.local_copy("cifar10", str(source), "0" * 64) is None  # another file there
+    assert ray_tasks.local_copy("cifar10", str(tmp_path / "absent.zip"), sha256) is None
+    assert ray_tasks.local_copy("cifar10", "synthetic", "") is None
 
 
 def test_the_study_file_chooses_the_backend_and_the_cluster(tmp_path):
@@ -155,8 +157,8 @@ def test_the_study_file_chooses_the_backend_and_the_cluster(tmp_path):
 
 
 def test_run_ids_name_the_tasks():
-    assert ray_backend.task_name([BASE]) == f"cnnlab {run_id(BASE)}"
-    assert ray_backend.task_name([BASE, BASE]) == f"cnnlab {run_id(BASE)} +1"
+    assert ray_tasks.task_name([BASE]) == f"cnnlab {run_id(BASE)}"
+    assert ray_tasks.task_name([BASE, BASE]) == f"cnnlab {run_id(BASE)} +1"
 
 
 def test_a_study_trains_on_a_ray_cluster(tiny_cifar, ray_address, tmp_path):
@@ -165,7 +167,7 @@ def test_a_study_trains_on_a_ray_cluster(tiny_cifar, ray_address, tmp_path):
     study_file.write_text(
         study_fakes.tiny_study_toml("tiny", "{ seed = [0, 1, 2], l1 = [0, 0.01] }")
     )
-    plan = study.plan_runs(load_study(study_file))
+    plan = runner.plan_runs(load_study(study_file))
     configs = [run.config for run in plan]
     execution = execute.execute(
         configs, tiny_cifar, device="cpu", backend="ray", address=ray_address
@@ -183,9 +185,9 @@ def test_a_study_trains_on_a_ray_cluster(tiny_cifar, ray_address, tmp_path):
 def test_a_killed_ray_worker_is_retried_and_its_run_done_once(tiny_cifar, ray_address):
     # Long enough runs that the kill lands mid-run; three runs for two CPUs.
     configs = [dataclasses.replace(BASE, seed=seed, epochs=40) for seed in range(3)]
-    title = f"ray::{ray_backend.task_name([configs[0]])}"
+    title = f"ray::{ray_tasks.task_name([configs[0]])}"
     events, victim, most_at_once = [], None, 0
-    for event in ray_backend.train_on_ray(configs, tiny_cifar, device="cpu", address=ray_address):
+    for event in ray_tasks.train_on_ray(configs, tiny_cifar, device="cpu", address=ray_address):
         events.append(event)
         most_at_once = max(most_at_once, len(_processes_titled("ray::cnnlab ")))
         if event.kind == "progress" and event.index == 0 and victim is None:
@@ -201,7 +203,7 @@ def test_a_killed_ray_worker_is_retried_and_its_run_done_once(tiny_cifar, ray_ad
 
 def test_a_run_whose_worker_dies_past_the_retries_fails_with_the_reason(tiny_cifar, ray_address):
     configs = [dataclasses.replace(BASE, epochs=40)]
-    title = f"ray::{ray_backend.task_name(configs)}"
+    title = f"ray::{ray_tasks.task_name(configs)}"
     events = []
     for event in _train(configs, tiny_cifar, ray_address, max_retries=0):
         events.append(event)
@@ -230,7 +232,7 @@ def test_runs_on_ray_end_as_the_same_runs_trained_locally(tiny_cifar, ray_addres
     saved = torch.get_num_threads()
     torch.set_num_threads(1)  # a Ray task's threads (cpus_per_run): then the arithmetic is equal
     try:
-        local = [train.fit(config, tiny_cifar, device="cpu") for config in configs]
+        local = [loop.fit(config, tiny_cifar, device="cpu") for config in configs]
     finally:
         torch.set_num_threads(saved)
     for index, expected in enumerate(local):
@@ -253,7 +255,7 @@ def test_a_cluster_without_what_the_runs_need_is_one_clear_error(tiny_cifar, ray
         ),
     ]:
         options = {"device": "cpu", **options}
-        events = ray_backend.train_on_ray([BASE], tiny_cifar, address=ray_address, **options)
+        events = ray_tasks.train_on_ray([BASE], tiny_cifar, address=ray_address, **options)
         with pytest.raises(CnnlabError, match=message):
             next(events)
         assert not ray.is_initialized()
@@ -265,14 +267,14 @@ def test_a_group_task_reports_each_member_under_its_run_index(tiny_cifar, ray_ad
     saved = torch.get_num_threads()
     torch.set_num_threads(1)  # the task's threads
     try:
-        expected = batched.fit_group(configs, tiny_cifar, device="cpu")
+        expected = grouped.fit_group(configs, tiny_cifar, device="cpu")
     finally:
         torch.set_num_threads(saved)
     ray.init(address=ray_address)
     try:
-        mailbox = ray.remote(ray_backend.Mailbox).remote()
-        shared = ray_backend.SharedData("cifar10", "", "", (0,), [ray.put(tiny_cifar)])
-        task = ray.remote(ray_backend.train_task)
+        mailbox = ray.remote(ray_tasks.Mailbox).remote()
+        shared = ray_tasks.SharedData("cifar10", "", "", (0,), [ray.put(tiny_cifar)])
+        task = ray.remote(ray_tasks.train_task)
         outcomes = ray.get(task.remote(configs, [7, 3], shared, mailbox, "cpu", 1), timeout=300)
         messages = ray.get(mailbox.take.remote())
     finally:
@@ -292,9 +294,9 @@ def test_a_group_task_reports_each_member_under_its_run_index(tiny_cifar, ray_ad
 
 def test_closing_the_events_cancels_the_tasks_still_out(tiny_cifar, ray_address):
     configs = [dataclasses.replace(BASE, seed=seed, epochs=200) for seed in range(3)]
-    events = ray_backend.train_on_ray(configs, tiny_cifar, device="cpu", address=ray_address)
+    events = ray_tasks.train_on_ray(configs, tiny_cifar, device="cpu", address=ray_address)
     first = next(event for event in events if event.kind == "progress")
-    titles = [f"ray::{ray_backend.task_name([configs[first.index]])}"]
+    titles = [f"ray::{ray_tasks.task_name([configs[first.index]])}"]
     training = _process_titled(titles[0])
     events.close()
     assert not ray.is_initialized()
@@ -305,7 +307,7 @@ def test_closing_the_events_cancels_the_tasks_still_out(tiny_cifar, ray_address)
 def test_a_local_ray_instance_trains_and_is_shut_down(tiny_cifar, monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.delenv("RAY_AUTH_MODE", raising=False)  # Ray sets it when it starts an instance
-    events = list(ray_backend.train_on_ray([BASE], tiny_cifar, device="cpu"))
+    events = list(ray_tasks.train_on_ray([BASE], tiny_cifar, device="cpu"))
     _assert_each_run_once(events, 1, epochs=2)
     assert not ray.is_initialized()
 
@@ -343,7 +345,7 @@ def _image_folder_zip(path: Path) -> Path:
 
     from PIL import Image
 
-    from cnnlab.data import CLASS_NAMES
+    from cnnlab.data.datasets import CLASS_NAMES
 
     with zipfile.ZipFile(path, "w") as archive:
         for split in ("train", "test"):

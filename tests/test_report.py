@@ -18,13 +18,15 @@ import pytest
 from PIL import Image
 
 import study_fakes
-from cnnlab import runfolder, study, tables
 from cnnlab.cli import main
-from cnnlab.document import FILES_FOLDER
 from cnnlab.errors import CnnlabError
-from cnnlab.learned import confused_pairs, per_class_accuracy
-from cnnlab.report import Report, build, write_report
+from cnnlab.report import tables
+from cnnlab.report.document import FILES_FOLDER
+from cnnlab.report.learned import confused_pairs, per_class_accuracy
+from cnnlab.report.report import Report, build, write_report
 from cnnlab.store import Store
+from cnnlab.study import runner
+from cnnlab.training import runfolder
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +37,7 @@ def finished(tmp_path_factory) -> Path:
     path.write_text(study_fakes.STUDY_TOML.replace("[0, 0.0001, 1]", "[0, 0.0001, 1, 100]"))
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(runfolder, "save_run", study_fakes.fake_save_run)
-        outcome = study.run_study(
+        outcome = runner.run_study(
             path,
             out=folder / "out",
             data=study_fakes.zeros_cifar(),
@@ -273,7 +275,7 @@ def _controlled_study(folder: Path, repeats: int | None = None, save_run=None) -
     path.write_text(CONTROLLED_TOML)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(runfolder, "save_run", save_run or study_fakes.fake_save_run)
-        outcome = study.run_study(
+        outcome = runner.run_study(
             path,
             out=folder / "out",
             data=study_fakes.zeros_cifar(),
@@ -509,7 +511,7 @@ def test_variants_are_each_held_against_the_first(tmp_path):
     path.write_text(ABLATION_TOML)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(runfolder, "save_run", study_fakes.fake_save_run)
-        outcome = study.run_study(
+        outcome = runner.run_study(
             path, out=tmp_path / "out", data=study_fakes.zeros_cifar(), fit=_ablation_fit
         )
     written = write_report(outcome.study_dir)

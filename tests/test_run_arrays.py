@@ -11,9 +11,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cnnlab import learned, runfolder, train
 from cnnlab.config import RunConfig
-from cnnlab.runfolder import first_conv_kernels, misclassified_sample
+from cnnlab.report import learned
+from cnnlab.training import loop, runfolder
+from cnnlab.training.runfolder import first_conv_kernels, misclassified_sample
 
 TINY = RunConfig(arch="tiny", train_size=200, epochs=2, seed=3)
 
@@ -24,7 +25,7 @@ def tiny_run_folder(tmp_path_factory) -> tuple:
     from conftest import tiny_cifar
 
     data = tiny_cifar.__wrapped__()
-    result = train.fit(TINY, data, device="cpu")
+    result = loop.fit(TINY, data, device="cpu")
     folder = tmp_path_factory.mktemp("run") / "run"
     paths = runfolder.save_run(
         result,

@@ -20,10 +20,10 @@ import scipy
 from scipy import signal
 from scipy._lib._array_api import array_namespace
 
-from cnnlab import conv
+from cnnlab.conv import convolve
 
 SCIPY_TESTS = Path(scipy.__file__).parent / "signal" / "tests" / "test_signaltools.py"
-SUBSTITUTES = {signal.convolve2d: conv.convolve2d, signal.correlate2d: conv.correlate2d}
+SUBSTITUTES = {signal.convolve2d: convolve.convolve2d, signal.correlate2d: convolve.correlate2d}
 # Marks that SciPy's conftest.py registers; its test module uses them at import time, which the
 # project's --strict-markers refuses unless they are registered.
 PARAMETER_SET = type(pytest.param(None))  # what pytest.param() returns
@@ -77,9 +77,9 @@ def _load_scipy_tests() -> types.ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     proxy = _SignalWithCnnlab("scipy.signal")
-    proxy.convolve2d, proxy.correlate2d = conv.convolve2d, conv.correlate2d
+    proxy.convolve2d, proxy.correlate2d = convolve.convolve2d, convolve.correlate2d
     module.signal = proxy
-    module.convolve2d, module.correlate2d = conv.convolve2d, conv.correlate2d
+    module.convolve2d, module.correlate2d = convolve.convolve2d, convolve.correlate2d
     for test_class in (module.TestConvolve2d, module.TestCorrelate2d, module.TestFFTConvolve):
         for name, function in vars(test_class).items():
             if name.startswith("test_"):
@@ -97,11 +97,11 @@ def xp() -> types.ModuleType:
 
 
 class TestConvolve2d(scipy_tests.TestConvolve2d):
-    """SciPy's TestConvolve2d, against cnnlab.conv.convolve2d."""
+    """SciPy's TestConvolve2d, against cnnlab.conv.convolve.convolve2d."""
 
 
 class TestCorrelate2d(scipy_tests.TestCorrelate2d):
-    """SciPy's TestCorrelate2d, against cnnlab.conv.correlate2d."""
+    """SciPy's TestCorrelate2d, against cnnlab.conv.convolve.correlate2d."""
 
 
 class TestFFTConvolveAgainstConvolve2d:
@@ -112,18 +112,18 @@ class TestFFTConvolveAgainstConvolve2d:
 
 def test_scipy_tests_call_cnnlab():
     """Every way SciPy's tests reach convolve2d / correlate2d leads to cnnlab's functions."""
-    assert scipy_tests.convolve2d is conv.convolve2d
-    assert scipy_tests.correlate2d is conv.correlate2d
-    assert scipy_tests.signal.convolve2d is conv.convolve2d
-    assert scipy_tests.signal.correlate2d is conv.correlate2d
+    assert scipy_tests.convolve2d is convolve.convolve2d
+    assert scipy_tests.correlate2d is convolve.correlate2d
+    assert scipy_tests.signal.convolve2d is convolve.convolve2d
+    assert scipy_tests.signal.correlate2d is convolve.correlate2d
     assert scipy_tests.signal.fftconvolve is signal.fftconvolve  # the rest stays SciPy's
-    assert signal.convolve2d is not conv.convolve2d  # and the real scipy.signal is untouched
+    assert signal.convolve2d is not convolve.convolve2d  # and the real scipy.signal is untouched
     parametrized = [
         list(mark.args[1])
         for mark in TestConvolve2d.test_same_with_boundary.pytestmark
         if mark.name == "parametrize" and mark.args[0] == "func"
     ]
-    assert parametrized == [[conv.convolve2d, conv.correlate2d]]
+    assert parametrized == [[convolve.convolve2d, convolve.correlate2d]]
 
 
 def test_every_scipy_test_that_calls_them_is_collected():
@@ -154,7 +154,11 @@ def _parametrized_with_them(function: object) -> bool:
         if mark.name == "parametrize":
             values = [getattr(value, "values", (value,)) for value in mark.args[1]]
             flat = [item for group in values for item in group]
-            if any(item in (conv.convolve2d, conv.correlate2d) for item in flat if callable(item)):
+            if any(
+                item in (convolve.convolve2d, convolve.correlate2d)
+                for item in flat
+                if callable(item)
+            ):
                 return True
     return False
 

@@ -14,9 +14,10 @@ import pytest
 import torch
 
 import study_fakes
-from cnnlab import batched, execute, streams
 from cnnlab.config import RunConfig
 from cnnlab.errors import CnnlabError
+from cnnlab.execution import execute, planning, threads
+from cnnlab.training import grouped, grouping
 
 BASE = RunConfig(arch="tiny", train_size=100, epochs=2, batch_size=32)
 # Two groups: the 100-image runs (two seeds, two L1 weights) and the 150-image ones.
@@ -35,11 +36,11 @@ def group_threads() -> list[threading.Thread]:
 
 def test_groups_side_by_side_end_as_they_would_one_after_another(tiny_cifar):
     by_run = study_fakes.events_by_run(
-        streams.train_concurrently(CONFIGS, GROUPS, tiny_cifar, device="cpu", streams=2)
+        threads.train_concurrently(CONFIGS, GROUPS, tiny_cifar, device="cpu", streams=2)
     )
     assert sorted(by_run) == [0, 1, 2, 3]
     for group in GROUPS:
-        alone = batched.fit_group([CONFIGS[index] for index in group], tiny_cifar, device="cpu")
+        alone = grouped.fit_group([CONFIGS[index] for index in group], tiny_cifar, device="cpu")
         for index, expected in zip(group, alone, strict=True):
             events = by_run[index]
             assert [event.kind for event in events] == ["started", "progress", "progress", "done"]
@@ -55,16 +56,16 @@ def test_groups_side_by_side_end_as_they_would_one_after_another(tiny_cifar):
 
 
 def test_a_failing_group_fails_its_runs_and_the_other_group_finishes(tiny_cifar, monkeypatch):
-    real = batched.train_together
+    real = grouped.train_together
 
     def refuse_the_first_group(configs, data, **options):
         if configs[0] == CONFIGS[0]:
             raise RuntimeError("no memory left on the device")
         return real(configs, data, **options)
 
-    monkeypatch.setattr(batched, "train_together", refuse_the_first_group)
+    monkeypatch.setattr(grouped, "train_together", refuse_the_first_group)
     by_run = study_fakes.events_by_run(
-        streams.train_concurrently(CONFIGS, GROUPS, tiny_cifar, device="cpu", streams=2)
+        threads.train_concurrently(CONFIGS, GROUPS, tiny_cifar, device="cpu", streams=2)
     )
     for index in (0, 1):
         assert by_run[index][-1].kind == "failed"
@@ -75,7 +76,7 @@ def test_a_failing_group_fails_its_runs_and_the_other_group_finishes(tiny_cifar,
 def test_closing_the_events_stops_every_group_at_its_next_epoch(tiny_cifar):
     # 100,000 epochs would take hours; a closed iterator must stop both groups within seconds.
     configs = [dataclasses.replace(config, epochs=100_000) for config in CONFIGS]
-    events = streams.train_concurrently(configs, GROUPS, tiny_cifar, device="cpu", streams=2)
+    events = threads.train_concurrently(configs, GROUPS, tiny_cifar, device="cpu", streams=2)
     seen = []
     for event in events:
         seen.append(event)
@@ -90,40 +91,40 @@ def test_closing_the_events_stops_every_group_at_its_next_epoch(tiny_cifar):
 
 def test_more_groups_than_streams_queue_up_longest_first(tiny_cifar, monkeypatch):
     order = []
-    real = batched.train_together
+    real = grouped.train_together
 
     def note_order(configs, data, **options):
         order.append(configs[0].train_size)
         return real(configs, data, **options)
 
-    monkeypatch.setattr(batched, "train_together", note_order)
+    monkeypatch.setattr(grouped, "train_together", note_order)
     sizes = [100, 150, 120]
     configs = [dataclasses.replace(BASE, train_size=size, epochs=1) for size in sizes]
     by_run = study_fakes.events_by_run(
-        streams.train_concurrently(configs, [[0], [1], [2]], tiny_cifar, device="cpu", streams=1)
+        threads.train_concurrently(configs, [[0], [1], [2]], tiny_cifar, device="cpu", streams=1)
     )
     assert order == [150, 120, 100]
     assert all(events[-1].kind == "done" for events in by_run.values())
 
 
 def test_stream_count_is_every_group_up_to_eight_or_what_was_asked():
-    assert streams.stream_count(6) == 6
-    assert streams.stream_count(20) == streams.MAX_STREAMS == 8
-    assert streams.stream_count(6, requested=2) == 2
-    assert streams.stream_count(1, requested=4) == 1
+    assert planning.stream_count(6) == 6
+    assert planning.stream_count(20) == planning.MAX_STREAMS == 8
+    assert planning.stream_count(6, requested=2) == 2
+    assert planning.stream_count(1, requested=4) == 1
     with pytest.raises(CnnlabError, match="workers 0: must be at least 1"):
-        streams.stream_count(6, requested=0)
+        planning.stream_count(6, requested=0)
 
 
 STUDY = study_fakes.tiny_study_toml("streams", "{ train_size = [100, 150], l1 = [0.0, 0.01] }")
 
 
 def test_a_study_records_the_runs_the_streams_report(tiny_cifar, tmp_path, monkeypatch):
-    # CUDA's path on the CPU: the study's groups as cnnlab.streams trains them on a GPU.
+    # CUDA's path on the CPU: the study's groups as cnnlab.execution.threads trains them on a GPU.
     def on_streams(configs, target, workers):
-        return batched.plan_groups(configs, batched.CUDA_MAX_MEMBERS), 2
+        return grouping.plan_groups(configs, planning.CUDA_MAX_MEMBERS), 2
 
-    study_file = tmp_path / "streams.toml"
+    study_file = tmp_path / "threads.toml"
     study_file.write_text(STUDY)
     lines: list[str] = []
     monkeypatch.setattr(execute, "plan_in_process", on_streams)

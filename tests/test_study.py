@@ -13,12 +13,14 @@ from pathlib import Path
 import pytest
 
 import study_fakes
-from cnnlab import runfolder, study, train, workers
 from cnnlab.cli import main
 from cnnlab.config import RunConfig, run_id
 from cnnlab.errors import CnnlabError
+from cnnlab.execution import planning
 from cnnlab.store import Store
-from cnnlab.study import load_study, plan_runs, run_study
+from cnnlab.study import runner
+from cnnlab.study.runner import load_study, plan_runs, run_study
+from cnnlab.training import loop, runfolder
 
 SEED_STUDY = Path(__file__).parents[1] / "studies" / "seed.toml"
 
@@ -32,10 +34,10 @@ def fake_training(monkeypatch):
         trained.append(config)
         return study_fakes.fake_fit(config, data, device=device)
 
-    monkeypatch.setattr(train, "fit", fit)
+    monkeypatch.setattr(loop, "fit", fit)
     monkeypatch.setattr(runfolder, "save_run", study_fakes.fake_save_run)
     # The stand-ins live in this process: worker processes would import the real `fit`.
-    monkeypatch.setattr(workers, "process_count", lambda runs, device, requested=None: 1)
+    monkeypatch.setattr(planning, "process_count", lambda runs, device_type, requested=None: 1)
     return trained
 
 
@@ -239,7 +241,9 @@ def test_failed_and_diverged_runs_are_recorded_and_the_study_goes_on(
 ):
     text = mini.read_text().replace("[0, 0.0001, 1]", "[0, 0.0001, 1, 100]")
     mini.write_text(text + "\n[experiments.broken]\nlearning_rate = 0.5\n")
-    monkeypatch.setattr("cnnlab.data.load_dataset", lambda name, data=None, **options: tiny_data)
+    monkeypatch.setattr(
+        "cnnlab.data.datasets.load_dataset", lambda name, data=None, **options: tiny_data
+    )
     out = tmp_path / "out"
     code = main(["study", str(mini), "--out", str(out), "--repeats", "1"])
     printed = capsys.readouterr().out
@@ -267,7 +271,9 @@ def test_failed_and_diverged_runs_are_recorded_and_the_study_goes_on(
 def test_a_write_that_fails_marks_the_run_failed_and_exits_2(
     mini, tmp_path, tiny_data, fake_training, monkeypatch, capsys
 ):
-    monkeypatch.setattr("cnnlab.data.load_dataset", lambda name, data=None, **options: tiny_data)
+    monkeypatch.setattr(
+        "cnnlab.data.datasets.load_dataset", lambda name, data=None, **options: tiny_data
+    )
     out = tmp_path / "out"
     Store.open(out).close()  # a study folder (empty) with a file where the run folders would go
     (out / "runs").write_text("a file where the runs folder should go")
@@ -296,7 +302,7 @@ def test_a_read_only_folder_is_one_clear_error(mini, tmp_path, tiny_data, monkey
     out.mkdir()
     out.chmod(0o555)
     if os.geteuid() == 0:  # root writes anywhere: show the check what a user would see
-        monkeypatch.setattr(study.os, "access", lambda path, mode: False)
+        monkeypatch.setattr(runner.os, "access", lambda path, mode: False)
     assert main(["study", str(mini), "--out", str(out)]) == 2
     assert capsys.readouterr().err == f"cnnlab: error: {out}: the study folder is read-only\n"
 
@@ -304,7 +310,7 @@ def test_a_read_only_folder_is_one_clear_error(mini, tmp_path, tiny_data, monkey
 def test_two_processes_cannot_run_one_folder(mini, tmp_path, tiny_data):
     out = tmp_path / "out"
     out.mkdir()
-    with study._locked(out), pytest.raises(CnnlabError, match="another cnnlab process"):
+    with runner._locked(out), pytest.raises(CnnlabError, match="another cnnlab process"):
         _run(mini, out, tiny_data)
 
 
@@ -314,10 +320,11 @@ _CHILD = """
 import sys
 sys.path.insert(0, {tests!r})
 import study_fakes
-from cnnlab import runfolder, study
+from cnnlab.training import runfolder
+from cnnlab.study import runner
 runfolder.save_run = study_fakes.fake_save_run
 data = study_fakes.zeros_cifar()
-study.run_study({path!r}, out={out!r}, data=data, fit=study_fakes.fake_fit)
+runner.run_study({path!r}, out={out!r}, data=data, fit=study_fakes.fake_fit)
 """
 
 

@@ -5,14 +5,15 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from cnnlab.architectures import get_architecture
-from cnnlab.summary import architecture_summary, format_summary
+from cnnlab.nn.architectures import get_architecture
+from cnnlab.nn.summary import architecture_summary, format_summary
 
 
 def test_the_summary_loads_no_torch():
     script = """
 import sys
-from cnnlab import architectures, summary
+from cnnlab.nn import architectures
+from cnnlab.nn import summary
 print(summary.architecture_summary(architectures.get_architecture("strong-s"))[1] > 0)
 print([name for name in sys.modules if name.startswith("torch")])
 """

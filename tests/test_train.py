@@ -14,11 +14,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cnnlab import models, runfolder, train
 from cnnlab.cli import main
 from cnnlab.config import RunConfig
 from cnnlab.errors import CnnlabError
-from cnnlab.metrics import HISTORY_KEYS, RunResult
+from cnnlab.nn import modules
+from cnnlab.training import loop, runfolder
+from cnnlab.training.device import images_to_device, normalise, resolve_device
+from cnnlab.training.metrics import HISTORY_KEYS, RunResult
 
 TINY = RunConfig(arch="tiny", train_size=200, epochs=2, seed=3)
 TIMING_KEYS = {"fit_seconds", "eval_seconds"}
@@ -26,7 +28,7 @@ TIMING_KEYS = {"fit_seconds", "eval_seconds"}
 
 @pytest.fixture
 def tiny_run(tiny_cifar) -> RunResult:
-    return train.fit(TINY, tiny_cifar, device="cpu")
+    return loop.fit(TINY, tiny_cifar, device="cpu")
 
 
 @pytest.fixture
@@ -53,11 +55,11 @@ def without_timing(result: RunResult) -> tuple:
 
 
 def test_fit_is_deterministic_on_the_cpu(tiny_cifar, tiny_run):
-    again = train.fit(TINY, tiny_cifar, device="cpu")
+    again = loop.fit(TINY, tiny_cifar, device="cpu")
     assert without_timing(again) == without_timing(tiny_run)
     for name, tensor in tiny_run.state_dict.items():
         assert torch.equal(tensor, again.state_dict[name]), name
-    other_seed = train.fit(RunConfig(**{**TINY.__dict__, "seed": 4}), tiny_cifar, device="cpu")
+    other_seed = loop.fit(RunConfig(**{**TINY.__dict__, "seed": 4}), tiny_cifar, device="cpu")
     assert other_seed.history[0]["loss"] != tiny_run.history[0]["loss"]
 
 
@@ -85,17 +87,17 @@ def test_fit_reports_what_the_report_looked_at(tiny_cifar, tiny_run):
 
 
 def test_adam_uses_keras_defaults():
-    model = models.build_model("tiny")
-    (group,) = train.make_optimizer(model, RunConfig()).param_groups
+    model = modules.build_model("tiny")
+    (group,) = loop.make_optimizer(model, RunConfig()).param_groups
     assert (group["lr"], group["betas"], group["eps"]) == (1e-3, (0.9, 0.999), 1e-7)
     defaults = RunConfig()
     assert (defaults.batch_size, defaults.epochs, defaults.validation_split) == (128, 20, 0.1)
 
 
 def test_validation_part_is_the_last_fraction_of_the_subset(tiny_cifar):
-    from cnnlab.data import stratified_subset
+    from cnnlab.data.datasets import stratified_subset
 
-    train_part, validation_part = train.subset_indices(TINY, tiny_cifar)
+    train_part, validation_part = loop.subset_indices(TINY, tiny_cifar)
     subset = stratified_subset(tiny_cifar.train_labels, TINY.train_size, TINY.subset_seed)
     assert (len(train_part), len(validation_part)) == (180, 20)
     np.testing.assert_array_equal(np.concatenate([train_part, validation_part]), subset)
@@ -104,34 +106,34 @@ def test_validation_part_is_the_last_fraction_of_the_subset(tiny_cifar):
 
 def test_epoch_scores_are_batch_size_weighted_running_means(tiny_cifar):
     # With a zero step and no dropout, the running means equal an evaluation of the same images.
-    model = models.build_model("tiny", generator=torch.Generator().manual_seed(0))
-    images = train.images_to_device(tiny_cifar.train_images[:180], torch.device("cpu"))
+    model = modules.build_model("tiny", generator=torch.Generator().manual_seed(0))
+    images = images_to_device(tiny_cifar.train_images[:180], torch.device("cpu"))
     labels = torch.from_numpy(tiny_cifar.train_labels[:180])
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
-    loss, accuracy = train.train_one_epoch(
+    loss, accuracy = loop.train_one_epoch(
         model, optimizer, images, labels, 128, torch.Generator().manual_seed(0)
     )
-    evaluated = train.evaluate_model(model, images, labels)
+    evaluated = loop.evaluate_model(model, images, labels)
     assert loss == pytest.approx(evaluated.loss, rel=1e-5)
     assert accuracy == pytest.approx(evaluated.accuracy)
 
 
 def test_reported_loss_includes_the_l1_penalty(tiny_cifar):
-    model = models.build_model("tiny", generator=torch.Generator().manual_seed(0))
-    images = train.images_to_device(tiny_cifar.test_images, torch.device("cpu"))
+    model = modules.build_model("tiny", generator=torch.Generator().manual_seed(0))
+    images = images_to_device(tiny_cifar.test_images, torch.device("cpu"))
     labels = torch.from_numpy(tiny_cifar.test_labels)
     with torch.no_grad():
         model.layers[-1].bias.fill_(3.0)  # biases are not penalised
-        cross_entropy = F.cross_entropy(model(train.normalise(images)), labels).item()
+        cross_entropy = F.cross_entropy(model(normalise(images)), labels).item()
     penalty = 1e-4 * model.layers[-1].weight.abs().sum().item()
-    evaluated = train.evaluate_model(model, images, labels, batch_size=32)
+    evaluated = loop.evaluate_model(model, images, labels, batch_size=32)
     assert evaluated.loss == pytest.approx(cross_entropy + penalty, rel=1e-5)
     assert penalty > 1e-3  # large enough that leaving it out would fail the check above
 
 
 def test_a_non_finite_loss_stops_the_run(tiny_cifar):
     config = RunConfig(arch="tiny", train_size=200, epochs=3, l1=1e38)  # float32 overflows
-    result = train.fit(config, tiny_cifar, device="cpu")
+    result = loop.fit(config, tiny_cifar, device="cpu")
     assert result.status == "diverged"
     assert result.metrics["diverged_epoch"] == 1 and len(result.history) == 1
     assert not math.isfinite(result.history[0]["loss"])
@@ -152,15 +154,15 @@ def test_a_non_finite_loss_stops_the_run(tiny_cifar):
 def test_bad_configs_are_refused(tiny_cifar, changes, message):
     config = RunConfig(**{**TINY.__dict__, **changes})
     with pytest.raises(CnnlabError, match=message):
-        train.fit(config, tiny_cifar, device="cpu")
+        loop.fit(config, tiny_cifar, device="cpu")
 
 
 def test_unavailable_device_says_which_are_there():
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     with pytest.raises(CnnlabError, match="available: cpu"):
-        train.resolve_device("cuda")
-    assert train.resolve_device("auto") == torch.device("cpu")
+        resolve_device("cuda")
+    assert resolve_device("auto") == torch.device("cpu")
 
 
 def test_run_folder_round_trip(tiny_cifar, tiny_run, tmp_path):
@@ -306,8 +308,8 @@ def test_cli_archs_and_summary(capsys):
 
 def test_bfloat16_is_opt_in_and_still_learns(tiny_cifar):
     base = RunConfig(arch="tiny", train_size=200, epochs=3, batch_size=32, seed=0)
-    full = train.fit(base, tiny_cifar, device="cpu")
-    mixed = train.fit(dataclasses.replace(base, precision="bfloat16"), tiny_cifar, device="cpu")
+    full = loop.fit(base, tiny_cifar, device="cpu")
+    mixed = loop.fit(dataclasses.replace(base, precision="bfloat16"), tiny_cifar, device="cpu")
     assert all(value.dtype == torch.float32 for value in mixed.state_dict.values())
     assert mixed.history[-1]["loss"] != full.history[-1]["loss"]  # bfloat16 arithmetic ran
     assert mixed.history[-1]["loss"] < mixed.history[0]["loss"]
@@ -317,4 +319,4 @@ def test_bfloat16_is_opt_in_and_still_learns(tiny_cifar):
 def test_an_unknown_precision_is_one_clear_error(tiny_cifar):
     config = RunConfig(arch="tiny", train_size=200, epochs=1, precision="float16")
     with pytest.raises(CnnlabError, match="precision: expected one of float32, bfloat16"):
-        train.fit(config, tiny_cifar, device="cpu")
+        loop.fit(config, tiny_cifar, device="cpu")

@@ -14,9 +14,11 @@ import pytest
 import torch
 
 import study_fakes
-from cnnlab import execute, metrics, study, train, workers
 from cnnlab.config import RunConfig
-from cnnlab.data import Cifar10
+from cnnlab.data.datasets import Dataset
+from cnnlab.execution import execute, planning, processes, transport
+from cnnlab.study import runner
+from cnnlab.training import loop, metrics
 from processes import children_of, wait_gone
 
 BASE = RunConfig(arch="tiny", train_size=100, epochs=2, batch_size=32)
@@ -34,13 +36,13 @@ def run_script(path, source: str) -> subprocess.CompletedProcess:
 
 
 def test_runs_in_workers_end_with_the_weights_of_runs_in_this_process(tiny_cifar):
-    by_run = study_fakes.events_by_run(workers.train_parallel(CONFIGS, tiny_cifar, processes=2))
+    by_run = study_fakes.events_by_run(processes.train_parallel(CONFIGS, tiny_cifar, processes=2))
     assert sorted(by_run) == [0, 1, 2]
-    threads = workers.cpu_count() // 2 or 1
+    threads = planning.cpu_count() // 2 or 1
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)  # the workers' share: then the arithmetic is the same
     try:
-        lone = [train.fit(config, tiny_cifar, device="cpu") for config in CONFIGS]
+        lone = [loop.fit(config, tiny_cifar, device="cpu") for config in CONFIGS]
     finally:
         torch.set_num_threads(saved)
     for index, events in by_run.items():
@@ -61,7 +63,7 @@ def test_runs_in_workers_end_with_the_weights_of_runs_in_this_process(tiny_cifar
 
 def test_a_failing_run_is_reported_and_the_others_finish(tiny_cifar):
     configs = [CONFIGS[0], dataclasses.replace(BASE, train_size=10_000), CONFIGS[1]]
-    by_run = study_fakes.events_by_run(workers.train_parallel(configs, tiny_cifar, processes=2))
+    by_run = study_fakes.events_by_run(processes.train_parallel(configs, tiny_cifar, processes=2))
     assert by_run[1][-1].kind == "failed"
     assert "train_size: 10000" in by_run[1][-1].payload
     assert [by_run[index][-1].kind for index in (0, 2)] == ["done", "done"]
@@ -71,7 +73,7 @@ def test_a_killed_worker_fails_its_run_only(tiny_cifar):
     # Runs long enough that the kill lands mid-run; a fresh worker takes the remaining ones.
     configs = [dataclasses.replace(BASE, seed=seed, epochs=30) for seed in range(4)]
     seen, killed = [], False
-    for event in workers.train_parallel(configs, tiny_cifar, processes=2):
+    for event in processes.train_parallel(configs, tiny_cifar, processes=2):
         seen.append(event)
         if event.kind == "progress" and not killed:
             victim = next(
@@ -94,17 +96,17 @@ def test_workers_die_with_a_killed_parent(tmp_path):
             """
             import dataclasses, sys
             import numpy as np
-            from cnnlab import workers
-            from cnnlab.data import CLASS_NAMES, Cifar10
+            from cnnlab.execution import processes
+            from cnnlab.data.datasets import CLASS_NAMES, Dataset
             from cnnlab.config import RunConfig
 
             if __name__ == "__main__":
                 labels = np.repeat(np.arange(10), 50)
                 images = np.zeros((500, 32, 32, 3), np.uint8)
-                data = Cifar10(images, labels, images[:100], labels[:100], CLASS_NAMES, "zeros")
+                data = Dataset(images, labels, images[:100], labels[:100], CLASS_NAMES, "zeros")
                 config = RunConfig(arch="tiny", train_size=500, epochs=1000, batch_size=8)
                 configs = [dataclasses.replace(config, seed=seed) for seed in range(2)]
-                for event in workers.train_parallel(configs, data, processes=2):
+                for event in processes.train_parallel(configs, data, processes=2):
                     print(event.kind, flush=True)
             """
         )
@@ -128,14 +130,14 @@ def test_a_script_without_a_main_guard_still_trains_in_workers(tmp_path):
         """
         import dataclasses
         import numpy as np
-        from cnnlab import execute
+        from cnnlab.execution import execute
         from cnnlab.config import RunConfig
-        from cnnlab.data import CLASS_NAMES, Cifar10
+        from cnnlab.data.datasets import CLASS_NAMES, Dataset
 
         print("script body ran", flush=True)
         labels = np.repeat(np.arange(10), 10)
         images = np.zeros((100, 32, 32, 3), np.uint8)
-        data = Cifar10(images, labels, images, labels, CLASS_NAMES, "zeros")
+        data = Dataset(images, labels, images, labels, CLASS_NAMES, "zeros")
         config = RunConfig(arch="tiny", train_size=100, epochs=1, batch_size=32)
         configs = [dataclasses.replace(config, seed=seed) for seed in range(2)]
         for index, result in enumerate(execute.train_all(configs, data, device="cpu", workers=2)):
@@ -159,16 +161,16 @@ def test_workers_dying_as_they_start_fail_their_runs_without_blocking_the_parent
         sys.path.insert(0, {str(tmp_path)!r})
         import crash
         import numpy as np
-        from cnnlab import workers
-        from cnnlab.data import CLASS_NAMES, Cifar10
+        from cnnlab.execution import processes
+        from cnnlab.data.datasets import CLASS_NAMES, Dataset
         from cnnlab.config import RunConfig
 
-        workers._worker_main = crash.at_start
+        processes._worker_main = crash.at_start
         labels = np.repeat(np.arange(10), 200)
         images = np.zeros((2000, 32, 32, 3), np.uint8)
-        data = Cifar10(images, labels, images, labels, CLASS_NAMES, "zeros")
+        data = Dataset(images, labels, images, labels, CLASS_NAMES, "zeros")
         configs = [RunConfig(arch="tiny", train_size=100, seed=seed) for seed in range(3)]
-        for event in workers.train_parallel(configs, data, processes=2):
+        for event in processes.train_parallel(configs, data, processes=2):
             print(event.kind, event.index, event.payload, flush=True)
         """,
     )
@@ -182,25 +184,25 @@ def test_memory_maps_travel_by_file_name_and_views_by_value(tmp_path, tiny_cifar
     np.save(tmp_path / "images.npy", tiny_cifar.train_images)
     mapped = np.load(tmp_path / "images.npy", mmap_mode="r")
     data = dataclasses.replace(tiny_cifar, train_images=mapped, test_images=mapped[:100])
-    portable = workers._portable(data)
-    assert isinstance(portable.train_images, workers._MappedArray)
+    portable = transport.portable(data)
+    assert isinstance(portable.train_images, transport.MappedArray)
     assert isinstance(portable.test_images, np.ndarray)  # a view: its offset is not the file's
     assert len(pickle.dumps(portable.train_images)) < 1000
-    rebuilt = workers._rebuild(pickle.loads(pickle.dumps(portable)))
-    assert isinstance(rebuilt, Cifar10)
+    rebuilt = transport.rebuild(pickle.loads(pickle.dumps(portable)))
+    assert isinstance(rebuilt, Dataset)
     np.testing.assert_array_equal(rebuilt.train_images, tiny_cifar.train_images)
     np.testing.assert_array_equal(rebuilt.test_images, tiny_cifar.train_images[:100])
 
 
 def test_process_count_is_one_per_core_on_the_cpu_only(monkeypatch):
-    monkeypatch.setattr(workers, "cpu_count", lambda: 4)
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert workers.process_count(11, cpu) == 4
-    assert workers.process_count(3, cpu) == 3
-    assert workers.process_count(1, cpu) == 1
-    assert workers.process_count(11, cpu, requested=1) == 1
-    assert workers.process_count(11, cpu, requested=2) == 2
-    assert workers.process_count(11, cuda) == 1
+    monkeypatch.setattr(planning, "cpu_count", lambda: 4)
+    cpu, cuda = "cpu", "cuda"
+    assert planning.process_count(11, cpu) == 4
+    assert planning.process_count(3, cpu) == 3
+    assert planning.process_count(1, cpu) == 1
+    assert planning.process_count(11, cpu, requested=1) == 1
+    assert planning.process_count(11, cpu, requested=2) == 2
+    assert planning.process_count(11, cuda) == 1
 
 
 def test_the_longest_runs_start_first():
@@ -208,7 +210,7 @@ def test_the_longest_runs_start_first():
     configs = [RunConfig(arch="seed", train_size=size) for size in sizes]
     configs.append(RunConfig(arch="seed-maxpool", train_size=5_000))
     # seed-maxpool's forward pass costs 6 times the seed net's.
-    assert workers.longest_first(configs) == [1, 3, 2, 0]
+    assert planning.longest_first(configs) == [1, 3, 2, 0]
 
 
 STUDY = study_fakes.tiny_study_toml("parallel", "{ l1 = [0.0, 0.001, 0.01] }")
@@ -241,8 +243,8 @@ def test_a_study_in_workers_records_what_a_study_in_this_process_records(tiny_ci
 def test_a_bad_worker_count_is_one_clear_error(tiny_cifar, tmp_path, count):
     study_file = tmp_path / "parallel.toml"
     study_file.write_text(STUDY)
-    with pytest.raises(study.CnnlabError, match=f"workers {count}: must be at least 1"):
-        study.run_study(study_file, out=tmp_path / "out", data=tiny_cifar, workers=count)
+    with pytest.raises(runner.CnnlabError, match=f"workers {count}: must be at least 1"):
+        runner.run_study(study_file, out=tmp_path / "out", data=tiny_cifar, workers=count)
     assert not (tmp_path / "out").exists()
-    with pytest.raises(study.CnnlabError, match=f"workers {count}: must be at least 1"):
+    with pytest.raises(runner.CnnlabError, match=f"workers {count}: must be at least 1"):
         execute.train_all([BASE, BASE], tiny_cifar, device="cpu", workers=count)

@@ -1,6 +1,6 @@
 """cnnlab: a laboratory for convolutional networks.
 
-The public API, imported lazily so that `import cnnlab` (and `cnnlab.conv`) loads no torch:
+The public API, imported lazily so that `import cnnlab` (and `cnnlab.conv.convolve`) loads no torch:
 
     import cnnlab
     data = cnnlab.load_cifar10()                  # --data / $CNNLAB_DATA / cache / download
@@ -20,24 +20,26 @@ __version__ = "0.1.0"
 # name -> the module that defines it
 _API = {
     "RunConfig": "cnnlab.config",
-    "RunResult": "cnnlab.metrics",
-    "fit": "cnnlab.train",
-    "train_all": "cnnlab.execute",
-    "load_cifar10": "cnnlab.data",
-    "build_model": "cnnlab.models",
-    "ARCHITECTURES": "cnnlab.architectures",
-    "save_run": "cnnlab.runfolder",
-    "load_run": "cnnlab.runfolder",
-    "load_study": "cnnlab.studyfile",
-    "plan_runs": "cnnlab.study",
-    "run_study": "cnnlab.study",
+    "RunResult": "cnnlab.training.metrics",
+    "fit": "cnnlab.training.loop",
+    "train_all": "cnnlab.execution.execute",
+    "load_dataset": "cnnlab.data.datasets",
+    "load_cifar10": "cnnlab.data.datasets",
+    "Dataset": "cnnlab.data.datasets",
+    "build_model": "cnnlab.nn.modules",
+    "ARCHITECTURES": "cnnlab.nn.architectures",
+    "save_run": "cnnlab.training.runfolder",
+    "load_run": "cnnlab.training.runfolder",
+    "load_study": "cnnlab.study.studyfile",
+    "plan_runs": "cnnlab.study.runner",
+    "run_study": "cnnlab.study.runner",
     "load_results": "cnnlab.store",
-    "write_report": "cnnlab.report",
-    "Report": "cnnlab.report",
-    "build_report": "cnnlab.report",
-    "results_frame": "cnnlab.tables",
-    "convolve2d": "cnnlab.conv",
-    "correlate2d": "cnnlab.conv",
+    "write_report": "cnnlab.report.report",
+    "Report": "cnnlab.report.report",
+    "build_report": "cnnlab.report.report",
+    "results_frame": "cnnlab.report.tables",
+    "convolve2d": "cnnlab.conv.convolve",
+    "correlate2d": "cnnlab.conv.convolve",
     "CnnlabError": "cnnlab.errors",
 }
 __all__ = ["__version__", *_API]

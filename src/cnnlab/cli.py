@@ -30,7 +30,7 @@ EXIT_USER_ERROR = 2
 def _cmd_data_info(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from cnnlab.data import load_dataset_with_cache_info
+    from cnnlab.data.datasets import load_dataset_with_cache_info
 
     loaded = load_dataset_with_cache_info(args.dataset, args.data, **_load_options(args))
     data = loaded.dataset
@@ -57,7 +57,7 @@ def _cmd_data_info(args: argparse.Namespace) -> int:
 def _cmd_data_show(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from cnnlab.data import load_dataset, sample_images_per_class
+    from cnnlab.data.datasets import load_dataset, sample_images_per_class
     from cnnlab.plots import class_samples_figure, save_figure
 
     data = load_dataset(args.dataset, args.data, **_load_options(args))
@@ -74,7 +74,7 @@ def _cmd_data_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_fetch(args: argparse.Namespace) -> int:
-    from cnnlab.data import fetch_official
+    from cnnlab.data.datasets import fetch_official
 
     path = fetch_official(args.dest, dataset=args.dataset)
     print(f"{path}: md5 and sha256 verified")
@@ -85,7 +85,7 @@ def _cmd_data_fetch(args: argparse.Namespace) -> int:
 
 
 def _cmd_convolve(args: argparse.Namespace) -> int:
-    from cnnlab import imaging
+    from cnnlab.conv import imaging
 
     # Read and compute everything first, so a bad image or kernel leaves no partial output.
     kernels = imaging.parse_kernels(args.kernel)
@@ -111,8 +111,8 @@ EXIT_DIVERGED = 3  # `cnnlab train`: the loss became NaN or infinite; the run fo
 
 
 def _cmd_archs(args: argparse.Namespace) -> int:
-    from cnnlab.architectures import ARCHITECTURES, DESCRIPTIONS
-    from cnnlab.summary import architecture_summary
+    from cnnlab.nn.architectures import ARCHITECTURES, DESCRIPTIONS
+    from cnnlab.nn.summary import architecture_summary
 
     counts = {
         name: f"{architecture_summary(layers)[1]:,}" for name, layers in ARCHITECTURES.items()
@@ -125,12 +125,12 @@ def _cmd_archs(args: argparse.Namespace) -> int:
 
 def _cmd_summary(args: argparse.Namespace) -> int:
     from cnnlab import config
-    from cnnlab.architectures import get_architecture
-    from cnnlab.summary import format_summary
+    from cnnlab.nn.architectures import get_architecture
+    from cnnlab.nn.summary import format_summary
 
     shape_and_classes = config.DATASET_SHAPES[args.dataset]
     if shape_and_classes is None:
-        from cnnlab.data import load_dataset
+        from cnnlab.data.datasets import load_dataset
 
         data = load_dataset(args.dataset, args.data, **_load_options(args))
         shape_and_classes = (data.input_shape, data.num_classes)
@@ -158,17 +158,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
     import contextlib
     import time
 
-    from cnnlab import runfolder, train
-    from cnnlab.data import load_dataset
-    from cnnlab.layers import resolve_layers
+    from cnnlab.data.datasets import load_dataset
+    from cnnlab.nn.specs import resolve_layers
+    from cnnlab.training import loop, runfolder
+    from cnnlab.training.device import resolve_device
 
     config = _run_config(args)
     # Mistakes in the arguments surface before the data is decoded.
-    train.resolve_device(args.device)
+    resolve_device(args.device)
     if config.dataset != "images":  # an image folder's shape is known once it is read
         resolve_layers(config)
     data = load_dataset(config.dataset, args.data, **_load_options(args))
-    train.subset_indices(config, data)  # the config against the data, before training
+    loop.subset_indices(config, data)  # the config against the data, before training
     out = args.out or (
         f"runs/{config.arch}-{config.train_size}-seed{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
     )
@@ -190,7 +191,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             def progress(row: dict) -> None:
                 print(_epoch_line(row), flush=True)
 
-        result = train.fit(config, data, device=args.device, progress=progress)
+        result = loop.fit(config, data, device=args.device, progress=progress)
     runfolder.write_run_folder(
         result, out, data.class_names, test_images=data.test_images, test_labels=data.test_labels
     )
@@ -211,9 +212,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from cnnlab import runfolder
-    from cnnlab.data import load_dataset
-    from cnnlab.metrics import report_text
+    from cnnlab.data.datasets import load_dataset
+    from cnnlab.training import runfolder
+    from cnnlab.training.metrics import report_text
 
     run = runfolder.load_run(args.run_dir)
     data = load_dataset(run.config.dataset, args.data, **_load_options(args))
@@ -232,23 +233,23 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_study(args: argparse.Namespace) -> int:
-    from cnnlab import study
+    from cnnlab.study import runner
 
     if args.dry_run:
-        plan = study.plan_runs(study.load_study(args.study_file), args.repeats)
-        for line in study.describe_plan(plan):
+        plan = runner.plan_runs(runner.load_study(args.study_file), args.repeats)
+        for line in runner.describe_plan(plan):
             print(line)
         print(f"{len(plan)} runs (dry run: nothing was trained)")
         return 0
     logger = None
     if args.log:  # a bad spec or a missing extra fails before any data is loaded
-        from cnnlab import export
+        from cnnlab.tracking import export
 
         def warn(line: str) -> None:
             print(f"cnnlab: warning: {line}", file=sys.stderr)
 
         logger = export.open_loggers(args.log, on_error=warn)
-    outcome = study.run_study(
+    outcome = runner.run_study(
         args.study_file,
         out=args.out,
         data=args.data,
@@ -262,9 +263,9 @@ def _cmd_study(args: argparse.Namespace) -> int:
         backend=args.backend,
         address=args.address,
     )
-    for line in study.summary_lines(outcome):
+    for line in runner.summary_lines(outcome):
         print(line)
-    from cnnlab.report import write_report
+    from cnnlab.report.report import write_report
 
     print(f"report: {write_report(outcome.study_dir)['html']}")
     return 1 if outcome.counts.get("failed") else 0
@@ -272,13 +273,13 @@ def _cmd_study(args: argparse.Namespace) -> int:
 
 def _study_display():
     """A live display of the study's progress on a terminal; plain lines anywhere else."""
-    from cnnlab import progress
+    from cnnlab.study import progress
 
     return progress.LiveDisplay() if sys.stdout.isatty() else progress.Lines(print)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from cnnlab import export
+    from cnnlab.tracking import export
 
     for line in export.export_study(
         args.study_dir, tensorboard=args.tensorboard, mlflow=args.mlflow
@@ -288,8 +289,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_results(args: argparse.Namespace) -> int:
+    from cnnlab.report.tables import format_results
     from cnnlab.store import Store
-    from cnnlab.tables import format_results
 
     with Store.open(args.study_dir, create=False) as store:
         records = store.runs()
@@ -298,14 +299,14 @@ def _cmd_results(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from cnnlab.tables import compare_runs, run_summary
+    from cnnlab.report.tables import compare_runs, run_summary
 
     print(compare_runs([run_summary(run, args.study) for run in args.runs]))
     return 0
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from cnnlab.report import write_report
+    from cnnlab.report.report import write_report
 
     paths = write_report(args.study_dir)
     print(f"report: {paths['html']} (and {paths['md']})")

@@ -18,7 +18,7 @@ from cnnlab.errors import CnnlabError
 
 PRECISIONS = ("float32", "bfloat16")  # forward-pass arithmetic
 # The named datasets and their images' (height, width, channels) and class count; "images" is
-# any image-folder dataset, whose shape is known once it is loaded (see cnnlab.data).
+# any image-folder dataset, whose shape is known once it is loaded (see cnnlab.data.datasets).
 DATASET_SHAPES: dict[str, tuple[tuple[int, int, int], int] | None] = {
     "cifar10": ((32, 32, 3), 10),
     "cifar100": ((32, 32, 3), 100),
@@ -33,6 +33,9 @@ OPTIMIZERS = ("adam", "torch_adam", "adamw", "sgd")
 LR_SCHEDULES = ("constant", "step", "cosine", "linear")  # per step, after any warm-up (optim.py)
 PADDING_MODES = ("reflect", "constant")  # how a random crop pads its borders (augment.py)
 TTA_MODES = ("none", "flip", "flip-translate")  # test-time augmentation (augment.py)
+# Forward passes `augment.tta_logits` makes per image in each mode (FLOP estimates count them).
+TTA_VIEWS = {"none": 1, "flip": 2, "flip-translate": 6}
+BACKENDS = ("local", "ray")  # where runs train: this machine, or Ray tasks (execution.ray_tasks)
 ADAMW_WEIGHT_DECAY = 0.004  # Keras's AdamW default, what weight_decay None means for "adamw"
 EVAL_BATCH_SIZE = 1000  # images per forward pass when evaluating (no gradients kept)
 # SQLite stores integers as signed 64-bit; seeds also feed NumPy's SeedSequence.

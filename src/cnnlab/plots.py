@@ -22,7 +22,7 @@ def save_figure(figure: Figure, path: str | os.PathLike[str], dpi: int = 110) ->
         figure.savefig(tmp, dpi=dpi, bbox_inches="tight")
 
 
-# --- report charts (cnnlab.report) ------------------------------------------------------------
+# --- report charts (cnnlab.report.report) ---------------------------------------------------------
 
 _TRAIN_COLOUR, _TEST_COLOUR, _TIME_COLOUR, _REPORT_COLOUR = "#1f77b4", "#d62728", "#7f7f7f", "#111"
 
@@ -288,7 +288,7 @@ def _kernel_text(kernel) -> str:
     return "\n".join(" ".join(cell.rjust(width) for cell in row) for row in cells)
 
 
-# --- training runs (cnnlab.train) -------------------------------------------------------------
+# --- training runs (cnnlab.training.loop) ---------------------------------------------------------
 
 
 def history_figure(history: list[dict[str, float]], title: str) -> Figure:
@@ -355,7 +355,7 @@ def class_samples_figure(
     return figure
 
 
-# --- what the best run learned (cnnlab.report) --------------------------------------------------
+# --- what the best run learned (cnnlab.report.report) ---------------------------------------------
 
 
 def misclassified_figure(images, true_names: list[str], predicted_names: list[str], title: str):

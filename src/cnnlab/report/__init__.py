@@ -1,0 +1,1 @@
+"""A study's results -> tables, statistics and figures -> report.md and report.html."""

@@ -1,0 +1,545 @@
+"""A study: the file's experiments planned into explicit runs, trained, recorded and resumed.
+
+Every grid point of every experiment is repeated with seeds `seed + 0 .. seed + repeats - 1`.
+A run's id is a hash of its resolved config (seed included, see `config.run_id`), so a run that
+two experiments share is one run. The store (`cnnlab.store`) remembers what finished;
+re-running skips it. Training goes through `cnnlab.execution.execute`, the one place that runs
+runs; the
+report is written by the caller (`cnnlab.report.report.write_report`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cnnlab import atomic
+from cnnlab.config import ConfigError, RunConfig, check_config, check_workers, run_id
+from cnnlab.errors import CnnlabError
+from cnnlab.machine import machine_description
+from cnnlab.store import DATABASE_NAME, FINISHED, RunRecord, Store
+from cnnlab.study.progress import Lines, Watcher
+from cnnlab.study.studyfile import MAX_REPEATS, Experiment, Study, load_study, where
+from cnnlab.tracking.export import StudyLogger, log_event
+
+RUNS_FOLDER = "runs"
+LOCK_NAME = ".lock"
+MAX_RUNS = 100_000  # planned runs in one study (repeats included); more is refused, not planned
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run of the plan: its id, config, and where it sits in each experiment."""
+
+    id: str
+    config: RunConfig
+    experiments: dict[str, dict[str, Any]]  # experiment -> the grid fields that place it there
+
+    def label(self) -> str:
+        """'sizes: train_size=5000 | l1: l1=0.0001' (what differs, per experiment)."""
+        return " | ".join(
+            f"{name}: {_fields_text(fields)}" for name, fields in self.experiments.items()
+        )
+
+
+@dataclass
+class StudyOutcome:
+    """What `run_study` did: where, how many of each status, and how long."""
+
+    study_dir: Path
+    planned: int
+    skipped: int
+    counts: dict[str, int]
+    problems: list[tuple[str, str, str]]  # (run id, status, reason) of diverged and failed runs
+    seconds: float
+
+
+Fit = Callable[..., Any]  # loop.fit's signature: fit(config, data, *, device, progress)
+
+# --- planning ---------------------------------------------------------------------------------
+
+
+def plan_runs(study: Study, repeats: int | None = None) -> list[PlannedRun]:
+    """The explicit runs of every experiment, deduplicated by id, in declaration order."""
+    if repeats is not None and not 1 <= repeats <= MAX_REPEATS:
+        raise CnnlabError(f"--repeats {repeats}: must be between 1 and {MAX_REPEATS}")
+    total = sum(
+        math.prod(len(values) for values in experiment.grid.values())
+        * (repeats or experiment.repeats or study.repeats)
+        for experiment in study.experiments
+    )
+    if total > MAX_RUNS:
+        raise CnnlabError(
+            f"{study.path}: the study plans {total:,} runs (grid points x repeats); at most"
+            f" {MAX_RUNS:,} are allowed in one study"
+        )
+    planned: dict[str, PlannedRun] = {}
+    for experiment in study.experiments:
+        count = repeats or experiment.repeats or study.repeats
+        for place, point in experiment.points():
+            fields = {**study.defaults, **point}
+            base_seed = fields.pop("seed", RunConfig.seed)
+            arch = fields.get("arch", RunConfig.arch)
+            if arch in study.architectures:
+                fields["layers"] = study.architectures[arch]
+            for offset in range(count):
+                config = RunConfig(**fields, seed=base_seed + offset)
+                _check_config(study, experiment, config)
+                identifier = run_id(config)
+                run = planned.setdefault(identifier, PlannedRun(identifier, config, {}))
+                # What places the run in this experiment: its grid point and fixed fields.
+                known = run.experiments.setdefault(experiment.name, place)
+                if known != place:
+                    raise CnnlabError(
+                        f"{where(study, ('experiments', experiment.name, 'variants'))}:"
+                        f" {_fields_text(known)} and {_fields_text(place)} train the same runs;"
+                        " make the variants differ"
+                    )
+    return list(planned.values())
+
+
+def _fields_text(fields: dict[str, Any]) -> str:
+    return " ".join(f"{name}={value}" for name, value in fields.items()) or "-"
+
+
+def _check_config(
+    study: Study, experiment: Experiment, config: RunConfig, data: Any = None
+) -> None:
+    """The training loop's own checks, reported at the line that sets the offending field."""
+    try:
+        if data is None:
+            check_config(config)
+        else:
+            check_config(config, available=len(data.train_labels), classes=len(data.class_names))
+    except ConfigError as error:
+        keys = _origin(study, experiment, error.key)
+        raise CnnlabError(f"{where(study, keys)}: {error.reason}") from None
+    if data is not None:
+        from cnnlab.training import loop
+
+        try:
+            loop.layers_for(config, data)  # the net must fit the data's images and classes
+        except CnnlabError as error:
+            keys = _origin(study, experiment, "arch")
+            raise CnnlabError(f"{where(study, keys)}: {error}") from None
+
+
+def _origin(study: Study, experiment: Experiment, field: str) -> tuple[str, ...]:
+    """The key path that gives `field` its value in `experiment` (grid, fixed, defaults)."""
+    own = ("experiments", experiment.name)
+    if field in experiment.grid:
+        return (*own, "grid", field)
+    if any(field in fields for fields in experiment.variants.values()):
+        return (*own, "variants", field)
+    if field in experiment.fixed:
+        return (*own, field)
+    if field in study.defaults:
+        return ("defaults", field)
+    return own
+
+
+def describe_plan(plan: list[PlannedRun]) -> Iterator[str]:
+    """One line per run: id, seed, and per experiment the fields that place it there."""
+    for run in plan:
+        yield f"{run.id}  seed={run.config.seed:<3} {run.label()}"
+
+
+# --- running ----------------------------------------------------------------------------------
+
+
+def artifacts_intact(study_dir: Path, record: RunRecord) -> bool:
+    """A finished run is kept only if every artifact it listed is still there and non-empty."""
+    if not record.artifacts:
+        return False
+    for relative in record.artifacts.values():
+        path = study_dir / relative
+        if not path.is_file() or path.stat().st_size == 0:
+            return False
+    return True
+
+
+def execute_runs(
+    plan: list[PlannedRun],
+    data: Any,
+    store: Store,
+    study_dir: Path,
+    *,
+    device: str = "auto",
+    workers: int | None = None,
+    fit: Fit | None = None,
+    watchers: Sequence[Watcher] = (),
+    logger: StudyLogger | None = None,
+    backend: str = "local",
+    address: str | None = None,
+) -> None:
+    """Train every run of `plan` through `cnnlab.execution.execute`, recording each in `store`.
+
+    `data` is the loaded dataset, or a dict of them by name: then each run trains on its
+    config's dataset, one dataset's runs after another, watched and logged as one study.
+
+    A run is marked running when it starts and recorded (artifacts first, then its row) when it
+    ends; a failed run is recorded with its reason and the rest go on. `watchers` are told each
+    step (see `cnnlab.study.progress`). `fit` (loop.fit's signature) replaces the training, one run
+    at a time in this process. A failed write stops the study (the disk is full or gone),
+    leaving the run marked failed. On Ctrl-C the runs in hand go back to pending (also when a
+    write fails). `logger` (`cnnlab.tracking.export`) logs every run to TensorBoard or MLflow as
+    it trains.
+    """
+    datasets = data if isinstance(data, dict) else {None: data}
+    parts = []  # (runs, their dataset, the execution that trains them); nothing starts yet
+    for name, dataset in datasets.items():
+        runs = [run for run in plan if name is None or run.config.dataset == name]
+        if runs:
+            configs = [run.config for run in runs]
+            if fit is None:
+                options = {"device": device, "workers": workers}
+                execution = _execute(configs, dataset, backend=backend, address=address, **options)
+            else:
+                execution = _execute_with(fit, configs, dataset, device)
+            parts.append((runs, dataset, execution))
+    in_hand: set[str] = set()
+    try:
+        if logger is not None:
+            logger.start(store.meta(), store.runs(planned_only=True))
+        how = "; ".join(dict.fromkeys(execution.how for _, _, execution in parts))
+        for watcher in watchers:
+            watcher.begin(plan, how)
+        for runs, dataset, execution in parts:
+            _follow(runs, dataset, execution, store, study_dir, watchers, logger, in_hand)
+    except BaseException:  # Ctrl-C, or a write that failed: the runs in hand are redone later
+        for identifier in in_hand:
+            store.mark_pending(identifier)
+        raise
+    finally:
+        for _, _, execution in parts:
+            execution.close()
+        for watcher in watchers:
+            watcher.close()
+        if logger is not None:
+            logger.close()
+
+
+def _execute(configs, data, **options):
+    """`execution.execute`: the training stack (torch) loads only when runs train."""
+    from cnnlab.execution.execute import execute
+
+    return execute(configs, data, **options)
+
+
+def _execute_with(fit: Fit, configs: list[RunConfig], data: Any, device: str):
+    """The runs trained by `fit` instead, one at a time in a thread of this process."""
+    from cnnlab.execution.execute import Execution
+    from cnnlab.execution.threads import train_concurrently
+
+    def train_group(group, data, *, device, progress):
+        return [fit(group[0], data, device=device, progress=progress)]
+
+    alone = [[index] for index in range(len(configs))]
+    events = train_concurrently(
+        configs, alone, data, device=device, streams=1, train_group=train_group
+    )
+    return Execution(events, "training one run after another in this process")
+
+
+def _follow(runs, data, execution, store, study_dir, watchers, logger, in_hand) -> None:
+    """Record, watch and log one execution's events; `in_hand` holds the runs training now."""
+    for event in execution:
+        run = runs[event.index]
+        if event.kind == "started":
+            in_hand.add(run.id)
+            store.mark_running(run.id)
+            for watcher in watchers:
+                watcher.started(run)
+        elif event.kind == "progress":
+            for watcher in watchers:
+                watcher.epoch(run, event.payload)
+        else:
+            in_hand.discard(run.id)
+            if event.kind == "failed":
+                store.record_failure(run.id, event.payload)
+            else:
+                _record(run, event.payload, data, store, study_dir)
+            record = store.get(run.id)
+            for watcher in watchers:
+                watcher.finished(run, record)
+        if logger is not None:
+            log_event(logger, store, study_dir, run.id, event)
+
+
+def _record(run: PlannedRun, result: Any, data: Any, store: Store, study_dir: Path) -> None:
+    """Write a finished run's folder, then its row: a row marked done always has its files."""
+    from cnnlab.training import runfolder
+
+    run_dir = study_dir / RUNS_FOLDER / run.id
+    try:
+        paths = runfolder.write_run_folder(
+            result,
+            run_dir,
+            data.class_names,
+            test_images=data.test_images,
+            test_labels=data.test_labels,
+        )
+    except OSError as error:
+        where = error.filename or run_dir
+        store.record_failure(run.id, f"cannot write {where}: {error.strerror or error}")
+        raise CnnlabError(
+            f"{where}: cannot write the run's files ({error.strerror or error});"
+            f" run {run.id} is marked failed"
+        ) from None
+    artifacts = {name: os.path.relpath(path, study_dir) for name, path in paths.items()}
+    metrics = result.metrics
+    reason = ""
+    if result.status == "diverged":
+        reason = f"loss not finite at epoch {metrics.get('diverged_epoch', '?')}"
+    store.record_result(
+        run.id,
+        status=result.status,
+        metrics=metrics,
+        history=result.history,
+        artifacts=artifacts,
+        reason=reason,
+    )
+
+
+@contextlib.contextmanager
+def _locked(study_dir: Path) -> Iterator[None]:
+    """Only one process runs a study folder at a time (the lock dies with the process)."""
+    try:
+        handle = open(study_dir / LOCK_NAME, "a")  # noqa: SIM115 - held for the block
+    except OSError as error:
+        raise CnnlabError(f"{study_dir}: cannot write the study folder: {error.strerror}") from None
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CnnlabError(
+                f"{study_dir}: another cnnlab process is running this study"
+            ) from None
+        yield
+    finally:
+        handle.close()
+
+
+def check_folder(study_dir: Path, *, force: bool) -> None:
+    """Refuse a study folder that cannot be one, before anything is loaded or written."""
+    if study_dir.exists() and not study_dir.is_dir():
+        raise CnnlabError(f"{study_dir}: exists and is not a folder")
+    if not study_dir.is_dir():
+        parent = next((p for p in study_dir.absolute().parents if p.exists()), Path("/"))
+        if not parent.is_dir():
+            raise CnnlabError(
+                f"{study_dir}: cannot create the study folder: {parent} is not a folder"
+            )
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise CnnlabError(f"{study_dir}: cannot create the study folder in {parent}")
+        return
+    if (
+        any(entry.name != LOCK_NAME for entry in study_dir.iterdir())
+        and not (study_dir / DATABASE_NAME).exists()
+        and not force
+    ):
+        raise CnnlabError(
+            f"{study_dir}: not empty and not a cnnlab study folder; choose another --out"
+            " or pass --force"
+        )
+    if not os.access(study_dir, os.W_OK):
+        raise CnnlabError(f"{study_dir}: the study folder is read-only")
+
+
+def prepare_folder(study_dir: Path, *, force: bool) -> None:
+    """Create the study folder (checked by `check_folder`)."""
+    check_folder(study_dir, force=force)
+    try:
+        study_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise CnnlabError(
+            f"{study_dir}: cannot create the study folder: {error.strerror}"
+        ) from None
+
+
+def run_study(
+    study_file: str | os.PathLike[str],
+    *,
+    out: str | os.PathLike[str] | None = None,
+    data: Any = None,
+    repeats: int | None = None,
+    force: bool = False,
+    device: str = "auto",
+    workers: int | None = None,
+    fit: Fit | None = None,
+    echo: Callable[[str], None] | None = None,
+    watchers: Sequence[Watcher] | None = None,
+    logger: StudyLogger | None = None,
+    backend: str | None = None,
+    address: str | None = None,
+) -> StudyOutcome:
+    """Run every unfinished run of a study file, quietly unless told otherwise.
+
+    `echo` gets the study's own lines (what it found, what it will run); `watchers` follow the
+    runs (`cnnlab.study.progress`; default: plain lines through `echo`, when it is given).
+
+    `data` is the source of the study's main dataset (its [defaults] dataset; default: the
+    study file's `data`, then cnnlab's usual search) or that dataset already loaded; runs on
+    other datasets load theirs by the usual search. Data is loaded only if some run trains.
+    `workers` is how many processes train side by side on the CPU (default: one per core), or
+    how many groups of runs on CUDA (default: all, up to 8); 1 trains one after another in this
+    process. `fit` replaces the training (see `execute_runs`). The report is the caller's.
+    """
+    started = time.perf_counter()
+    if watchers is None:
+        watchers = [Lines(echo)] if echo is not None else []
+    echo = echo or _quiet
+    check_workers(workers)  # before any data is loaded
+    study = load_study(study_file)
+    backend, address = backend or study.backend, address or study.address
+    if fit is not None and backend != "local":
+        raise CnnlabError(f"fit replaces the training in this process: backend {backend!r}")
+    plan = plan_runs(study, repeats)
+    study_dir = Path(out) if out is not None else Path("results") / study.name
+    if data is None:
+        data = study.data
+    check_folder(study_dir, force=force)
+    main = study.defaults.get("dataset", RunConfig.dataset)
+    loaded: dict[str, Any] = {}
+    if not (study_dir / DATABASE_NAME).exists():
+        # A new study trains every run: check them against the data before writing anything.
+        for name, runs in _by_dataset(plan).items():
+            loaded[name] = _loaded(name, data if name == main else None, device, backend)
+            _check_against(study, runs, loaded[name])
+    prepare_folder(study_dir, force=force)
+    with _locked(study_dir), Store.open(study_dir) as store:
+        store.claim(study.name, study.text, study.sha256, force=force)
+        store.sync_plan(
+            (run.id, dataclasses.asdict(run.config), run.config.seed, run.experiments)
+            for run in plan
+        )
+        atomic.remove_temporaries(study_dir / RUNS_FOLDER)  # what a kill left half-written
+        recovered = store.recover_interrupted()
+        if recovered:
+            echo(f"redoing {len(recovered)} run(s) interrupted earlier: {', '.join(recovered)}")
+        records = {record.id: record for record in store.runs(planned_only=True)}
+        todo = [
+            run
+            for run in plan
+            if not (
+                records[run.id].status in FINISHED and artifacts_intact(study_dir, records[run.id])
+            )
+        ]
+        skipped = len(plan) - len(todo)
+        echo(
+            f"study {study.name}: {len(plan)} runs, {skipped} already finished,"
+            f" {len(todo)} to run -> {study_dir}"
+        )
+        needed = {}
+        for name, runs in _by_dataset(todo).items():
+            if name not in loaded:
+                loaded[name] = _loaded(name, data if name == main else None, device, backend)
+            needed[name] = _record_data(loaded[name], store, main=name == main, force=force)
+            _check_against(study, runs, needed[name])
+        if todo:
+            execute_runs(
+                todo,
+                needed,
+                store,
+                study_dir,
+                device=device,
+                workers=workers,
+                fit=fit,
+                watchers=watchers,
+                logger=logger,
+                backend=backend,
+                address=address,
+            )
+        final = store.runs(planned_only=True)
+        store.set_meta({"last_wall_seconds": f"{time.perf_counter() - started:.3f}"})
+    counts = {status: 0 for status in ("done", "diverged", "failed", "pending")}
+    problems = []
+    for record in final:
+        counts[record.status] = counts.get(record.status, 0) + 1
+        if record.status in ("diverged", "failed"):
+            problems.append((record.id, record.status, record.reason))
+    return StudyOutcome(
+        study_dir=study_dir,
+        planned=len(plan),
+        skipped=skipped,
+        counts=counts,
+        problems=problems,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _by_dataset(plan: list[PlannedRun]) -> dict[str, list[PlannedRun]]:
+    """The runs of `plan` by the dataset they train on, in the plan's order."""
+    groups: dict[str, list[PlannedRun]] = {}
+    for run in plan:
+        groups.setdefault(run.config.dataset, []).append(run)
+    return groups
+
+
+def _loaded(name: str, data: Any, device: str, backend: str = "local") -> Any:
+    """Dataset `name`: `data` if already loaded, else loaded from `data` (a path, or None)."""
+    from cnnlab.training.device import resolve_device  # torch loads only when runs train
+
+    if backend == "local":  # on Ray the nodes have the devices, not this machine
+        resolve_device(device)  # an unavailable device fails before the data is decoded
+    if isinstance(data, str | os.PathLike) or data is None:
+        from cnnlab.data.datasets import load_dataset
+
+        return load_dataset(name, None if data is None else str(data))
+    return data
+
+
+def _check_against(study: Study, plan: list[PlannedRun], data: Any) -> None:
+    """Every run's config against the data (train size, classes), by the line that sets it."""
+    experiments = {experiment.name: experiment for experiment in study.experiments}
+    for run in plan:
+        _check_config(study, experiments[next(iter(run.experiments))], run.config, data)
+
+
+def _record_data(data: Any, store: Store, *, main: bool, force: bool) -> Any:
+    """Make sure `data` is what the study's earlier runs trained on, and note it in the store.
+
+    The main dataset's facts go under the store's plain keys (what the report reads); another
+    dataset's under keys suffixed with its name.
+    """
+    suffix = "" if main else f".{getattr(data, 'name', 'data')}"
+    known = store.meta().get("data_sha256" + suffix)
+    if known and data.source_sha256 and known != data.source_sha256 and not force:
+        raise CnnlabError(
+            f"data {data.source}: checksum {data.source_sha256[:12]} differs from the data this"
+            f" study's earlier runs used ({known[:12]}); pass the same --data, or --force"
+        )
+    store.set_meta(
+        {
+            "data_source" + suffix: str(data.source),
+            "data_sha256" + suffix: data.source_sha256,
+            "class_names" + suffix: json.dumps(list(data.class_names)),
+            "machine": machine_description(),
+            "cpu_count": str(os.cpu_count()),
+        }
+    )
+    return data
+
+
+def _quiet(line: str) -> None:
+    """The default `echo`: a study run from Python prints nothing."""
+
+
+def summary_lines(outcome: StudyOutcome) -> list[str]:
+    """The closing summary: counts, the runs that diverged or failed and why, time, report."""
+    counts = ", ".join(f"{count} {status}" for status, count in outcome.counts.items() if count)
+    lines = [
+        f"study finished in {outcome.seconds:.1f} s: {outcome.planned} runs ({counts};"
+        f" {outcome.skipped} were already finished)"
+    ]
+    lines += [f"  {status} {run}: {reason}" for run, status, reason in outcome.problems]
+    return lines

@@ -1,0 +1,1 @@
+"""Where users look: a study's runs logged to TensorBoard and MLflow, live or exported."""

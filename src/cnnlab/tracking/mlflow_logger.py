@@ -1,0 +1,225 @@
+"""MLflow runs for a study: a parent per study, a child per run with params, metrics, files."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from cnnlab.errors import CnnlabError
+from cnnlab.store import RunRecord
+from cnnlab.tracking.loggers import (
+    ARTIFACTS,
+    MLFLOW_SCHEMES,
+    epoch_scalars,
+    final_scalars,
+    final_step,
+    first_line,
+    require,
+    run_label,
+    run_name,
+    text,
+)
+
+
+class MlflowLogger:
+    """One parent MLflow run per study (experiment = the study's name), one child per cnnlab run.
+
+    A child has the config fields as params, the per-epoch metrics (step = epoch), the final
+    metrics at the last step, tags `cnnlab.run_id`, `cnnlab.status`, `cnnlab.finished_at` and
+    `mlflow.parentRunId`, and the run folder's plots, config.json and metrics.json as artifacts.
+    """
+
+    def __init__(self, uri: str, *, live: bool, option: str = "--mlflow"):
+        check_mlflow_uri(uri, option)
+        self._ml = require("mlflow", option)
+        if uri.startswith("file:"):
+            # MLflow 3 keeps its file store behind an opt-out; naming a file: URI opts out.
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        if uri.startswith("sqlite:///"):
+            folder = Path(uri.removeprefix("sqlite:///")).parent
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise CnnlabError(
+                    f"{option} {uri}: cannot create {folder}: {error.strerror or error}"
+                ) from None
+        self.uri = uri
+        self.live = live
+        try:
+            self.client = self._ml.MlflowClient(tracking_uri=uri)
+            self.client.search_experiments(max_results=1)
+        except ImportError as error:
+            raise CnnlabError(
+                f"{option} {uri}: needs {error.name or 'a missing package'}:"
+                " pip install 'cnnlab[mlflow]'"
+            ) from None
+        except Exception as error:
+            raise CnnlabError(f"{option} {uri}: {first_line(error)}") from None
+        self.written = 0
+        self.unchanged = 0
+        self._experiment_id = ""
+        self._parent_id = ""
+        self._existing: dict[str, list[Any]] = {}  # cnnlab run id -> its children at start
+        self._created: dict[str, str] = {}  # cnnlab run id -> MLflow run id logged since
+        self._active: dict[str, str] = {}  # cnnlab run id -> MLflow run id being written
+        self._skipped: set[str] = set()
+        self._pending: dict[str, list[Any]] = {}  # exported: metrics held until the run ends
+
+    def start(self, meta: Mapping[str, str], runs: Sequence[RunRecord]) -> None:
+        client = self.client
+        name = meta.get("study_name") or "cnnlab"
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            self._experiment_id = client.create_experiment(
+                name, artifact_location=self._artifact_root()
+            )
+        else:
+            self._experiment_id = experiment.experiment_id
+            if experiment.lifecycle_stage == "deleted":
+                client.restore_experiment(self._experiment_id)
+        tags = {
+            "cnnlab.role": "study",
+            "cnnlab.study.runner": name,
+            "cnnlab.study_sha256": meta.get("study_sha256", ""),
+        }
+        parents = self._search("tags.`cnnlab.role` = 'study'")
+        if parents:
+            self._parent_id = parents[0].info.run_id
+            self.client.update_run(self._parent_id, status="RUNNING")
+            for key, value in tags.items():
+                client.set_tag(self._parent_id, key, value)
+        else:
+            self._parent_id = client.create_run(
+                self._experiment_id, tags=tags, run_name=name
+            ).info.run_id
+        if meta.get("study_text"):
+            client.log_text(self._parent_id, meta["study_text"], "study.toml")
+        self._existing = {}
+        for run in self._search(f"tags.`mlflow.parentRunId` = '{self._parent_id}'"):
+            self._existing.setdefault(run.data.tags.get("cnnlab.run_id", ""), []).append(run)
+
+    def started(self, record: RunRecord) -> None:
+        entities = self._ml.entities
+        self._skipped.discard(record.id)
+        existing = self._existing.pop(record.id, [])
+        if (
+            record.finished_at is not None
+            and len(existing) == 1
+            and existing[0].info.status == "FINISHED"
+            and existing[0].data.tags.get("cnnlab.finished_at") == repr(record.finished_at)
+        ):
+            self._skipped.add(record.id)
+            self.unchanged += 1
+            return
+        stale = [run.info.run_id for run in existing]
+        if record.id in self._created:  # trained again since this logger started
+            stale.append(self._created.pop(record.id))
+        for mlflow_id in stale:
+            self.client.delete_run(mlflow_id)
+        tags = {
+            "mlflow.parentRunId": self._parent_id,
+            "cnnlab.run_id": record.id,
+            "cnnlab.label": run_label(record),
+        }
+        child = self.client.create_run(
+            self._experiment_id,
+            run_name=run_name(record),
+            tags=tags,
+            start_time=int(1000 * (record.started_at or time.time())),
+        )
+        self._active[record.id] = self._created[record.id] = child.info.run_id
+        params = [
+            entities.Param(key, text(value)[:6000]) for key, value in sorted(record.config.items())
+        ]
+        self.client.log_batch(child.info.run_id, params=params)
+
+    def epoch(self, run_id: str, row: Mapping[str, Any]) -> None:
+        if run_id not in self._skipped:
+            self._log(run_id, epoch_scalars(row), int(row["epoch"]))
+
+    def finished(self, record: RunRecord, study_dir: Path) -> None:
+        if record.id in self._skipped:
+            return
+        self._log(record.id, final_scalars(record.metrics), final_step(record))
+        self._flush(record.id)
+        mlflow_id = self._active.pop(record.id)
+        for name in ARTIFACTS:
+            path = Path(study_dir) / record.artifacts.get(name, "")
+            if name in record.artifacts and path.is_file():
+                self.client.log_artifact(mlflow_id, str(path))
+        tags = {"cnnlab.status": record.status, "cnnlab.finished_at": repr(record.finished_at)}
+        if record.reason:
+            tags["cnnlab.reason"] = record.reason
+        entities = self._ml.entities
+        self.client.log_batch(mlflow_id, tags=[entities.RunTag(k, v) for k, v in tags.items()])
+        end = int(1000 * record.finished_at) if record.finished_at else None
+        self.client.set_terminated(mlflow_id, "FINISHED", end_time=end)
+        self.written += 1
+
+    def failed(self, run_id: str, reason: str) -> None:
+        mlflow_id = self._active.pop(run_id, None)
+        self._pending.pop(run_id, None)
+        if mlflow_id is not None:
+            self.client.set_tag(mlflow_id, "cnnlab.status", "failed")
+            self.client.set_tag(mlflow_id, "cnnlab.reason", reason[:5000])
+            self.client.set_terminated(mlflow_id, "FAILED")
+
+    def close(self) -> None:
+        for mlflow_id in self._active.values():
+            self.client.set_terminated(mlflow_id, "KILLED")
+        self._active.clear()
+        if self._parent_id:
+            self.client.set_terminated(self._parent_id, "FINISHED")
+
+    def describe(self) -> str:
+        return (
+            f"MLflow: {self.written} runs logged, {self.unchanged} unchanged -> {self.uri}"
+            f" (experiment id {self._experiment_id}, parent run {self._parent_id})"
+        )
+
+    def _log(self, run_id: str, values: Mapping[str, float], step: int) -> None:
+        """Live, at once; exported, held until the run ends and written in a few batches."""
+        now = int(time.time() * 1000)
+        metrics = [self._ml.entities.Metric(key, value, now, step) for key, value in values.items()]
+        pending = self._pending.setdefault(run_id, [])
+        pending.extend(metrics)
+        if self.live:
+            self._flush(run_id)
+
+    def _flush(self, run_id: str) -> None:
+        pending = self._pending.pop(run_id, [])
+        for start in range(0, len(pending), 1000):  # log_batch takes up to 1000 metrics
+            self.client.log_batch(self._active[run_id], metrics=pending[start : start + 1000])
+
+    def _search(self, filter_string: str) -> list[Any]:
+        """Every active run of the study's experiment matching `filter_string` (all pages)."""
+        found: list[Any] = []
+        token = None
+        while True:
+            page = self.client.search_runs(
+                [self._experiment_id], filter_string, max_results=1000, page_token=token
+            )
+            found.extend(page)
+            token = page.token
+            if not token:
+                return found
+
+    def _artifact_root(self) -> str | None:
+        """Beside a SQLite database (MLflow's default is the working folder); else the default."""
+        if self.uri.startswith("sqlite:///"):
+            database = Path(self.uri.removeprefix("sqlite:///")).resolve()
+            return (database.parent / "mlartifacts").as_uri()
+        return None
+
+
+def check_mlflow_uri(uri: str, option: str = "--mlflow") -> None:
+    """A tracking URI cnnlab can use: a SQLite file, a file store, or a tracking server."""
+    scheme = uri.split(":", 1)[0].split("+", 1)[0] if ":" in uri else ""
+    if scheme not in MLFLOW_SCHEMES or uri.rstrip("/") == f"{scheme}:":
+        raise CnnlabError(
+            f"{option} {uri!r}: expected an MLflow tracking URI: sqlite:///FILE.db,"
+            " file:///DIR or http(s)://HOST:PORT"
+        )

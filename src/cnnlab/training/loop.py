@@ -1,0 +1,469 @@
+"""fit(config, data) -> RunResult: a ConvNet trained with the semantics Keras uses.
+
+Keras semantics kept here: the validation part is the last fraction of the subset, cut before
+any shuffling; the training part is reshuffled every epoch; the epoch's loss and accuracy are
+running means over its batches with dropout active, the validation scores are taken in eval
+mode after the epoch; every reported loss is the loss trained on (label smoothing and the
+kernel penalty included, as Keras's compiled loss). The data stays on the device as uint8
+tensors; batches are gathered there by index.
+
+The modern options of a config (`Recipe`: augmentation, a learning-rate schedule, label
+smoothing, a weight average, test-time augmentation, patch whitening) are all off by default;
+off, the loop runs exactly the operations it ran before they existed.
+
+`fit_members` is the one training skeleton: the data on the device, the epochs with their
+history rows, progress and divergence, the final scores and the RunResult. `fit` drives it with
+one network (`LoneNet`); `batched.fit_group` with several trained as one (`batched.GroupMembers`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cnnlab.config import EVAL_BATCH_SIZE, RunConfig, check_config
+from cnnlab.data.datasets import Dataset, stratified_subset, validation_split
+from cnnlab.errors import CnnlabError
+from cnnlab.nn import modules
+from cnnlab.nn.specs import LayerSpec, resolve_layers
+from cnnlab.training import augment, metrics, optim
+from cnnlab.training.device import (
+    autocast,
+    fast_cuda_math,
+    images_to_device,
+    normalise,
+    resolve_device,
+)
+from cnnlab.training.metrics import Evaluation, RunResult
+
+WHITENING_IMAGES = 5000  # training images whose patches set a whitened first layer
+Progress = Callable[[dict[str, Any]], None]
+
+
+# --- evaluation -------------------------------------------------------------------------------
+
+
+def cross_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.0, reduction: str = "mean"
+) -> torch.Tensor:
+    """Softmax cross-entropy of logits, with Keras's (and PyTorch's) label smoothing."""
+    if smoothing:
+        return F.cross_entropy(logits, labels, reduction=reduction, label_smoothing=smoothing)
+    return F.cross_entropy(logits, labels, reduction=reduction)
+
+
+def evaluate_model(
+    model: modules.ConvNet,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    batch_size: int = EVAL_BATCH_SIZE,
+    precision: str = "float32",
+    *,
+    tta: str = "none",
+    label_smoothing: float = 0.0,
+) -> Evaluation:
+    """Loss, accuracy and predictions of `model` on uint8 NCHW `images` (on the model's device).
+
+    `tta` averages the logits of augmented copies (`augment.tta_logits`); the loss is the
+    training objective, smoothing included (Keras's compiled loss).
+    """
+    was_training = model.training
+    model.eval()
+    cross_entropy_sum = torch.zeros((), device=images.device)
+    predictions = []
+    with torch.inference_mode():
+        for start in range(0, len(labels), batch_size):
+            batch = normalise(images[start : start + batch_size])
+            with autocast(precision, images.device):
+                logits = augment.tta_logits(model, batch, tta).float()
+            batch_labels = labels[start : start + batch_size]
+            cross_entropy_sum += cross_entropy(logits, batch_labels, label_smoothing, "sum")
+            predictions.append(logits.argmax(1))
+        penalty = model.penalty()
+        predicted = torch.cat(predictions) if predictions else labels.new_zeros(0)
+        correct = (predicted == labels).sum()
+        total = cross_entropy_sum / max(len(labels), 1) + (0.0 if penalty is None else penalty)
+        loss, correct_count = torch.stack([total, correct.float()]).tolist()
+    model.train(was_training)
+    return Evaluation(loss, correct_count / max(len(labels), 1), predicted.cpu().numpy())
+
+
+# --- training ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Recipe:
+    """A run's options beyond Keras's plain loop, ready for the steps; each off for the seed."""
+
+    seed: int  # the run's seed: augmentation draws from (seed, epoch) streams
+    label_smoothing: float = 0.0
+    augmentation: dict[str, Any] | None = None  # augment.augment_batch's options; None: off
+    schedule: RunConfig | None = None  # whose lr_* fields set each step's rate; None: constant
+    steps_per_epoch: int = 1
+    average: optim.WeightAverage | None = None  # the weights evaluated instead of the live ones
+    step: int = 0  # optimisation steps taken so far
+
+    def augment(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """A batch augmented from the epoch's stream (unchanged when nothing is augmented)."""
+        if generator is None:
+            return images
+        return augment.augment_batch(images, **self.augmentation, generator=generator)
+
+    def epoch_generator(self, epoch: int, device: torch.device) -> torch.Generator | None:
+        """The epoch's augmentation stream, or None when nothing is augmented."""
+        if self.augmentation is None:
+            return None
+        return augment.epoch_generator(self.seed, epoch, device)
+
+    def before_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Set the scheduled learning rate of the coming step."""
+        if self.schedule is not None:
+            per_epoch, total = self.steps_per_epoch, self.steps_per_epoch * self.schedule.epochs
+            rate = optim.learning_rate_at(self.step, total, per_epoch, self.schedule)
+            for group in optimizer.param_groups:
+                group["lr"] = rate
+
+    def after_step(self, model: torch.nn.Module) -> None:
+        """Count the step and fold the new weights into the average."""
+        self.step += 1
+        if self.average is not None:
+            self.average.update(model)
+
+
+def make_recipe(config: RunConfig, model: torch.nn.Module, train_count: int) -> Recipe:
+    """The config's modern options for a run of `train_count` training images."""
+    augmentation = None
+    if config.flip or config.crop_padding or config.cutout:
+        augmentation = {
+            "flip": config.flip,
+            "crop_padding": config.crop_padding,
+            "crop_padding_mode": config.crop_padding_mode,
+            "cutout": config.cutout,
+        }
+    scheduled = config.lr_schedule != "constant" or config.lr_warmup_epochs > 0
+    return Recipe(
+        config.seed,
+        config.label_smoothing,
+        augmentation,
+        config if scheduled else None,
+        optim.steps_per_epoch(train_count, config.batch_size),
+        optim.WeightAverage(model, config.ema) if config.ema > 0 else None,
+    )
+
+
+def train_one_epoch(
+    model: modules.ConvNet,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    batch_size: int,
+    generator: torch.Generator,
+    precision: str = "float32",
+    recipe: Recipe | None = None,
+    epoch: int = 1,
+) -> tuple[float, float]:
+    """One pass over a fresh shuffle; (loss, accuracy) as running means over the batches."""
+    model.train()
+    recipe = recipe or Recipe(seed=0)
+    order = torch.randperm(len(labels), generator=generator).to(images.device)
+    augmentation = recipe.epoch_generator(epoch, images.device)
+    loss_sum = torch.zeros((), device=images.device)
+    correct = torch.zeros((), device=images.device, dtype=torch.long)
+    for start in range(0, len(labels), batch_size):
+        batch = order[start : start + batch_size]
+        batch_labels = labels[batch]
+        batch_images = recipe.augment(images[batch], augmentation)
+        with autocast(precision, images.device):
+            logits = model(normalise(batch_images)).float()
+        loss = cross_entropy(logits, batch_labels, recipe.label_smoothing)
+        penalty = model.penalty()
+        if penalty is not None:
+            loss = loss + penalty
+        recipe.before_step(optimizer)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        recipe.after_step(model)
+        # Keras weights each batch's loss by its size; no host sync until the epoch ends.
+        loss_sum += loss.detach() * len(batch)
+        correct += (logits.argmax(1) == batch_labels).sum()
+    loss_mean, accuracy = (torch.stack([loss_sum, correct.float()]) / len(labels)).tolist()
+    return loss_mean, accuracy
+
+
+def data_input(data: Dataset) -> tuple[tuple[int, int, int], int]:
+    """The (height, width, channels) of a dataset's images and its class count."""
+    return tuple(data.train_images.shape[1:]), len(data.class_names)
+
+
+def layers_for(config: RunConfig, data: Dataset) -> tuple[LayerSpec, ...]:
+    """The config's layers, checked against the dataset's images and classes."""
+    return resolve_layers(config, *data_input(data))
+
+
+def subset_indices(config: RunConfig, data: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """(training part, validation part) of the run's subset: Keras holds out the last fraction."""
+    check_config(config, available=len(data.train_labels), classes=len(data.class_names))
+    layers_for(config, data)  # the net must fit the images and the classes
+    height, width = data.train_images.shape[1:3]
+    augment.check_augmentation(
+        height,
+        width,
+        crop_padding=config.crop_padding,
+        crop_padding_mode=config.crop_padding_mode,
+        cutout=config.cutout,
+    )
+    subset = stratified_subset(data.train_labels, config.train_size, config.subset_seed)
+    train_part, validation_part = validation_split(subset, config.validation_split)
+    if len(train_part) == 0 or len(validation_part) == 0:
+        raise CnnlabError(
+            f"validation_split {config.validation_split} of {config.train_size} images leaves"
+            f" {len(train_part)} to train on and {len(validation_part)} to validate on"
+        )
+    return train_part, validation_part
+
+
+def make_optimizer(
+    model: torch.nn.Module, config: RunConfig, *, capturable: bool = False
+) -> torch.optim.Optimizer:
+    """The config's optimizer over `model`'s parameters (see `cnnlab.training.optim`).
+
+    `capturable` keeps every step's state on the GPU so the step can be replayed from a CUDA
+    graph.
+    """
+    return optim.make_optimizer(list(model.parameters()), config, capturable=capturable)
+
+
+def generators(seed: int, device: torch.device) -> tuple[torch.Generator, ...]:
+    """Independent streams for initialisation, shuffles (CPU) and dropout (on the device)."""
+    init_seed, shuffle_seed, dropout_seed = np.random.SeedSequence(seed).generate_state(3)
+    dropout = torch.Generator(device=device)
+    dropout.manual_seed(int(dropout_seed))
+    return (
+        torch.Generator().manual_seed(int(init_seed)),
+        torch.Generator().manual_seed(int(shuffle_seed)),
+        dropout,
+    )
+
+
+# --- the training skeleton --------------------------------------------------------------------
+
+
+@dataclass
+class OnDevice:
+    """A run's subset on the device, its training part first, then its validation part."""
+
+    ordered: np.ndarray  # indices into the dataset's training images, in that order
+    train_count: int  # how many of them are the training part
+    images: torch.Tensor  # uint8 NCHW, channels-last
+    labels: torch.Tensor  # int64
+    input_shape: tuple[int, int, int]  # one image: height, width, channels
+    num_classes: int
+    layers: tuple[LayerSpec, ...]  # the config's net, checked against the dataset
+
+
+def to_device(config: RunConfig, data: Dataset, device: torch.device) -> OnDevice:
+    """The subset `config` trains on, as tensors on `device`."""
+    train_part, validation_part = subset_indices(config, data)
+    ordered = np.concatenate([train_part, validation_part])
+    images = images_to_device(data.train_images[ordered], device)
+    labels = torch.from_numpy(data.train_labels[ordered].astype(np.int64)).to(device)
+    shape, classes = data_input(data)
+    layers = layers_for(config, data)
+    return OnDevice(ordered, len(train_part), images, labels, shape, classes, layers)
+
+
+class Members(Protocol):
+    """What `fit_members` drives: one network, or several trained as one."""
+
+    count: int  # how many runs
+
+    def train_epoch(self) -> list[tuple[float, float]]:
+        """One epoch; each member's (loss, accuracy), running means over its batches."""
+        ...
+
+    def evaluate(
+        self, images: torch.Tensor, labels: torch.Tensor, *, test_time: bool = True
+    ) -> list[Evaluation]:
+        """Each member's scores on the same uint8 NCHW images, in eval mode.
+
+        `test_time`: held-out images (validation, test), which the run's test-time augmentation
+        applies to; False for the training subset's final score.
+        """
+        ...
+
+    def state_dict(self, member: int) -> dict[str, torch.Tensor]:
+        """A member's weights on the CPU, under a lone `ConvNet`'s names."""
+        ...
+
+    def parameter_count(self, member: int) -> int: ...
+
+
+def fit_members(
+    configs: Sequence[RunConfig],
+    data: Dataset,
+    on_device: OnDevice,
+    members: Members,
+    progress: Progress | None = None,
+) -> list[RunResult]:
+    """Train `members` (one per config; they share epochs and data) and score them.
+
+    `progress` gets each member's epoch row with "member", "epochs", "elapsed" and "eta". A
+    member whose loss stops being finite stops there (status "diverged"); the others go on.
+    """
+    epochs = configs[0].epochs
+    histories: list[list[dict[str, float]]] = [[] for _ in configs]
+    diverged: list[int | None] = [None] * len(configs)
+    final_states: list[dict[str, torch.Tensor] | None] = [None] * len(configs)
+    validation = slice(on_device.train_count, None)
+    started = time.perf_counter()
+    for epoch in range(1, epochs + 1):
+        epoch_started = time.perf_counter()
+        scores = members.train_epoch()
+        validations = members.evaluate(on_device.images[validation], on_device.labels[validation])
+        now = time.perf_counter()
+        for member, (loss, accuracy) in enumerate(scores):
+            if diverged[member] is not None:
+                continue
+            row = metrics.history_row(
+                epoch, loss, accuracy, validations[member], now - epoch_started
+            )
+            histories[member].append(row)
+            if progress is not None:
+                elapsed = now - started
+                remaining = elapsed / epoch * (epochs - epoch)
+                info = {"member": member, "epochs": epochs, "elapsed": elapsed, "eta": remaining}
+                progress({**row, **info})
+            if not (np.isfinite(row["loss"]) and np.isfinite(row["val_loss"])):
+                diverged[member] = epoch
+                final_states[member] = members.state_dict(member)
+        if all(epoch is not None for epoch in diverged):
+            break
+    fit_seconds = time.perf_counter() - started
+    return _score(
+        configs, data, on_device, members, (histories, diverged, final_states), fit_seconds
+    )
+
+
+def _score(configs, data, on_device, members, trained, fit_seconds) -> list[RunResult]:
+    """The members' final scores on their whole subset and the test set, as RunResults."""
+    histories, diverged, final_states = trained
+    device = on_device.images.device
+    evaluated = time.perf_counter()
+    test_images = images_to_device(data.test_images, device)
+    test_labels = torch.from_numpy(data.test_labels.astype(np.int64)).to(device)
+    train_scores = members.evaluate(on_device.images, on_device.labels, test_time=False)
+    test_scores = members.evaluate(test_images, test_labels)
+    provenance = metrics.Provenance(
+        data_source=str(data.source),
+        data_sha256=data.source_sha256,
+        device=str(device),
+        cpu_threads=torch.get_num_threads(),
+        fit_seconds=fit_seconds,
+        eval_seconds=time.perf_counter() - evaluated,
+        group_size=members.count,
+        input_shape=on_device.input_shape,
+    )
+    labels = (data.train_labels[on_device.ordered], data.test_labels)
+    return [
+        metrics.make_result(
+            config,
+            histories[member],
+            diverged[member],
+            labels,
+            (train_scores[member], test_scores[member]),
+            data.class_names,
+            members.parameter_count(member),
+            provenance,
+            final_states[member] or members.state_dict(member),
+        )
+        for member, config in enumerate(configs)
+    ]
+
+
+class LoneNet:
+    """One `ConvNet` as `Members`: Keras's loop, one batch of one network per step."""
+
+    count = 1
+
+    def __init__(self, config: RunConfig, on_device: OnDevice):
+        device = on_device.images.device
+        init_generator, self.shuffle_generator, dropout_generator = generators(config.seed, device)
+        self.model = modules.ConvNet(on_device.layers, on_device.input_shape)
+        modules.initialise(self.model, init_generator)
+        self.model.to(device)
+        if modules.needs_whitening(self.model):
+            first = on_device.images[: min(on_device.train_count, WHITENING_IMAGES)]
+            modules.whiten_first_layer(self.model, normalise(first))
+        self.model.set_dropout_generator(dropout_generator)
+        self.optimizer = make_optimizer(self.model, config)
+        self.recipe = make_recipe(config, self.model, on_device.train_count)
+        self.config, self.on_device, self.epoch = config, on_device, 0
+
+    def train_epoch(self) -> list[tuple[float, float]]:
+        count = self.on_device.train_count
+        self.epoch += 1
+        scores = train_one_epoch(
+            self.model,
+            self.optimizer,
+            self.on_device.images[:count],
+            self.on_device.labels[:count],
+            self.config.batch_size,
+            self.shuffle_generator,
+            self.config.precision,
+            self.recipe,
+            self.epoch,
+        )
+        return [scores]
+
+    def evaluate(
+        self, images: torch.Tensor, labels: torch.Tensor, *, test_time: bool = True
+    ) -> list[Evaluation]:
+        config = self.config
+        with self._evaluated_weights():
+            scores = evaluate_model(
+                self.model,
+                images,
+                labels,
+                precision=config.precision,
+                tta=config.tta if test_time else "none",
+                label_smoothing=config.label_smoothing,
+            )
+        return [scores]
+
+    def state_dict(self, member: int) -> dict[str, torch.Tensor]:
+        with self._evaluated_weights():
+            return {
+                name: value.detach().cpu().clone()
+                for name, value in self.model.state_dict().items()
+            }
+
+    def parameter_count(self, member: int) -> int:
+        return modules.count_parameters(self.model)
+
+    def _evaluated_weights(self) -> contextlib.AbstractContextManager:
+        """The weight average in place of the live weights while scoring or saving, if any."""
+        average = self.recipe.average
+        return contextlib.nullcontext() if average is None else average.applied(self.model)
+
+
+def fit(
+    config: RunConfig,
+    data: Dataset,
+    *,
+    device: str = "auto",
+    progress: Progress | None = None,
+) -> RunResult:
+    """Train `config` on `data` as Keras would; `progress` gets each epoch's row as it ends."""
+    target = resolve_device(device)
+    fast_math = fast_cuda_math() if target.type == "cuda" else contextlib.nullcontext()
+    with fast_math:
+        on_device = to_device(config, data, target)
+        return fit_members([config], data, on_device, LoneNet(config, on_device), progress)[0]

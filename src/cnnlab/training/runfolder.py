@@ -1,0 +1,333 @@
+"""A run folder: the files a finished run leaves (save_run), read back (load_run) and re-scored.
+
+Every file is written atomically. Weights are a plain state_dict, read with
+`torch.load(weights_only=True)`: a file that is anything else is refused, never unpickled.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cnnlab import atomic, plots
+from cnnlab.config import DEFAULTS, ConfigError, RunConfig, check_value
+from cnnlab.data.datasets import Dataset, stratified_subset
+from cnnlab.errors import CnnlabError
+from cnnlab.nn import modules
+from cnnlab.nn.architectures import get_architecture
+from cnnlab.training import loop
+from cnnlab.training.device import images_to_device, resolve_device
+from cnnlab.training.metrics import HISTORY_KEYS, Evaluation, RunResult
+
+
+def resolved_config(config: RunConfig) -> dict[str, Any]:
+    """The config as JSON-ready data, with the registry's layers written out."""
+    resolved = dataclasses.asdict(config)
+    if config.layers is None:
+        resolved["layers"] = [dict(layer) for layer in get_architecture(config.arch)]
+    else:
+        resolved["layers"] = [dict(layer) for layer in config.layers]
+    return resolved
+
+
+MISCLASSIFIED_KEPT = 32  # misclassified test images kept for the report's grid
+
+
+def save_run(
+    result: RunResult,
+    run_dir: str | Path,
+    class_names: tuple[str, ...] | list[str],
+    *,
+    test_images: np.ndarray | None = None,
+    test_labels: np.ndarray | None = None,
+) -> dict[str, str]:
+    """Write the run folder (every file atomically); returns artifact name -> path.
+
+    With the test set's uint8 images and labels (the set `result.test_predictions` scored), a
+    sample of its misclassified images is kept too, so the report needs no data source.
+    """
+    run_dir = Path(run_dir)
+    paths = {
+        "config": run_dir / "config.json",
+        "history_csv": run_dir / "history.csv",
+        "history_json": run_dir / "history.json",
+        "metrics": run_dir / "metrics.json",
+        "weights": run_dir / "weights.pt",
+        "history_png": run_dir / "history.png",
+        "confusion_train_png": run_dir / "confusion_train.png",
+        "confusion_test_png": run_dir / "confusion_test.png",
+    }
+    atomic.write_json(paths["config"], resolved_config(result.config))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=HISTORY_KEYS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({key: row.get(key) for key in HISTORY_KEYS} for row in result.history)
+    atomic.write_text(paths["history_csv"], buffer.getvalue())
+    atomic.write_json(paths["history_json"], result.history)
+    atomic.write_json(paths["metrics"], {"status": result.status, **result.metrics})
+    weights = io.BytesIO()  # torch.save would turn a full disk into a RuntimeError
+    torch.save(result.state_dict, weights)
+    atomic.write_bytes(paths["weights"], weights.getvalue())
+    title = f"{result.config.arch}, {result.config.train_size:,} images, seed {result.config.seed}"
+    plots.save_figure(plots.history_figure(result.history, title), paths["history_png"])
+    for split in ("train", "test"):
+        matrix = result.metrics.get("confusion_matrix", {}).get(split)
+        if matrix is not None:
+            figure = plots.confusion_matrix_figure(
+                matrix, list(class_names), f"{split} confusion matrix ({title})"
+            )
+            plots.save_figure(figure, paths[f"confusion_{split}_png"])
+        else:
+            del paths[f"confusion_{split}_png"]
+    paths.update(_save_arrays(result, run_dir, test_images, test_labels))
+    return {name: str(path) for name, path in paths.items()}
+
+
+def _save_arrays(
+    result: RunResult,
+    run_dir: Path,
+    test_images: np.ndarray | None,
+    test_labels: np.ndarray | None,
+) -> dict[str, Path]:
+    """The report's NumPy files: test predictions, misclassified samples, first-layer kernels."""
+    paths = {}
+    predictions = result.test_predictions
+    if predictions is not None:
+        predictions = np.asarray(predictions).astype(np.int16)
+        paths["predictions_test"] = run_dir / "predictions_test.npy"
+        _save_npy(paths["predictions_test"], predictions)
+        if test_images is not None and test_labels is not None:
+            if len(test_images) != len(predictions) or len(test_labels) != len(predictions):
+                raise ValueError(
+                    f"{len(predictions)} test predictions for {len(test_images)} images and"
+                    f" {len(test_labels)} labels"
+                )
+            paths["misclassified_test"] = run_dir / "misclassified_test.npz"
+            sample = misclassified_sample(test_labels, predictions)
+            with atomic.atomic_path(paths["misclassified_test"]) as tmp, open(tmp, "wb") as file:
+                np.savez(
+                    file,
+                    images=np.asarray(test_images[sample], dtype=np.uint8),
+                    index=sample.astype(np.int32),
+                    true=np.asarray(test_labels)[sample].astype(np.int16),
+                    predicted=predictions[sample],
+                )
+    kernels = first_conv_kernels(result.state_dict)
+    if kernels is not None:
+        paths["kernels_first"] = run_dir / "kernels_first.npy"
+        _save_npy(paths["kernels_first"], kernels)
+    return paths
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with atomic.atomic_path(path) as tmp, open(tmp, "wb") as file:
+        np.save(file, array, allow_pickle=False)
+
+
+def misclassified_sample(
+    labels: np.ndarray, predictions: np.ndarray, count: int = MISCLASSIFIED_KEPT
+) -> np.ndarray:
+    """Indices of up to `count` misclassified images, taken from each true class in turn.
+
+    Round-robin over the classes (in test-set order within each) so the grid shows every class's
+    mistakes, not only the first class's; the indices come back sorted by true class, then index.
+    """
+    labels, predictions = np.asarray(labels), np.asarray(predictions)
+    wrong = np.flatnonzero(labels != predictions)
+    by_class = [wrong[labels[wrong] == label] for label in np.unique(labels[wrong])]
+    chosen = []
+    for rank in range(max((len(indices) for indices in by_class), default=0)):
+        chosen += [int(indices[rank]) for indices in by_class if rank < len(indices)]
+        if len(chosen) >= count:
+            break
+    chosen = chosen[:count]
+    return np.array(sorted(chosen, key=lambda index: (labels[index], index)), dtype=np.int64)
+
+
+def first_conv_kernels(state_dict: dict[str, Any]) -> np.ndarray | None:
+    """The first conv layer's kernels as float32 filters x in x kh x kw (None without a conv)."""
+    for value in state_dict.values():  # a ConvNet's state_dict lists its layers in order
+        weight = value.detach().float().cpu().numpy() if isinstance(value, torch.Tensor) else value
+        weight = np.asarray(weight)
+        if weight.ndim == 4:
+            return weight.astype(np.float32)
+    return None
+
+
+@dataclass
+class SavedRun:
+    """A run folder read back: config, history, metrics and the model with its weights."""
+
+    config: RunConfig
+    history: list[dict[str, float]]
+    metrics: dict[str, Any]
+    model: modules.ConvNet
+
+
+MAX_JSON_BYTES = 64 << 20  # a run folder's JSON files are kilobytes
+MAX_WEIGHTS_BYTES = 1 << 30  # the seed nets' weights are ~150 KB
+
+
+def load_run(run_dir: str | Path) -> SavedRun:
+    """Read a run folder written by `save_run`; anything else is one CnnlabError line.
+
+    The weights are read with `torch.load(weights_only=True)`: a file that is not a plain
+    state_dict of tensors is refused, never unpickled.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CnnlabError(f"{run_dir}: not a run folder")
+    config_data = _json_file(run_dir / "config.json", dict)
+    history = _json_file(run_dir / "history.json", list)
+    metrics = _json_file(run_dir / "metrics.json", dict)
+    config = _config_from(config_data, run_dir / "config.json")
+    state_dict = _weights_file(run_dir / "weights.pt")
+    shape, classes = metrics.get("input_shape"), metrics.get("class_names")
+    try:
+        model = modules.build_model(
+            config,
+            tuple(shape) if isinstance(shape, list) and len(shape) == 3 else None,
+            len(classes) if isinstance(classes, list) and classes else None,
+        )
+        model.load_state_dict(state_dict)
+    except CnnlabError as error:
+        raise CnnlabError(f"{run_dir / 'config.json'}: {error}") from None
+    except (RuntimeError, TypeError, ValueError, KeyError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CnnlabError(
+            f"{run_dir / 'weights.pt'}: weights do not fit {config.arch} ({reason})"
+        ) from None
+    return SavedRun(config, history, metrics, model)
+
+
+def _json_file(path: Path, kind: type) -> Any:
+    try:
+        if path.stat().st_size > MAX_JSON_BYTES:
+            raise CnnlabError(f"{path}: larger than {MAX_JSON_BYTES:,} bytes; not a run's file")
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise CnnlabError(f"{path}: cannot read ({error.strerror}); not a run folder") from None
+    except (ValueError, RecursionError) as error:  # bad JSON, bad UTF-8, nested too deeply
+        reason = type(error).__name__ if isinstance(error, RecursionError) else error
+        raise CnnlabError(f"{path}: not valid JSON ({reason})") from None
+    if not isinstance(value, kind):
+        expected = "an object" if kind is dict else "a list"
+        raise CnnlabError(f"{path}: expected {expected}, got {type(value).__name__}")
+    return value
+
+
+def _config_from(data: dict[str, Any], path: Path) -> RunConfig:
+    """A RunConfig from config.json, every field checked by the config's own rules."""
+    known = {item.name for item in dataclasses.fields(RunConfig)}
+    unknown = sorted(str(key) for key in set(data) - known)
+    if unknown:
+        raise CnnlabError(f"{path}: unknown keys {', '.join(unknown)}")
+    fields = dict(data)
+    layers = fields.pop("layers", None)
+    if layers is not None and not (
+        isinstance(layers, list) and all(isinstance(layer, dict) for layer in layers)
+    ):
+        raise CnnlabError(f"{path}: layers: expected a list of layer objects")
+    try:
+        for name, value in fields.items():
+            if value is not None or DEFAULTS[name] is not None:
+                fields[name] = check_value(name, value)
+    except ConfigError as error:
+        raise CnnlabError(f"{path}: {error}") from None
+    return RunConfig(**fields, layers=None if layers is None else tuple(layers))
+
+
+def _weights_file(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        size = path.stat().st_size
+    except OSError as error:
+        raise CnnlabError(f"{path}: cannot read ({error.strerror}); not a run folder") from None
+    if size > MAX_WEIGHTS_BYTES:
+        raise CnnlabError(f"{path}: larger than {MAX_WEIGHTS_BYTES:,} bytes; not cnnlab's weights")
+    try:
+        with warnings.catch_warnings():  # torch warns about odd pickles before refusing them
+            warnings.simplefilter("ignore")
+            state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # torch's refusal of a pickle, a truncated or empty file, ...
+        raise CnnlabError(
+            f"{path}: not a plain state_dict of tensors; it will not be loaded (cnnlab only"
+            " reads weights with torch.load(weights_only=True))"
+        ) from None
+    if not (
+        isinstance(state_dict, dict)
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state_dict.items())
+    ):
+        raise CnnlabError(
+            f"{path}: holds a {type(state_dict).__name__}, not a state_dict of named tensors"
+        )
+    return state_dict
+
+
+def evaluate_run(
+    run: SavedRun, data: Dataset, device: str = "auto"
+) -> dict[str, tuple[np.ndarray, Evaluation]]:
+    """A saved run's model on its training subset and the test set: split -> (labels, scores)."""
+    target = resolve_device(device)
+    config = run.config
+    shape = loop.data_input(data)[0]
+    if tuple(run.model.input_shape) != shape:
+        trained = "x".join(map(str, run.model.input_shape))
+        raise CnnlabError(
+            f"the run's net takes {trained} images; {data.source} holds"
+            f" {'x'.join(map(str, shape))} images (pass the dataset it was trained on)"
+        )
+    subset = stratified_subset(data.train_labels, config.train_size, config.subset_seed)
+    model = run.model.to(target)
+    splits = {"train": (data.train_images[subset], data.train_labels[subset])}
+    splits["test"] = (data.test_images, data.test_labels)
+    results = {}
+    for split, (images, labels) in splits.items():
+        tensor_labels = torch.from_numpy(labels.astype(np.int64)).to(target)
+        scores = loop.evaluate_model(
+            model,
+            images_to_device(images, target),
+            tensor_labels,
+            precision=config.precision,
+            tta=config.tta if split == "test" else "none",  # as the run scored itself
+            label_smoothing=config.label_smoothing,
+        )
+        results[split] = (labels, scores)
+    return results
+
+
+def check_target(run_dir: str | Path) -> None:
+    """A run folder can be written at `run_dir`: a new path, or a run folder to replace."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CnnlabError(f"{run_dir}: exists and is not a folder")
+    if run_dir.is_dir() and any(run_dir.iterdir()) and not (run_dir / "config.json").is_file():
+        raise CnnlabError(f"{run_dir}: not empty and not a run folder; choose another --out")
+    parent = next((p for p in run_dir.absolute().parents if p.exists()), Path("/"))
+    if not parent.is_dir():
+        raise CnnlabError(f"{run_dir}: cannot create it: {parent} is not a folder")
+    if not os.access(parent if not run_dir.exists() else run_dir.parent, os.W_OK | os.X_OK):
+        raise CnnlabError(f"{run_dir}: cannot write there (permission denied)")
+
+
+def write_run_folder(
+    result: RunResult, run_dir: str | Path, class_names: Sequence[str], **options: Any
+) -> dict[str, str]:
+    """`save_run` into a temporary folder that replaces `run_dir` whole once every file is in.
+
+    A failure or a kill never leaves a half-written run folder (see `atomic.atomic_folder`).
+    """
+    run_dir = Path(run_dir)
+    with atomic.atomic_folder(run_dir) as tmp:
+        paths = save_run(result, tmp, class_names, **options)
+    return {name: str(run_dir / Path(path).relative_to(tmp)) for name, path in paths.items()}
