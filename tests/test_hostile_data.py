@@ -685,3 +685,29 @@ def test_mutated_sources_of_other_datasets_load_or_raise_only_cnnlab_error(
             return
         assert data.train_images.dtype == np.uint8 and data.train_images.ndim == 4
         assert data.train_labels.min() >= 0 and data.train_labels.max() < data.num_classes
+
+
+@pytest.mark.parametrize("entries", [0, 3, 70_000])  # 70,000: past 65,535, a zip64 end record
+def test_the_zip_directory_size_is_the_one_zipfile_reads(entries):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for index in range(entries):
+            archive.writestr(f"train/cat/{index}.png", b"")
+    # zipfile's private reader of the same record is the reference.
+    expected = zipfile._EndRecData(buffer)[zipfile._ECD_SIZE]  # type: ignore[attr-defined]
+    assert sources.zip_directory_size(buffer) == expected > (0 if entries else -1)
+
+
+def test_a_zip64_directory_size_is_read_from_the_zip64_end_record():
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("a", b"x")
+    data = buffer.getvalue()
+    at = data.rfind(b"PK\x05\x06")
+    fields = list(struct.unpack("<4s4H2LH", data[at : at + 22]))
+    zip64_end = struct.pack("<4sQ2H2L4Q", b"PK\x06\x06", 44, 45, 45, 0, 0, 1, 1, 5 << 30, 0)
+    locator = struct.pack("<4sLQL", b"PK\x06\x07", 0, at, 1)
+    fields[5] = 0xFFFFFFFF  # "see the zip64 record"
+    patched = data[:at] + zip64_end + locator + struct.pack("<4s4H2LH", *fields)
+    assert sources.zip_directory_size(io.BytesIO(patched)) == 5 << 30
+    assert sources.zip_directory_size(io.BytesIO(b"not a zip at all")) == 0

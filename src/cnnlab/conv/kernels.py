@@ -106,12 +106,6 @@ def kernel_names() -> list[str]:
     return [*KERNELS, "box[:SIZE]", "gaussian[:SIZE[:SIGMA]]"]
 
 
-def describe_kernels() -> list[tuple[str, str]]:
-    """(name, description) of every catalogue kernel, for help texts."""
-    listed = [(name, kernel.description) for name, kernel in KERNELS.items()]
-    return listed + list(_PARAMETRIC.items())
-
-
 def parse_kernel(spec: str) -> tuple[str, np.ndarray]:
     """(short name, float64 kernel) from a name, a numeric literal, or a .npy/.txt file."""
     text = spec.strip()

@@ -22,12 +22,13 @@ import lzma
 import os
 import re
 import stat
+import struct
 import tarfile
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import numpy as np
 
@@ -408,13 +409,41 @@ def _tar_members(path: Path, where: str) -> Iterator[_Member]:
         raise _corrupt(where, "tar", error) from None
 
 
+# The zip format's end records (PKWARE's APPNOTE 4.3.14-4.3.16): zipfile reads them only through
+# private names, so the declared size of the central directory is read here from the format.
+_END_RECORD = struct.Struct("<4s4H2LH")  # signature, disks, entries, directory size/offset, comment
+_ZIP64_LOCATOR = struct.Struct("<4sLQL")  # signature, disk, offset of the zip64 end record
+_ZIP64_END_RECORD = struct.Struct("<4sQ2H2L4Q")  # ..., entries, directory size, directory offset
+_LARGEST_COMMENT = 0xFFFF
+
+
+def zip_directory_size(raw: BinaryIO) -> int:
+    """The central directory's size that a zip file's end record declares (0 if it has none)."""
+    raw.seek(0, os.SEEK_END)
+    length = raw.tell()
+    tail_start = max(0, length - _END_RECORD.size - _LARGEST_COMMENT)
+    raw.seek(tail_start)
+    tail = raw.read()
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or len(tail) - at < _END_RECORD.size:
+        return 0  # not a zip file: ZipFile says so in its own words
+    directory_bytes = _END_RECORD.unpack_from(tail, at)[5]
+    locator_at = at - _ZIP64_LOCATOR.size
+    if directory_bytes == 0xFFFFFFFF and locator_at >= 0:
+        signature, _, offset, _ = _ZIP64_LOCATOR.unpack_from(tail, locator_at)
+        if signature == b"PK\x06\x07" and offset + _ZIP64_END_RECORD.size <= length:
+            raw.seek(offset)
+            record = raw.read(_ZIP64_END_RECORD.size)
+            if record[:4] == b"PK\x06\x06":
+                directory_bytes = _ZIP64_END_RECORD.unpack(record)[8]
+    return directory_bytes
+
+
 def _zip_members(path: Path, where: str) -> Iterator[_Member]:
     try:
         with path.open("rb") as raw:
-            # zipfile's own reader of the end record: it tells the directory's size before
-            # ZipFile parses (and keeps in memory) every entry of it.
-            end_record = zipfile._EndRecData(raw)  # type: ignore[attr-defined]
-        directory_bytes = end_record[zipfile._ECD_SIZE] if end_record else 0  # type: ignore[attr-defined]
+            # The directory's size, before ZipFile parses (and keeps in memory) every entry.
+            directory_bytes = zip_directory_size(raw)
         if directory_bytes > MAX_ZIP_DIRECTORY_BYTES:
             raise CnnlabError(
                 f"{where}: its zip directory declares {directory_bytes:,} bytes "
