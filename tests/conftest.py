@@ -54,3 +54,48 @@ def shared_archive_path() -> Path:
             pytest.fail("CI sets CNNLAB_DATA but the shared CIFAR-10 archive is not there")
         pytest.skip("the shared CIFAR-10 archive is not on this machine")
     return path
+
+
+# --- what `scripts/run-tests --fast` leaves out ---------------------------------------------
+# Whole modules, by why they are slow.
+SLOW_MODULES = {
+    "test_ray.py": "a real Ray cluster on 127.0.0.1",
+    "test_keras.py": "the real Keras, building and training its models",
+    "test_keras_optim.py": "the real Keras's optimizers",
+    "test_study_cli.py": "whole studies through the command, killed and resumed",
+    "test_progress.py": "the command in a subprocess, under a pty",
+    "test_workers.py": "spawned worker processes",
+    "test_scipy_conv.py": "SciPy's own test suite (its large-array case alone takes 15 s)",
+}
+# Single tests: subprocesses, real data, whole studies trained.
+SLOW_TESTS = {
+    "test_study.py::test_kill_9_at_several_points_loses_at_most_the_run_in_progress",
+    "test_study.py::test_failed_and_diverged_runs_are_recorded_and_the_study_goes_on",
+    "test_study.py::test_a_write_that_fails_marks_the_run_failed_and_exits_2",
+    "test_streams.py::test_a_study_records_the_runs_the_streams_report",
+    "test_batched.py::test_a_study_trained_in_groups_records_what_lone_runs_record",
+    "test_hostile_input.py::test_train_into_a_place_that_cannot_hold_a_run_folder",
+    "test_hostile_input.py::test_a_full_disk_while_writing_a_run_folder_leaves_nothing",
+    "test_hostile_input.py::test_weights_that_hold_code_are_never_run",
+    "test_hostile_data.py::test_the_cli_refuses_hostile_input_in_one_line",
+    "test_train.py::test_cli_train_then_evaluate",
+    "test_architecture.py::test_text_commands_load_no_torch",
+    "test_architecture.py::test_every_execution_path_records_what_a_lone_fit_records",
+    "test_export.py::test_the_command_logs_a_study_live_and_exports_the_same",
+    "test_api.py::test_the_readme_snippet_runs",
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the slow tests (and every browser test) `slow`; a listed test must exist."""
+    found = set()
+    for item in items:
+        module = item.path.name
+        name = f"{module}::{item.originalname}"
+        if module in SLOW_MODULES or name in SLOW_TESTS or item.get_closest_marker("browser"):
+            item.add_marker(pytest.mark.slow)
+        found.add(name)
+    collected = {item.path.name for item in items}
+    missing = {name for name in SLOW_TESTS if name.split("::")[0] in collected} - found
+    if missing:
+        raise pytest.UsageError(f"conftest.SLOW_TESTS names tests that do not exist: {missing}")
