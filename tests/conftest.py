@@ -66,6 +66,9 @@ SLOW_MODULES = {
     "test_progress.py": "the command in a subprocess, under a pty",
     "test_workers.py": "spawned worker processes",
     "test_scipy_conv.py": "SciPy's own test suite (its large-array case alone takes 15 s)",
+    "test_hostile_store.py": "a report written for each of 70 hand-edited stores",
+    "test_findings.py": "whole reports of controlled studies, one per finding",
+    "test_mechanisms.py": "whole reports of measured studies, and the browser",
 }
 # Single tests: subprocesses, real data, whole studies trained.
 SLOW_TESTS = {
@@ -83,6 +86,19 @@ SLOW_TESTS = {
     "test_architecture.py::test_every_execution_path_records_what_a_lone_fit_records",
     "test_export.py::test_the_command_logs_a_study_live_and_exports_the_same",
     "test_api.py::test_the_readme_snippet_runs",
+    "test_hostile_input.py::test_an_output_that_cannot_be_written_is_refused_before_the_work",
+    "test_study_data.py::test_a_custom_net_trains_on_cifar100_from_a_study_file",
+    "test_study_data.py::test_a_custom_net_trains_on_an_image_folder_of_three_classes",
+    "test_hostile_tracking.py::test_an_endpoint_that_does_not_answer_is_one_line_within_the_timeout",
+    "test_search.py::test_kill_9_during_a_search_resumes_to_the_trials_of_an_uninterrupted_one",
+    "test_search.py::test_the_report_shows_the_best_trial_its_retraining_and_the_figures",
+    "test_measure.py::test_a_studys_store_lists_each_runs_measurements_and_its_report_shows_them",
+    "test_report.py::test_the_markdown_puts_the_reports_numbers_beside_ours",
+    "test_report.py::test_build_returns_a_report_a_notebook_shows_inline",
+    "test_report.py::test_the_report_command_rewrites_both_files",
+    "test_report.py::test_clearly_different_points_are_real_and_overlapping_ones_are_not",
+    "test_report.py::test_variants_are_each_held_against_the_first",
+    "test_report.py::test_a_single_repeat_makes_no_statement_about_noise",
 }
 
 

@@ -19,7 +19,17 @@ from cnnlab.training.metrics import HISTORY_KEYS
 PACKAGE = Path(__file__).parents[1] / "src" / "cnnlab"
 # The concerns, each a subpackage; the floors at the top (config, errors, atomic, store, plots,
 # machine, cli) are modules of `cnnlab` itself.
-SUBPACKAGES = ("conv", "data", "nn", "training", "execution", "study", "report", "tracking")
+SUBPACKAGES = (
+    "conv",
+    "data",
+    "nn",
+    "training",
+    "execution",
+    "study",
+    "report",
+    "tracking",
+    "insight",
+)
 # The execution backends are siblings: none may import another (they share planning, transport).
 BACKENDS = ("cnnlab.execution.processes", "cnnlab.execution.threads", "cnnlab.execution.ray_tasks")
 # What may never load torch, by module: the text commands and the conv package depend on it.
@@ -32,12 +42,18 @@ TORCH_FREE = (
     "cnnlab.nn.specs",
     "cnnlab.nn.architectures",
     "cnnlab.nn.summary",
+    "cnnlab.nn.facts",
     "cnnlab.training.grouping",
     "cnnlab.execution.planning",
     "cnnlab.study.studyfile",
+    "cnnlab.report.mechanisms",
+    "cnnlab.study.search",
+    "cnnlab.report.search",
     "cnnlab.study.progress",
     "cnnlab.report.tables",
     "cnnlab.report.stats",
+    "cnnlab.tracking.endpoints",
+    "cnnlab.execution.reaper",
 )
 
 
@@ -296,3 +312,17 @@ def test_every_execution_path_records_what_a_lone_fit_records(tiny_cifar, monkey
         assert results[0].metrics["test_accuracy"] == pytest.approx(
             lone.metrics["test_accuracy"], abs=0.02
         ), path
+
+
+def test_cuda_streams_and_graphs_are_made_in_one_place_each():
+    # `torch.cuda.Stream()` hands out pooled streams: only `device.STREAMS` may draw them, so no
+    # two holders share one; graphs are captured only under `device.GATE` (docs/cuda.md).
+    allowed = {
+        "torch.cuda.Stream(": {"cnnlab.training.device"},
+        "torch.cuda.graph(": {"cnnlab.training.grouped"},
+    }
+    for path in PACKAGE.rglob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        for call, owners in allowed.items():
+            if call in text:
+                assert module_name(path) in owners, f"{module_name(path)} calls {call}"

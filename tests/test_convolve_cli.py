@@ -165,7 +165,7 @@ def test_out_that_is_a_file(tmp_path, capsys):
     target = tmp_path / "taken"
     target.write_text("")
     code, _, stderr = run(["convolve", "--sample", "--kernel", "box", "--out", str(target)], capsys)
-    assert code == 2 and "is a file" in stderr
+    assert code == 2 and "exists and is not a folder" in stderr
 
 
 # --- imaging ------------------------------------------------------------------------------------

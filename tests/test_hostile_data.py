@@ -28,9 +28,10 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from PIL import Image
 
 from cnnlab.data import cifar, sources
-from cnnlab.data.datasets import cache_dir, load_cifar10
+from cnnlab.data.datasets import cache_dir, load_cifar10, load_dataset
 from cnnlab.errors import CnnlabError
 from test_data import (
     make_source,
@@ -711,3 +712,45 @@ def test_a_zip64_directory_size_is_read_from_the_zip64_end_record():
     patched = data[:at] + zip64_end + locator + struct.pack("<4s4H2LH", *fields)
     assert sources.zip_directory_size(io.BytesIO(patched)) == 5 << 30
     assert sources.zip_directory_size(io.BytesIO(b"not a zip at all")) == 0
+
+
+def png_of(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def tar_of_classes(path: Path, names: list[str]) -> Path:
+    """An image-folder tar whose class folders are `names`, one 8x8 image per class and split."""
+    content = png_of(np.zeros((8, 8, 3), np.uint8))
+    with tarfile.open(path, "w") as archive:
+        for split in ("train", "test"):
+            for name in names:
+                member = tarfile.TarInfo(f"{split}/{name}/0.png")
+                member.size = len(content)
+                archive.addfile(member, io.BytesIO(content))
+    return path
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.lists(st.text(min_size=1, max_size=12), min_size=1, max_size=3, unique=True))
+def test_class_names_from_hostile_text_are_one_line_of_text_or_refused(tmp_path, names):
+    names = [name for name in names if "/" not in name and name not in (".", "..")]
+    if not names or any("\x00" in name for name in names):
+        return  # no tar member can carry these
+    source = tar_of_classes(tmp_path / f"{abs(hash(tuple(names)))}.tar", names)
+    try:
+        data = load_dataset("images", source)
+    except CnnlabError as refusal:
+        assert "\n" not in str(refusal) and "\r" not in str(refusal)
+        return
+    assert sorted(data.class_names) == sorted(names)
+    assert all(name.isprintable() for name in data.class_names)
+
+
+def test_a_class_name_with_a_line_break_is_refused_in_one_line(tmp_path):
+    source = tar_of_classes(tmp_path / "a.tar", ["cat", "dog\nhorse"])
+    with pytest.raises(CnnlabError, match=r"class folder 'dog\\nhorse' has a control character"):
+        load_dataset("images", source)

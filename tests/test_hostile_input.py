@@ -368,3 +368,24 @@ def tiny_folder_path(tmp_path_factory) -> Path:
                 pixels = rng.integers(0, 255, size=(32, 32, 3), dtype=np.uint8)
                 Image.fromarray(pixels).save(folder / f"{index}.png")
     return root
+
+
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [
+        # /proc is a folder that root may "write" by its permissions, and cannot.
+        (["train", "--arch", "tiny", "--train-size", "100", "--epochs", "1"], "cannot write there"),
+        (["convolve", "--sample", "--kernel", "laplacian8"], "cannot write there"),
+    ],
+)
+def test_an_output_that_cannot_be_written_is_refused_before_the_work(
+    tmp_path, tiny_folder_path, command, expected
+):
+    extra = ["--data", str(tiny_folder_path)] if command[0] == "train" else []
+    done = cnnlab(*command, *extra, "--out", "/proc/cnnlab-out", cwd=tmp_path)
+    assert_one_line_refusal(done, expected)
+    assert "epoch" not in done.stdout  # refused before training, not after
+    (tmp_path / "file").write_text("mine")
+    done = cnnlab(*command, *extra, "--out", "file/out", cwd=tmp_path)
+    assert_one_line_refusal(done, "file is not a folder")
+    assert (tmp_path / "file").read_text() == "mine"

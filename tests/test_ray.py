@@ -24,7 +24,7 @@ from cnnlab.study import runner
 from cnnlab.study.studyfile import load_study
 from cnnlab.training import grouped, loop
 from cnnlab.training.metrics import HISTORY_KEYS
-from processes import command_line, wait_gone
+from processes import children_of, command_line, wait_gone
 
 ray = pytest.importorskip("ray", reason="the Ray tests need Ray: pip install 'cnnlab[ray]'")
 
@@ -409,3 +409,51 @@ def test_a_study_through_the_command_resumes_after_its_driver_is_killed(ray_addr
         # A run is a pure function of its config: Ray's tasks and local workers agree exactly.
         expected = {k: v for k, v in record.metrics.items() if k not in _TIMINGS}
         assert {k: v for k, v in ours[identifier].metrics.items() if k not in _TIMINGS} == expected
+
+
+def _descendants(pid: int) -> set[int]:
+    found, todo = set(), [pid]
+    while todo:
+        children = children_of(todo.pop())
+        found.update(children)
+        todo.extend(children)
+    return found
+
+
+def test_a_killed_driver_takes_the_local_ray_it_started_with_it(tmp_path):
+    # Not the module's head (`ray_address`): a Ray this driver starts, then the driver killed.
+    data = study_fakes.write_png_folder(tmp_path / "pngs")
+    study_file = tmp_path / "tiny.toml"
+    study_file.write_text(
+        study_fakes.tiny_study_toml("reaped", "{ seed = [0, 1] }").replace(
+            "epochs = 2", "epochs = 200"
+        )
+    )
+    env = {**os.environ, "CNNLAB_CACHE": str(tmp_path / "cache")}
+    env.pop("RAY_ADDRESS", None)
+    command = [sys.executable, "-m", "cnnlab", "study", str(study_file), "--data", str(data)]
+    driver = subprocess.Popen(
+        [*command, "--out", str(tmp_path / "out"), "--backend", "ray"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    seen: set[int] = set()
+    deadline = time.monotonic() + _START_SECONDS * 2
+    try:
+        # Until both runs train in Ray workers ("ray::train_task", titled with the run id).
+        while time.monotonic() < deadline and driver.poll() is None:
+            seen |= _descendants(driver.pid)
+            if sum(command_line(pid).startswith("ray::cnnlab ") for pid in seen) >= 2:
+                break
+            time.sleep(0.2)
+        seen |= _descendants(driver.pid)
+        assert sum(command_line(pid).startswith("ray::cnnlab ") for pid in seen) >= 2, "no tasks"
+        assert any("raylet" in command_line(pid) for pid in seen)
+        assert driver.poll() is None
+    finally:
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+    # Ray's own fate sharing ends the head processes; its workers and agents lingered on.
+    left = wait_gone(sorted(seen), seconds=10)
+    assert left == [], [command_line(pid) for pid in left]

@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import io
 import json
+import math
 import os
 import re
 import shutil
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from scipy import stats as scipy_stats
 
 import study_fakes
 from cnnlab.cli import main
@@ -51,10 +53,18 @@ def finished(tmp_path_factory) -> Path:
 def test_the_markdown_puts_the_reports_numbers_beside_ours(finished):
     markdown = (finished / "report.md").read_text()
     # n | train acc (report) | train acc (cnnlab) | test acc (report) | test acc (cnnlab) | ...
-    assert "| 5,000 | 0.63 | 0.628 ± 0.003 (2) | 0.50 | 0.498 ± 0.003 (2) | 172.7 |" in markdown
-    assert "| 10,000 | – | 0.653 ± 0.003 (2) | – |" in markdown
-    assert "| 1 | 0.22 | 0.100 ± 0.000 (2) | 0.22 | 0.100 ± 0.000 (2) |" in markdown
-    assert "| seed-maxpool | 0.658 ± 0.003 (2) |" in markdown
+    # each mean with its 95% t interval: 0.628 ± t(0.975, 1) · 0.004 / √2 = 0.628 ± 0.025
+    assert (
+        "| 5,000 | 0.63 | 0.628 [0.603, 0.653] (2) | 0.50 | 0.498 [0.473, 0.523] (2) | 172.7 |"
+        in markdown
+    )
+    assert "| 10,000 | – | 0.653 [0.628, 0.678] (2) | – |" in markdown
+    assert "| 1 | 0.22 | 0.100 [0.100, 0.100] (2) | 0.22 | 0.100 [0.100, 0.100] (2) |" in markdown
+    assert "| seed-maxpool | 0.658 [0.633, 0.683] (2) |" in markdown
+    assert "**mean [95% confidence interval] (number of runs)** over seeds, the t interval" in (
+        markdown
+    )
+    assert "with 2–5 seeds a percentile bootstrap has only 3 to 126 distinct resamples" in markdown
 
 
 def test_observations_are_read_off_the_numbers(finished):
@@ -77,8 +87,11 @@ def test_every_figure_is_a_file_beside_the_markdown_and_embedded_in_the_html(fin
     markdown = (finished / "report.md").read_text()
     html = (finished / "report.html").read_text()
     linked = re.findall(rf"\]\(({FILES_FOLDER}/[^)]+\.png)\)", markdown)
-    # curves x3, size and L1 charts, pooling bars, histories x3, confusion, mistakes, kernels x3
-    assert len(linked) >= 13
+    # curves x3, size and L1 charts, pooling bars, histories x3, confusion, mistakes, kernels x3,
+    # accuracy against time and FLOPs x3, seeds needed
+    assert len(linked) >= 17
+    for name in ("sizes-compute", "l1-compute", "pooling-compute", "seeds-needed"):
+        assert f"{FILES_FOLDER}/{name}.png" in linked, name
     for relative in linked:
         with Image.open(finished / relative) as image:
             image.verify()
@@ -185,8 +198,11 @@ def _render(page: Path, profile: Path) -> tuple[str, list[str]]:
 
 @pytest.mark.browser
 def test_the_html_loads_in_headless_chromium_and_every_image_decodes(finished, tmp_path):
-    images = len(re.findall(r"<img ", (finished / "report.html").read_text()))
-    assert images >= 13  # the new figures (mistakes, kernels, their responses) among them
+    html = (finished / "report.html").read_text()
+    images = len(re.findall(r"<img ", html))
+    assert images >= 17  # the new figures (mistakes, kernels, compute, seeds needed) among them
+    for caption in ("against mean fit time and training FLOPs", "Runs per point needed against"):
+        assert re.search(rf'<img [^>]*alt="[^"]*{caption}', html), caption
     result, console = _render(finished / "report.html", tmp_path / "profile")
     assert (result, console) == (f"{images}:0", [])
     # A notebook shows the fragment inside its own page: it decodes there too.
@@ -292,14 +308,38 @@ def controlled(tmp_path_factory) -> str:
     return build(_controlled_study(tmp_path_factory.mktemp("controlled"))).markdown()
 
 
-def _row(first: str, second: str, against: str, a: list[float], b: list[float]) -> str:
-    """The comparison row the report should print, its numbers from SciPy's Welch test."""
-    scipy_stats = pytest.importorskip("scipy.stats")
+def _holm(p_values: list[float]) -> list[float]:
+    """Holm's adjusted p by its definition: max over j <= i of (m - j + 1) p_(j), capped at 1."""
+    order = sorted(range(len(p_values)), key=p_values.__getitem__)
+    ranked = [min(1.0, (len(p_values) - rank) * p_values[i]) for rank, i in enumerate(order)]
+    adjusted = [0.0] * len(p_values)
+    for rank, index in enumerate(order):
+        adjusted[index] = max(ranked[: rank + 1])
+    return adjusted
+
+
+def _family(pairs: list[tuple[list[float], list[float]]], points: list[list[float]]) -> list:
+    """Holm's p of each pair, the report's family being the pairs and each point against 0.1."""
+    welch = [scipy_stats.ttest_ind(b, a, equal_var=False).pvalue for a, b in pairs]
+    chance = [scipy_stats.ttest_1samp(values, 0.1).pvalue for values in points]
+    return _holm(welch + chance)[: len(pairs)]
+
+
+def _row(first: str, second: str, against: str, a: list[float], b: list[float], holm: float) -> str:
+    """The comparison row the report should print, its numbers from SciPy on the same arrays."""
     reference = scipy_stats.ttest_ind(b, a, equal_var=False)
-    verdict = "**real**" if reference.pvalue < 0.05 else "not distinguishable"
+    interval = reference.confidence_interval(0.95)
+    pooled = np.sqrt(((len(a) - 1) * np.var(a, ddof=1) + (len(b) - 1) * np.var(b, ddof=1)) / 4)
+    df = len(a) + len(b) - 2  # Hedges' J(df) = Γ(df/2) / (√(df/2) Γ((df-1)/2))
+    correction = math.gamma(df / 2) / (math.sqrt(df / 2) * math.gamma((df - 1) / 2))
+    hedges = (np.mean(b) - np.mean(a)) / pooled * correction
+    improve = scipy_stats.mannwhitneyu(b, a).statistic / (len(a) * len(b))
+    verdict = "**real**" if holm < 0.05 else "not distinguishable"
     return (
-        f"| {first} → {second} | {against} | {np.mean(b) - np.mean(a):+.3f} |"
-        f" {reference.statistic:.2f} | {reference.df:.1f} | {reference.pvalue:.2g} | {verdict} |"
+        f"| {first} → {second} | {against} | {np.mean(b) - np.mean(a):+.3f}"
+        f" [{interval.low:+.3f}, {interval.high:+.3f}] | {hedges:.2f} | {improve:.2f} |"
+        f" {reference.statistic:.2f} | {reference.df:.1f} | {reference.pvalue:.2g} | {holm:.2g} |"
+        f" {verdict} |"
     )
 
 
@@ -309,24 +349,32 @@ def test_clearly_different_points_are_real_and_overlapping_ones_are_not(controll
         CONTROLLED[("train_size", 10000)],
         CONTROLLED[("train_size", 20000)],
     )
-    real = _row("5,000", "10,000", "neighbours, baseline", small, middle)
+    # the report's 9 tests: 3 + 1 comparisons, 5 points against the most-frequent class
+    pairs = [(small, middle), (middle, large), (small, large)]
+    pairs.append((CONTROLLED[("l1", 0.5)], CONTROLLED[("l1", 0.7)]))
+    holm = _family(pairs, list(CONTROLLED.values()))
+    real = _row("5,000", "10,000", "neighbours, baseline", small, middle, holm[0])
     assert real in controlled and real.endswith("| **real** |")
-    overlapping = _row("10,000", "20,000", "neighbours", middle, large)
+    overlapping = _row("10,000", "20,000", "neighbours", middle, large, holm[1])
     assert overlapping in controlled and overlapping.endswith("| not distinguishable |")
-    assert _row("5,000", "20,000", "baseline", small, large) in controlled
-    # each point's mean ± std over its three repeats is in the experiment's table above
-    assert re.search(r"\| 5,000 \| [^|]+ \| 0\.500 ± 0\.010 \(3\) \|", controlled)
-    assert re.search(r"\| 20,000 \| [^|]+ \| 0\.602 ± 0\.020 \(3\) \|", controlled)
+    assert _row("5,000", "20,000", "baseline", small, large, holm[2]) in controlled
+    # each point's mean and its 95% t interval over its three repeats, in the table above
+    assert re.search(r"\| 5,000 \| [^|]+ \| 0\.500 \[0\.475, 0\.525\] \(3\) \|", controlled)
+    assert re.search(r"\| 20,000 \| [^|]+ \| 0\.602 \[0\.551, 0\.652\] \(3\) \|", controlled)
     assert "against the baseline **n=5,000** (the point that matches the study's defaults)" in (
         controlled
     )
-    assert "| n | against | difference | t | df | p | verdict |" in controlled
+    assert (
+        "| n | against | difference [95% CI] | Hedges' g | P(improve) | t | df | p | Holm p |"
+        " verdict |" in controlled
+    )
     assert "Welch's t-test (two-sided, unequal variances)" in controlled
-    assert "counts as **real** when p < 0.05" in controlled
+    assert "counts as **real** when its Holm-adjusted p is below 0.05" in controlled
+    assert controlled.count("Holm's correction runs over all **9 tests of this report**") == 2
     assert (
         "**Sizes**: 2 of 3 tested differences in test accuracy are larger than the run-to-run"
-        " noise (Welch's t-test, p < 0.05): n=5,000 → n=10,000 (+0.100); n=5,000 → n=20,000"
-        " (+0.102)." in controlled
+        " noise (Welch's t-test, Holm-corrected over the report's 9 tests, p < 0.05):"
+        " n=5,000 → n=10,000 (+0.100 [+0.077, +0.123]); n=5,000 → n=20,000 (+0.102" in controlled
     )
 
 
@@ -335,12 +383,16 @@ def test_without_a_point_at_the_defaults_the_first_point_is_the_baseline(control
         "against the baseline **L1 weight=0.5** (the experiment's first point: no point matches"
         " the study's defaults)" in controlled
     )
+    sizes = [CONTROLLED[("train_size", size)] for size in (5000, 10000, 20000)]
+    pairs = [(sizes[0], sizes[1]), (sizes[1], sizes[2]), (sizes[0], sizes[2])]
+    pairs.append((CONTROLLED[("l1", 0.5)], CONTROLLED[("l1", 0.7)]))
     row = _row(
         "0.5",
         "0.7",
         "neighbours, baseline",
         CONTROLLED[("l1", 0.5)],
         CONTROLLED[("l1", 0.7)],
+        _family(pairs, list(CONTROLLED.values()))[3],
     )
     assert row in controlled and "not distinguishable" in row
 
@@ -516,22 +568,18 @@ def test_variants_are_each_held_against_the_first(tmp_path):
         )
     written = write_report(outcome.study_dir)
     markdown = written["md"].read_text()
-    assert re.search(r"\| without one part \| [^|]+ \| 0\.400 ± 0\.020 \(3\) \|", markdown)
+    assert re.search(
+        r"\| without one part \| [^|]+ \| 0\.400 \[0\.350, 0\.450\] \(3\) \|", markdown
+    )
     assert (
         "each point against the baseline **variant=full recipe** (the experiment's first variant)"
         in markdown
     )
-    real = _row(
-        "full recipe", "much worse", "baseline", ABLATION["full recipe"], ABLATION["much worse"]
-    )
+    full, without, worse = (ABLATION[name] for name in ABLATION)
+    holm = _family([(full, without), (full, worse)], [full, without, worse])
+    real = _row("full recipe", "much worse", "baseline", full, worse, holm[1])
     assert real in markdown and real.endswith("| **real** |")
-    same = _row(
-        "full recipe",
-        "without one part",
-        "baseline",
-        ABLATION["full recipe"],
-        ABLATION["without one part"],
-    )
+    same = _row("full recipe", "without one part", "baseline", full, without, holm[0])
     assert same in markdown and same.endswith("| not distinguishable |")
     assert "neighbours" not in markdown  # variants have no order
     figure = outcome.study_dir / FILES_FOLDER / "parts-variants.png"

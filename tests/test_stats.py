@@ -6,11 +6,13 @@ from __future__ import annotations
 import math
 import statistics
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats as scipy_stats
 
+from cnnlab.report import stats
 from cnnlab.report.stats import welch_t_test
 
 accuracies = st.floats(0.0, 1.0, allow_nan=False, allow_subnormal=False)
@@ -85,3 +87,121 @@ def test_near_equal_samples_print_no_warning(recwarn):
 def test_too_few_values():
     with pytest.raises(ValueError, match="at least two values"):
         welch_t_test([0.5], [0.4, 0.6])
+
+
+# --- intervals, effect sizes, Holm, seeds needed ------------------------------------------------
+
+varied = samples.filter(lambda values: _spread(values) > 1e-3 and _spread(values) != math.inf)
+
+
+@settings(max_examples=200, deadline=None)
+@given(varied)
+def test_the_mean_interval_is_scipys_one_sample_t_interval(values):
+    reference = scipy_stats.ttest_1samp(values, 0.0).confidence_interval(0.95)
+    assert stats.mean_interval(values) == pytest.approx((reference.low, reference.high), rel=1e-9)
+
+
+@settings(max_examples=200, deadline=None)
+@given(varied, varied)
+def test_the_difference_interval_follows_welchs_formula(first, second):
+    _, df, _ = by_hand(first, second)
+    error = math.sqrt(
+        statistics.variance(first) / len(first) + statistics.variance(second) / len(second)
+    )
+    difference = statistics.fmean(second) - statistics.fmean(first)
+    half = float(scipy_stats.t.ppf(0.975, df)) * error
+    low, high = stats.difference_interval(first, second)
+    assert (low, high) == pytest.approx((difference - half, difference + half), rel=1e-8, abs=1e-12)
+
+
+def test_constant_samples_have_a_point_interval():
+    assert stats.mean_interval([0.1, 0.1, 0.1]) == pytest.approx((0.1, 0.1), abs=1e-15)
+    assert stats.difference_interval([0.1, 0.1], [0.3, 0.3]) == pytest.approx((0.2, 0.2))
+    assert math.isnan(stats.hedges_g([0.1, 0.1], [0.3, 0.3]))
+    with pytest.raises(ValueError, match="at least two values"):
+        stats.mean_interval([0.5])
+
+
+def test_hedges_g_of_a_known_case():
+    # pooled sd 1 (both variances 1), difference 1, df 4: g = J(4) = Γ(2) / (√2 Γ(1.5)) = 0.7979
+    g = stats.hedges_g([0.0, 1.0, 2.0], [1.0, 2.0, 3.0])
+    assert g == pytest.approx(1 / (math.sqrt(2) * math.gamma(1.5)), rel=1e-12)
+    assert g == pytest.approx(1 - 3 / (4 * 4 - 1), abs=0.01)  # Hedges' approximation
+
+
+@settings(max_examples=200, deadline=None)
+@given(samples, samples)
+def test_the_probability_of_improvement_is_mann_whitneys_u_over_the_pairs(first, second):
+    u = scipy_stats.mannwhitneyu(second, first, method="asymptotic").statistic
+    assert stats.probability_of_improvement(first, second) == pytest.approx(
+        u / (len(first) * len(second)), abs=1e-12
+    )
+
+
+def holm_rejects(p_values, alpha):
+    """Holm's procedure by its definition: reject in order while p_(i) <= alpha / (m - i + 1)."""
+    rejected = set()
+    for rank, index in enumerate(sorted(range(len(p_values)), key=p_values.__getitem__)):
+        if p_values[index] > alpha / (len(p_values) - rank):
+            break
+        rejected.add(index)
+    return rejected
+
+
+def test_holm_on_known_cases():
+    assert stats.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert stats.holm([0.5]) == [0.5]
+    assert stats.holm([0.2, 0.9, 0.6]) == pytest.approx([0.6, 1.0, 1.0])
+    assert stats.holm([]) == []
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.one_of(st.floats(0.0, 1.0), st.floats(0.0, 0.06)), min_size=1, max_size=25),
+    st.sampled_from([0.01, 0.05, 0.1]),
+)
+def test_holm_adjusted_p_rejects_what_the_step_down_procedure_rejects(p_values, alpha):
+    adjusted = stats.holm(p_values)
+    assert {i for i, p in enumerate(adjusted) if p <= alpha} == holm_rejects(p_values, alpha)
+    assert all(p <= q <= 1.0 for p, q in zip(p_values, adjusted, strict=True))
+
+
+@pytest.mark.parametrize(("spread", "difference"), [(0.01, 0.01), (0.004, 0.01), (0.02, 0.03)])
+def test_the_power_and_the_repeats_needed_match_a_simulation(spread, difference):
+    needed = stats.repeats_needed(spread, difference)
+    generator = np.random.default_rng(0)
+    for repeats in (needed - 1, needed):
+        if repeats < 2:
+            continue
+        first = generator.normal(0.5, spread, (20_000, repeats))
+        second = generator.normal(0.5 + difference, spread, (20_000, repeats))
+        result = scipy_stats.ttest_ind(second, first, axis=1, equal_var=False)
+        simulated = float(np.mean(result.pvalue < 0.05))
+        predicted = stats.welch_power(spread, difference, repeats)
+        assert simulated == pytest.approx(predicted, abs=0.012), repeats  # 3.5 standard errors
+    assert stats.welch_power(spread, difference, needed) >= 0.8
+    assert stats.welch_power(spread, difference, needed - 1) < 0.8 or needed == 2
+
+
+def test_the_repeats_needed_of_known_cases():
+    assert stats.repeats_needed(0.01, 0.01) == 17  # d = 1: the t-test's 17 a side, Welch's too
+    assert stats.repeats_needed(0.0, 0.01) == 2
+    assert stats.repeats_needed(1.0, 0.001) is None
+    assert stats.pooled_spread([[0.1, 0.3], [0.5], [0.2, 0.4, 0.6]]) == pytest.approx(
+        math.sqrt((0.02 + 0.08) / 3)
+    )
+    assert stats.pooled_spread([[0.1], [0.2]]) is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(varied, accuracies)
+def test_the_one_sample_test_follows_its_formula(values, value):
+    t = (statistics.fmean(values) - value) / (statistics.stdev(values) / math.sqrt(len(values)))
+    ours = stats.one_sample_t_test(values, value)
+    assert ours.t == pytest.approx(t, rel=1e-9, abs=1e-12) and ours.df == len(values) - 1
+    assert ours.p == pytest.approx(2 * scipy_stats.t.sf(abs(t), len(values) - 1), rel=1e-9)
+
+
+def test_the_one_sample_test_of_a_constant_sample():
+    assert math.isnan(stats.one_sample_t_test([0.1, 0.1, 0.1], 0.1).p)
+    assert stats.one_sample_t_test([0.3, 0.3], 0.1).p == 0.0

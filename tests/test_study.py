@@ -399,9 +399,21 @@ def test_an_inline_architecture_becomes_the_runs_layers(mini):
 
 
 def test_an_inline_architecture_that_does_not_build_names_its_key(mini):
-    mini.write_text(mini.read_text() + INLINE.replace("units = 10", "units = 7"))
+    mini.write_text(mini.read_text() + INLINE.replace("filters = 8", "filters = 0"))
     line = next(n for n, t in enumerate(mini.read_text().splitlines(), 1) if "layers = [" in t)
     with pytest.raises(CnnlabError, match=rf"mini.toml:{line}: architectures.narrow.layers: does"):
+        load_study(mini)
+
+
+def test_an_inline_architecture_that_does_not_fit_the_studys_data_names_its_key(mini):
+    # Checked against the dataset the study trains on (here CIFAR-10's 10 classes).
+    mini.write_text(mini.read_text() + INLINE.replace("units = 10", "units = 7"))
+    line = next(n for n, t in enumerate(mini.read_text().splitlines(), 1) if "layers = [" in t)
+    with pytest.raises(
+        CnnlabError,
+        match=rf"mini.toml:{line}: architectures.narrow.layers: does not build: narrow on cifar10"
+        r" .*needs 10 units",
+    ):
         load_study(mini)
 
 

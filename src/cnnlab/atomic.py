@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from cnnlab.errors import CnnlabError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
@@ -105,3 +107,23 @@ def remove_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
                 entry.unlink(missing_ok=True)
             removed.append(entry)
     return removed
+
+
+def check_folder_target(path: str | os.PathLike[str], what: str) -> None:
+    """A folder can be made (or written into) at `path`, checked before the work that fills it.
+
+    Permissions do not tell (root, read-only mounts, /proc): a probe folder is made where the
+    write will happen, and removed.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise CnnlabError(f"{what} {path}: exists and is not a folder")
+    nearest = next((p for p in (path, *path.absolute().parents) if p.exists()), Path("/"))
+    if not nearest.is_dir():
+        raise CnnlabError(f"{what} {path}: cannot create it: {nearest} is not a folder")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".cnnlab-probe.", dir=nearest))
+    except OSError as error:
+        raise CnnlabError(
+            f"{what} {path}: cannot write there ({error.strerror or error})"
+        ) from None

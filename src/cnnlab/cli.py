@@ -76,6 +76,8 @@ def _cmd_data_show(args: argparse.Namespace) -> int:
 def _cmd_data_fetch(args: argparse.Namespace) -> int:
     from cnnlab.data.datasets import fetch_official
 
+    if getattr(args, "image_size", None) is not None or getattr(args, "resample", None):
+        raise CnnlabError("--image-size and --resample apply when data is loaded, not to fetch")
     path = fetch_official(args.dest, dataset=args.dataset)
     print(f"{path}: md5 and sha256 verified")
     return 0
@@ -85,9 +87,11 @@ def _cmd_data_fetch(args: argparse.Namespace) -> int:
 
 
 def _cmd_convolve(args: argparse.Namespace) -> int:
+    from cnnlab.atomic import check_folder_target
     from cnnlab.conv import imaging
 
-    # Read and compute everything first, so a bad image or kernel leaves no partial output.
+    # Check and compute everything first, so a bad image or kernel leaves no partial output.
+    check_folder_target(args.out, "--out")
     kernels = imaging.parse_kernels(args.kernel)
     inputs = imaging.load_inputs(args.images, args.sample)
     operation = "correlate" if args.correlate else "convolve"
@@ -136,7 +140,7 @@ def _cmd_summary(args: argparse.Namespace) -> int:
         shape_and_classes = (data.input_shape, data.num_classes)
     layers = get_architecture(args.arch)
     try:
-        print(format_summary(args.arch, layers, *shape_and_classes))
+        print(format_summary(args.arch, layers, *shape_and_classes, detail=args.detail))
     except CnnlabError as error:
         shape, classes = shape_and_classes
         raise CnnlabError(
@@ -236,11 +240,15 @@ def _cmd_study(args: argparse.Namespace) -> int:
     from cnnlab.study import runner
 
     if args.dry_run:
-        plan = runner.plan_runs(runner.load_study(args.study_file), args.repeats)
+        study = runner.load_study(args.study_file)
+        plan = runner.plan_runs(study, args.repeats)
         for line in runner.describe_plan(plan):
+            print(line)
+        for line in runner.describe_searches(study, args.repeats):
             print(line)
         print(f"{len(plan)} runs (dry run: nothing was trained)")
         return 0
+    timeout = _probe_ray(args)  # a cluster that does not answer fails before anything is written
     logger = None
     if args.log:  # a bad spec or a missing extra fails before any data is loaded
         from cnnlab.tracking import export
@@ -248,7 +256,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
         def warn(line: str) -> None:
             print(f"cnnlab: warning: {line}", file=sys.stderr)
 
-        logger = export.open_loggers(args.log, on_error=warn)
+        logger = export.open_loggers(args.log, on_error=warn, timeout=timeout)
     outcome = runner.run_study(
         args.study_file,
         out=args.out,
@@ -265,10 +273,28 @@ def _cmd_study(args: argparse.Namespace) -> int:
     )
     for line in runner.summary_lines(outcome):
         print(line)
-    from cnnlab.report.report import write_report
+    from cnnlab.report.report import build
 
-    print(f"report: {write_report(outcome.study_dir)['html']}")
+    report = build(outcome.study_dir)
+    for line in report.advice:  # too few seeds to tell a difference apart: say how many
+        print(f"advice: {line}")
+    print(f"report: {report.write()['html']}")
     return 1 if outcome.counts.get("failed") else 0
+
+
+def _probe_ray(args: argparse.Namespace) -> float:
+    """Reach the Ray cluster the study trains on, if any, within the connect timeout (returned)."""
+    from cnnlab.study import runner
+    from cnnlab.tracking import endpoints
+
+    timeout = endpoints.connect_timeout(args.connect_timeout)
+    study = runner.load_study(args.study_file)
+    if (args.backend or study.backend) == "ray":
+        address = args.address
+        if address is None:
+            address = study.address or os.environ.get("RAY_ADDRESS") or None
+        endpoints.probe_ray(address, timeout)
+    return timeout
 
 
 def _study_display():
@@ -279,10 +305,13 @@ def _study_display():
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from cnnlab.tracking import export
+    from cnnlab.tracking import endpoints, export
 
     for line in export.export_study(
-        args.study_dir, tensorboard=args.tensorboard, mlflow=args.mlflow
+        args.study_dir,
+        tensorboard=args.tensorboard,
+        mlflow=args.mlflow,
+        timeout=endpoints.connect_timeout(args.connect_timeout),
     ):
         print(line)
     return 0
@@ -295,12 +324,22 @@ def _cmd_results(args: argparse.Namespace) -> int:
     with Store.open(args.study_dir, create=False) as store:
         records = store.runs()
     print(format_results(records, args.format))
+    if args.format == "table":
+        from cnnlab.report.search import trial_lines
+
+        for line in trial_lines(args.study_dir):  # a search's trials, after its runs
+            print(line)
     return 0
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from cnnlab.report.tables import compare_runs, run_summary
+    from cnnlab.report.tables import compare_points, compare_runs, is_point, run_summary
 
+    if any(is_point(run) for run in args.runs):  # two grid points: their seeds, tested
+        if len(args.runs) != 2 or args.study is None:
+            raise CnnlabError("compare: grid points (FIELD=VALUE) go in twos, with --study DIR")
+        print(compare_points(args.study, *args.runs))
+        return 0
     print(compare_runs([run_summary(run, args.study) for run in args.runs]))
     return 0
 
@@ -310,6 +349,32 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     paths = write_report(args.study_dir)
     print(f"report: {paths['html']} (and {paths['md']})")
+    return 0
+
+
+# --- inside a trained net ---------------------------------------------------------------------
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from cnnlab.insight.explain import explain
+
+    done = explain(
+        args.run_dir,
+        images=args.image,
+        test_indices=args.test_index,
+        data=args.data,
+        out=args.out,
+        **_load_options(args),
+    )
+    print(f"explain: {done.page} ({len(done.images)} images, {len(done.pngs)} PNGs)")
+    return 0
+
+
+def _cmd_export_model(args: argparse.Namespace) -> int:
+    from cnnlab.insight.onnx_export import export_model
+
+    path, difference = export_model(args.run_dir, args.onnx, force=args.force)
+    print(f"onnx: {path} (ONNX Runtime agrees with PyTorch to {difference:.1e})")
     return 0
 
 
@@ -362,8 +427,10 @@ def _run_config(args: argparse.Namespace) -> RunConfig:
 def _load_options(args: argparse.Namespace) -> dict:
     """How to load image folders of mixed sizes: `--image-size` and `--resample`."""
     if getattr(args, "image_size", None) is None:
+        if getattr(args, "resample", None) is not None:
+            raise CnnlabError("--resample only applies with --image-size (it says how to resize)")
         return {}
-    return {"image_size": args.image_size, "resample": args.resample}
+    return {"image_size": args.image_size, "resample": args.resample or "bilinear"}
 
 
 def _image_size(text: str) -> int | tuple[int, int]:
@@ -397,9 +464,19 @@ def _add_dataset_option(parser: argparse.ArgumentParser, *, named: bool = True) 
     )
     parser.add_argument(
         "--resample",
-        default="bilinear",
+        default=None,
         choices=("nearest", "bilinear", "bicubic", "lanczos"),
         help="how --image-size resizes (Pillow's filter; default: bilinear)",
+    )
+
+
+def _add_connect_timeout(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--connect-timeout",
+        default=None,
+        metavar="SECONDS",
+        help="how long an MLflow server or a Ray cluster may take to answer"
+        " (default: $CNNLAB_CONNECT_TIMEOUT, else 5)",
     )
 
 
@@ -484,6 +561,11 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("arch", metavar="ARCH")
     _add_data_option(summary)
     _add_dataset_option(summary)
+    summary.add_argument(
+        "--detail",
+        action="store_true",
+        help="add each layer's MACs, activation memory and receptive field (size and jump)",
+    )
     summary.set_defaults(handler=_cmd_summary)
 
     train = commands.add_parser("train", help="train one ConvNet with Keras semantics")
@@ -549,6 +631,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="tensorboard:DIR|mlflow:URI",
         help="log the runs live as they train (repeatable; needs cnnlab[tensorboard|mlflow])",
     )
+    _add_connect_timeout(study)
     study.set_defaults(handler=_cmd_study)
 
     export = commands.add_parser(
@@ -559,6 +642,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--mlflow", metavar="URI", help="sqlite:///FILE.db, file:///DIR or http(s)://HOST:PORT"
     )
+    _add_connect_timeout(export)
     export.set_defaults(handler=_cmd_export)
 
     results = commands.add_parser("results", help="print or export a study's results")
@@ -571,7 +655,8 @@ def build_parser() -> argparse.ArgumentParser:
         "runs",
         nargs="+",
         metavar="RUN",
-        help="run ids (in a study folder given by --study) or run folders",
+        help="run ids (in a study folder given by --study) or run folders; or two grid points"
+        " FIELD=VALUE[,FIELD=VALUE] with --study: their seeds' test accuracy, tested",
     )
     compare.add_argument("--study", metavar="STUDY_DIR", default=None)
     compare.set_defaults(handler=_cmd_compare)
@@ -579,6 +664,34 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="write report.md and report.html for a study")
     report.add_argument("study_dir", metavar="STUDY_DIR")
     report.set_defaults(handler=_cmd_report)
+
+    explain = commands.add_parser(
+        "explain", help="a run's feature maps, first kernels, Grad-CAM and saliency (PNG, HTML)"
+    )
+    explain.add_argument("run_dir", metavar="RUN_DIR")
+    explain.add_argument(
+        "--image", action="append", default=[], metavar="PATH", help="an image file (repeatable)"
+    )
+    explain.add_argument(
+        "--test-index",
+        action="append",
+        default=[],
+        type=int,
+        metavar="N",
+        help="the test set's image N (repeatable; default: the run's kept misclassified images)",
+    )
+    explain.add_argument("--out", metavar="DIR", help="where to write (default: RUN_DIR/explain)")
+    _add_data_option(explain)
+    _add_dataset_option(explain, named=False)
+    explain.set_defaults(handler=_cmd_explain)
+
+    export_model = commands.add_parser(
+        "export-model", help="write a run's trained net as ONNX (checked with ONNX Runtime)"
+    )
+    export_model.add_argument("run_dir", metavar="RUN_DIR")
+    export_model.add_argument("--onnx", required=True, metavar="FILE", help="the .onnx file")
+    export_model.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
+    export_model.set_defaults(handler=_cmd_export_model)
     return parser
 
 

@@ -83,6 +83,8 @@ class RunConfig:
     crop_padding_mode: str = "reflect"  # the crop's border: reflect, or constant (zeros)
     cutout: int = 0  # pixels: zero a random square this wide in each training image; 0: off
     tta: str = "none"  # validation and test scores: none, flip, flip-translate (logits averaged)
+    deterministic: bool = False  # CUDA: deterministic kernels, no TF32, no autotuner, trained
+    # alone (never grouped), so a resumed run repeats itself on the same GPU (docs/cuda.md)
 
 
 @dataclass(frozen=True)
@@ -197,6 +199,7 @@ RULES: dict[str, Rule] = {
     ),
     "cutout": Rule(int, _pixels, "side of a random square zeroed per image (0: off)"),
     "tta": Rule(str, _one_of(TTA_MODES), "test-time augmentation of val/test scores", TTA_MODES),
+    "deterministic": Rule(bool, _any, "CUDA: reproducible on the same GPU, slower (docs/cuda.md)"),
 }
 FIELDS = tuple(field.name for field in dataclasses.fields(RunConfig))
 # The fields that came after the seed's vocabulary: at their defaults a run trains as Keras's
@@ -270,6 +273,13 @@ def _check_combination(config: RunConfig) -> None:
             "lr_warmup_epochs",
             f"{config.lr_warmup_epochs} must be fewer than the {config.epochs} epochs",
         )
+    if weight_decay(config) * config.learning_rate > 2:
+        # p <- p·(1 - wd·lr) every step: past 2 the weights grow without bound (and overflow).
+        raise ConfigError(
+            "weight_decay",
+            f"{weight_decay(config):g} x learning_rate {config.learning_rate:g} must be at most 2"
+            " (beyond, every step multiplies the weights by more than 1 in size: no run trains)",
+        )
 
 
 def weight_decay(config: RunConfig) -> float:
@@ -307,3 +317,27 @@ _KIND_NAMES = {int: "an integer", str: "a string", float: "a number", bool: "tru
 
 def _show(value: Any) -> str:
     return f"{type(value).__name__} {value!r}"
+
+
+def check_augmentation(
+    height: int, width: int, *, crop_padding: int, crop_padding_mode: str, cutout: int
+) -> None:
+    """Raise ConfigError (naming the field) when these options cannot augment height x width.
+
+    Reflect padding needs fewer pixels than the image's side; any padding or cutout is at most
+    the side, which also bounds the padded batch's memory by the images' own size.
+    """
+    if crop_padding_mode not in PADDING_MODES:
+        raise ConfigError(
+            "crop_padding_mode",
+            f"unknown mode {crop_padding_mode!r}; expected one of {', '.join(PADDING_MODES)}",
+        )
+    side = min(height, width)
+    limit = side - 1 if crop_padding_mode == "reflect" else side
+    for name, value, most in (("crop_padding", crop_padding, limit), ("cutout", cutout, side)):
+        if not 0 <= value <= most:
+            raise ConfigError(
+                name,
+                f"{value} pixels: expected 0 to {most} for {height}x{width} images"
+                + (" with reflect padding" if name == "crop_padding" and most < side else ""),
+            )

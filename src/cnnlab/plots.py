@@ -6,8 +6,12 @@ chooses no plotting backend and plotting works on machines without a display.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import warnings
+from collections.abc import Iterator
 
+import matplotlib
 from matplotlib.figure import Figure
 
 from cnnlab.atomic import atomic_path
@@ -18,8 +22,17 @@ COLLAPSED_BELOW = 0.15
 
 def save_figure(figure: Figure, path: str | os.PathLike[str], dpi: int = 110) -> None:
     """Write `figure` as PNG (or the format of the suffix) atomically."""
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp, _as_drawn():
         figure.savefig(tmp, dpi=dpi, bbox_inches="tight")
+
+
+@contextlib.contextmanager
+def _as_drawn() -> Iterator[None]:
+    """How every figure is drawn: text as text (a class name "$x$" is no formula), and the
+    overflow warnings of axes spanning values near 1e308 (a hand-edited history) kept quiet."""
+    with matplotlib.rc_context({"text.parse_math": False}), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        yield
 
 
 # --- report charts (cnnlab.report.report) ---------------------------------------------------------
@@ -28,9 +41,10 @@ _TRAIN_COLOUR, _TEST_COLOUR, _TIME_COLOUR, _REPORT_COLOUR = "#1f77b4", "#d62728"
 
 
 def validation_curves_figure(curves: list[tuple[str, list[list[float]]]], title: str) -> Figure:
-    """Validation accuracy per epoch, one line per label: the mean over repeats, ±1 std band."""
+    """Validation accuracy per epoch, one line per label: the mean over repeats, its 95% t band."""
     import numpy as np
     from matplotlib.ticker import MaxNLocator
+    from scipy import stats
 
     figure = Figure(figsize=(6.4, 3.8), layout="constrained")
     axes = figure.add_subplot()
@@ -43,9 +57,9 @@ def validation_curves_figure(curves: list[tuple[str, list[list[float]]]], title:
         mean = values.mean(axis=0)
         colour = f"C{index % 10}"
         axes.plot(epochs, mean, color=colour, label=f"{label} (n={len(runs)})", linewidth=1.6)
-        if len(runs) > 1:
-            std = values.std(axis=0, ddof=1)
-            axes.fill_between(epochs, mean - std, mean + std, color=colour, alpha=0.15)
+        if len(runs) > 1:  # the t interval of the mean, as the report's tables give it
+            half = stats.t.ppf(0.975, len(runs) - 1) * stats.sem(values, axis=0)
+            axes.fill_between(epochs, mean - half, mean + half, color=colour, alpha=0.15)
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_xlabel("epoch")
     axes.set_ylabel("validation accuracy")
@@ -67,7 +81,9 @@ def accuracy_versus_figure(
     seconds: list[tuple[float, float]] | None = None,
     reference: dict[str, list[float | None]] | None = None,
 ) -> Figure:
-    """Train and test accuracy (mean ± std) against a grid field, the report's as open markers.
+    """Train and test accuracy against a grid field, the report's as open markers.
+
+    Each value is (mean, half-width of its 95% confidence interval).
 
     `xscale` is "log" or "symlog" (symlog keeps x = 0 on the axis); `seconds` adds the fit time
     on a second y axis.
@@ -145,7 +161,7 @@ def comparison_bars_figure(
     panels: list[tuple[str, list[tuple[float, float]], list[float | None]]],
     title: str,
 ) -> Figure:
-    """One small bar chart per quantity (title, cnnlab mean ± std per label, report's value)."""
+    """One small bar chart per quantity (title, cnnlab (mean, interval half-width), report's)."""
     figure = Figure(figsize=(2.4 * len(panels) + 0.6, 3.2), layout="constrained")
     figure.suptitle(title)
     positions = list(range(len(labels)))
@@ -187,8 +203,8 @@ def variants_figure(
     title: str,
 ) -> Figure:
     """Per variant (the first on top, a dashed line at its mean): test accuracy as dots and fit
-    time as bars, mean ± std. A variant that collapsed far below the others is marked at the
-    accuracy axis's left edge with its value, so it does not squash the differences that remain."""
+    time as bars, each a mean and its 95% interval. A variant that collapsed far below the others
+    is marked at the accuracy axis's left edge with its value, so it does not squash the rest."""
     figure = Figure(figsize=(8.0, 0.45 * len(labels) + 1.4), layout="constrained")
     figure.suptitle(title)
     positions = list(range(len(labels)))[::-1]
@@ -224,6 +240,68 @@ def _accuracy_dots(axes, positions: list[int], accuracy: list[tuple[float, float
     axes.axvline(accuracy[0][0], color=_REPORT_COLOUR, linestyle="--", linewidth=1)
     axes.set_xlim(left, right)
     axes.set_ylim(-0.5, len(positions) - 0.5)
+
+
+def compute_figure(
+    labels: list[str],
+    accuracy: list[tuple[float, float]],
+    seconds: list[float],
+    flops: list[float | None],
+    title: str,
+) -> Figure:
+    """Test accuracy (mean, interval half-width) against fit seconds and training FLOPs."""
+    panels = [("fit time (s)", seconds)]
+    if all(value is not None for value in flops):
+        panels.append(("training FLOPs", flops))
+    figure = Figure(figsize=(4.0 * len(panels) + 0.6, 3.6), layout="constrained")
+    figure.suptitle(title)
+    for index, (xlabel, x) in enumerate(panels):
+        axes = figure.add_subplot(1, len(panels), index + 1)
+        for place, (label, value, (mean, half)) in enumerate(zip(labels, x, accuracy, strict=True)):
+            colour = f"C{place % 10}"
+            axes.errorbar([value], [mean], yerr=[half], fmt="o", capsize=3, color=colour)
+            axes.annotate(
+                label, (value, mean), xytext=(4, 4), textcoords="offset points",
+                fontsize="x-small", color=colour,
+            )  # fmt: skip
+        axes.set_xscale("log")
+        axes.set_xlabel(f"{xlabel} (log scale)")
+        axes.set_ylabel("test accuracy" if index == 0 else "")
+        axes.grid(alpha=0.3)
+    return figure
+
+
+def repeats_needed_figure(
+    curves: list[tuple[str, list[float], list[int | None]]],
+    repeats: int,
+    difference: float,
+    title: str,
+) -> Figure:
+    """Runs per point needed against the difference to detect, one line per experiment."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    figure = Figure(figsize=(6.4, 3.8), layout="constrained")
+    axes = figure.add_subplot()
+    for index, (label, differences, needed) in enumerate(curves):
+        shown = [(d, n) for d, n in zip(differences, needed, strict=True) if n is not None]
+        axes.plot(
+            [d for d, _ in shown], [n for _, n in shown], marker=".", color=f"C{index % 10}",
+            label=label,
+        )  # fmt: skip
+    axes.axhline(repeats, color=_REPORT_COLOUR, linestyle="--", linewidth=1, label="this study")
+    axes.axvline(difference, color=_TIME_COLOUR, linestyle=":", linewidth=1)
+    axes.set_xscale("log")
+    axes.set_yscale("log")
+    axes.set_xlabel("difference in test accuracy to detect (log scale)")
+    axes.set_ylabel("runs per point (log scale)")
+    most = max([repeats, *(n for _, _, needed in curves for n in needed if n is not None)])
+    axes.set_yticks([n for n in (2, 3, 5, 10, 20, 50, 100, 200, 500, 1000) if n <= most * 1.5])
+    axes.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axes.yaxis.set_minor_formatter(NullFormatter())
+    axes.set_title(title)
+    axes.grid(alpha=0.3, which="both")
+    axes.legend(fontsize="small")
+    return figure
 
 
 def confusion_matrix_figure(matrix: list[list[int]], class_names: list[str], title: str) -> Figure:
@@ -507,5 +585,6 @@ def png_bytes(figure: Figure) -> bytes:
     import io
 
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    with _as_drawn():
+        figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     return buffer.getvalue()

@@ -3,8 +3,10 @@
 Tables: `meta` (which study owns the folder), `runs` (one row per run id: status, config,
 metrics, per-epoch history, artifact paths, timings) and `memberships` (which experiments a run
 belongs to, with the grid fields that place it there: a run shared by two experiments is one row
-in `runs` and two in `memberships`). Every state change is one transaction, so a process killed at
-any moment leaves the database as it was before or after that change.
+in `runs` and two in `memberships`), and `trials` (a search's trials by number: the values its
+sampler asked for and the runs, one per seed, that score them). Every state change is one
+transaction, so a process killed at any moment leaves the database as it was before or after
+that change.
 """
 
 from __future__ import annotations
@@ -49,6 +51,13 @@ CREATE TABLE IF NOT EXISTS memberships (
     position INTEGER NOT NULL,
     fields TEXT NOT NULL,
     PRIMARY KEY (run_id, experiment)
+);
+CREATE TABLE IF NOT EXISTS trials (
+    experiment TEXT NOT NULL,
+    number INTEGER NOT NULL,
+    params TEXT NOT NULL,
+    run_ids TEXT NOT NULL,
+    PRIMARY KEY (experiment, number)
 );
 """
 
@@ -192,6 +201,49 @@ class Store:
                     [(run_id, name, position, _dumps(f)) for name, f in experiments.items()],
                 )
 
+    def add_planned(
+        self, planned: Iterable[tuple[str, dict[str, Any], int, dict[str, dict]]]
+    ) -> None:
+        """Add runs to the plan (as `sync_plan` does) without dropping the plan's other runs."""
+        now = time.time()
+        with self._transaction() as connection:
+            (position,) = connection.execute(
+                "SELECT COALESCE(MAX(position), -1) + 1 FROM memberships"
+            ).fetchone()
+            for run_id, config, seed, experiments in planned:
+                connection.execute(
+                    "INSERT INTO runs (id, status, config, seed, created_at) "
+                    "VALUES (?, 'pending', ?, ?, ?) ON CONFLICT(id) DO NOTHING",
+                    (run_id, _dumps(config), seed, now),
+                )
+                connection.executemany(
+                    "INSERT INTO memberships (run_id, experiment, position, fields) "
+                    "VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    [(run_id, name, position, _dumps(f)) for name, f in experiments.items()],
+                )
+                position += 1
+
+    def clear_trials(self) -> None:
+        """Forget every search's trials (a search replays them as it starts again)."""
+        with self._transaction() as connection:
+            connection.execute("DELETE FROM trials")
+
+    def add_trial(self, experiment: str, number: int, params: dict, run_ids: list[str]) -> None:
+        with self._transaction() as connection:
+            connection.execute(
+                "INSERT INTO trials (experiment, number, params, run_ids) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT DO UPDATE SET params = excluded.params, run_ids = excluded.run_ids",
+                (experiment, number, _dumps(params), _dumps(run_ids)),
+            )
+
+    def trials(self, experiment: str) -> list[tuple[int, dict[str, Any], list[str]]]:
+        """A search's trials in number order: (number, params, run ids)."""
+        rows = self._connection.execute(
+            "SELECT number, params, run_ids FROM trials WHERE experiment = ? ORDER BY number",
+            (experiment,),
+        ).fetchall()
+        return [(number, json.loads(params), json.loads(ids)) for number, params, ids in rows]
+
     def recover_interrupted(self) -> list[str]:
         """Runs left 'running' by a process that died go back to 'pending'; returns their ids."""
         with self._transaction() as connection:
@@ -274,25 +326,44 @@ class Store:
         return [self._decode(row) for row in rows]
 
     def _decode(self, row: tuple) -> RunRecord:
+        """A row as a RunRecord; a row that cnnlab did not write (edited by hand) is refused."""
         memberships = self._connection.execute(
             "SELECT experiment, fields FROM memberships WHERE run_id = ? ORDER BY experiment",
             (row[0],),
         ).fetchall()
+        where = f"{self.path}: run {str(row[0])[:40]!r}"
+        metrics = _decoded(row[4], dict, where, "metrics")
+        history = _decoded(row[5], list, where, "history")
+        _check_metrics(metrics, where)
+        _check_history(history, where)
+        artifacts = _decoded(row[6], dict, where, "artifacts")
+        _check_artifacts(artifacts, where)
+        if row[1] not in STATUSES:
+            raise CnnlabError(f"{where}: status {str(row[1])[:40]!r} is not one of {STATUSES}")
+        for name, value, kinds in (("seed", row[3], int), ("attempts", row[8], int)):
+            if not isinstance(value, kinds) or isinstance(value, bool):
+                raise CnnlabError(f"{where}: {name} {str(value)[:40]!r} is not an integer")
+        for name, value in (("fit_seconds", row[9]), *zip(_TIMES, row[10:13], strict=True)):
+            if value is not None and not _finite_number(value):
+                raise CnnlabError(f"{where}: {name} {str(value)[:40]!r} is not a number")
         return RunRecord(
             id=row[0],
             status=row[1],
-            config=json.loads(row[2]),
+            config=_decoded(row[2], dict, where, "config"),
             seed=row[3],
-            metrics=json.loads(row[4]),
-            history=json.loads(row[5]),
-            artifacts=json.loads(row[6]),
-            reason=row[7],
+            metrics=metrics,
+            history=history,
+            artifacts=artifacts,
+            reason=str(row[7]),
             attempts=row[8],
             fit_seconds=row[9],
             created_at=row[10],
             started_at=row[11],
             finished_at=row[12],
-            experiments={name: json.loads(fields) for name, fields in memberships},
+            experiments={
+                name: _decoded(fields, dict, where, f"memberships of {name}")
+                for name, fields in memberships
+            },
         )
 
     def integrity_ok(self) -> bool:
@@ -313,3 +384,95 @@ def load_results(study_dir: str | os.PathLike[str]) -> list[RunRecord]:
     """Every run of a study folder as a record: config, status, metrics, history, artifacts."""
     with Store.open(study_dir, create=False) as store:
         return store.runs()
+
+
+# --- reading what may have been edited by hand ---------------------------------------------------
+
+_TIMES = ("created_at", "started_at", "finished_at")
+# Metrics that every reader takes as numbers (or None); a run's other metrics are free-form.
+_NUMERIC_METRICS = (
+    "train_accuracy",
+    "train_loss",
+    "test_accuracy",
+    "test_loss",
+    "val_accuracy",
+    "val_loss",
+    "baseline_accuracy",
+    "baseline_class",
+    "parameters",
+    "fit_seconds",
+    "eval_seconds",
+    "epochs_run",
+    "diverged_epoch",
+    "group_size",
+)
+_OPTIONAL_METRICS = ("diverged_epoch",)  # None: the run did not diverge
+# What every epoch of a run records (training.metrics.HISTORY_KEYS names the rest).
+_HISTORY_NEEDS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy")
+
+
+def _decoded(text: Any, kind: type, where: str, name: str) -> Any:
+    """A JSON column of `kind` (dict or list), or one line saying why it is not."""
+    try:
+        value = json.loads(text)
+    except (TypeError, ValueError, RecursionError):
+        raise CnnlabError(f"{where}: {name} is not valid JSON (edited by hand?)") from None
+    if not isinstance(value, kind):
+        expected = "an object" if kind is dict else "a list"
+        raise CnnlabError(f"{where}: {name} is not {expected} (edited by hand?)")
+    return value
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _finite_number(value: Any) -> bool:
+    return _number(value) and abs(value) < float("inf")
+
+
+def _check_metrics(metrics: dict[str, Any], where: str) -> None:
+    """The metrics every reader relies on have their types; confusion matrices are square."""
+    for name in _NUMERIC_METRICS:
+        if name not in metrics or (name in _OPTIONAL_METRICS and metrics[name] is None):
+            continue
+        if not _number(metrics[name]):
+            raise CnnlabError(
+                f"{where}: metric {name} is {str(metrics[name])[:40]!r}, not a number"
+            )
+    matrices = metrics.get("confusion_matrix", {})
+    if not isinstance(matrices, dict):
+        raise CnnlabError(f"{where}: confusion_matrix is not an object of matrices")
+    for split, matrix in matrices.items():
+        size = len(matrix) if isinstance(matrix, list) else -1
+        if not (
+            size > 0
+            and all(isinstance(row, list) and len(row) == size for row in matrix)
+            and all(_finite_number(count) and count >= 0 for row in matrix for count in row)
+        ):
+            raise CnnlabError(
+                f"{where}: the {str(split)[:20]} confusion matrix is not a square table of counts"
+            )
+    if not isinstance(metrics.get("classification_report", {}), dict):
+        raise CnnlabError(f"{where}: classification_report is not an object")
+
+
+def _check_history(history: list[Any], where: str) -> None:
+    """One object per epoch, every value a number (NaN and infinities included: a diverged
+    run's losses) or None."""
+    for index, row in enumerate(history, 1):
+        if not isinstance(row, dict) or not all(
+            value is None or _number(value) for value in row.values()
+        ):
+            raise CnnlabError(f"{where}: history row {index} is not an object of numbers")
+        missing = [name for name in _HISTORY_NEEDS if name not in row]
+        if missing:
+            raise CnnlabError(f"{where}: history row {index} lacks {', '.join(missing)}")
+
+
+def _check_artifacts(artifacts: dict[str, Any], where: str) -> None:
+    """Artifacts are files inside the study folder: relative paths that stay there."""
+    for name, value in artifacts.items():
+        path = Path(value) if isinstance(value, str) else None
+        if path is None or path.is_absolute() or ".." in path.parts or "\x00" in value:
+            raise CnnlabError(f"{where}: artifact {str(name)[:40]!r} is not a path in the study")

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 
-from cnnlab.atomic import atomic_path
+from cnnlab.atomic import atomic_path, check_folder_target
 from cnnlab.conv import convolve, kernels
 from cnnlab.errors import CnnlabError
 
@@ -301,8 +301,7 @@ def write_results(
     from cnnlab.plots import convolution_figure, save_figure  # matplotlib only when writing
 
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise CnnlabError(f"--out {out_dir} is a file, not a directory")
+    check_folder_target(out_dir, "--out")
     written = []
     for item in everything:
         for result in item.results:

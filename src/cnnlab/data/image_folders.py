@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import unicodedata
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -271,6 +272,12 @@ class ImageFolders:
             raise CnnlabError(f"{source}: no class folders under train/ and test/")
         if len(names) > MAX_CLASSES:
             raise CnnlabError(f"{source}: {len(names):,} class folders (at most {MAX_CLASSES:,})")
+        for name in names:  # a class name is one line of plain text wherever it is shown
+            if any(unicodedata.category(character).startswith("C") for character in name):
+                raise CnnlabError(
+                    f"{source}: class folder '{shown(name)}' has a control character (a line"
+                    " break, a tab, ...) in its name; rename it"
+                )
         return names
 
 

@@ -106,8 +106,8 @@ def plan_in_process(
     processes do better. On CUDA up to `planning.MAX_STREAMS` at once (`workers`: exactly).
     """
     groups = planning.schedule(configs, target.type)
-    if target.type == "cpu":
-        return groups, 1
+    if target.type == "cpu" or any(config.deterministic for config in configs):
+        return groups, 1  # the deterministic mode's math is process-wide (`threads`)
     return groups, planning.stream_count(len(groups), workers)
 
 

@@ -10,7 +10,9 @@ import os
 from collections.abc import Sequence
 
 from cnnlab.config import TTA_VIEWS, RunConfig, check_workers
-from cnnlab.nn.specs import dataset_input, forward_flops, resolve_layers
+from cnnlab.errors import CnnlabError
+from cnnlab.nn.architectures import get_architecture
+from cnnlab.nn.specs import dataset_input, forward_flops, parse_specs
 from cnnlab.training.grouping import plan_groups
 
 # Groups trained at once on one GPU by default; more streams than this gain nothing on a net
@@ -29,7 +31,11 @@ def run_flops(
     `input_shape` defaults to the config's named dataset's (an estimate for "images").
     """
     input_shape = input_shape or dataset_input(config)[0]
-    forward = forward_flops(resolve_layers(config, input_shape), input_shape)
+    layers = config.layers if config.layers is not None else get_architecture(config.arch)
+    try:
+        forward = forward_flops(parse_specs(layers), input_shape)
+    except CnnlabError:  # an image folder's net on a guessed shape: no estimate, not an error
+        forward = 0
     trained = int(config.train_size * (1 - config.validation_split))  # Keras floors
     validation = config.train_size - trained
     views = TTA_VIEWS[config.tta]  # forward passes per validation or test image

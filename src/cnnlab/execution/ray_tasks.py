@@ -34,6 +34,8 @@ import dataclasses
 import functools
 import logging
 import os
+import subprocess
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -128,8 +130,7 @@ def _events(
 ) -> Iterator[Event]:
     ray = _import_ray()
     connected_here = not ray.is_initialized()
-    if connected_here:
-        _connect(ray, address)
+    reaper = _connect(ray, address) if connected_here else None
     outstanding: dict[Any, list[int]] = {}  # task -> the config indices it trains
     mailbox = None
     try:
@@ -176,15 +177,38 @@ def _events(
                 ray.kill(mailbox)
         if connected_here:
             ray.shutdown()
+            _release(reaper)
 
 
-def _connect(ray: Any, address: str | None) -> None:
-    """Join the cluster at `address`, else start a quiet Ray instance with one CPU per core."""
+def _connect(ray: Any, address: str | None) -> subprocess.Popen | None:
+    """Join the cluster at `address`, else start a quiet Ray instance with one CPU per core.
+
+    A Ray started here comes with its reaper (`cnnlab.execution.reaper`): its processes end
+    with this one, however it ends. Returns the reaper, for `_release`.
+    """
     quiet = {"log_to_driver": False, "logging_level": logging.ERROR}
     if address is None:
-        # "local": a new instance, even where a cluster was started on this machine.
-        ray.init("local", num_cpus=cpu_count(), include_dashboard=False, **quiet)
-        return
+        reaper = subprocess.Popen(
+            [sys.executable, "-m", "cnnlab.execution.reaper", str(os.getpid())],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            start_new_session=True,  # a Ctrl-C at the terminal reaches the driver, not it
+        )
+        try:
+            reaper.stdout.readline()  # "ready": it knows which processes were here before
+            # "local": a new instance, even where a cluster was started on this machine.
+            ray.init("local", num_cpus=cpu_count(), include_dashboard=False, **quiet)
+            with contextlib.suppress(AttributeError):  # where Ray keeps it is not public
+                session = ray._private.worker._global_node.get_session_dir_path()
+                reaper.stdin.write(f"session {session}\n")
+                reaper.stdin.flush()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                ray.shutdown()  # what Ray started before it failed
+            _release(reaper)
+            raise
+        return reaper
     try:
         ray.init(address=address, **quiet)
     except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as error:
@@ -198,6 +222,17 @@ def _connect(ray: Any, address: str | None) -> None:
             ) from None
         first_line = (str(error).strip().splitlines() or [""])[0]
         raise CnnlabError(f"Ray at {address}: cannot connect: {first_line}") from None
+    return None
+
+
+def _release(reaper: subprocess.Popen | None) -> None:
+    """Ray was shut down in order: its reaper ends without killing anything."""
+    if reaper is not None:
+        with contextlib.suppress(OSError):
+            reaper.stdin.write("done\n")
+            reaper.stdin.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            reaper.wait(timeout=10)
 
 
 def _cluster_device(ray: Any, device: str, cpus_per_run: int) -> str:

@@ -7,8 +7,13 @@ trains in a thread of its own with its own stream, and the device runs their ker
 same time. The longest group starts first (by a member's network FLOPs), so the study takes
 about as long as its longest group.
 
-Each thread runs `grouped.train_together` unchanged; only graph capture is shared state (see
-`grouped.CAPTURE_LOCK`). The threads report through the same events as the CPU's worker
+Each thread runs `grouped.train_together` unchanged. What makes that safe on one GPU by
+construction, not by timing (docs/cuda.md): a thread's CUDA work holds `device.GATE` shared and
+lets it go only between epochs (`pause`), a graph capture holds it alone, so no other thread's
+call (cuDNN's autotuner, a copy to the host) can run during a capture; each thread's stream
+comes from `device.STREAMS`, so no two threads, and no capture, share a stream; runs in the
+deterministic mode change process-wide math settings, so a study with any trains one group at
+a time. The threads report through the same events as the CPU's worker
 processes (`events.Event`), and the consumer records runs while the device trains the others.
 Closing the events early (Ctrl-C, an error in the consumer) stops every thread at its next
 epoch's end. With one thread this is also the CPU's in-process path: one run after another,
@@ -30,7 +35,7 @@ from cnnlab.data.datasets import Dataset
 from cnnlab.execution.events import Event, failure_reason
 from cnnlab.execution.planning import longest_first
 from cnnlab.training import grouped
-from cnnlab.training.device import fast_cuda_math, resolve_device
+from cnnlab.training.device import GATE, STREAMS, fast_cuda_math, resolve_device
 from cnnlab.training.metrics import RunResult
 
 # Trains one group: (configs, data, *, device, progress) -> one RunResult per config.
@@ -60,6 +65,8 @@ def train_concurrently(
     """
     train_group = train_group or grouped.train_together
     target = resolve_device(device)
+    if target.type == "cuda" and any(config.deterministic for config in configs):
+        streams = 1  # the deterministic math is process-wide: no fast group beside it
     events: queue.Queue[Event | None] = queue.Queue()
     # A group takes about as long as one of its members: order the groups by their first.
     waiting = [list(groups[g]) for g in longest_first([configs[g[0]] for g in groups])]
@@ -117,9 +124,11 @@ def _train_group(
         events.put(Event("progress", group[row.get("member", 0)], row))
         if stop.is_set():
             raise _Stopped
+        GATE.pause()  # an epoch's end: a waiting capture in another thread may run now
 
     try:
-        with _own_stream(target):
+        # Every CUDA call of the group is inside the gate's shared hold (docs/cuda.md).
+        with GATE.shared(), _own_stream(target):
             results = train_group(configs, data, device=str(target), progress=progress)
     except _Stopped:
         return
@@ -134,9 +143,10 @@ def _train_group(
 
 @contextlib.contextmanager
 def _own_stream(target: torch.device) -> Iterator[None]:
-    """On CUDA the calling thread works on a new stream (the current stream is per thread)."""
+    """On CUDA the calling thread works on a stream no other thread has (current streams are
+    per thread)."""
     if target.type != "cuda":
         yield
         return
-    with torch.cuda.device(target), torch.cuda.stream(torch.cuda.Stream(target)):
+    with torch.cuda.device(target), STREAMS.dedicated(target) as stream, torch.cuda.stream(stream):
         yield

@@ -272,6 +272,11 @@ def _check_value(where: str, key: str, kind: str, value: Any) -> Any:
         "conv_init": CONV_INITIALISERS,
         "dense_init": DENSE_INITIALISERS,
     }
+    if is_int and kind in ("rate", "weight", "momentum", "finite", "epsilon"):
+        try:
+            float(value)
+        except OverflowError:
+            raise fail("a number that a float can hold") from None
     if kind == "positive":
         if not is_int or value < 1:
             raise fail("a positive integer")
@@ -298,8 +303,8 @@ def _check_value(where: str, key: str, kind: str, value: Any) -> Any:
             raise fail("a rate in [0, 1)")
         return float(value)
     if kind == "weight":
-        if not is_number or not value >= 0:
-            raise fail("a number >= 0")
+        if not is_number or not 0 <= value < math.inf:
+            raise fail("a finite number >= 0")
         return float(value)
     if kind == "bool":
         if not isinstance(value, bool):
@@ -501,6 +506,15 @@ def _check_whitening(first: LayerSpec, input_shape: tuple[int, int, int]) -> Non
         )
 
 
+def parse_specs(specs: Sequence[Mapping[str, Any] | LayerSpec]) -> tuple[LayerSpec, ...]:
+    """Each layer's keys and values checked, before any input shape is known."""
+    if isinstance(specs, str | bytes | Mapping) or not isinstance(specs, Sequence):
+        raise CnnlabError(f"layers: expected a list of layer tables, got {specs!r}")
+    if not specs:
+        raise CnnlabError("layers: an architecture needs at least one layer")
+    return tuple(_parse_layer(index, spec) for index, spec in enumerate(specs))
+
+
 def parse_layers(
     specs: Sequence[Mapping[str, Any] | LayerSpec],
     input_shape: tuple[int, int, int] = INPUT_SHAPE,
@@ -508,11 +522,7 @@ def parse_layers(
 ) -> tuple[LayerSpec, ...]:
     """Validate layer specs against the input; the net must end in a softmax over num_classes
     features (a softmax dense layer, or a softmax activation layer)."""
-    if isinstance(specs, str | bytes | Mapping) or not isinstance(specs, Sequence):
-        raise CnnlabError(f"layers: expected a list of layer tables, got {specs!r}")
-    if not specs:
-        raise CnnlabError("layers: an architecture needs at least one layer")
-    layers = tuple(_parse_layer(index, spec) for index, spec in enumerate(specs))
+    layers = parse_specs(specs)
     classes = _chain_shape(layers, tuple(input_shape))
     _check_whitening(layers[0], input_shape)
     last = layers[-1]
@@ -537,7 +547,25 @@ def parse_layers(
             f"layers: the net holds {weights:,} weights; at most {MAX_WEIGHTS:,} are allowed"
             " (narrower or fewer conv and dense layers)"
         )
+    if trainable_weights(layers, input_shape) == 0:
+        raise CnnlabError(
+            "layers: the net has nothing to train (no weights, or every one trainable = false)"
+        )
     return layers
+
+
+def trainable_weights(layers: Sequence[LayerSpec], input_shape: tuple[int, ...]) -> int:
+    """How many of a net's weights the optimizer updates (not frozen, not moving statistics)."""
+    total, shape = 0, tuple(input_shape)
+    for layer in layers:
+        if isinstance(layer, Residual):
+            total += trainable_weights(layer.layers, shape)
+            total += trainable_weights(shortcut_specs(layer, shape), shape)
+        else:
+            count, frozen = layer_weights(layer, shape)
+            total += count - frozen
+        shape = output_shape(layer, shape)
+    return total
 
 
 def forward_flops(layers: Sequence[LayerSpec], input_shape: tuple[int, ...] = INPUT_SHAPE) -> int:

@@ -4,7 +4,8 @@ The counts come from the specs alone (a conv's or dense layer's kernel and bias,
 gamma, beta and moving statistics, a frozen layer's weights as non-trainable), so summaries load
 no torch; tests/test_keras.py holds them to Keras's own. A net with residual blocks is a
 functional Keras model: its rows start with the InputLayer, follow Keras's order of a graph's
-layers and name each row's inputs.
+layers and name each row's inputs. With `detail`, each row also shows its multiply-accumulates,
+activation memory and receptive field per image (`cnnlab.nn.facts`).
 """
 
 from __future__ import annotations
@@ -13,9 +14,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from cnnlab.nn.facts import (
+    format_bytes,
+    format_field,
+    layer_facts,
+    total_activation_bytes,
+    total_macs,
+)
 from cnnlab.nn.specs import (
     INPUT_SHAPE,
     KERAS_NAMES,
+    LAYER_TYPES,
     NUM_CLASSES,
     LayerSpec,
     Residual,
@@ -123,19 +132,42 @@ def architecture_summary(
     return rows, sum(row.parameters for row in rows)
 
 
+DETAIL_HEADERS = ("MACs", "Act. memory", "Receptive field", "Jump")
+
+
+def _detail_cells(layers: Sequence[LayerSpec], input_shape: tuple[int, int, int]) -> dict:
+    """Row name -> the detail columns' cells; the InputLayer's are blank."""
+    cells = {"input_layer": ("-", "-", "1x1", "1x1")}
+    for fact in layer_facts(layers, input_shape):
+        cells[fact.name] = (
+            f"{fact.macs:,}",
+            format_bytes(fact.activation_bytes),
+            format_field(fact.receptive_field),
+            "-" if fact.jump is None else format_field(fact.jump),
+        )
+    return cells
+
+
 def format_summary(
     name: str,
     layers: Sequence[Mapping[str, Any] | LayerSpec],
     input_shape: tuple[int, int, int] = INPUT_SHAPE,
     num_classes: int = NUM_CLASSES,
+    *,
+    detail: bool = False,
 ) -> str:
-    """The summary as Keras prints it, for images of `input_shape` (height, width, channels)."""
+    """The summary as Keras prints it, for images of `input_shape` (height, width, channels);
+    `detail` adds per-layer MACs, activation memory and receptive field (size and jump)."""
     rows, total = architecture_summary(layers, input_shape, num_classes)
     functional = any(row.kind == "InputLayer" for row in rows)
-    table = [("Layer (type)", "Output Shape", "Param #", "Connected to")[: 3 + functional]]
+    headers = ("Layer (type)", "Output Shape", "Param #", "Connected to")[: 3 + functional]
+    table = [(*headers, *(DETAIL_HEADERS if detail else ()))]
+    specs = parse_layers(layers, input_shape, num_classes) if detail else ()
+    details = _detail_cells(specs, input_shape) if detail else {}
     for row in rows:
         cells = (f"{row.name} ({row.kind})", str((None, *row.output_shape)), f"{row.parameters:,}")
-        table.append((*cells, ", ".join(row.connected_to) or "-")[: 3 + functional])
+        cells = (*cells, ", ".join(row.connected_to) or "-")[: 3 + functional]
+        table.append((*cells, *details.get(row.name, ())))
     widths = [max(len(line[i]) for line in table) + 4 for i in range(len(table[0]))]
     rule = "=" * sum(widths)
     lines = [f'Model: "{name}"', "_" * sum(widths)]
@@ -150,4 +182,43 @@ def format_summary(
         f"Trainable params: {total - non_trainable:,}",
         f"Non-trainable params: {non_trainable:,}",
     ]
+    if detail:
+        facts = layer_facts(specs, input_shape)
+        lines += [
+            f"Multiply-accumulates per image: {total_macs(facts):,} (conv and dense kernels)",
+            f"Activation memory per image: {format_bytes(total_activation_bytes(facts))}"
+            " (float32 layer outputs)",
+        ]
     return "\n".join(lines)
+
+
+def summary(
+    net: Any,
+    input_shape: tuple[int, int, int] | None = None,
+    num_classes: int | None = None,
+    *,
+    detail: bool = True,
+    name: str | None = None,
+) -> str:
+    """The detailed summary of a built net (`cnnlab.build_model(...)`), a registry name or layer
+    specs; a built net brings its own input shape and classes."""
+    from cnnlab.nn.architectures import get_architecture
+
+    if hasattr(net, "specs") and hasattr(net, "input_shape"):  # a ConvNet, without importing torch
+        layers, input_shape = tuple(net.specs), input_shape or tuple(net.input_shape)
+        shape = tuple(input_shape)
+        for spec in layers:
+            shape = output_shape(spec, shape)
+        num_classes = num_classes or shape[0]
+        name = name or "convnet"
+    elif isinstance(net, str):
+        layers, name = get_architecture(net), name or net
+    elif all(isinstance(layer, Mapping | LAYER_TYPES) for layer in net):
+        layers, name = tuple(net), name or "convnet"
+    else:
+        raise TypeError(
+            f"summary: expected a ConvNet, an architecture name or layer specs: {net!r}"
+        )
+    return format_summary(
+        name, layers, input_shape or INPUT_SHAPE, num_classes or NUM_CLASSES, detail=detail
+    )

@@ -122,11 +122,28 @@ def _cell(text: str) -> str:
 
 
 def _inline(text: str) -> str:
-    """Escape, then render the Markdown the report uses: `code`, **bold** and *emphasis*."""
-    escaped = html.escape(text)
+    """Escape, then render the Markdown the report uses: `code`, **bold** and *emphasis*.
+
+    A backslash-escaped character (`literal` text) is that character, never markup.
+    """
+    protected = _ESCAPED.sub(lambda match: f"\x00{ord(match.group(1))}\x00", text)
+    escaped = html.escape(protected)
     escaped = re.sub(r"`([^`]+)`", r"<code>\1</code>", escaped)
     escaped = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", escaped)
-    return re.sub(r"(?<![*\w])\*([^*\s][^*]*)\*(?![*\w])", r"<em>\1</em>", escaped)
+    escaped = re.sub(r"(?<![*\w])\*([^*\s][^*]*)\*(?![*\w])", r"<em>\1</em>", escaped)
+    return re.sub("\x00(\\d+)\x00", lambda match: html.escape(chr(int(match.group(1)))), escaped)
+
+
+# Markdown's inline punctuation; `literal` escapes it, `_inline` honours the escapes.
+_MARKUP = "\\`*_[]<>#|~!"
+_ESCAPED = re.compile(r"\\([" + re.escape(_MARKUP) + "])")
+
+
+def literal(text: object) -> str:
+    """Text from data (a class name, a file name) as plain text on one line in Markdown and
+    HTML alike: its Markdown punctuation escaped, line breaks as spaces."""
+    plain = " ".join(str(text).split("\n"))
+    return "".join("\\" + character if character in _MARKUP else character for character in plain)
 
 
 FRAGMENT_CLASS = "cnnlab-report"  # the wrapper of `Document.html_fragment`
@@ -199,8 +216,8 @@ def _markdown_text(text: str) -> str:
     declaration, and a '&' that starts an entity; "p < 0.05" stays as it is.
     """
     text = re.sub(r"&(?=#?\w+;)", "&amp;", str(text))
-    return re.sub(r"<(?=[A-Za-z/!?])", "&lt;", text).replace("\n", " ")
+    return re.sub(r"(?<!\\)<(?=[A-Za-z/!?])", "&lt;", text).replace("\n", " ")
 
 
 def _cell_text(text: str) -> str:
-    return _markdown_text(text).replace("|", "\\|")
+    return re.sub(r"(?<!\\)\|", r"\|", _markdown_text(text))  # `literal` escaped its own

@@ -17,7 +17,7 @@ import numpy as np
 from cnnlab import plots
 from cnnlab.conv import convolve, imaging
 from cnnlab.conv.kernels import parse_kernel
-from cnnlab.report.document import Document, Image
+from cnnlab.report.document import Document, Image, literal
 from cnnlab.report.tables import point_label
 from cnnlab.store import FINISHED, RunRecord
 from cnnlab.study.studyfile import Study
@@ -71,6 +71,7 @@ def per_class_section(
     document.heading("Per-class accuracy of each experiment's best run")
     size = len(_test_matrix(best_runs[0][1]))
     names = class_names if len(class_names) == size else [str(i) for i in range(size)]
+    names = [literal(name) for name in names]  # names from data are plain text
     document.paragraph(
         "For each experiment, its run with the best test accuracy: the share of each class's test"
         " images it labels correctly, and the class pairs it mixes up most (confusions counted"
@@ -166,11 +167,13 @@ def best_run_section(
             predicted = class_names[predicted]
         document.paragraph(
             f"Most-frequent-class baseline (always predict the training set's most frequent class,"
-            f" `{predicted}`): test accuracy **{baseline:.3f}** (report: 0.10)."
+            f" {literal(predicted)}): test accuracy **{baseline:.3f}** (report: 0.10)."
         )
         notes.append(
-            f"The best run beats the most-frequent-class baseline by"
-            f" {metrics['test_accuracy'] - baseline:+.3f} test accuracy."
+            f"The best run's test accuracy, {metrics['test_accuracy']:.3f}, is"
+            f" {metrics['test_accuracy'] - baseline:+.3f} from the most-frequent-class baseline"
+            f" (one run, the best of {len(finished)}: a selection, not a test; the experiments'"
+            " observations say which points learned)."
         )
     matrix = (metrics.get("confusion_matrix") or {}).get("test")
     if matrix:

@@ -7,11 +7,13 @@ import dataclasses
 import io
 import json
 import math
+import statistics
 from pathlib import Path
 from typing import Any
 
 from cnnlab.errors import CnnlabError
-from cnnlab.store import RunRecord, Store
+from cnnlab.report import stats
+from cnnlab.store import FINISHED, RunRecord, Store
 
 FIELD_LABELS = {"train_size": "n", "l1": "L1 weight", "arch": "architecture", "variant": "variant"}
 
@@ -169,3 +171,80 @@ def show_value(value: Any) -> str:
 def point_label(point: dict[str, Any]) -> str:
     """'n=5,000, L1 weight=0.0001': a grid point's fields as tables and figures name them."""
     return ", ".join(f"{FIELD_LABELS.get(k, k)}={show_value(v)}" for k, v in point.items()) or "-"
+
+
+# --- two grid points, statistically -----------------------------------------------------------
+
+
+def is_point(text: str) -> bool:
+    """Whether a `cnnlab compare` argument names a grid point (FIELD=VALUE[,FIELD=VALUE])."""
+    return "=" in text
+
+
+def compare_points(study_dir: str, first: str, second: str) -> str:
+    """Test accuracy of two grid points of a study over their seeds, and whether they differ."""
+    with Store.open(study_dir, create=False) as store:
+        records = [r for r in store.runs() if r.status in FINISHED]
+    samples = [_point_values(records, text) for text in (first, second)]
+    rows = [["runs", *(str(len(values)) for values in samples)]]
+    rows.append(["test accuracy", *(_show_mean(values) for values in samples)])
+    a, b = samples
+    if len(a) < 2 or len(b) < 2:
+        rows.append(["verdict", "a point with one run: no test (run more seeds)", ""])
+        return _aligned(["", first, second], rows)
+    result = stats.welch_t_test(a, b)
+    low, high = stats.difference_interval(a, b)
+    real = not math.isnan(result.p) and result.p < stats.ALPHA
+    rows += [
+        ["difference", f"{result.mean_difference:+.3f} [{low:+.3f}, {high:+.3f}] (95% Welch)"],
+        ["Hedges' g", _number(stats.hedges_g(a, b), ".2f")],
+        ["P(improve)", f"{stats.probability_of_improvement(a, b):.2f}"],
+        ["Welch t, df, p", f"{result.t:.2f}, {result.df:.1f}, {result.p:.2g}"],
+        [
+            "verdict",
+            f"{'real' if real else 'not distinguishable'} at p < {stats.ALPHA:g}: this one"
+            " comparison, uncorrected (the report's Holm-corrected p is in comparisons.csv)",
+        ],
+    ]
+    return _aligned(["", first, second], [row + [""] * (3 - len(row)) for row in rows])
+
+
+def _show_mean(values: list[float]) -> str:
+    if len(values) < 2:
+        return f"{values[0]:.3f}"
+    low, high = stats.mean_interval(values)
+    return f"{statistics.fmean(values):.3f} [{low:.3f}, {high:.3f}]"
+
+
+def _point_values(records: list[RunRecord], text: str) -> list[float]:
+    """The test accuracies of the finished runs at the point `text` names (one per seed)."""
+    wanted = {}
+    for part in text.split(","):
+        field, _, value = part.partition("=")
+        if not field.strip() or not value.strip():
+            raise CnnlabError(f"{text}: a point is FIELD=VALUE[,FIELD=VALUE...], e.g. l1=0.0001")
+        try:
+            wanted[field.strip()] = json.loads(value)
+        except ValueError:
+            wanted[field.strip()] = value.strip()  # a name: arch=seed-maxpool
+    known = {key for r in records for key in r.config}
+    unknown = sorted(set(wanted) - known)
+    if unknown:
+        raise CnnlabError(f"{text}: no run has the field {', '.join(unknown)}")
+    matched = [r for r in records if all(r.config.get(k) == v for k, v in wanted.items())]
+    if not matched:
+        raise CnnlabError(f"{text}: no finished run of the study is at this point")
+    differing = sorted(
+        key
+        for key in {key for r in matched for key in r.config} - {"seed"}
+        if len({json.dumps(r.config.get(key), sort_keys=True) for r in matched}) > 1
+    )
+    if differing:
+        raise CnnlabError(
+            f"{text}: its runs differ in {', '.join(differing)}; name those fields too"
+        )
+    return [
+        float(r.metrics["test_accuracy"])
+        for r in matched
+        if isinstance(r.metrics.get("test_accuracy"), int | float)
+    ]

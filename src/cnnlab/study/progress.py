@@ -80,7 +80,7 @@ class Lines:
         self.count = 0
 
     def begin(self, plan: list[PlannedRun], how: str) -> None:
-        self.total = len(plan)
+        self.total, self.count = len(plan), 0  # a search begins once per batch of trials
         self.echo(how)
 
     def started(self, run: PlannedRun) -> None:

@@ -4,8 +4,12 @@ Every grid point of every experiment is repeated with seeds `seed + 0 .. seed + 
 A run's id is a hash of its resolved config (seed included, see `config.run_id`), so a run that
 two experiments share is one run. The store (`cnnlab.store`) remembers what finished;
 re-running skips it. Training goes through `cnnlab.execution.execute`, the one place that runs
-runs; the
-report is written by the caller (`cnnlab.report.report.write_report`).
+runs; the report is written by the caller (`cnnlab.report.report.write_report`).
+
+A search's experiment (`[experiments.N.search]`) is planned batch by batch after the grids: its
+trials are asked of a seeded Optuna sampler and replayed from the store on every run (see
+`cnnlab.study.search`); each trial is `repeats` ordinary runs, trained and recorded like any
+other, and the best trial's configuration is retrained on `retrain` fresh seeds at the end.
 """
 
 from __future__ import annotations
@@ -23,10 +27,20 @@ from pathlib import Path
 from typing import Any
 
 from cnnlab import atomic
-from cnnlab.config import ConfigError, RunConfig, check_config, check_workers, run_id
+from cnnlab.config import (
+    DATASET_SHAPES,
+    ConfigError,
+    RunConfig,
+    check_augmentation,
+    check_config,
+    check_workers,
+    run_id,
+)
 from cnnlab.errors import CnnlabError
 from cnnlab.machine import machine_description
+from cnnlab.nn.specs import resolve_layers
 from cnnlab.store import DATABASE_NAME, FINISHED, RunRecord, Store
+from cnnlab.study import search
 from cnnlab.study.progress import Lines, Watcher
 from cnnlab.study.studyfile import MAX_REPEATS, Experiment, Study, load_study, where
 from cnnlab.tracking.export import StudyLogger, log_event
@@ -104,7 +118,32 @@ def plan_runs(study: Study, repeats: int | None = None) -> list[PlannedRun]:
                         f" {_fields_text(known)} and {_fields_text(place)} train the same runs;"
                         " make the variants differ"
                     )
+    for experiment in study.searches:  # every bound of a search's space must make a valid run
+        for params in search.corners(experiment.search):
+            search_runs(study, experiment, params, {}, range(1))
     return list(planned.values())
+
+
+def search_runs(
+    study: Study, experiment: Experiment, params: dict[str, Any], place: dict, offsets: range
+) -> list[PlannedRun]:
+    """The runs of one trial of a search (or of its retraining): seeds `seed + offsets`."""
+    fields = {**study.defaults, **experiment.fixed, **params}
+    base_seed = fields.pop("seed", RunConfig.seed)
+    arch = fields.get("arch", RunConfig.arch)
+    if arch in study.architectures:
+        fields["layers"] = study.architectures[arch]
+    runs = []
+    for offset in offsets:
+        config = RunConfig(**fields, seed=base_seed + offset)
+        _check_config(study, experiment, config)
+        runs.append(PlannedRun(run_id(config), config, {experiment.name: place}))
+    return runs
+
+
+def trial_repeats(study: Study, experiment: Experiment, repeats: int | None) -> int:
+    """Seeds per trial: --repeats, else the search's, the experiment's, the study's."""
+    return repeats or experiment.search.repeats or experiment.repeats or study.repeats
 
 
 def _fields_text(fields: dict[str, Any]) -> str:
@@ -114,28 +153,49 @@ def _fields_text(fields: dict[str, Any]) -> str:
 def _check_config(
     study: Study, experiment: Experiment, config: RunConfig, data: Any = None
 ) -> None:
-    """The training loop's own checks, reported at the line that sets the offending field."""
+    """The training loop's own checks, reported at the line that sets the offending field.
+
+    The net and the augmentation are checked against the images and classes the run will train
+    on: the loaded data's, else the named dataset's (an image folder's are known once read).
+    """
+    images = _images_of(config, data)
     try:
         if data is None:
             check_config(config)
         else:
             check_config(config, available=len(data.train_labels), classes=len(data.class_names))
+        if images is not None:
+            (height, width, _), _ = images
+            check_augmentation(
+                height,
+                width,
+                crop_padding=config.crop_padding,
+                crop_padding_mode=config.crop_padding_mode,
+                cutout=config.cutout,
+            )
     except ConfigError as error:
         keys = _origin(study, experiment, error.key)
         raise CnnlabError(f"{where(study, keys)}: {error.reason}") from None
-    if data is not None:
-        from cnnlab.training import loop
-
+    if images is not None:
         try:
-            loop.layers_for(config, data)  # the net must fit the data's images and classes
+            resolve_layers(config, *images)  # the net must fit the images and the classes
         except CnnlabError as error:
             keys = _origin(study, experiment, "arch")
             raise CnnlabError(f"{where(study, keys)}: {error}") from None
 
 
+def _images_of(config: RunConfig, data: Any) -> tuple[tuple[int, int, int], int] | None:
+    """(image shape, class count) a run trains on, where it is known before training."""
+    if data is not None:
+        return tuple(data.train_images.shape[1:]), len(data.class_names)
+    return DATASET_SHAPES.get(config.dataset)
+
+
 def _origin(study: Study, experiment: Experiment, field: str) -> tuple[str, ...]:
     """The key path that gives `field` its value in `experiment` (grid, fixed, defaults)."""
     own = ("experiments", experiment.name)
+    if experiment.search is not None and field in experiment.search.space:
+        return (*own, "search", "space", field)
     if field in experiment.grid:
         return (*own, "grid", field)
     if any(field in fields for fields in experiment.variants.values()):
@@ -151,6 +211,18 @@ def describe_plan(plan: list[PlannedRun]) -> Iterator[str]:
     """One line per run: id, seed, and per experiment the fields that place it there."""
     for run in plan:
         yield f"{run.id}  seed={run.config.seed:<3} {run.label()}"
+
+
+def describe_searches(study: Study, repeats: int | None = None) -> Iterator[str]:
+    """One line per search: its trials are planned as they go, so only their count is known."""
+    for experiment in study.searches:
+        spec = experiment.search
+        count = trial_repeats(study, experiment, repeats)
+        yield (
+            f"search {experiment.name}: {spec.trials} trials x {count} seed(s) + {spec.retrain}"
+            f" retrained = up to {spec.trials * count + spec.retrain} runs, asked of the"
+            f" {spec.sampler} sampler (seed {spec.seed}) {spec.batch} at a time"
+        )
 
 
 # --- running ----------------------------------------------------------------------------------
@@ -401,6 +473,8 @@ def run_study(
     check_workers(workers)  # before any data is loaded
     study = load_study(study_file)
     backend, address = backend or study.backend, address or study.address
+    if address and backend != "ray":  # an address with nothing to connect to is a mistake
+        raise CnnlabError(f"address {address!r} is for the Ray backend: add --backend ray")
     if fit is not None and backend != "local":
         raise CnnlabError(f"fit replaces the training in this process: backend {backend!r}")
     plan = plan_runs(study, repeats)
@@ -412,7 +486,13 @@ def run_study(
     loaded: dict[str, Any] = {}
     if not (study_dir / DATABASE_NAME).exists():
         # A new study trains every run: check them against the data before writing anything.
-        for name, runs in _by_dataset(plan).items():
+        corners = [
+            run
+            for experiment in study.searches
+            for params in search.corners(experiment.search)
+            for run in search_runs(study, experiment, params, {}, range(1))
+        ]
+        for name, runs in _by_dataset(plan + corners).items():
             loaded[name] = _loaded(name, data if name == main else None, device, backend)
             _check_against(study, runs, loaded[name])
     prepare_folder(study_dir, force=force)
@@ -439,26 +519,35 @@ def run_study(
             f"study {study.name}: {len(plan)} runs, {skipped} already finished,"
             f" {len(todo)} to run -> {study_dir}"
         )
-        needed = {}
-        for name, runs in _by_dataset(todo).items():
-            if name not in loaded:
-                loaded[name] = _loaded(name, data if name == main else None, device, backend)
-            needed[name] = _record_data(loaded[name], store, main=name == main, force=force)
-            _check_against(study, runs, needed[name])
-        if todo:
-            execute_runs(
-                todo,
-                needed,
-                store,
-                study_dir,
-                device=device,
-                workers=workers,
-                fit=fit,
-                watchers=watchers,
-                logger=logger,
-                backend=backend,
-                address=address,
-            )
+
+        def train(todo: list[PlannedRun]) -> None:
+            needed = {}
+            for name, runs in _by_dataset(todo).items():
+                if name not in loaded:
+                    loaded[name] = _loaded(name, data if name == main else None, device, backend)
+                needed[name] = _record_data(loaded[name], store, main=name == main, force=force)
+                _check_against(study, runs, needed[name])
+            if todo:
+                execute_runs(
+                    todo,
+                    needed,
+                    store,
+                    study_dir,
+                    device=device,
+                    workers=workers,
+                    fit=fit,
+                    watchers=watchers,
+                    logger=logger,
+                    backend=backend,
+                    address=address,
+                )
+
+        train(todo)
+        store.clear_trials()  # the searches replay theirs
+        for line in describe_searches(study, repeats):
+            echo(line)
+        for experiment in study.searches:
+            skipped += run_search(study, experiment, store, study_dir, repeats, train, echo)
         final = store.runs(planned_only=True)
         store.set_meta({"last_wall_seconds": f"{time.perf_counter() - started:.3f}"})
     counts = {status: 0 for status in ("done", "diverged", "failed", "pending")}
@@ -469,12 +558,69 @@ def run_study(
             problems.append((record.id, record.status, record.reason))
     return StudyOutcome(
         study_dir=study_dir,
-        planned=len(plan),
+        planned=len(final),
         skipped=skipped,
         counts=counts,
         problems=problems,
         seconds=time.perf_counter() - started,
     )
+
+
+def run_search(
+    study: Study,
+    experiment: Experiment,
+    store: Store,
+    study_dir: Path,
+    repeats: int | None,
+    train: Callable[[list[PlannedRun]], None],
+    echo: Callable[[str], None],
+) -> int:
+    """Replay a search batch by batch, training what the store lacks; returns the runs skipped.
+
+    Each batch's trials are asked together and told together once all their runs are finished
+    (`cnnlab.study.search`), so a rerun after a kill asks for the same trials as before.
+    """
+    spec = experiment.search
+    count = trial_repeats(study, experiment, repeats)
+    optuna_study = search.new_study(spec)
+    known = search.distributions(spec)
+    skipped = 0
+    for size in search.batch_sizes(spec):
+        asked = [optuna_study.ask(known) for _ in range(size)]
+        trial_runs = [
+            search_runs(study, experiment, t.params, {"trial": t.number, **t.params}, range(count))
+            for t in asked
+        ]
+        runs = list({run.id: run for runs in trial_runs for run in runs}.values())
+        skipped += _plan_more(store, study_dir, runs, train, echo, experiment.name)
+        for trial, runs in zip(asked, trial_runs, strict=True):
+            store.add_trial(experiment.name, trial.number, trial.params, [r.id for r in runs])
+            records = [store.get(run.id) for run in runs]
+            search.tell(optuna_study, trial, search.trial_value(records, spec.metric))
+    best = search.best_trial(optuna_study)
+    if best is not None and spec.retrain:
+        place = {"retrain": best.number, **best.params}
+        fresh = range(count, count + spec.retrain)  # seeds no trial trained on
+        runs = search_runs(study, experiment, best.params, place, fresh)
+        skipped += _plan_more(store, study_dir, runs, train, echo, experiment.name)
+    return skipped
+
+
+def _plan_more(store, study_dir, runs, train, echo, name) -> int:
+    """Add `runs` to the plan and train those not finished; returns how many were."""
+    store.add_planned(
+        (run.id, dataclasses.asdict(run.config), run.config.seed, run.experiments) for run in runs
+    )
+    records = {record.id: record for record in map(store.get, [run.id for run in runs])}
+    todo = [
+        run
+        for run in runs
+        if not (records[run.id].status in FINISHED and artifacts_intact(study_dir, records[run.id]))
+    ]
+    if todo:
+        echo(f"search {name}: {len(todo)} run(s) to train")
+        train(todo)
+    return len(runs) - len(todo)
 
 
 def _by_dataset(plan: list[PlannedRun]) -> dict[str, list[PlannedRun]]:
@@ -500,7 +646,7 @@ def _loaded(name: str, data: Any, device: str, backend: str = "local") -> Any:
 
 def _check_against(study: Study, plan: list[PlannedRun], data: Any) -> None:
     """Every run's config against the data (train size, classes), by the line that sets it."""
-    experiments = {experiment.name: experiment for experiment in study.experiments}
+    experiments = {e.name: e for e in (*study.experiments, *study.searches)}
     for run in plan:
         _check_config(study, experiments[next(iter(run.experiments))], run.config, data)
 

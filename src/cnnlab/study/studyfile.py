@@ -13,6 +13,10 @@ A study file declares:
                        (an ablation: each variant's fields over the fixed ones); the runs are
                        variants x grid points, and the report holds each variant against the
                        first
+    [experiments.N.search]  trials, sampler ("random", "tpe", "grid"), seed, batch, repeats,
+                       metric ("val_accuracy" or "val_loss"), direction, retrain, and
+    [experiments.N.search.space]  run field = {low, high, log, step} or {choices = [...]}: a
+                       search over those fields (see `cnnlab.study.search`) instead of a grid
 
 Run fields are checked by the config's own rules (`cnnlab.config.check_value`). This module
 imports no torch: architectures are checked by `cnnlab.nn.specs`, which needs none.
@@ -32,10 +36,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cnnlab.config import BACKENDS, ConfigError, RunConfig, check_value
+from cnnlab.config import BACKENDS, DATASET_SHAPES, RULES, ConfigError, RunConfig, check_value
 from cnnlab.errors import CnnlabError
 from cnnlab.nn.architectures import get_architecture
-from cnnlab.nn.specs import resolve_layers
+from cnnlab.nn.specs import parse_specs, resolve_layers
 
 KINDS = ("size", "l1", "pooling", "depth")  # what the report draws for an experiment
 REFERENCE_METRICS = ("fit_seconds", "parameters", "train_accuracy", "test_accuracy")
@@ -60,10 +64,57 @@ _EXPERIMENT_KEYS = {
     "repeats": int,
     "reference": list,
     "variants": list,
+    "search": dict,
 }
+SAMPLERS = ("tpe", "random", "grid")  # Optuna's samplers a search can use, seeded
+# What a search may optimise, with its default direction: validation scores, never the test set.
+SEARCH_METRICS = {"val_accuracy": "maximize", "val_loss": "minimize"}
+DIRECTIONS = ("maximize", "minimize")
+MAX_TRIALS = 10_000  # trials in one search
+MAX_BATCH = 256  # trials asked together before any is told
+MAX_SAMPLER_SEED = 2**32 - 1  # NumPy's RandomState, under Optuna's samplers, takes 32 bits
+_SEARCH_KEYS = {
+    "trials": int,
+    "sampler": str,
+    "seed": int,
+    "batch": int,
+    "repeats": int,
+    "metric": str,
+    "direction": str,
+    "retrain": int,
+    "space": dict,
+}
+_PARAM_KEYS = ("low", "high", "log", "step", "choices")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 VARIANT = "variant"  # the pseudo grid field whose values are an experiment's variant names
 MAX_VARIANT_NAME = 60  # characters: a variant's name labels table rows and figure bars
+
+
+@dataclass(frozen=True)
+class Param:
+    """One searched run field: a range (`low`..`high`, `log`, `step`) or a list of `choices`."""
+
+    field: str
+    low: Any = None
+    high: Any = None
+    log: bool = False
+    step: Any = None  # int or float; None: any value in the range
+    choices: tuple[Any, ...] = ()
+
+
+@dataclass(frozen=True)
+class Search:
+    """[experiments.N.search]: how an experiment's trials are asked for and scored."""
+
+    trials: int
+    sampler: str  # one of SAMPLERS
+    seed: int  # the sampler's seed: the same file gives the same trials on the CPU
+    batch: int  # trials asked together, told together before the next batch is asked
+    repeats: int | None  # seeds per trial (a trial's value is their mean); None: the study's
+    metric: str  # one of SEARCH_METRICS
+    direction: str  # one of DIRECTIONS
+    retrain: int  # fresh seeds the best trial's configuration is retrained on (test set)
+    space: dict[str, Param]  # run field -> its range or choices, in the file's order
 
 
 @dataclass(frozen=True)
@@ -81,6 +132,7 @@ class Experiment:
     repeats: int | None  # seeds per grid point; None: the study's
     reference: tuple[dict[str, Any], ...]  # the seed report's rows: grid values + metrics
     variants: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # name -> fields
+    search: Search | None = None  # a search's experiment has no grid: its trials are its points
 
     def points(self) -> list[tuple[dict[str, Any], dict[str, Any]]]:
         """Each grid point as (what places a run there, the run fields it sets), in order."""
@@ -110,6 +162,9 @@ class Study:
     experiments: tuple[Experiment, ...]
     backend: str = "local"  # one of BACKENDS
     address: str | None = None  # the Ray cluster to join (backend "ray"); None: a local instance
+    # Experiments with [experiments.N.search]: planned trial by trial (`cnnlab.study.runner`),
+    # so they are not among `experiments`, whose runs are known before any trains.
+    searches: tuple[Experiment, ...] = ()
 
 
 def load_study(
@@ -271,9 +326,17 @@ class _Parser:
                 ]
                 grid_archs = experiment.grid.get("arch", ())
                 used += [(arch, (*keys, "grid", "arch")) for arch in grid_archs]
+                if experiment.search is not None and "arch" in experiment.search.space:
+                    space_keys = (*keys, "search", "space", "arch")
+                    used += [(a, space_keys) for a in experiment.search.space["arch"].choices]
             for arch, keys in used:
                 if arch is not None and arch not in architectures:
                     _check_registered(self, arch, keys)
+            datasets = _datasets_of(defaults, experiments)
+            for arch_name, layers in architectures.items():
+                _check_fits(
+                    self, arch_name, layers, ("architectures", arch_name, "layers"), datasets
+                )
         return Study(
             name=name,
             description=header.get("description", ""),
@@ -284,9 +347,10 @@ class _Parser:
             repeats=repeats,
             defaults=defaults,
             architectures=architectures,
-            experiments=tuple(experiments),
+            experiments=tuple(e for e in experiments if e.search is None),
             backend=backend,
             address=address,
+            searches=tuple(e for e in experiments if e.search is not None),
         )
 
     def experiment(
@@ -323,6 +387,12 @@ class _Parser:
         for field_name in grid.keys() & fixed.keys():
             self.fail((*keys, field_name), "set both as a fixed field and in the grid")
         variants = self.variants(table.get("variants", []), (*keys, "variants"), run_keys, grid)
+        search = None
+        if "search" in table:
+            for other in ("grid", "variants", "reference", "kind"):
+                if other in table:
+                    self.fail((*keys, other), "a search's trials are its points: no " + other)
+            search = self.search(table["search"], (*keys, "search"), run_keys, fixed)
         if variants:
             grid = {VARIANT: tuple(variants), **grid}
         reference = []
@@ -361,7 +431,119 @@ class _Parser:
             repeats=repeats,
             reference=tuple(reference),
             variants=variants,
+            search=search,
         )
+
+    def search(
+        self, table: Any, keys: tuple[str, ...], run_keys: list[str], fixed: dict[str, Any]
+    ) -> Search:
+        """[experiments.N.search] and its space, every key checked."""
+        self.check_keys(table, keys, _SEARCH_KEYS)
+        for key, expected in _SEARCH_KEYS.items():
+            if key in table:
+                self.typed(table[key], expected, (*keys, key))
+        sampler = table.get("sampler", "tpe")
+        if sampler not in SAMPLERS:
+            valid = ", ".join(SAMPLERS)
+            self.fail((*keys, "sampler"), f"unknown sampler {sampler!r}; valid: {valid}")
+        metric = table.get("metric", "val_accuracy")
+        if metric not in SEARCH_METRICS:
+            self.fail(
+                (*keys, "metric"),
+                f"unknown metric {metric!r}; valid: {', '.join(SEARCH_METRICS)} (a search never"
+                " looks at the test set)",
+            )
+        direction = table.get("direction", SEARCH_METRICS[metric])
+        if direction not in DIRECTIONS:
+            self.fail((*keys, "direction"), f"expected one of {', '.join(DIRECTIONS)}")
+        bounds = {
+            "seed": (0, MAX_SAMPLER_SEED),
+            "batch": (1, MAX_BATCH),
+            "repeats": (1, MAX_REPEATS),
+            "retrain": (0, MAX_REPEATS),
+            "trials": (1, MAX_TRIALS),
+        }
+        for key, (low, high) in bounds.items():
+            if key in table and not low <= table[key] <= high:
+                self.fail((*keys, key), f"must be between {low} and {high}, got {table[key]}")
+        raw_space = table.get("space")
+        if not raw_space:
+            self.fail((*keys, "space"), "missing: give [..search.space] with at least one field")
+        searchable = [name for name in run_keys if name != "seed"]
+        self.check_keys(raw_space, (*keys, "space"), searchable)
+        space = {
+            name: self.param(name, spec, (*keys, "space", name)) for name, spec in raw_space.items()
+        }
+        for name in space.keys() & fixed.keys():
+            self.fail((*keys[:-1], name), "set both as a fixed field and in the search's space")
+        trials = table.get("trials")
+        if sampler == "grid":
+            for name, param in space.items():
+                if grid_values(param) is None:
+                    self.fail(
+                        (*keys, "space", name),
+                        "the grid sampler needs choices, an integer range or a step",
+                    )
+            points = math.prod(len(grid_values(param)) for param in space.values())
+            trials = points if trials is None else trials
+            if trials > points:
+                self.fail(
+                    (*keys, "trials"), f"{trials} trials but the grid has only {points} points"
+                )
+        elif trials is None:
+            self.fail((*keys, "trials"), "missing: how many trials the search runs")
+        return Search(
+            trials=trials,
+            sampler=sampler,
+            seed=table.get("seed", 0),
+            batch=table.get("batch", 4),
+            repeats=table.get("repeats"),
+            metric=metric,
+            direction=direction,
+            retrain=table.get("retrain", 3),
+            space=space,
+        )
+
+    def param(self, name: str, spec: Any, keys: tuple[str, ...]) -> Param:
+        """One field of a search's space: {low, high, log, step} or {choices = [...]}."""
+        if not isinstance(spec, dict):
+            self.fail(
+                keys, f"expected {{low = .., high = ..}} or {{choices = [..]}}, got {_show(spec)}"
+            )
+        self.check_keys(spec, keys, _PARAM_KEYS)
+        if "choices" in spec:
+            for other in spec.keys() - {"choices"}:
+                self.fail((*keys, other), "choices take no range keys")
+            choices = spec["choices"]
+            if not isinstance(choices, list) or not choices:
+                self.fail((*keys, "choices"), f"expected a non-empty list, got {_show(choices)}")
+            values = tuple(self.run_field(name, value, (*keys, "choices")) for value in choices)
+            if len(set(values)) != len(values):
+                self.fail((*keys, "choices"), f"repeated values in {list(values)}")
+            return Param(name, choices=values)
+        kind = RULES[name].kind
+        if kind not in (int, float):
+            self.fail(keys, f"a {kind.__name__} field is searched over choices = [...]")
+        for bound in ("low", "high"):
+            if bound not in spec:
+                self.fail((*keys, bound), "missing: a range needs low and high (or choices)")
+        low = self.run_field(name, spec["low"], (*keys, "low"))
+        high = self.run_field(name, spec["high"], (*keys, "high"))
+        if not low < high:
+            self.fail((*keys, "high"), f"must be greater than low ({low}), got {high}")
+        log = self.typed(spec.get("log", False), bool, (*keys, "log"))
+        if log and low <= 0:
+            self.fail((*keys, "low"), f"a log range needs low > 0, got {low}")
+        step = spec.get("step")
+        if step is not None:
+            number = isinstance(step, int | float) and not isinstance(step, bool)
+            if not number or step <= 0 or log or (kind is int and not isinstance(step, int)):
+                self.fail(
+                    (*keys, "step"),
+                    f"expected a positive {kind.__name__} (and no log), got {_show(step)}",
+                )
+            step = kind(step)
+        return Param(name, low, high, log, step)
 
     def variants(
         self, tables: Any, keys: tuple[str, ...], run_keys: list[str], grid: dict[str, Any]
@@ -388,6 +570,17 @@ class _Parser:
         return variants
 
 
+def grid_values(param: Param) -> tuple[Any, ...] | None:
+    """The values a grid sampler visits for `param`; None for a continuous or log range."""
+    if param.choices:
+        return param.choices
+    if param.log or (isinstance(param.low, float) and param.step is None):
+        return None
+    step = param.step or 1
+    count = math.floor((param.high - param.low) / step + 1e-9) + 1
+    return tuple(param.low + index * step for index in range(count))
+
+
 def _check_registered(parser: _Parser, arch: str, keys: tuple[str, ...]) -> None:
     """An architecture that is neither defined in the file nor registered is an error."""
     try:
@@ -399,13 +592,47 @@ def _check_registered(parser: _Parser, arch: str, keys: tuple[str, ...]) -> None
 def _check_builds(
     parser: _Parser, name: str, layers: tuple[dict[str, Any], ...], keys: tuple[str, ...]
 ) -> None:
-    """An inline architecture must build into a network on 32x32x3 images: its specs must parse."""
+    """An inline architecture's specs must parse; its shapes are checked per run, against the
+    images and classes of the dataset that run trains on (see `study.runner`)."""
     try:
-        resolve_layers(RunConfig(arch=name, layers=layers))
+        parse_specs(layers)
     except CnnlabError as error:
         parser.fail(keys, f"does not build: {error}")
     except (TypeError, ValueError, KeyError, RuntimeError) as error:
         parser.fail(keys, f"does not build: {type(error).__name__}: {error}")
+
+
+def _datasets_of(defaults: dict[str, Any], experiments: list[Any]) -> list[str]:
+    """The datasets a study's runs train on, its defaults' first."""
+    named = [defaults.get("dataset", RunConfig.dataset)]
+    for experiment in experiments:
+        named.append(experiment.fixed.get("dataset"))
+        named += experiment.grid.get("dataset", ())
+        named += [fields.get("dataset") for fields in experiment.variants.values()]
+    return [name for name in dict.fromkeys(named) if isinstance(name, str)]
+
+
+def _check_fits(
+    parser: _Parser,
+    name: str,
+    layers: tuple[dict[str, Any], ...],
+    keys: tuple[str, ...],
+    datasets: list[str],
+) -> None:
+    """An inline architecture must build on one of the study's datasets whose shape is known
+    before loading (each run is then checked on its own dataset, see `study.runner`)."""
+    errors = []
+    for dataset in datasets:
+        shape = DATASET_SHAPES.get(dataset)
+        if shape is None:
+            return  # an image folder's shape is known once it is read
+        try:
+            resolve_layers(RunConfig(arch=name, layers=layers, dataset=dataset), *shape)
+            return
+        except CnnlabError as error:
+            errors.append(error)
+    if errors:
+        parser.fail(keys, f"does not build: {errors[0]}")
 
 
 def _line_of(text: str, keys: tuple[str, ...]) -> int | None:

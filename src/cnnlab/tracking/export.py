@@ -8,7 +8,10 @@ Both backends are optional extras, imported only when a logger is opened.
 
 Re-exporting is idempotent: TensorBoard gets each run's folder rewritten whole (written beside
 the log folder, then swapped in), MLflow finds its runs by tags (`cnnlab.role`, `cnnlab.run_id`)
-and skips a run whose `cnnlab.finished_at` matches the store, replacing any other.
+and skips a run whose `cnnlab.finished_at` matches the store, replacing any other. A SQLite
+database cnnlab creates is built aside and linked in whole, and an export holds it locked
+while it writes: exports killed at any moment, or run side by side, leave a database that the
+next export completes. Servers are probed first (`endpoints`), with a bounded timeout.
 """
 
 from __future__ import annotations
@@ -83,8 +86,11 @@ class LoggerGroup:
         self._each("close")
 
 
-def open_logger(spec: str) -> StudyLogger:
-    """`tensorboard:DIR` or `mlflow:URI` (a `--log` value) as a live logger."""
+def open_logger(spec: str, timeout: float | None = None) -> StudyLogger:
+    """`tensorboard:DIR` or `mlflow:URI` (a `--log` value) as a live logger.
+
+    `timeout`: seconds to reach a tracking server (default: `endpoints.connect_timeout`).
+    """
     kind, _, target = spec.partition(":")
     if kind == "tensorboard" and target:
         return TensorBoardLogger(target, live=True, option="--log tensorboard")
@@ -96,7 +102,7 @@ def open_logger(spec: str) -> StudyLogger:
                 f"--log {spec!r}: expected mlflow:URI with an MLflow tracking URI:"
                 " sqlite:///FILE.db, file:///DIR or http(s)://HOST:PORT"
             ) from None
-        return MlflowLogger(target, live=True, option="--log mlflow")
+        return MlflowLogger(target, live=True, option="--log mlflow", timeout=timeout)
     raise CnnlabError(
         f"--log {spec!r}: expected tensorboard:DIR or mlflow:URI"
         " (sqlite:///FILE.db, file:///DIR, http(s)://HOST:PORT)"
@@ -104,10 +110,12 @@ def open_logger(spec: str) -> StudyLogger:
 
 
 def open_loggers(
-    specs: Sequence[str], on_error: Callable[[str], None] | None = None
+    specs: Sequence[str],
+    on_error: Callable[[str], None] | None = None,
+    timeout: float | None = None,
 ) -> LoggerGroup:
-    """Every `--log` spec opened (bad specs and missing extras raise before any run trains)."""
-    return LoggerGroup([(spec, open_logger(spec)) for spec in specs], on_error)
+    """Every `--log` spec opened: a spec that cannot work raises before any run trains."""
+    return LoggerGroup([(spec, open_logger(spec, timeout)) for spec in specs], on_error)
 
 
 def log_event(
@@ -153,8 +161,12 @@ def export_study(
     *,
     tensorboard: str | os.PathLike[str] | None = None,
     mlflow: str | None = None,
+    timeout: float | None = None,
 ) -> list[str]:
-    """Export a study folder's finished runs to TensorBoard and/or MLflow; one line per target."""
+    """Export a study folder's finished runs to TensorBoard and/or MLflow; one line per target.
+
+    `timeout`: seconds to reach an MLflow server (default: `endpoints.connect_timeout`).
+    """
     if tensorboard is None and mlflow is None:
         raise CnnlabError("export: name a target: --tensorboard DIR and/or --mlflow URI")
     Store.open(study_dir, create=False).close()  # not a study folder: say so before importing
@@ -162,7 +174,7 @@ def export_study(
     if tensorboard is not None:
         targets.append(TensorBoardLogger(tensorboard, live=False))
     if mlflow is not None:
-        targets.append(MlflowLogger(mlflow, live=False))
+        targets.append(MlflowLogger(mlflow, live=False, timeout=timeout))
     for target in targets:
         replay(study_dir, target)
     return [target.describe() for target in targets]

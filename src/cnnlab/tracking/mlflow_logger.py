@@ -1,15 +1,24 @@
-"""MLflow runs for a study: a parent per study, a child per run with params, metrics, files."""
+"""MLflow runs for a study: a parent per study, a child per run with params, metrics, files.
+
+Never into a user's file: an SQLite file must already be MLflow's database, a file store's
+folder empty or MLflow's; a new database is built aside and linked in whole.
+"""
 
 from __future__ import annotations
 
+import fcntl
+import glob
 import os
+import sqlite3
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from cnnlab.errors import CnnlabError
 from cnnlab.store import RunRecord
+from cnnlab.tracking.endpoints import connect_timeout, probe_mlflow
 from cnnlab.tracking.loggers import (
     ARTIFACTS,
     MLFLOW_SCHEMES,
@@ -32,25 +41,30 @@ class MlflowLogger:
     `mlflow.parentRunId`, and the run folder's plots, config.json and metrics.json as artifacts.
     """
 
-    def __init__(self, uri: str, *, live: bool, option: str = "--mlflow"):
+    def __init__(
+        self, uri: str, *, live: bool, option: str = "--mlflow", timeout: float | None = None
+    ):
         check_mlflow_uri(uri, option)
+        probe_mlflow(uri, connect_timeout(timeout), option)  # before anything is written
+        database = sqlite_path(uri)
+        if database is not None:
+            check_database(database, f"{option} {uri}")
+        if uri.startswith("file:"):
+            check_file_store(Path(urlsplit(uri).path), f"{option} {uri}")
         self._ml = require("mlflow", option)
         if uri.startswith("file:"):
             # MLflow 3 keeps its file store behind an opt-out; naming a file: URI opts out.
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-        if uri.startswith("sqlite:///"):
-            folder = Path(uri.removeprefix("sqlite:///")).parent
-            try:
-                folder.mkdir(parents=True, exist_ok=True)
-            except OSError as error:
-                raise CnnlabError(
-                    f"{option} {uri}: cannot create {folder}: {error.strerror or error}"
-                ) from None
         self.uri = uri
         self.live = live
+        self._lock: int | None = None  # exported: the database, locked until `close`
         try:
+            if database is not None:
+                create_database(database, f"{option} {uri}", self._ml)
             self.client = self._ml.MlflowClient(tracking_uri=uri)
             self.client.search_experiments(max_results=1)
+        except CnnlabError:
+            raise
         except ImportError as error:
             raise CnnlabError(
                 f"{option} {uri}: needs {error.name or 'a missing package'}:"
@@ -58,6 +72,8 @@ class MlflowLogger:
             ) from None
         except Exception as error:
             raise CnnlabError(f"{option} {uri}: {first_line(error)}") from None
+        if database is not None and not live:
+            self._lock = lock_database(database)
         self.written = 0
         self.unchanged = 0
         self._experiment_id = ""
@@ -168,11 +184,16 @@ class MlflowLogger:
             self.client.set_terminated(mlflow_id, "FAILED")
 
     def close(self) -> None:
-        for mlflow_id in self._active.values():
-            self.client.set_terminated(mlflow_id, "KILLED")
-        self._active.clear()
-        if self._parent_id:
-            self.client.set_terminated(self._parent_id, "FINISHED")
+        try:
+            for mlflow_id in self._active.values():
+                self.client.set_terminated(mlflow_id, "KILLED")
+            self._active.clear()
+            if self._parent_id:
+                self.client.set_terminated(self._parent_id, "FINISHED")
+        finally:
+            if self._lock is not None:
+                os.close(self._lock)  # releases the lock
+                self._lock = None
 
     def describe(self) -> str:
         return (
@@ -209,9 +230,9 @@ class MlflowLogger:
 
     def _artifact_root(self) -> str | None:
         """Beside a SQLite database (MLflow's default is the working folder); else the default."""
-        if self.uri.startswith("sqlite:///"):
-            database = Path(self.uri.removeprefix("sqlite:///")).resolve()
-            return (database.parent / "mlartifacts").as_uri()
+        database = sqlite_path(self.uri)
+        if database is not None:
+            return (database.resolve().parent / "mlartifacts").as_uri()
         return None
 
 
@@ -223,3 +244,96 @@ def check_mlflow_uri(uri: str, option: str = "--mlflow") -> None:
             f"{option} {uri!r}: expected an MLflow tracking URI: sqlite:///FILE.db,"
             " file:///DIR or http(s)://HOST:PORT"
         )
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file a `sqlite:///FILE` URI names (None for other URIs)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    name = uri.removeprefix("sqlite:///").split("?", 1)[0]
+    return Path(name) if name and name != ":memory:" else None
+
+
+def is_mlflow_database(path: Path) -> bool:
+    """Whether `path` is an SQLite database holding MLflow's tables (its tables only read)."""
+    try:
+        with path.open("rb") as file:
+            if file.read(16) != b"SQLite format 3\x00":
+                return False
+        # Not read-only: a database whose writer was killed needs its journal rolled back first.
+        uri = f"{path.resolve().as_uri()}?mode=rw"
+        connection = sqlite3.connect(uri, uri=True, timeout=60)  # an export may be writing
+        try:
+            query = "SELECT name FROM sqlite_master WHERE type = 'table'"
+            tables = {row[0] for row in connection.execute(query)}
+        finally:
+            connection.close()
+    except (OSError, sqlite3.Error):
+        return False
+    return {"alembic_version", "experiments", "runs"} <= tables
+
+
+def check_database(path: Path, what: str) -> None:
+    """A database file that exists must be MLflow's: cnnlab never turns a user's file into one."""
+    if (path.exists() or path.is_symlink()) and not is_mlflow_database(path):
+        raise CnnlabError(
+            f"{what}: {path} exists and is not an MLflow database;"
+            " name a new file or an MLflow SQLite database"
+        )
+
+
+def check_file_store(folder: Path, what: str) -> None:
+    """A folder that exists must be empty or MLflow's file store (which keeps a `.trash`)."""
+    if folder.exists() and not folder.is_dir():
+        raise CnnlabError(f"{what}: {folder} is a file, not an MLflow file store (a folder)")
+    if folder.is_dir() and not (folder / ".trash").is_dir() and any(folder.iterdir()):
+        raise CnnlabError(
+            f"{what}: {folder} holds other files and is not an MLflow file store;"
+            " name a new or empty folder, or an MLflow file store"
+        )
+
+
+def create_database(path: Path, what: str, ml: Any) -> None:
+    """Create MLflow's database at `path` whole, if it is not there: built aside, then linked in.
+
+    A kill while MLflow creates its schema (dozens of migrations) leaves no half-built database
+    behind, and exports started together each build their own and use the one linked first.
+    """
+    if path.exists():
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise CnnlabError(
+            f"{what}: cannot create {path.parent}: {error.strerror or error}"
+        ) from None
+    prefix = f".{path.name}."
+    for stale in path.parent.glob(f"{glob.escape(prefix)}*.creating*"):
+        if not _alive(stale.name[len(prefix) :].split(".")[0]):  # what a killed export built
+            stale.unlink(missing_ok=True)  # the database and its journal
+    scratch = path.parent / f".{path.name}.{os.getpid()}.creating"
+    scratch.unlink(missing_ok=True)
+    try:
+        ml.MlflowClient(tracking_uri=f"sqlite:///{scratch}").search_experiments(max_results=1)
+        os.link(scratch, path)
+    except FileExistsError:
+        pass  # another export linked its database first: use that one
+    finally:
+        scratch.unlink(missing_ok=True)
+
+
+def lock_database(path: Path) -> int:
+    """Hold an exclusive lock on the database file (one export at a time); the descriptor."""
+    descriptor = os.open(path, os.O_RDONLY)
+    fcntl.flock(descriptor, fcntl.LOCK_EX)  # SQLite's own locks are fcntl's: no conflict
+    return descriptor
+
+
+def _alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True

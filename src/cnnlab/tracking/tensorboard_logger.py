@@ -38,8 +38,14 @@ class TensorBoardLogger:
     def __init__(
         self, logdir: str | os.PathLike[str], *, live: bool, option: str = "--tensorboard"
     ):
+        if not str(logdir).strip():
+            raise CnnlabError(
+                f"{option} {str(logdir)!r}: name a folder for the event files"
+                " (an empty name would write into the current folder)"
+            )
         self._tb = require("tensorboard", option)
         self.logdir = Path(logdir)
+        check_writable(self.logdir, option)
         self.live = live
         self.written = 0
         self._hparams: dict[str, type] = {}  # varied field -> bool, float or str
@@ -215,3 +221,17 @@ def _hparam_kind(runs: Sequence[RunRecord], name: str) -> type:
 
 def _hparam_value(value: Any, kind: type) -> bool | float | str:
     return text(value) if kind is str else kind(value)
+
+
+def check_writable(logdir: Path, option: str) -> None:
+    """The log folder, and beside it the scratch folders, can be written: checked, not created."""
+    if logdir.exists() and not logdir.is_dir():
+        raise CnnlabError(f"{option} {logdir}: not a folder")
+    for folder in (logdir, logdir.resolve().parent):
+        place = folder
+        while not place.exists() and place != place.parent:  # the nearest folder that exists
+            place = place.parent
+        if not place.is_dir():
+            raise CnnlabError(f"{option} {logdir}: cannot create it: {place} is not a folder")
+        if not os.access(place, os.W_OK | os.X_OK):
+            raise CnnlabError(f"{option} {logdir}: cannot write in {place}: permission denied")

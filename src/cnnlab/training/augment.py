@@ -39,7 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cnnlab.config import PADDING_MODES, TTA_MODES, ConfigError
+from cnnlab.config import TTA_MODES, check_augmentation
 from cnnlab.errors import CnnlabError
 
 # The last word of every augmentation seed ("augm" in ASCII). SeedSequence pads its entropy
@@ -57,30 +57,6 @@ class AugmentDraws:
     flipped: torch.Tensor | None  # bool (N,): which images are mirrored after the crop
     cutout: int  # the square's side in pixels (0: no cutout)
     cutout_centres: torch.Tensor | None  # int64 (2, N): each square's centre row and column
-
-
-def check_augmentation(
-    height: int, width: int, *, crop_padding: int, crop_padding_mode: str, cutout: int
-) -> None:
-    """Raise ConfigError (naming the field) when these options cannot augment height x width.
-
-    Reflect padding needs fewer pixels than the image's side; any padding or cutout is at most
-    the side, which also bounds the padded batch's memory by the images' own size.
-    """
-    if crop_padding_mode not in PADDING_MODES:
-        raise ConfigError(
-            "crop_padding_mode",
-            f"unknown mode {crop_padding_mode!r}; expected one of {', '.join(PADDING_MODES)}",
-        )
-    side = min(height, width)
-    limit = side - 1 if crop_padding_mode == "reflect" else side
-    for name, value, most in (("crop_padding", crop_padding, limit), ("cutout", cutout, side)):
-        if not 0 <= value <= most:
-            raise ConfigError(
-                name,
-                f"{value} pixels: expected 0 to {most} for {height}x{width} images"
-                + (" with reflect padding" if name == "crop_padding" and most < side else ""),
-            )
 
 
 def draw_augmentations(

@@ -14,6 +14,10 @@ member's dropout generator: drawn step by step, in the order a lone run draws th
 (`masks="step"`, the default on the CPU, so a member ends with a lone run's weights), or drawn
 for a whole epoch at once (`masks="epoch"`, the default on CUDA, where the step is replayed from
 a CUDA graph and nothing inside an epoch may wait for the host).
+
+On CUDA a capture holds `device.GATE` alone and draws its streams from `device.STREAMS`; a
+failed capture restores the thread's stream and ends graph capture in this process
+(`CAPTURE_FAILED`). docs/cuda.md argues why threads side by side cannot spoil a capture.
 """
 
 from __future__ import annotations
@@ -31,13 +35,13 @@ from cnnlab.config import RunConfig
 from cnnlab.data.datasets import Dataset
 from cnnlab.nn import modules, specs
 from cnnlab.training import loop
-from cnnlab.training.device import autocast, fast_cuda_math, normalise, resolve_device
+from cnnlab.training.device import GATE, STREAMS, autocast, cuda_math, normalise, resolve_device
 from cnnlab.training.grouping import MEMBER_FIELDS, group_key, groupable
 from cnnlab.training.metrics import Evaluation, RunResult
 
-# Held while a CUDA graph is captured: only one capture may be underway in a process, and groups
-# training side by side in threads (cnnlab.execution.threads) each capture their own.
-CAPTURE_LOCK = threading.Lock()
+# Set by the first failed capture: afterwards every group in this process trains eagerly, since
+# some PyTorch versions leave the allocator believing a capture is still under way.
+CAPTURE_FAILED = threading.Event()
 
 
 class GroupNet(nn.Module):
@@ -212,8 +216,9 @@ class _Stepper:
     replayed (CUDA, full batches).
     """
 
-    def __init__(self, net, optimizer, images, labels, batch, config, totals=None):
+    def __init__(self, net, optimizer, images, labels, batch, config, totals=None, streams=None):
         self.net, self.optimizer, self.images, self.labels = net, optimizer, images, labels
+        self.stream_device = streams or images.device  # the device a capture's streams are on
         self.memory_format = torch.channels_last  # what the lone path's NHWC images amount to
         self.precision = config.precision
         device, members = images.device, net.members
@@ -243,28 +248,48 @@ class _Stepper:
             self.correct += (logits.argmax(2) == labels).sum(1)
 
     def capture(self, warmup_batches: Callable[[], None]) -> None:
-        """Capture the step in a CUDA graph; `warmup_batches` runs real steps first."""
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            warmup_batches()
-        torch.cuda.current_stream().wait_stream(side)
+        """Capture the step in a CUDA graph; `warmup_batches` runs real steps first.
+
+        The warm-up is ordinary CUDA work (under the caller's shared `GATE`); the capture holds
+        `GATE` alone, so no other thread's CUDA call can spoil it (docs/cuda.md). Its streams
+        come from `STREAMS`: no other live holder has them. A failed capture restores the
+        thread's stream, and the group (and every later one in this process) trains eagerly.
+        """
+        device = self.stream_device
+        previous = torch.cuda.current_stream(device)
+        with contextlib.ExitStack() as held:
+            try:
+                side = held.enter_context(STREAMS.dedicated(device))
+            except RuntimeError as error:  # every stream is taken: warm up, then train eagerly
+                warmup_batches()
+                self._train_eagerly(error, previous)
+                return
+            side.wait_stream(previous)
+            with torch.cuda.stream(side):
+                warmup_batches()
+            previous.wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         self.optimizer.zero_grad(set_to_none=True)
         try:
-            # Its own capture stream (torch's default one is shared by every thread), and
-            # "thread_local": other threads' CUDA calls meanwhile do not spoil this capture.
-            capture = torch.cuda.graph(
-                graph, stream=torch.cuda.Stream(), capture_error_mode="thread_local"
-            )
-            with CAPTURE_LOCK, capture:
+            with GATE.exclusive(), STREAMS.dedicated(device) as capture_stream:
+                capture = torch.cuda.graph(
+                    graph, stream=capture_stream, capture_error_mode="thread_local"
+                )
                 self.graph = graph  # set first so _step keeps the grads' memory in place
-                self._step()
+                with capture:
+                    self._step()
         except RuntimeError as error:
             # Capture records kernels without running them: nothing was trained, so the
             # remaining steps can run eagerly, only slower.
-            self.graph = None
-            warnings.warn(f"CUDA graph capture failed, training eagerly: {error}", stacklevel=2)
+            self._train_eagerly(error, previous)
+
+    def _train_eagerly(self, error: RuntimeError, stream: torch.cuda.Stream) -> None:
+        """After a failed capture: back to `stream`, no graph here or later in this process."""
+        self.graph = None
+        CAPTURE_FAILED.set()
+        # torch.cuda.graph leaves its capture stream current when capture_end raises.
+        torch.cuda.set_stream(stream)
+        warnings.warn(f"CUDA graph capture failed, training eagerly: {error}", stacklevel=3)
 
     def run(self, indices: torch.Tensor, masks: Sequence[torch.Tensor]) -> None:
         self.indices.copy_(indices, non_blocking=True)
@@ -323,14 +348,20 @@ def fit_group(
 
     `masks` "step" or "epoch" and `cuda_graph` default to what suits the device (see the module
     docstring); `progress` gets each member's epoch row with its index under "member".
-    On CUDA the group trains in TF32 (fp32 storage, fp32 accumulation).
+    On CUDA the group trains in TF32 (fp32 storage, fp32 accumulation), or in the deterministic
+    mode its runs ask for (`RunConfig.deterministic`, docs/cuda.md).
     """
     if len({group_key(config) for config in configs}) != 1:
         raise ValueError("fit_group needs runs that differ only in " + ", ".join(MEMBER_FIELDS))
     target = resolve_device(device)
     on_cuda = target.type == "cuda"
-    fast_math = fast_cuda_math() if on_cuda else contextlib.nullcontext()
-    with fast_math:
+    on_target = contextlib.ExitStack()
+    if on_cuda:
+        # Streams, graphs and the device-wide synchronisations of a capture all go to the
+        # current device: make it the target's, whichever thread calls.
+        on_target.enter_context(torch.cuda.device(target))
+        on_target.enter_context(cuda_math(configs[0].deterministic))
+    with on_target:
         on_device = loop.to_device(configs[0], data, target)
         members = GroupMembers(
             configs,
@@ -342,7 +373,10 @@ def fit_group(
 
 
 class GroupMembers:
-    """A `GroupNet` as `loop.Members`: every member's step in one pass (see the docstring)."""
+    """A `GroupNet` as `loop.Members`: every member's step in one pass (see the docstring).
+
+    `stream_device`: the CUDA device a graph's streams are made on (default: the images').
+    """
 
     def __init__(
         self,
@@ -351,6 +385,7 @@ class GroupMembers:
         *,
         masks: str,
         cuda_graph: bool,
+        stream_device: torch.device | None = None,
     ):
         target = on_device.images.device
         nets, self.shufflers, droppers = [], [], []
@@ -373,7 +408,10 @@ class GroupMembers:
         self.dropout = _Dropout(self.net, droppers, target, masks)
         images, labels = on_device.images, on_device.labels
         batch, count = self.config.batch_size, on_device.train_count
-        self.full = _Stepper(self.net, self.optimizer, images, labels, batch, self.config)
+        stream_device = stream_device or target
+        self.full = _Stepper(
+            self.net, self.optimizer, images, labels, batch, self.config, streams=stream_device
+        )
         totals = (self.full.loss_sum, self.full.correct)
         self.last = _Stepper(
             self.net, self.optimizer, images, labels, count % batch, self.config, totals
@@ -390,7 +428,8 @@ class GroupMembers:
         full.correct.zero_()
         steps = [(start, min(batch, count - start)) for start in range(0, count, batch)]
         position = 0
-        if self.cuda_graph and full.graph is None and len(steps) > 3 and steps[3][1] == batch:
+        capture = self.cuda_graph and full.graph is None and not CAPTURE_FAILED.is_set()
+        if capture and len(steps) > 3 and steps[3][1] == batch:
             warmup = steps[:3]
 
             def run_warmup() -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 from cnnlab.config import DEFAULTS, MODERN_FIELDS, RunConfig
 from cnnlab.nn import specs
+from cnnlab.nn.architectures import get_architecture
 
 # Fields that may differ between the members of one group; every other field must match.
 MEMBER_FIELDS = ("seed", "l1", "l2")
@@ -30,7 +31,8 @@ def groupable(config: RunConfig) -> bool:
         getattr(config, name) != DEFAULTS[name] for name in MODERN_FIELDS
     ):
         return False
-    return all(_seed_kind(layer) for layer in specs.resolve_layers(config))
+    layers = config.layers if config.layers is not None else get_architecture(config.arch)
+    return all(_seed_kind(layer) for layer in specs.parse_specs(layers))  # kinds, not shapes
 
 
 def _seed_kind(layer: specs.LayerSpec) -> bool:

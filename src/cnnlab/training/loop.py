@@ -28,15 +28,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cnnlab.config import EVAL_BATCH_SIZE, RunConfig, check_config
+from cnnlab.config import EVAL_BATCH_SIZE, RunConfig, check_augmentation, check_config
 from cnnlab.data.datasets import Dataset, stratified_subset, validation_split
 from cnnlab.errors import CnnlabError
 from cnnlab.nn import modules
 from cnnlab.nn.specs import LayerSpec, resolve_layers
-from cnnlab.training import augment, metrics, optim
+from cnnlab.training import augment, measure, metrics, optim
 from cnnlab.training.device import (
     autocast,
-    fast_cuda_math,
+    cuda_math,
     images_to_device,
     normalise,
     resolve_device,
@@ -213,7 +213,7 @@ def subset_indices(config: RunConfig, data: Dataset) -> tuple[np.ndarray, np.nda
     check_config(config, available=len(data.train_labels), classes=len(data.class_names))
     layers_for(config, data)  # the net must fit the images and the classes
     height, width = data.train_images.shape[1:3]
-    augment.check_augmentation(
+    check_augmentation(
         height,
         width,
         crop_padding=config.crop_padding,
@@ -312,12 +312,17 @@ def fit_members(
     on_device: OnDevice,
     members: Members,
     progress: Progress | None = None,
+    *,
+    measurements: bool = True,
 ) -> list[RunResult]:
     """Train `members` (one per config; they share epochs and data) and score them.
 
     `progress` gets each member's epoch row with "member", "epochs", "elapsed" and "eta". A
     member whose loss stops being finite stops there (status "diverged"); the others go on.
+    `measurements` adds each member's `measure.Measurer` readings; they read, never change, the
+    training, and their time is left out of the fit time.
     """
+    measurer = measure.Measurer(configs, data, on_device) if measurements else None
     epochs = configs[0].epochs
     histories: list[list[dict[str, float]]] = [[] for _ in configs]
     diverged: list[int | None] = [None] * len(configs)
@@ -344,12 +349,17 @@ def fit_members(
             if not (np.isfinite(row["loss"]) and np.isfinite(row["val_loss"])):
                 diverged[member] = epoch
                 final_states[member] = members.state_dict(member)
+        if measurer is not None:
+            measurer.epoch(members, epoch, [m for m, at in enumerate(diverged) if at is None])
         if all(epoch is not None for epoch in diverged):
             break
-    fit_seconds = time.perf_counter() - started
-    return _score(
+    fit_seconds = time.perf_counter() - started - (measurer.epoch_seconds if measurer else 0.0)
+    results = _score(
         configs, data, on_device, members, (histories, diverged, final_states), fit_seconds
     )
+    for member, result in enumerate(results if measurer is not None else ()):
+        result.measurements = measurer.finish(member, result.state_dict)
+    return results
 
 
 def _score(configs, data, on_device, members, trained, fit_seconds) -> list[RunResult]:
@@ -460,10 +470,17 @@ def fit(
     *,
     device: str = "auto",
     progress: Progress | None = None,
+    measurements: bool = True,
 ) -> RunResult:
-    """Train `config` on `data` as Keras would; `progress` gets each epoch's row as it ends."""
+    """Train `config` on `data` as Keras would; `progress` gets each epoch's row as it ends.
+
+    `measurements` (on by default) records `measure.Measurer`'s readings in the result.
+    """
     target = resolve_device(device)
-    fast_math = fast_cuda_math() if target.type == "cuda" else contextlib.nullcontext()
+    # The deterministic run field's math, else TF32 and the autotuner (docs/cuda.md).
+    on_cuda = target.type == "cuda"
+    fast_math = cuda_math(config.deterministic) if on_cuda else contextlib.nullcontext()
     with fast_math:
         on_device = to_device(config, data, target)
-        return fit_members([config], data, on_device, LoneNet(config, on_device), progress)[0]
+        lone = LoneNet(config, on_device)
+        return fit_members([config], data, on_device, lone, progress, measurements=measurements)[0]

@@ -30,6 +30,7 @@ class RunResult:
     metrics: dict[str, Any] = field(default_factory=dict)
     state_dict: dict[str, Any] = field(default_factory=dict)  # name -> tensor (or array)
     test_predictions: np.ndarray | None = None  # int16 predicted class per test image
+    measurements: dict[str, Any] = field(default_factory=dict)  # measure.py's; {} when off
 
 
 @dataclass

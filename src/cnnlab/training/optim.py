@@ -274,7 +274,8 @@ def decay_weights(params: list[torch.Tensor], *, weight_decay: float, lr: float)
     # Keras's torch backend computes the factor in its learning-rate variable's float type,
     # float32 beside float32 weights: the same rounding here keeps float32 runs bit-equal.
     host_float = _HOST_FLOATS.get(params[0].dtype, np.float64)
-    factor = host_float(1) - host_float(weight_decay) * host_float(lr)
+    with np.errstate(all="ignore"):  # beyond float32 the factor is inf or nan, as in Keras: the
+        factor = host_float(1) - host_float(weight_decay) * host_float(lr)  # run then diverges
     torch._foreach_mul_(params, float(factor))
 
 

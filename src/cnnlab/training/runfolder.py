@@ -10,7 +10,6 @@ import csv
 import dataclasses
 import io
 import json
-import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -90,6 +89,9 @@ def save_run(
             plots.save_figure(figure, paths[f"confusion_{split}_png"])
         else:
             del paths[f"confusion_{split}_png"]
+    if result.measurements:  # none from runs trained before measure.py, or with it off
+        paths["measurements"] = run_dir / "measurements.json"
+        atomic.write_json(paths["measurements"], result.measurements)
     paths.update(_save_arrays(result, run_dir, test_images, test_labels))
     return {name: str(path) for name, path in paths.items()}
 
@@ -173,6 +175,7 @@ class SavedRun:
     history: list[dict[str, float]]
     metrics: dict[str, Any]
     model: modules.ConvNet
+    measurements: dict[str, Any] = dataclasses.field(default_factory=dict)  # {}: none kept
 
 
 MAX_JSON_BYTES = 64 << 20  # a run folder's JSON files are kilobytes
@@ -208,7 +211,9 @@ def load_run(run_dir: str | Path) -> SavedRun:
         raise CnnlabError(
             f"{run_dir / 'weights.pt'}: weights do not fit {config.arch} ({reason})"
         ) from None
-    return SavedRun(config, history, metrics, model)
+    measured = run_dir / "measurements.json"  # older folders have none
+    measurements = _json_file(measured, dict) if measured.is_file() else {}
+    return SavedRun(config, history, metrics, model, measurements)
 
 
 def _json_file(path: Path, kind: type) -> Any:
@@ -309,15 +314,9 @@ def evaluate_run(
 def check_target(run_dir: str | Path) -> None:
     """A run folder can be written at `run_dir`: a new path, or a run folder to replace."""
     run_dir = Path(run_dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise CnnlabError(f"{run_dir}: exists and is not a folder")
     if run_dir.is_dir() and any(run_dir.iterdir()) and not (run_dir / "config.json").is_file():
         raise CnnlabError(f"{run_dir}: not empty and not a run folder; choose another --out")
-    parent = next((p for p in run_dir.absolute().parents if p.exists()), Path("/"))
-    if not parent.is_dir():
-        raise CnnlabError(f"{run_dir}: cannot create it: {parent} is not a folder")
-    if not os.access(parent if not run_dir.exists() else run_dir.parent, os.W_OK | os.X_OK):
-        raise CnnlabError(f"{run_dir}: cannot write there (permission denied)")
+    atomic.check_folder_target(run_dir.parent if run_dir.is_dir() else run_dir, "--out")
 
 
 def write_run_folder(

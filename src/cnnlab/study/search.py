@@ -1,0 +1,129 @@
+"""Search beyond grids: an experiment's trials asked of a seeded Optuna sampler, told their scores.
+
+Optuna's in-memory state is never stored. Every time a study runs, each search is replayed from
+its start: a fresh study with the seeded sampler is asked for `Search.batch` trials at once, the
+runs of those trials that the store already holds as finished are not trained again, and the
+whole batch is told its values before the next batch is asked. The sampler so sees the same
+history as in a search that was never interrupted and asks for the same trials next (on the CPU,
+where a run is a pure function of its config). The batch size, not the number of workers, fixes
+what is asked together, so the trials do not depend on the machine either; with TPE a batch's
+trials see each other through Optuna's constant liar.
+
+A trial's value is the mean, over its `repeats` seeds, of each run's final validation metric;
+a trial one of whose runs failed, or whose metric is not a finite number, is told as failed.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import optuna
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+from optuna.trial import TrialState
+
+from cnnlab.store import FINISHED, RunRecord
+from cnnlab.study.studyfile import Search, grid_values
+
+
+def distributions(search: Search) -> dict[str, BaseDistribution]:
+    """Optuna's distribution of each searched run field, in the file's order."""
+    result: dict[str, BaseDistribution] = {}
+    for name, param in search.space.items():
+        if param.choices:
+            result[name] = CategoricalDistribution(param.choices)
+        elif isinstance(param.low, int):
+            step = param.step or 1
+            result[name] = IntDistribution(param.low, param.high, log=param.log, step=step)
+        else:
+            result[name] = FloatDistribution(param.low, param.high, log=param.log, step=param.step)
+    return result
+
+
+def sampler(search: Search) -> optuna.samplers.BaseSampler:
+    """The search's sampler, seeded by the study file."""
+    if search.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=search.seed)
+    if search.sampler == "grid":
+        space = {name: list(grid_values(param) or ()) for name, param in search.space.items()}
+        return _AskTellGridSampler(space, seed=search.seed)
+    with warnings.catch_warnings():  # constant_liar is marked experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=search.seed, constant_liar=search.batch > 1)
+
+
+class _AskTellGridSampler(optuna.samplers.GridSampler):
+    """Optuna's grid sampler without its stop after the last point (an `optimize` loop's)."""
+
+    def after_trial(self, study, trial, state, values) -> None:
+        """Nothing: the search asks exactly `trials` trials, so there is no loop to stop."""
+
+
+def new_study(search: Search) -> optuna.Study:
+    """An empty in-memory Optuna study with the search's sampler and direction."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # cnnlab prints its own lines
+    return optuna.create_study(sampler=sampler(search), direction=search.direction)
+
+
+def batch_sizes(search: Search) -> list[int]:
+    """How many trials each batch asks for: `batch` at a time, the rest last."""
+    full, rest = divmod(search.trials, search.batch)
+    return [search.batch] * full + ([rest] if rest else [])
+
+
+def corners(search: Search) -> list[dict[str, Any]]:
+    """Values that reach every bound and choice of the space: checked before anything trains."""
+    base = {name: p.choices[0] if p.choices else p.low for name, p in search.space.items()}
+    points = [base]
+    for name, param in search.space.items():
+        for value in param.choices[1:] if param.choices else (param.high,):
+            points.append({**base, name: value})
+    return points
+
+
+def trial_value(records: Sequence[RunRecord], metric: str) -> float | None:
+    """The mean of `metric` over a trial's runs; None if one is unfinished or not finite."""
+    values = []
+    for record in records:
+        value = record.metrics.get(metric)
+        if record.status not in FINISHED or not isinstance(value, int | float):
+            return None
+        if not math.isfinite(value):
+            return None
+        values.append(float(value))
+    return statistics.fmean(values) if values else None
+
+
+def tell(study: optuna.Study, trial: optuna.Trial, value: float | None) -> None:
+    """Tell the sampler a trial's value, or that it failed."""
+    if value is None:
+        study.tell(trial, state=TrialState.FAIL)
+    else:
+        study.tell(trial, value)
+
+
+def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    """The best complete trial (the first of equals), or None when none completed."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return study.best_trial if complete else None
+
+
+def rebuilt(search: Search, trials: Sequence[tuple[dict[str, Any], float | None]]) -> optuna.Study:
+    """An Optuna study holding `trials` (params, value or None for failed), for its analyses."""
+    study = new_study(search)
+    known = distributions(search)
+    for params, value in trials:
+        state = TrialState.FAIL if value is None else TrialState.COMPLETE
+        trial = optuna.trial.create_trial(
+            params=params, distributions=known, value=value, state=state
+        )
+        study.add_trial(trial)
+    return study

@@ -1,0 +1,362 @@
+"""Findings you can trust: Holm-corrected verdicts, comparisons.csv, seeds needed, the cost of a
+point, and observations that say only what the numbers support (studies with known accuracies)."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats as scipy_stats
+
+import study_fakes
+from cnnlab.cli import main
+from cnnlab.config import RunConfig
+from cnnlab.nn.specs import dataset_input, forward_flops, resolve_layers
+from cnnlab.report import stats
+from cnnlab.report.document import FILES_FOLDER
+from cnnlab.report.report import build
+from cnnlab.study import runner
+from cnnlab.training import runfolder
+
+
+def _fit_from(table: dict[tuple[str, float], list[float]]):
+    """A fake fit whose test accuracy per seed comes from `table`, keyed by (field, value)."""
+
+    def fit(config, data, **options):
+        result = study_fakes.fake_fit(config, data, **options)
+        key = next(key for key in table if getattr(config, key[0]) == key[1])
+        metrics = {**result.metrics, "test_accuracy": table[key][config.seed]}
+        return dataclasses.replace(result, metrics=metrics)
+
+    return fit
+
+
+def _run(folder: Path, toml: str, fit, repeats: int | None = None) -> Path:
+    path = folder / "study.toml"
+    path.write_text(toml)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(runfolder, "save_run", study_fakes.fake_save_run)
+        outcome = runner.run_study(
+            path,
+            out=folder / "out",
+            data=study_fakes.zeros_cifar(),
+            fit=fit,
+            repeats=repeats,
+            echo=lambda line: None,
+        )
+    return outcome.study_dir
+
+
+def _observations(markdown: str) -> list[str]:
+    section = markdown.split("## Observations\n\n", 1)[1].split("\n\n", 1)[0]
+    return [line.removeprefix("- ") for line in section.splitlines()]
+
+
+HEADER = """
+[study]
+name = "{name}"
+repeats = 3
+
+[defaults]
+arch = "seed"
+train_size = 5000
+l1 = 0.0001
+epochs = 4
+"""
+CHANCE = "clearly above means by at least 0.02 and by a one-sample t-test, Holm-corrected p < 0.05"
+
+# --- a study in which nothing learned ------------------------------------------------------------
+
+NOTHING_TOML = (
+    HEADER.format(name="nothing")
+    + """
+[experiments.l1]
+title = "L1"
+kind = "l1"
+grid = { l1 = [0, 0.0001, 1] }
+
+[experiments.sizes]
+title = "Sizes"
+kind = "size"
+grid = { train_size = [5000, 10000] }
+"""
+)
+
+
+def test_a_study_that_learns_nothing_says_so_and_nothing_more(tmp_path):
+    # every point at 0.11, a little above the most-frequent class: the issue's own case
+    everywhere = {("arch", "seed"): [0.11, 0.105, 0.115]}
+    markdown = build(_run(tmp_path, NOTHING_TOML, _fit_from(everywhere))).markdown()
+    tests = 3 + 5  # comparisons (2 in L1, 1 in Sizes) and 5 points against the baseline
+    assert _observations(markdown) == [
+        "**L1**: 0 of 2 tested differences in test accuracy are larger than the run-to-run noise"
+        f" (Welch's t-test, Holm-corrected over the report's {tests} tests, p < 0.05).",
+        "**L1**: nothing learned: no point's test accuracy (0.110) is clearly above the"
+        f" most-frequent-class baseline (0.10; {CHANCE}).",
+        "**Sizes**: 0 of 1 tested differences in test accuracy are larger than the run-to-run"
+        f" noise (Welch's t-test, Holm-corrected over the report's {tests} tests, p < 0.05).",
+        "**Sizes**: nothing learned: no point's test accuracy (0.110) is clearly above the"
+        f" most-frequent-class baseline (0.10; {CHANCE}).",
+        "The best run's test accuracy, 0.115, is +0.015 from the most-frequent-class baseline"
+        " (one run, the best of 12: a selection, not a test; the experiments' observations say"
+        " which points learned).",
+    ]
+    assert "collapses" not in markdown and "over-fits" not in markdown
+
+
+@pytest.mark.parametrize(
+    ("accuracies", "shown"),
+    [
+        ([0.11, 0.11, 0.11], "0.110"),  # no spread: the test alone would call it apart
+        ([0.20, 0.10, 0.16], "0.153"),  # above the margin, but not above the noise (p = 0.2)
+    ],
+)
+def test_runs_not_clearly_above_the_baseline_learned_nothing(tmp_path, accuracies, shown):
+    everywhere = {("arch", "seed"): accuracies}
+    markdown = build(_run(tmp_path, NOTHING_TOML, _fit_from(everywhere))).markdown()
+    assert f"**L1**: nothing learned: no point's test accuracy ({shown})" in markdown
+    assert "collapses" not in markdown
+
+
+# --- a study that collapses under L1 -------------------------------------------------------------
+
+COLLAPSE_TOML = (
+    HEADER.format(name="collapse")
+    + """
+[experiments.l1]
+title = "L1"
+kind = "l1"
+grid = { l1 = [0, 0.01, 0.1, 1] }
+"""
+)
+COLLAPSE = {
+    ("l1", 0): [0.50, 0.51, 0.49],
+    ("l1", 0.01): [0.45, 0.46, 0.44],
+    ("l1", 0.1): [0.13, 0.131, 0.129],  # low, but clearly above 0.10: not a collapse
+    ("l1", 1): [0.10, 0.101, 0.099],
+}
+
+
+@pytest.fixture(scope="module")
+def collapsed(tmp_path_factory) -> Path:
+    folder = _run(tmp_path_factory.mktemp("collapse"), COLLAPSE_TOML, _fit_from(COLLAPSE))
+    build(folder, target_accuracy=0.4).write()
+    return folder
+
+
+def test_collapse_is_said_only_where_a_point_is_not_clearly_above_the_baseline(collapsed):
+    observations = _observations((collapsed / "report.md").read_text())
+    assert (
+        "**L1**: the best test accuracy is 0.500 at L1 weight=0. From L1 weight=1 on, L1"
+        " collapses the model to the most-frequent-class baseline: test accuracy 0.100, not"
+        f" clearly above 0.10 ({CHANCE}), while L1 weight=0 is." in observations
+    )
+    assert not any("dense kernel" in line or "nothing learned" in line for line in observations)
+
+
+def test_the_comparisons_file_holds_scipys_numbers_and_holms_adjustment(collapsed):
+    rows = list(csv.DictReader(io.StringIO((collapsed / "comparisons.csv").read_text())))
+    written = json.loads((collapsed / "comparisons.json").read_text(), parse_constant=pytest.fail)
+    assert rows == [{k: "" if v is None else str(v) for k, v in row.items()} for row in written]
+    values = {f"L1 weight={value:g}": COLLAPSE[("l1", value)] for _, value in COLLAPSE}
+    tested = [row for row in rows if row["p"]]
+    assert len(tested) == 5 + 4  # 3 neighbours, 2 more against L1 weight=0; 4 against chance
+    for row in rows:
+        second = values[row["second"]]
+        if row["against"] == "most-frequent-class baseline":
+            reference = scipy_stats.ttest_1samp(second, 0.1)
+        else:
+            first = values[row["first"]]
+            reference = scipy_stats.ttest_ind(second, first, equal_var=False)
+            interval = reference.confidence_interval(0.95)
+            assert float(row["difference_low"]) == pytest.approx(interval.low, rel=1e-9)
+            assert float(row["difference_high"]) == pytest.approx(interval.high, rel=1e-9)
+            wins = np.mean([[b > a for b in second] for a in first])
+            assert float(row["p_improvement"]) == pytest.approx(wins)
+        assert float(row["p"]) == pytest.approx(reference.pvalue, rel=1e-9)
+        assert float(row["t"]) == pytest.approx(reference.statistic, rel=1e-9)
+        assert int(row["tests_corrected"]) == len(tested)
+    adjusted = _holm([float(row["p"]) for row in tested])
+    assert [float(row["holm_p"]) for row in tested] == pytest.approx(adjusted, rel=1e-12)
+    verdicts = {row["second"]: row["verdict"] for row in rows if row["first"].startswith("most")}
+    assert verdicts == {
+        "L1 weight=0": "clearly above",
+        "L1 weight=0.01": "clearly above",
+        "L1 weight=0.1": "clearly above",
+        "L1 weight=1": "not clearly above",
+    }
+
+
+def _holm(p_values: list[float]) -> list[float]:
+    """Holm's adjusted p by its definition: max over j <= i of (m - j + 1) p_(j), capped at 1."""
+    order = sorted(range(len(p_values)), key=p_values.__getitem__)
+    ranked = [min(1.0, (len(p_values) - rank) * p_values[i]) for rank, i in enumerate(order)]
+    adjusted = [0.0] * len(p_values)
+    for rank, index in enumerate(order):
+        adjusted[index] = max(ranked[: rank + 1])
+    return adjusted
+
+
+def test_each_point_shows_its_training_flops_and_its_time_to_the_target(collapsed):
+    markdown = (collapsed / "report.md").read_text()
+    config = RunConfig(arch="seed", train_size=5000, epochs=4)
+    shape = dataset_input(config)[0]
+    trained = 4500  # 5,000 less the 10% validation split
+    flops = forward_flops(resolve_layers(config, shape), shape) * 3 * trained * config.epochs
+    assert "| train GFLOPs | s to val acc ≥ 0.40 |" in markdown
+    # the fake's validation accuracy is 0.5 (1 - 0.5^epoch): 0.4 at epoch 3, 0.01 s an epoch
+    assert f"| {flops / 1e9:,.0f} | 0.03 [0.03, 0.03] (3/3) |" in markdown
+    assert f"| {flops / 1e9:,.0f} | not reached (0/3) |" in markdown  # the collapsed point
+    assert f"]({FILES_FOLDER}/l1-compute.png)" in markdown
+    assert (collapsed / FILES_FOLDER / "l1-compute.png").stat().st_size > 10_000
+
+
+# --- Holm's correction takes a verdict back ------------------------------------------------------
+
+DEMOTED_TOML = (
+    HEADER.format(name="demoted")
+    + """
+[experiments.sizes]
+title = "Sizes"
+kind = "size"
+grid = { train_size = [5000, 10000, 20000] }
+
+[experiments.far]
+title = "Far"
+grid = { l1 = [0.5, 0.7, 0.9] }
+"""
+)
+DEMOTED = {
+    ("l1", 0.5): [0.40, 0.41, 0.39],
+    ("l1", 0.7): [0.40, 0.42, 0.38],
+    ("l1", 0.9): [0.425, 0.435, 0.415],  # p = 0.037 against 0.5 alone; not after Holm
+    ("train_size", 5000): [0.50, 0.51, 0.49],
+    ("train_size", 10000): [0.60, 0.61, 0.59],
+    ("train_size", 20000): [0.605, 0.58, 0.62],
+}
+
+
+@pytest.fixture(scope="module")
+def demoted(tmp_path_factory) -> Path:
+    folder = _run(tmp_path_factory.mktemp("demoted"), DEMOTED_TOML, _fit_from(DEMOTED))
+    build(folder).write()
+    return folder
+
+
+def test_a_difference_holm_no_longer_calls_real_is_called_real_nowhere(demoted):
+    uncorrected = scipy_stats.ttest_ind(DEMOTED[("l1", 0.9)], DEMOTED[("l1", 0.5)], equal_var=0)
+    assert uncorrected.pvalue < 0.05  # real by the old, uncorrected rule
+    markdown = (demoted / "report.md").read_text()
+    row = next(line for line in markdown.splitlines() if line.startswith("| 0.5 → 0.9 |"))
+    assert row.endswith("| not distinguishable |") and f"| {uncorrected.pvalue:.2g} |" in row
+    assert "**Far**: 0 of 3 tested differences in test accuracy are larger" in markdown
+    csv_row = next(
+        row
+        for row in csv.DictReader((demoted / "comparisons.csv").open())
+        if row["second"] == "L1 weight=0.9" and row["first"] == "L1 weight=0.5"
+    )
+    assert float(csv_row["holm_p"]) >= 0.05 and csv_row["verdict"] == "not distinguishable"
+    html = (demoted / "report.html").read_text()
+    assert markdown.count("| **real** |") == html.count("<td><strong>real</strong></td>") == 2
+    assert markdown.count("not distinguishable") == html.count("not distinguishable")
+
+
+# --- how many seeds ------------------------------------------------------------------------------
+
+
+def test_too_few_seeds_are_named_with_the_number_needed(demoted):
+    markdown = (demoted / "report.md").read_text()
+    assert "## How many seeds" in markdown
+    spreads = {}
+    for name, points in (("Sizes", "train_size"), ("Far", "l1")):
+        samples = [values for (field, _), values in DEMOTED.items() if field == points]
+        spreads[name] = math.sqrt(np.mean([np.var(values, ddof=1) for values in samples]))
+        needed = stats.repeats_needed(spreads[name], 0.01)
+        assert needed > 3
+        assert (
+            f"| {name} | 3 | {spreads[name]:.4f} | {needed} | **too few**: `--repeats {needed}` |"
+            in markdown
+        )
+    assert f"]({FILES_FOLDER}/seeds-needed.png)" in markdown
+    report = build(demoted, difference=0.2)  # a larger difference needs fewer
+    assert "| Far | 3 | 0.0141 | 2 | enough |" in report.markdown() and not report.advice
+
+
+def test_the_study_command_prints_the_advice(tmp_path, monkeypatch, capsys):
+    study_run = runner.run_study
+
+    def fake_run_study(path, **options):
+        options |= {"data": study_fakes.zeros_cifar(), "fit": _fit_from(DEMOTED)}
+        return study_run(path, **options)
+
+    monkeypatch.setattr(runner, "run_study", fake_run_study)
+    monkeypatch.setattr(runfolder, "save_run", study_fakes.fake_save_run)
+    path = tmp_path / "demoted.toml"
+    path.write_text(DEMOTED_TOML)
+    assert main(["study", str(path), "--out", str(tmp_path / "out"), "--repeats", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1] == f"report: {tmp_path / 'out' / 'report.html'}"  # still the last line
+    advice = [line for line in lines if line.startswith("advice")]
+    sizes = [values[:2] for (field, _), values in DEMOTED.items() if field == "train_size"]
+    spread = math.sqrt(np.mean([np.var(values, ddof=1) for values in sizes]))
+    needed = stats.repeats_needed(spread, 0.01)
+    assert (
+        f"advice: Sizes: 2 run(s) per point; telling apart 0.01 test accuracy with 80% power"
+        f" (run-to-run std {spread:.4f}) needs `--repeats {needed}`" in advice
+    )
+
+
+# --- cnnlab compare, for two grid points ---------------------------------------------------------
+
+
+def test_compare_tests_two_grid_points_over_their_seeds(demoted, capsys):
+    assert main(["compare", "--study", str(demoted), "l1=0.5", "l1=0.9"]) == 0
+    out = capsys.readouterr().out
+    first, second = DEMOTED[("l1", 0.5)], DEMOTED[("l1", 0.9)]
+    reference = scipy_stats.ttest_ind(second, first, equal_var=False)
+    interval = reference.confidence_interval(0.95)
+    assert re.search(r"runs\s+3\s+3", out)
+    assert f"+0.025 [{interval.low:+.3f}, {interval.high:+.3f}] (95% Welch)" in out
+    assert f"{reference.statistic:.2f}, {reference.df:.1f}, {reference.pvalue:.2g}" in out
+    assert "real at p < 0.05: this one comparison, uncorrected" in out
+
+
+@pytest.mark.parametrize(
+    ("points", "message"),
+    [
+        (["train_size=5000", "l1=0.5"], "train_size=5000: its runs differ in l1; name those"),
+        (["bogus=1", "l1=0.5"], "bogus=1: no run has the field bogus"),
+        (["l1=0.3", "l1=0.5"], "l1=0.3: no finished run of the study is at this point"),
+        (["l1=0.5"], "grid points (FIELD=VALUE) go in twos, with --study DIR"),
+    ],
+)
+def test_compare_refuses_points_it_cannot_pin_down(demoted, capsys, points, message):
+    assert main(["compare", "--study", str(demoted), *points]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+# --- the seed-like study -------------------------------------------------------------------------
+
+
+def test_the_seed_like_studys_observations(tmp_path):
+    markdown = build(_run(tmp_path, study_fakes.STUDY_TOML, study_fakes.fake_fit, 3)).markdown()
+    observations = _observations(markdown)
+    assert (
+        "**L1**: the best test accuracy is 0.500 at L1 weight=0. From L1 weight=1 on, L1"
+        " collapses the model to the most-frequent-class baseline: test accuracy 0.100, not"
+        f" clearly above 0.10 ({CHANCE}), while L1 weight=0 is." in observations
+    )
+    assert (
+        "**Sizes**: test accuracy goes from 0.500 to 0.550 between n=5,000 and n=10,000; the"
+        " train−test gap shrinks from 0.130 to 0.105." in observations
+    )
+    assert not any("nothing learned" in line for line in observations)
+    assert "Holm's correction runs over all **" in markdown
