@@ -99,6 +99,7 @@ SLOW_TESTS = {
     "test_report.py::test_clearly_different_points_are_real_and_overlapping_ones_are_not",
     "test_report.py::test_variants_are_each_held_against_the_first",
     "test_report.py::test_a_single_repeat_makes_no_statement_about_noise",
+    "test_explain.py::test_a_studys_report_shows_its_best_runs_from_inside",
 }
 
 

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import cnnlab
+import study_fakes
 from cnnlab.cli import main
 from cnnlab.config import RunConfig
 from cnnlab.errors import CnnlabError
@@ -312,3 +313,18 @@ def test_a_test_index_out_of_range_through_the_cli(digits_run, capsys):
     error = _cli_error(capsys, ["explain", str(digits_run), "--test-index", "100000"])
     assert re.search(r"test index 100000: out of range; the test set holds [\d,]+ images", error)
     assert not (digits_run / "explain").exists()
+
+
+def test_a_studys_report_shows_its_best_runs_from_inside(tiny_cifar, tmp_path):
+    from cnnlab.insight.explain import explain_best_runs
+    from cnnlab.report.report import write_report
+    from cnnlab.study import runner
+
+    study = tmp_path / "inside.toml"
+    study.write_text(study_fakes.tiny_study_toml("inside", "{ l1 = [0.0, 0.01] }"))
+    outcome = runner.run_study(study, out=tmp_path / "out", data=tiny_cifar, workers=1)
+    written = explain_best_runs(outcome.study_dir)
+    assert len(written) == 1 and (written[0] / "image0_attributions.png").is_file()
+    markdown = write_report(outcome.study_dir)["md"].read_text(encoding="utf-8")
+    section = markdown.split("## Inside the best runs", 1)[1].split("\n## ", 1)[0]
+    assert section.count("![") == 2 and "Grad-CAM" in section

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import study_fakes
+import test_search
 from cnnlab.config import RunConfig, run_id
 from cnnlab.errors import CnnlabError
 from cnnlab.execution import execute, ray_tasks
@@ -302,6 +303,23 @@ def test_closing_the_events_cancels_the_tasks_still_out(tiny_cifar, ray_address)
     assert not ray.is_initialized()
     # A cancelled task's worker is killed (force=True): its run is neither done nor failed.
     assert wait_gone([training], seconds=60) == []
+
+
+# Before the local instance below: Ray keeps the auth mode that starting one set (RAY_AUTH_MODE)
+# for the rest of the process, which a later head started without it does not share.
+def test_a_search_on_ray_asks_and_scores_the_trials_it_asks_locally(
+    tiny_cifar, tmp_path, ray_address
+):
+    path = tmp_path / "tune.toml"
+    path.write_text(test_search.REAL_TOML)
+    # Two worker processes train with one thread each, as a Ray task does: equal arithmetic.
+    local = test_search._real(path, tmp_path / "local", tiny_cifar, workers=2)
+    on_ray = test_search._real(
+        path, tmp_path / "ray", tiny_cifar, backend="ray", address=ray_address
+    )
+    assert on_ray["trials"] == local["trials"] and len(local["runs"]) == 5
+    for identifier, (status, metrics, history) in local["runs"].items():
+        assert on_ray["runs"][identifier] == [status, metrics, history], identifier
 
 
 def test_a_local_ray_instance_trains_and_is_shut_down(tiny_cifar, monkeypatch):

@@ -22,15 +22,6 @@ from cnnlab.study import runner
 from cnnlab.study.studyfile import load_study
 from cnnlab.training import runfolder
 
-try:  # the Ray head the Ray tests start, for the search on Ray
-    from test_ray import ray_address  # a fixture
-except pytest.skip.Exception:  # no Ray here
-
-    @pytest.fixture
-    def ray_address():
-        pytest.skip("the search on Ray needs Ray: pip install 'cnnlab[ray]'")
-
-
 SEARCH_TOML = """
 [study]
 name = "tune"
@@ -243,14 +234,6 @@ import sys
 sys.path.insert(0, {tests!r})
 import study_fakes, test_search
 from cnnlab.training import runfolder
-
-try:  # the Ray head the Ray tests start, for the search on Ray
-    from test_ray import ray_address  # a fixture
-except pytest.skip.Exception:  # no Ray here
-
-    @pytest.fixture
-    def ray_address():
-        pytest.skip("the search on Ray needs Ray: pip install 'cnnlab[ray]'")
 from cnnlab.study import runner
 runfolder.save_run = study_fakes.fake_save_run
 runner.run_study({path!r}, out={out!r}, data=study_fakes.zeros_cifar(), fit=test_search.search_fit)
@@ -397,17 +380,3 @@ def test_a_real_search_trains_its_trials_as_runs_and_reports_them(tiny_cifar, tm
     assert {status for status, _, _ in found["runs"].values()} == {"done"}
     text = build(tmp_path / "out").markdown()
     assert "retrained on fresh seeds | 1 |" in text
-
-
-@pytest.mark.slow
-def test_a_search_on_ray_asks_and_scores_the_trials_it_asks_locally(
-    tiny_cifar, tmp_path, ray_address
-):
-    path = tmp_path / "tune.toml"
-    path.write_text(REAL_TOML)
-    # Two worker processes train with one thread each, as a Ray task does: equal arithmetic.
-    local = _real(path, tmp_path / "local", tiny_cifar, workers=2)
-    on_ray = _real(path, tmp_path / "ray", tiny_cifar, backend="ray", address=ray_address)
-    assert on_ray["trials"] == local["trials"] and len(local["runs"]) == 5
-    for run_id, (status, metrics, history) in local["runs"].items():
-        assert on_ray["runs"][run_id] == [status, metrics, history], run_id

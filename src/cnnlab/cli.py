@@ -273,7 +273,10 @@ def _cmd_study(args: argparse.Namespace) -> int:
     )
     for line in runner.summary_lines(outcome):
         print(line)
+    from cnnlab.insight.explain import explain_best_runs
     from cnnlab.report.report import build
+
+    explain_best_runs(outcome.study_dir)  # feature maps and Grad-CAM for the report
 
     report = build(outcome.study_dir)
     for line in report.advice:  # too few seeds to tell a difference apart: say how many

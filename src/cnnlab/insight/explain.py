@@ -97,7 +97,9 @@ def _test_images(
     return chosen
 
 
-def _kept_misclassified(run_dir: Path) -> list[tuple[str, np.ndarray, int | None]]:
+def _kept_misclassified(
+    run_dir: Path, count: int = DEFAULT_IMAGES
+) -> list[tuple[str, np.ndarray, int | None]]:
     path = run_dir / "misclassified_test.npz"
     none_kept = CnnlabError(
         f"{run_dir}: keeps no misclassified test images; name images with --image PATH or"
@@ -114,7 +116,7 @@ def _kept_misclassified(run_dir: Path) -> list[tuple[str, np.ndarray, int | None
         raise none_kept
     return [
         (f"test image {int(index[i])}", images[i], int(true[i]))
-        for i in range(min(DEFAULT_IMAGES, len(images)))
+        for i in range(min(count, len(images)))
     ]
 
 
@@ -188,11 +190,12 @@ def explain(
     out: str | os.PathLike[str] | None = None,
     image_size: int | Sequence[int] | None = None,
     resample: str = "bilinear",
+    kept: int = DEFAULT_IMAGES,
 ) -> Explanation:
     """Explain a run folder's net on image files and/or test images (by index; `data` is the
     dataset or its source), by default on the misclassified test images it keeps; writes PNGs
     and explain.html into `out` (default: RUN_DIR/explain); `image_size` and `resample` load
-    an image-folder dataset of mixed sizes, as `load_dataset`."""
+    an image-folder dataset of mixed sizes, as `load_dataset`; `kept`: how many kept images."""
     from cnnlab.training.runfolder import load_run
 
     run_dir = Path(run_dir)
@@ -204,7 +207,7 @@ def explain(
     if test_indices:
         chosen += _test_images(run, test_indices, data, image_size, resample)
     if not chosen:
-        chosen = _kept_misclassified(run_dir)
+        chosen = _kept_misclassified(run_dir, kept)
     names = list(run.metrics.get("class_names") or [])
     explained = [
         ExplainedImage(source, image, label, explain_image(run.model, image, known))
@@ -245,3 +248,29 @@ def _kernel_picture(model: Any) -> dict[str, bytes]:
     kernels = first[0][1].weight.detach().float().cpu().numpy()
     figure = plots.kernels_figure(kernels, f"first conv layer's {len(kernels)} kernels")
     return {"kernels_first.png": plots.png_bytes(figure)}
+
+
+def explain_best_runs(study_dir: str | os.PathLike[str], images: int = 2) -> list[Path]:
+    """Explain each experiment's best finished run (on the misclassified test images its folder
+    keeps) into RUN_DIR/explain, for the study's report; runs that cannot be explained are
+    skipped (the report says so). Returns the folders written."""
+    from cnnlab.store import FINISHED, Store
+
+    study_dir = Path(study_dir)
+    with Store.open(study_dir, create=False) as store:
+        records = [r for r in store.runs() if r.status in FINISHED and "test_accuracy" in r.metrics]
+    best: dict[str, Any] = {}
+    for record in records:
+        for experiment in record.experiments:
+            known = best.get(experiment)
+            if known is None or record.metrics["test_accuracy"] > known.metrics["test_accuracy"]:
+                best[experiment] = record
+    written = []
+    for record in {record.id: record for record in best.values()}.values():
+        run_dir = study_dir / "runs" / record.id
+        try:
+            explained = explain(run_dir, out=run_dir / "explain", kept=images)
+        except CnnlabError:
+            continue
+        written.append(explained.out_dir)
+    return written

@@ -336,3 +336,45 @@ def kernel_section(document: Document, best: RunRecord, study_dir: Path) -> None
                 f"`{name}`: the seed's two kernels (top) and the best run's first-layer kernels",
             )
         )
+
+
+def inside_section(document: Document, study: Study, records: list[RunRecord], study_dir: Path):
+    """Each experiment's best run from inside: feature maps and Grad-CAM on test images it got
+    wrong, as `cnnlab explain` drew them after the study (RUN_DIR/explain)."""
+    best: dict[str, RunRecord] = {}
+    for record in records:
+        if record.status not in FINISHED or "test_accuracy" not in record.metrics:
+            continue
+        for name in record.experiments:
+            if (
+                name not in best
+                or record.metrics["test_accuracy"] > best[name].metrics["test_accuracy"]
+            ):
+                best[name] = record
+    if not best:
+        return
+    document.heading("Inside the best runs")
+    document.paragraph(
+        "Each experiment's best run on test images it got wrong (`cnnlab explain`): the feature"
+        " maps of every conv layer, and where the net looked for the true and the predicted"
+        " class (Grad-CAM on the last conv layer, with Captum, and gradient saliency)."
+    )
+    missing = []
+    for experiment in study.experiments:
+        record = best.get(experiment.name)
+        if record is None:
+            continue
+        folder = study_dir / "runs" / record.id / "explain"
+        pictures = [folder / f"image0_{kind}.png" for kind in ("feature_maps", "attributions")]
+        if not all(picture.is_file() for picture in pictures):
+            missing.append(f"{experiment.title} (`{record.id[:8]}`)")
+            continue
+        for picture in pictures:
+            caption = f"{experiment.title}: best run `{record.id[:8]}`, {picture.stem[7:]}"
+            name = f"inside_{record.id[:8]}_{picture.name}"
+            document.image(Image(name, picture.read_bytes(), caption))
+    if missing:
+        document.paragraph(
+            "Not explained (no kept misclassified images, or `cnnlab explain` has not run on"
+            f" them): {', '.join(missing)}."
+        )

@@ -279,6 +279,7 @@ def compose(
     _seeds_section(document, analyses, records, options, report.advice)
     mechanism_sections(document, study, records, study_dir)
     learned.per_class_section(document, study, records, class_names)
+    learned.inside_section(document, study, records, study_dir)
     finished = [r for r in records if r.status in FINISHED and "test_accuracy" in r.metrics]
     if finished:
         best = learned.best_run_section(document, finished, class_names, observations, study_dir)
