@@ -112,16 +112,18 @@ def test_a_study_that_learns_nothing_says_so_and_nothing_more(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("accuracies", "shown"),
+    ("accuracies", "verdict", "shown"),
     [
-        ([0.11, 0.11, 0.11], "0.110"),  # no spread: the test alone would call it apart
-        ([0.20, 0.10, 0.16], "0.153"),  # above the margin, but not above the noise (p = 0.2)
+        # no spread: the test alone would call it apart; at chance, nothing was learned
+        ([0.11, 0.11, 0.11], "nothing learned", "0.110"),
+        # above the margin, but not above the noise (p = 0.2): learning is not shown, no more
+        ([0.20, 0.10, 0.16], "not shown to learn", "0.153"),
     ],
 )
-def test_runs_not_clearly_above_the_baseline_learned_nothing(tmp_path, accuracies, shown):
+def test_runs_not_clearly_above_the_baseline_learned_nothing(tmp_path, accuracies, verdict, shown):
     everywhere = {("arch", "seed"): accuracies}
     markdown = build(_run(tmp_path, NOTHING_TOML, _fit_from(everywhere))).markdown()
-    assert f"**L1**: nothing learned: no point's test accuracy ({shown})" in markdown
+    assert f"**L1**: {verdict}: no point's test accuracy ({shown})" in markdown
     assert "collapses" not in markdown
 
 
@@ -360,3 +362,14 @@ def test_the_seed_like_studys_observations(tmp_path):
     )
     assert not any("nothing learned" in line for line in observations)
     assert "Holm's correction runs over all **" in markdown
+
+
+def test_means_above_chance_that_too_few_runs_cannot_confirm_are_not_called_nothing_learned(
+    tmp_path,
+):
+    # Two seeds at 0.36/0.38: well above 0.10, but too few runs for a corrected test to confirm.
+    everywhere = {("arch", "seed"): [0.36, 0.38]}
+    markdown = build(_run(tmp_path, NOTHING_TOML, _fit_from(everywhere))).markdown()
+    observations = _observations(markdown)
+    assert not any("nothing learned" in line for line in observations)
+    assert any("not shown to learn" in line for line in observations), observations

@@ -492,8 +492,11 @@ def _observe(analysis: _Analysis, observations: list[str]) -> None:
         low = min(mean(p, "test_accuracy") for p in measured)
         high = max(mean(p, "test_accuracy") for p in measured)
         spread = f"{low:.3f}" if f"{low:.3f}" == f"{high:.3f}" else f"{low:.3f} to {high:.3f}"
+        # Means at chance say nothing was learned; means above it that the test cannot confirm
+        # (too few runs) say only that.
+        verdict = "nothing learned" if high <= chance + COLLAPSE_MARGIN else "not shown to learn"
         observations.append(
-            f"{title}: nothing learned: no point's test accuracy ({spread}) is clearly above the"
+            f"{title}: {verdict}: no point's test accuracy ({spread}) is clearly above the"
             f" most-frequent-class baseline ({chance:.2f}; {analysis.chance_rule()})."
         )
         _agreement(experiment, measured, observations)
