@@ -11,7 +11,6 @@ import os
 import warnings
 from collections.abc import Iterator
 
-import matplotlib
 from matplotlib.figure import Figure
 
 from cnnlab.atomic import atomic_path
@@ -28,11 +27,16 @@ def save_figure(figure: Figure, path: str | os.PathLike[str], dpi: int = 110) ->
 
 @contextlib.contextmanager
 def _as_drawn() -> Iterator[None]:
-    """How every figure is drawn: text as text (a class name "$x$" is no formula), and the
-    overflow warnings of axes spanning values near 1e308 (a hand-edited history) kept quiet."""
-    with matplotlib.rc_context({"text.parse_math": False}), warnings.catch_warnings():
+    """How every figure is drawn: the overflow warnings of axes spanning values near 1e308 (a
+    hand-edited history) kept quiet."""
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         yield
+
+
+def plain(text: object) -> str:
+    """Text from data (a class name) as it is: a '$' in it starts no formula."""
+    return str(text).replace("$", r"\$")
 
 
 # --- report charts (cnnlab.report.report) ---------------------------------------------------------
@@ -313,9 +317,9 @@ def confusion_matrix_figure(matrix: list[list[int]], class_names: list[str], tit
     axes = figure.add_subplot()
     image = axes.imshow(counts, cmap="Blues")
     figure.colorbar(image, ax=axes, shrink=0.8)
-    ticks = range(len(class_names))
-    axes.set_xticks(ticks, class_names, rotation=45, ha="right", fontsize="small")
-    axes.set_yticks(ticks, class_names, fontsize="small")
+    ticks, names = range(len(class_names)), [plain(name) for name in class_names]
+    axes.set_xticks(ticks, names, rotation=45, ha="right", fontsize="small")
+    axes.set_yticks(ticks, names, fontsize="small")
     threshold = counts.max() / 2 if counts.size else 0
     for (row, column), value in np.ndenumerate(counts):
         colour = "white" if value > threshold else "black"
@@ -429,7 +433,7 @@ def class_samples_figure(
             if column < len(row_images):
                 show_image(axes, row_images[column])
             if column == 0:
-                axes.set_ylabel(class_name, rotation=0, ha="right", va="center", fontsize=9)
+                axes.set_ylabel(plain(class_name), rotation=0, ha="right", va="center", fontsize=9)
     return figure
 
 
@@ -449,7 +453,7 @@ def misclassified_figure(images, true_names: list[str], predicted_names: list[st
         axes_grid.flat, images, true_names, predicted_names, strict=False
     ):
         show_image(axes, image)
-        axes.set_title(f"{true}\n→ {predicted}", fontsize=8, linespacing=1.15)
+        axes.set_title(f"{plain(true)}\n→ {plain(predicted)}", fontsize=8, linespacing=1.15)
     return figure
 
 

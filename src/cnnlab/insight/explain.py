@@ -134,9 +134,10 @@ def check_out(out: Path) -> None:
 
 
 def _class_name(names: Sequence[str], index: int | None) -> str:
+    """A class's name for a figure's title (a '$' in it starts no formula)."""
     if index is None:
         return "unknown"
-    return names[index] if 0 <= index < len(names) else str(index)
+    return plots.plain(names[index]) if 0 <= index < len(names) else str(index)
 
 
 def _pictures(item: ExplainedImage, number: int, names: Sequence[str]) -> dict[str, bytes]:
