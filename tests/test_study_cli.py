@@ -155,7 +155,10 @@ def test_ctrl_c_while_the_study_starts_stops_it(png_folder, study_file, tmp_path
         children = children_of(child.pid)
         child.send_signal(signal.SIGINT)
         _, stderr = child.communicate(timeout=120)
-        assert child.returncode == 130, (delay, stderr)
+        # 130, or (rarely, when the Ctrl-C lands while the workers start) a death by SIGINT,
+        # which a shell also reports as 130; either way the study says it was interrupted.
+        assert child.returncode in (130, -signal.SIGINT), (delay, stderr)
+        assert stderr.strip().endswith("cnnlab: interrupted"), stderr
         assert "Traceback" not in stderr, stderr
         assert not wait_gone(children), [command_line(pid) for pid in children]
 

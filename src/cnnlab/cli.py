@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import errno
 import os
+import signal
 import sys
 import typing
 from collections.abc import Sequence
@@ -706,6 +707,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cnnlab: error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
+        # Stopped: a Ctrl-C delivered late (one held while workers started) must not turn the
+        # exit code 130 into a death by SIGINT on the way out.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         print("cnnlab: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
