@@ -309,6 +309,12 @@ def test_an_unwritable_out_is_one_line(rgb_run, tmp_path, capsys):
     assert "cannot write there" in error
 
 
+def test_an_out_no_one_can_write_is_one_line_even_for_root(rgb_run, capsys):
+    run_dir, _ = rgb_run
+    error = _cli_error(capsys, ["explain", str(run_dir), "--out", "/proc/cnnlab-explain"])
+    assert "--out /proc/cnnlab-explain: cannot write there" in error
+
+
 def test_a_test_index_out_of_range_through_the_cli(digits_run, capsys):
     error = _cli_error(capsys, ["explain", str(digits_run), "--test-index", "100000"])
     assert re.search(r"test index 100000: out of range; the test set holds [\d,]+ images", error)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import sqlite3
 import time
@@ -24,15 +25,18 @@ from typing import Any
 from cnnlab.errors import CnnlabError
 
 DATABASE_NAME = "study.sqlite"
-STATUSES = ("pending", "running", "done", "diverged", "failed")
-FINISHED = ("done", "diverged")  # a run in one of these has a result worth keeping
+STATUSES = ("pending", "running", "done", "diverged", "failed", "pruned")
+FINISHED = ("done", "diverged")  # a run in one of these trained all it could: a full result
+# A run in one of these is not trained again: a pruned run (stopped early by a search's pruner,
+# `cnnlab.study.pruning`) is kept as it stopped, but is no full result.
+KEPT = (*FINISHED, "pruned")
 SCHEMA_VERSION = "1"
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS runs (
+_RUNS_TABLE = """
+CREATE TABLE IF NOT EXISTS {name} (
     id TEXT PRIMARY KEY,
-    status TEXT NOT NULL CHECK (status IN ('pending', 'running', 'done', 'diverged', 'failed')),
+    status TEXT NOT NULL CHECK (status IN ('pending', 'running', 'done', 'diverged', 'failed',
+                                           'pruned')),
     config TEXT NOT NULL,
     seed INTEGER NOT NULL,
     metrics TEXT NOT NULL DEFAULT '{}',
@@ -45,6 +49,13 @@ CREATE TABLE IF NOT EXISTS runs (
     started_at REAL,
     finished_at REAL
 );
+"""
+_SCHEMA = (
+    """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+    + _RUNS_TABLE.replace("{name}", "runs")
+    + """
 CREATE TABLE IF NOT EXISTS memberships (
     run_id TEXT NOT NULL REFERENCES runs(id),
     experiment TEXT NOT NULL,
@@ -60,6 +71,7 @@ CREATE TABLE IF NOT EXISTS trials (
     PRIMARY KEY (experiment, number)
 );
 """
+)
 
 
 @dataclass
@@ -113,6 +125,8 @@ class Store:
             connection.execute("PRAGMA synchronous=NORMAL")
             connection.execute("PRAGMA foreign_keys=ON")
             connection.executescript(_SCHEMA)
+            if create:
+                _allow_pruned(connection)
         except sqlite3.Error as error:
             raise CnnlabError(f"{path}: cannot open the results database: {error}") from None
         return cls(connection, path)
@@ -276,8 +290,8 @@ class Store:
         artifacts: dict[str, str],
         reason: str = "",
     ) -> None:
-        """Store a finished run ('done' or 'diverged') with everything it produced."""
-        assert status in FINISHED, status
+        """Store a run that ended ('done', 'diverged' or 'pruned') with all it produced."""
+        assert status in KEPT, status
         fit_seconds = metrics.get("fit_seconds")
         with self._transaction() as connection:
             connection.execute(
@@ -476,3 +490,50 @@ def _check_artifacts(artifacts: dict[str, Any], where: str) -> None:
         path = Path(value) if isinstance(value, str) else None
         if path is None or path.is_absolute() or ".." in path.parts or "\x00" in value:
             raise CnnlabError(f"{where}: artifact {str(name)[:40]!r} is not a path in the study")
+
+
+def best_runs(records: Iterable[RunRecord], metric: str = "test_accuracy") -> dict[str, RunRecord]:
+    """Each experiment's finished run with the highest `metric` (the first of equals)."""
+    best: dict[str, RunRecord] = {}
+    for record in records:
+        value = record.metrics.get(metric)
+        if record.status not in FINISHED or not isinstance(value, int | float):
+            continue
+        if not math.isfinite(value):
+            continue
+        for name in record.experiments:
+            if name not in best or value > best[name].metrics[metric]:
+                best[name] = record
+    return best
+
+
+def _allow_pruned(connection: sqlite3.Connection) -> None:
+    """Rebuild the runs table of a store made before runs could be 'pruned' (one transaction).
+
+    SQLite cannot change a CHECK constraint in place: this is its documented way (a new table,
+    the rows copied, the old one dropped, the new one renamed), with foreign keys off meanwhile.
+    """
+
+    def current() -> str:
+        row = connection.execute("SELECT sql FROM sqlite_master WHERE name = 'runs'").fetchone()
+        return row[0] if row else ""
+
+    if "'pruned'" in current():
+        return
+    connection.execute("PRAGMA foreign_keys=OFF")
+    try:
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            if "'pruned'" not in current():  # another process may have done it meanwhile
+                connection.execute(_RUNS_TABLE.replace("{name}", "runs_rebuilt"))
+                connection.execute("INSERT INTO runs_rebuilt SELECT * FROM runs")
+                connection.execute("DROP TABLE runs")
+                connection.execute("ALTER TABLE runs_rebuilt RENAME TO runs")
+                if connection.execute("PRAGMA foreign_key_check").fetchall():
+                    raise sqlite3.DatabaseError("memberships lost their runs")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        connection.execute("COMMIT")
+    finally:
+        connection.execute("PRAGMA foreign_keys=ON")

@@ -122,15 +122,9 @@ def _kept_misclassified(
 
 def check_out(out: Path) -> None:
     """`out` can be (re)written as an explain folder: new, empty, or an earlier explain folder."""
-    if out.exists() and not out.is_dir():
-        raise CnnlabError(f"{out}: exists and is not a folder; choose another --out")
-    if out.is_dir() and any(out.iterdir()) and not (out / PAGE).is_file():
+    atomic.check_folder_target(out, "--out")  # a probe, not permission bits (root, mounts)
+    if any(out.iterdir() if out.is_dir() else ()) and not (out / PAGE).is_file():
         raise CnnlabError(f"{out}: not empty and not an explain folder; choose another --out")
-    parent = next((p for p in out.absolute().parents if p.exists()), Path("/"))
-    if not parent.is_dir():
-        raise CnnlabError(f"{out}: cannot create it: {parent} is not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise CnnlabError(f"{out}: cannot write there ({parent}: permission denied)")
 
 
 def _class_name(names: Sequence[str], index: int | None) -> str:
@@ -255,17 +249,11 @@ def explain_best_runs(study_dir: str | os.PathLike[str], images: int = 2) -> lis
     """Explain each experiment's best finished run (on the misclassified test images its folder
     keeps) into RUN_DIR/explain, for the study's report; runs that cannot be explained are
     skipped (the report says so). Returns the folders written."""
-    from cnnlab.store import FINISHED, Store
+    from cnnlab.store import Store, best_runs
 
     study_dir = Path(study_dir)
     with Store.open(study_dir, create=False) as store:
-        records = [r for r in store.runs() if r.status in FINISHED and "test_accuracy" in r.metrics]
-    best: dict[str, Any] = {}
-    for record in records:
-        for experiment in record.experiments:
-            known = best.get(experiment)
-            if known is None or record.metrics["test_accuracy"] > known.metrics["test_accuracy"]:
-                best[experiment] = record
+        best = best_runs(store.runs())
     written = []
     for record in {record.id: record for record in best.values()}.values():
         run_dir = study_dir / "runs" / record.id

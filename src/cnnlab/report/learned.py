@@ -19,7 +19,7 @@ from cnnlab.conv import convolve, imaging
 from cnnlab.conv.kernels import parse_kernel
 from cnnlab.report.document import Document, Image, literal
 from cnnlab.report.tables import point_label
-from cnnlab.store import FINISHED, RunRecord
+from cnnlab.store import FINISHED, RunRecord, best_runs
 from cnnlab.study.studyfile import Study
 
 CONFUSED_PAIRS = 3  # most-confused class pairs listed per experiment's best run
@@ -341,16 +341,7 @@ def kernel_section(document: Document, best: RunRecord, study_dir: Path) -> None
 def inside_section(document: Document, study: Study, records: list[RunRecord], study_dir: Path):
     """Each experiment's best run from inside: feature maps and Grad-CAM on test images it got
     wrong, as `cnnlab explain` drew them after the study (RUN_DIR/explain)."""
-    best: dict[str, RunRecord] = {}
-    for record in records:
-        if record.status not in FINISHED or "test_accuracy" not in record.metrics:
-            continue
-        for name in record.experiments:
-            if (
-                name not in best
-                or record.metrics["test_accuracy"] > best[name].metrics["test_accuracy"]
-            ):
-                best[name] = record
+    best = best_runs(records)
     if not best:
         return
     document.heading("Inside the best runs")
