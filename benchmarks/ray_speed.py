@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 from cnnlab.data.datasets import load_cifar10
 from cnnlab.errors import CnnlabError
 from cnnlab.execution import execute
-from cnnlab.study import runner
+from cnnlab.study import plan, runner
 from cnnlab.training import loop
 from cnnlab.training.metrics import RunResult
 
@@ -41,7 +41,7 @@ from cnnlab.training.metrics import RunResult
 def seed_configs(epochs: int) -> list[loop.RunConfig]:
     """The seed study's first repeat, as study_speed.py takes it."""
     seed_study = runner.load_study(ROOT / "studies" / "seed.toml")
-    configs = [run.config for run in runner.plan_runs(seed_study, repeats=1)]
+    configs = [run.config for run in plan.plan_runs(seed_study, repeats=1)]
     return [dataclasses.replace(config, epochs=epochs) for config in configs]
 
 

@@ -41,7 +41,7 @@ from cnnlab.data.datasets import load_cifar10
 from cnnlab.errors import CnnlabError
 from cnnlab.execution import execute, planning
 from cnnlab.execution.planning import run_flops
-from cnnlab.study import runner
+from cnnlab.study import plan, runner
 from cnnlab.training import loop
 from cnnlab.training.device import resolve_device
 from plain_port import evaluate_plain, fit_plain, to_tensors
@@ -118,7 +118,7 @@ def main() -> None:
     device = resolve_device(args.device)
     data = load_cifar10(args.data)
     seed_study = runner.load_study(ROOT / "studies" / "seed.toml")
-    configs = [run.config for run in runner.plan_runs(seed_study, repeats=1)]
+    configs = [run.config for run in plan.plan_runs(seed_study, repeats=1)]
     configs = [
         dataclasses.replace(config, epochs=args.epochs, precision=args.precision)
         for config in configs

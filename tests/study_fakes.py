@@ -23,8 +23,8 @@ from cnnlab.training.metrics import RunResult
 _PNG = None
 
 
-def fake_fit(config: RunConfig, data, *, device="auto", progress=None) -> RunResult:
-    """A deterministic RunResult computed from the config alone."""
+def fake_fit(config: RunConfig, data, *, device="auto", progress=None, prune=None) -> RunResult:
+    """A deterministic RunResult computed from the config alone (`prune` is not asked)."""
     if config.learning_rate == 0.5:
         raise RuntimeError("the fake runner refuses learning_rate 0.5")
     delay = float(__import__("os").environ.get("CNNLAB_FAKE_SECONDS", "0"))

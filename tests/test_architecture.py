@@ -48,6 +48,8 @@ TORCH_FREE = (
     "cnnlab.study.studyfile",
     "cnnlab.report.mechanisms",
     "cnnlab.study.search",
+    "cnnlab.study.plan",
+    "cnnlab.study.pruning",
     "cnnlab.report.search",
     "cnnlab.study.progress",
     "cnnlab.report.tables",

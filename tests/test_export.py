@@ -466,7 +466,7 @@ def test_the_command_logs_a_study_live_and_exports_the_same(tmp_path, monkeypatc
     from cnnlab.execution import planning
     from cnnlab.training import loop
 
-    def fit(config, data, *, device="auto", progress=None):
+    def fit(config, data, *, device="auto", progress=None, prune=None):
         result = study_fakes.fake_fit(config, data, device=device)
         for row in result.history:  # as a real run reports its epochs
             progress({**row, "member": 0, "epochs": config.epochs})

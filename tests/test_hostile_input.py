@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 import study_fakes
 from cnnlab import config
 from cnnlab.errors import CnnlabError
-from cnnlab.study.runner import plan_runs
+from cnnlab.study.plan import plan_runs
 from cnnlab.study.studyfile import load_study
 from cnnlab.training import runfolder
 

@@ -24,7 +24,7 @@ from cnnlab.training import runfolder
 from cnnlab.training import loop
 from cnnlab.execution import planning
 
-def fit(config, data, *, device="auto", progress=None):
+def fit(config, data, *, device="auto", progress=None, prune=None):
     result = study_fakes.fake_fit(config, data, device=device)
     for row in result.history[:3]:
         progress({{**row, "member": 0, "epochs": config.epochs}})

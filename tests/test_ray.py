@@ -21,7 +21,7 @@ import test_search
 from cnnlab.config import RunConfig, run_id
 from cnnlab.errors import CnnlabError
 from cnnlab.execution import execute, ray_tasks
-from cnnlab.study import runner
+from cnnlab.study import plan
 from cnnlab.study.studyfile import load_study
 from cnnlab.training import grouped, loop
 from cnnlab.training.metrics import HISTORY_KEYS
@@ -168,8 +168,8 @@ def test_a_study_trains_on_a_ray_cluster(tiny_cifar, ray_address, tmp_path):
     study_file.write_text(
         study_fakes.tiny_study_toml("tiny", "{ seed = [0, 1, 2], l1 = [0, 0.01] }")
     )
-    plan = runner.plan_runs(load_study(study_file))
-    configs = [run.config for run in plan]
+    planned = plan.plan_runs(load_study(study_file))
+    configs = [run.config for run in planned]
     execution = execute.execute(
         configs, tiny_cifar, device="cpu", backend="ray", address=ray_address
     )
@@ -307,17 +307,18 @@ def test_closing_the_events_cancels_the_tasks_still_out(tiny_cifar, ray_address)
 
 # Before the local instance below: Ray keeps the auth mode that starting one set (RAY_AUTH_MODE)
 # for the rest of the process, which a later head started without it does not share.
-def test_a_search_on_ray_asks_and_scores_the_trials_it_asks_locally(
+def test_a_pruned_search_on_ray_asks_scores_and_prunes_the_trials_it_does_locally(
     tiny_cifar, tmp_path, ray_address
 ):
     path = tmp_path / "tune.toml"
-    path.write_text(test_search.REAL_TOML)
+    path.write_text(test_search.PRUNED_REAL_TOML)  # the runs are judged in the Ray workers
     # Two worker processes train with one thread each, as a Ray task does: equal arithmetic.
     local = test_search._real(path, tmp_path / "local", tiny_cifar, workers=2)
     on_ray = test_search._real(
         path, tmp_path / "ray", tiny_cifar, backend="ray", address=ray_address
     )
-    assert on_ray["trials"] == local["trials"] and len(local["runs"]) == 5
+    assert on_ray["trials"] == local["trials"] and len(local["runs"]) == 7
+    assert {status for status, _, _ in local["runs"].values()} == {"done", "pruned"}
     for identifier, (status, metrics, history) in local["runs"].items():
         assert on_ray["runs"][identifier] == [status, metrics, history], identifier
 

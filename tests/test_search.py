@@ -18,7 +18,7 @@ from cnnlab.cli import main
 from cnnlab.errors import CnnlabError
 from cnnlab.report.report import build
 from cnnlab.store import Store
-from cnnlab.study import runner
+from cnnlab.study import plan, runner
 from cnnlab.study.studyfile import load_study
 from cnnlab.training import runfolder
 
@@ -51,13 +51,20 @@ batch_size = { choices = [16, 32, 64] }
 """
 
 
-def search_fit(config, data, *, device="auto", progress=None):
-    """`study_fakes.fake_fit` whose validation accuracy peaks at learning rate 10^-2.5."""
+def search_fit(config, data, *, device="auto", progress=None, prune=None, seed_effect=0.003):
+    """`study_fakes.fake_fit` whose validation accuracy peaks at learning rate 10^-2.5; a run
+    stops where `prune` says, as `loop.fit` stops it."""
     result = study_fakes.fake_fit(config, data, device=device)
     score = 0.6 - 0.05 * abs(math.log10(config.learning_rate) + 2.5) - config.batch_size / 1000
-    score += 0.003 * config.seed - 2 * (config.l1 or 0)
+    score += seed_effect * config.seed - 2 * (config.l1 or 0)
     for row in result.history:
         row["val_accuracy"] = score * (1 - 0.5 ** row["epoch"])
+    for epoch in range(1, len(result.history) + 1) if prune is not None else ():
+        if prune(result.history[:epoch]):
+            result.history = result.history[:epoch]
+            result.status = "pruned"
+            result.metrics["pruned_epoch"] = epoch
+            break
     result.metrics["val_accuracy"] = result.history[-1]["val_accuracy"]
     return result
 
@@ -77,9 +84,9 @@ def fake_save(monkeypatch):
 def _search(path: Path, out: Path, **options):
     trained = []
 
-    def fit(config, data, *, device="auto", progress=None):
+    def fit(config, data, *, device="auto", progress=None, prune=None):
         trained.append(config)
-        return search_fit(config, data, device=device)
+        return search_fit(config, data, device=device, prune=prune)
 
     options = {"data": study_fakes.zeros_cifar(), "echo": lambda line: None, **options}
     runner.run_study(path, out=out, fit=fit, **options)
@@ -102,7 +109,7 @@ def test_a_search_parses_into_its_spec_and_plans_no_grid_runs(tune):
     assert (spec.metric, spec.direction) == ("val_accuracy", "maximize")
     assert spec.space["learning_rate"].log and spec.space["l1"].low == 0.0
     assert spec.space["batch_size"].choices == (16, 32, 64)
-    assert runner.plan_runs(study) == []
+    assert plan.plan_runs(study) == []
 
 
 @pytest.mark.parametrize(
@@ -114,7 +121,29 @@ def test_a_search_parses_into_its_spec_and_plans_no_grid_runs(tune):
         ("batch = 2", 'batch = "2"', "search.batch: expected an integer"),
         ("retrain = 2", 'metric = "test_accuracy"', "never looks at the test set"),
         ("retrain = 2", 'direction = "up"', "search.direction: expected one of maximize"),
-        ("retrain = 2", "pruner = 'median'", "search.pruner: unknown key"),
+        ("retrain = 2", "pruner = 'hyperband'", "search.pruner: unknown pruner str 'hyperband'"),
+        ("retrain = 2", "pruner = 3", "search.pruner: expected a string or a table, got int 3"),
+        ("retrain = 2", "pruner = { startup_trials = 2 }", "search.pruner.type: unknown pruner"),
+        (
+            "retrain = 2",
+            "pruner = { type = 'median', min_epochs = 2 }",
+            "search.pruner.min_epochs: unknown key; valid keys: type, startup_trials",
+        ),
+        (
+            "retrain = 2",
+            "pruner = { type = 'median', warmup_epochs = -1 }",
+            "search.pruner.warmup_epochs: must be between 0 and 1000000, got -1",
+        ),
+        (
+            "retrain = 2",
+            "pruner = { type = 'successive_halving', reduction_factor = 1 }",
+            "search.pruner.reduction_factor: must be between 2 and",
+        ),
+        (
+            "retrain = 2",
+            "pruner = { type = 'successive_halving', min_epochs = 1.5 }",
+            "search.pruner.min_epochs: expected an integer, got float 1.5",
+        ),
         ("high = 1e-1, log", "high = 1e-5, log", "learning_rate.high: must be greater than low"),
         ("low = 0.0, high", "low = -1.0, high", "l1.low: must not be negative"),
         ("low = 0.0, high = 0.01", "low = 0.0, high = 0.01, log = true", "a log range needs"),
@@ -133,7 +162,7 @@ def test_bad_search_specs_are_one_line_naming_the_key_and_line(tune, old, new, m
     assert old in SEARCH_TOML
     tune.write_text(SEARCH_TOML.replace(old, new, 1))
     with pytest.raises(CnnlabError) as caught:
-        runner.plan_runs(load_study(tune))
+        plan.plan_runs(load_study(tune))
     text = str(caught.value)
     assert message in text and "\n" not in text
     assert text.startswith(f"{tune}:") and text.split(":")[1].isdigit()
@@ -254,15 +283,22 @@ def _start(path: Path, out: Path, seconds: float) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL)
 
 
-def test_kill_9_during_a_search_resumes_to_the_trials_of_an_uninterrupted_one(tune, tmp_path):
+@pytest.mark.parametrize("pruner", ["none", "median"])
+def test_kill_9_during_a_search_resumes_to_the_trials_of_an_uninterrupted_one(
+    tune, tmp_path, pruner
+):
+    options = ", startup_trials = 2" if pruner == "median" else ""
+    spec = f"retrain = 2\npruner = {{ type = '{pruner}'{options} }}"
+    tune.write_text(SEARCH_TOML.replace("retrain = 2", spec).replace("trials = 6", "trials = 8"))
     out = tmp_path / "out"
     # Kill in the first batch, between batches, and during the retraining.
-    for done_before_kill in (0, 4, 12):
+    for done_before_kill in (0, 4, 14):
         child = _start(tune, out, seconds=0.15)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             statuses = _statuses(out)
-            if statuses.count("done") >= done_before_kill and "running" in statuses:
+            ended = statuses.count("done") + statuses.count("pruned")
+            if ended >= done_before_kill and "running" in statuses:
                 break
             time.sleep(0.01)
         child.send_signal(signal.SIGKILL)
@@ -281,6 +317,7 @@ def test_kill_9_during_a_search_resumes_to_the_trials_of_an_uninterrupted_one(tu
     assert {r.id: (r.metrics, r.history) for r in runs} == expected
     # No finished run was trained again: only the three killed runs took a second attempt.
     assert sum(r.attempts for r in runs) == len(runs) + 3
+    assert ("pruned" in {r.status for r in runs}) == (pruner == "median")
 
 
 # --- what a user sees -------------------------------------------------------------------------
@@ -353,6 +390,10 @@ retrain = 1
 learning_rate = { low = 1e-3, high = 1e-1, log = true }
 batch_size = { choices = [16, 32] }
 """
+# The same search with a median pruner that judges from the first batch on.
+PRUNED_REAL_TOML = REAL_TOML.replace(
+    "retrain = 1", "retrain = 1\npruner = { type = 'median', startup_trials = 1 }"
+).replace("trials = 4", "trials = 6")
 _TIMINGS = {"fit_seconds", "eval_seconds", "seconds", "measurements"}
 
 
@@ -380,3 +421,20 @@ def test_a_real_search_trains_its_trials_as_runs_and_reports_them(tiny_cifar, tm
     assert {status for status, _, _ in found["runs"].values()} == {"done"}
     text = build(tmp_path / "out").markdown()
     assert "retrained on fresh seeds | 1 |" in text
+
+
+@pytest.mark.slow
+def test_a_real_pruned_search_is_the_same_in_worker_processes_as_in_this_one(tiny_cifar, tmp_path):
+    path = tmp_path / "tune.toml"
+    path.write_text(PRUNED_REAL_TOML)
+    alone = _real(path, tmp_path / "alone", tiny_cifar, workers=1)
+    side_by_side = _real(path, tmp_path / "parallel", tiny_cifar, workers=2)
+    statuses = [status for status, _, _ in alone["runs"].values()]
+    assert "pruned" in statuses and "done" in statuses
+    # One process uses both cores, a worker one: the last bits differ, the verdicts do not.
+    assert side_by_side["trials"] == alone["trials"]
+    assert _verdicts(side_by_side) == _verdicts(alone)
+
+
+def _verdicts(found: dict) -> dict:
+    return {run: (status, len(history)) for run, (status, _, history) in found["runs"].items()}

@@ -19,7 +19,8 @@ from cnnlab.errors import CnnlabError
 from cnnlab.execution import planning
 from cnnlab.store import Store
 from cnnlab.study import runner
-from cnnlab.study.runner import load_study, plan_runs, run_study
+from cnnlab.study.plan import plan_runs
+from cnnlab.study.runner import load_study, run_study
 from cnnlab.training import loop, runfolder
 
 SEED_STUDY = Path(__file__).parents[1] / "studies" / "seed.toml"
@@ -30,7 +31,7 @@ def fake_training(monkeypatch):
     """`fit` and `save_run` replaced by instant stand-ins; returns the configs trained."""
     trained: list[RunConfig] = []
 
-    def fit(config, data, *, device="auto", progress=None):
+    def fit(config, data, *, device="auto", progress=None, prune=None):
         trained.append(config)
         return study_fakes.fake_fit(config, data, device=device)
 

@@ -238,16 +238,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_study(args: argparse.Namespace) -> int:
-    from cnnlab.study import runner
+    from cnnlab.study import plan, runner
+    from cnnlab.study.studyfile import load_study
 
     if args.dry_run:
-        study = runner.load_study(args.study_file)
-        plan = runner.plan_runs(study, args.repeats)
-        for line in runner.describe_plan(plan):
+        study = load_study(args.study_file)
+        runs = plan.plan_runs(study, args.repeats)
+        for line in plan.describe_plan(runs):
             print(line)
-        for line in runner.describe_searches(study, args.repeats):
+        for line in plan.describe_searches(study, args.repeats):
             print(line)
-        print(f"{len(plan)} runs (dry run: nothing was trained)")
+        print(f"{len(runs)} runs (dry run: nothing was trained)")
         return 0
     timeout = _probe_ray(args)  # a cluster that does not answer fails before anything is written
     logger = None

@@ -29,6 +29,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.execution import planning, processes, ray_tasks, threads
 from cnnlab.execution.events import Event
 from cnnlab.training.device import resolve_device
+from cnnlab.training.loop import Prune
 from cnnlab.training.metrics import RunResult
 
 
@@ -55,8 +56,12 @@ def execute(
     workers: int | None = None,
     backend: str = "local",
     address: str | None = None,
+    prunes: Sequence[Prune | None] = (),
 ) -> Execution:
     """Train every config by the fastest path for `device`, as a stream of events.
+
+    `prunes` (one per config, or none): told a run's history after each epoch, in whichever
+    process trains it, each may stop its run there (`loop.fit_members`); they must pickle.
 
     `workers`: how many runs (CPU processes) or groups (CUDA streams) train at once; None picks
     (one process per core, up to 8 streams); 1 trains one after another in this process.
@@ -67,14 +72,16 @@ def execute(
     if backend not in BACKENDS:
         raise CnnlabError(f"backend {backend!r}: expected one of {', '.join(BACKENDS)}")
     if backend == "ray":
-        events = ray_tasks.train_on_ray(configs, data, device=device, address=address)
+        events = ray_tasks.train_on_ray(
+            configs, data, device=device, address=address, prunes=prunes
+        )
         return Execution(events, ray_tasks.describe(address))
     target = resolve_device(device)
     process_count = planning.process_count(len(configs), target.type, workers)
     thread_count = planning.threads_per_run(workers)
     if process_count > 1:
         events = processes.train_parallel(
-            configs, data, processes=process_count, threads=thread_count
+            configs, data, processes=process_count, threads=thread_count, prunes=prunes
         )
         return Execution(
             events,
@@ -82,7 +89,9 @@ def execute(
             f" {thread_count} thread(s) each",
         )
     groups, count = plan_in_process(configs, target, workers)
-    events = threads.train_concurrently(configs, groups, data, device=target, streams=count)
+    events = threads.train_concurrently(
+        configs, groups, data, device=target, streams=count, prunes=prunes
+    )
     if target.type == "cpu":
         how = (
             f"training on the CPU in this process, one run after another, {thread_count} thread(s)"

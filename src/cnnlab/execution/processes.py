@@ -34,17 +34,24 @@ from cnnlab.execution.events import Event, failure_reason
 from cnnlab.execution.planning import cpu_count, longest_first
 from cnnlab.execution.transport import portable, rebuild, weights_as_arrays, weights_as_tensors
 from cnnlab.training import loop
+from cnnlab.training.loop import Prune
 
 # How long a worker may take to leave after being told to, before it is killed (seconds).
 _EXIT_GRACE_SECONDS = 5.0
 
 
 def train_parallel(
-    configs: Sequence[RunConfig], data: Dataset, *, processes: int, threads: int | None = None
+    configs: Sequence[RunConfig],
+    data: Dataset,
+    *,
+    processes: int,
+    threads: int | None = None,
+    prunes: Sequence[Prune | None] = (),
 ) -> Iterator[Event]:
     """Train every config with `loop.fit` on the CPU in `processes` workers, as events.
 
-    Each worker uses `threads` CPU threads (default: its share of the cores).
+    Each worker uses `threads` CPU threads (default: its share of the cores); a run's entry of
+    `prunes` (if any) travels with its config.
 
     Each run yields `started`, a `progress` event per epoch, then `done` (with its RunResult) or
     `failed` (with the reason: the run's exception, or its worker's death). Closing the iterator
@@ -56,7 +63,7 @@ def train_parallel(
     try:
         pool.start_workers(min(processes, len(waiting)))
         for worker in pool.workers:
-            worker.assign(waiting.popleft(), configs)
+            worker.assign(waiting.popleft(), configs, prunes)
         while any(worker.index is not None for worker in pool.workers):
             busy = [worker for worker in pool.workers if worker.index is not None]
             handles = [worker.connection for worker in busy]
@@ -73,7 +80,7 @@ def train_parallel(
                         yield Event("failed", lost, worker.death())
                     worker = pool.replace(worker) if waiting else None
                 if worker is not None and worker.index is None and waiting:
-                    worker.assign(waiting.popleft(), configs)
+                    worker.assign(waiting.popleft(), configs, prunes)
         pool.close()
     finally:
         pool.kill()
@@ -87,10 +94,13 @@ class _Worker:
         self.connection = connection
         self.index: int | None = None
 
-    def assign(self, index: int, configs: Sequence[RunConfig]) -> None:
+    def assign(
+        self, index: int, configs: Sequence[RunConfig], prunes: Sequence[Prune | None]
+    ) -> None:
         self.index = index
+        prune = prunes[index] if prunes else None
         with contextlib.suppress(OSError):  # a dead worker: the caller sees it through is_alive()
-            self.connection.send((index, configs[index]))
+            self.connection.send((index, configs[index], prune))
 
     def drain(self) -> Iterator[Event]:
         """The events waiting in the pipe; a finished run frees the worker."""
@@ -220,14 +230,14 @@ def _worker_main(
             return
         if task is None:
             return
-        index, config = task
+        index, config, prune = task
         connection.send(("started", index, None))
 
         def progress(row: dict[str, Any], index: int = index) -> None:
             connection.send(("progress", index, row))
 
         try:
-            result = loop.fit(config, data, device="cpu", progress=progress)
+            result = loop.fit(config, data, device="cpu", progress=progress, prune=prune)
         except Exception as error:  # the parent records the run as failed and goes on
             connection.send(("failed", index, failure_reason(error)))
         else:

@@ -50,6 +50,7 @@ from cnnlab.execution.events import Event, failure_reason
 from cnnlab.execution.planning import MAX_STREAMS, cpu_count, longest_first, schedule
 from cnnlab.execution.transport import weights_as_arrays, weights_as_tensors
 from cnnlab.training import grouped
+from cnnlab.training.loop import Prune
 
 MISSING_RAY = "--backend ray needs Ray: pip install 'cnnlab[ray]'"
 DEFAULT_MAX_RETRIES = 2  # retries of a task whose worker process or node died
@@ -69,8 +70,11 @@ def train_on_ray(
     cpus_per_run: int = 1,
     gpus_per_group: float = GPUS_PER_GROUP,
     max_retries: int = DEFAULT_MAX_RETRIES,
+    prunes: Sequence[Prune | None] = (),
 ) -> Iterator[Event]:
     """Train every config as Ray tasks, yielding the events every local path yields.
+
+    A run's entry of `prunes` (if any) travels with its task and is asked in the Ray worker.
 
     `address`: an existing cluster's (`ray.init(address=...)`), else $RAY_ADDRESS, else a Ray
     instance started on this machine with one CPU per core (shut down at the end). A Ray already
@@ -94,6 +98,7 @@ def train_on_ray(
         cpus_per_run=cpus_per_run,
         gpus_per_group=gpus_per_group,
         max_retries=max_retries,
+        prunes=list(prunes),
     )
 
 
@@ -127,6 +132,7 @@ def _events(
     cpus_per_run: int,
     gpus_per_group: float,
     max_retries: int,
+    prunes: list[Prune | None],
 ) -> Iterator[Event]:
     ray = _import_ray()
     connected_here = not ray.is_initialized()
@@ -156,7 +162,10 @@ def _events(
             group = groups[position]
             members = [configs[index] for index in group]
             named = task.options(name=task_name(members), **options)
-            reference = named.remote(members, group, shared, mailbox, target, cpus_per_run, given)
+            chosen = [prunes[index] for index in group] if prunes else []
+            reference = named.remote(
+                members, group, shared, mailbox, target, cpus_per_run, given, chosen
+            )
             outstanding[reference] = group
         relay = _Relay()
         while outstanding:
@@ -348,10 +357,12 @@ def train_task(
     device: str,
     threads: int,
     given: Dataset | None = None,
+    prunes: Sequence[Prune | None] = (),
 ) -> list[tuple[str, Any]]:
     """Train one scheduled group in a Ray worker: ("done", RunResult) or ("failed", reason) each.
 
-    `given`: the data, where the driver passed it whole (it has no file to load).
+    `given`: the data, where the driver passed it whole (it has no file to load); `prunes`: the
+    members' (`loop.fit_members`), or none.
     """
     ray = _import_ray()
     torch.set_num_threads(threads)
@@ -364,7 +375,9 @@ def train_task(
         data = given if given is not None else local_copy(shared.name, shared.source, shared.sha256)
         if data is None or data.train_images.shape != shared.train_shape:
             data = ray.get(shared.stored[0])
-        results = grouped.train_together(configs, data, device=device, progress=progress)
+        results = grouped.train_together(
+            configs, data, device=device, progress=progress, prunes=prunes
+        )
         outcomes = [("done", weights_as_arrays(result)) for result in results]
     except Exception as error:  # the driver records the runs as failed and goes on
         reason = failure_reason(error)

@@ -23,6 +23,7 @@ reported as it goes.
 from __future__ import annotations
 
 import contextlib
+import functools
 import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -36,6 +37,7 @@ from cnnlab.execution.events import Event, failure_reason
 from cnnlab.execution.planning import longest_first
 from cnnlab.training import grouped
 from cnnlab.training.device import GATE, STREAMS, fast_cuda_math, resolve_device
+from cnnlab.training.loop import Prune
 from cnnlab.training.metrics import RunResult
 
 # Trains one group: (configs, data, *, device, progress) -> one RunResult per config.
@@ -56,10 +58,12 @@ def train_concurrently(
     device: str | torch.device,
     streams: int,
     train_group: GroupTrainer | None = None,
+    prunes: Sequence[Prune | None] = (),
 ) -> Iterator[Event]:
     """Train `groups` (lists of indices into `configs`), `streams` of them at a time.
 
-    `train_group` trains one group (default `grouped.train_together`). Yields each member's
+    `train_group` trains one group (default `grouped.train_together`; given `prunes`, one per
+    config, it gets its members' as `prunes=`). Yields each member's
     `started`, `progress` (one per epoch), then `done` with its RunResult or `failed` with the
     reason, as the worker processes do (`execution.processes`).
     """
@@ -80,8 +84,12 @@ def train_concurrently(
     def serve() -> None:
         try:
             while (group := next_group()) is not None:
+                trainer = train_group
+                if prunes:
+                    chosen = [prunes[i] for i in group]
+                    trainer = functools.partial(train_group, prunes=chosen)
                 _train_group(
-                    train_group, [configs[i] for i in group], group, data, target, events, stop
+                    trainer, [configs[i] for i in group], group, data, target, events, stop
                 )
         finally:
             events.put(None)  # this thread is done

@@ -35,8 +35,12 @@ class Trial:
     number: int
     params: dict[str, Any]
     records: list[RunRecord]
-    state: str  # "complete", "failed" or "pending"
+    state: str  # "complete", "pruned", "failed" or "pending" (`search.trial_state`)
     value: float | None  # the mean of the metric over the trial's seeds
+
+    def epochs(self) -> list[int]:
+        """The epochs each of its runs trained."""
+        return [len(record.history) for record in self.records]
 
 
 def trials_of(experiment: Experiment, store: Store) -> list[Trial]:
@@ -44,9 +48,7 @@ def trials_of(experiment: Experiment, store: Store) -> list[Trial]:
     trials = []
     for number, params, run_ids in store.trials(experiment.name):
         records = [store.get(run_id) for run_id in run_ids]
-        value = search.trial_value(records, experiment.search.metric)
-        unfinished = any(r.status in ("pending", "running") for r in records)
-        state = "complete" if value is not None else "pending" if unfinished else "failed"
+        state, value = search.trial_state(records, experiment.search.metric)
         trials.append(Trial(number, params, records, state, value))
     return trials
 
@@ -93,16 +95,19 @@ def trial_lines(study_dir: str | os.PathLike[str]) -> list[str]:
 def _trial_table(
     experiment: Experiment, trials: list[Trial], best: Trial | None
 ) -> tuple[list[str], list[list[str]]]:
-    """Headers and rows: trial number, state, the searched values, the value, its runs."""
+    """Headers and rows: trial number, state, the searched values, the value, its runs (and,
+    with a pruner, the epochs each run trained)."""
     names = list(experiment.search.space)
-    headers = ["trial", "state", *names, experiment.search.metric, "runs"]
+    pruned = experiment.search.pruner is not None
+    headers = ["trial", "state", *names, experiment.search.metric, *(["epochs"] * pruned), "runs"]
     rows = []
     for trial in trials:
         mark = " (best)" if best is not None and trial.number == best.number else ""
         value = "-" if trial.value is None else f"{trial.value:.4f}"
+        epochs = [" ".join(map(str, trial.epochs()))] if pruned else []
         runs = " ".join(r.id[:8] for r in trial.records)
         params = [show_value(trial.params.get(name, "-")) for name in names]
-        rows.append([f"{trial.number}{mark}", trial.state, *params, value, runs])
+        rows.append([f"{trial.number}{mark}", trial.state, *params, value, *epochs, runs])
     return headers, rows
 
 
@@ -125,8 +130,8 @@ def _section(
     document.heading(f"{experiment.title} (search)")
     if experiment.description:
         document.paragraph(experiment.description)
-    states = {state: sum(t.state == state for t in trials) for state in ("complete", "failed")}
-    states["pending"] = len(trials) - sum(states.values())
+    kinds = ("complete", "pruned", "failed", "pending")
+    states = {state: sum(t.state == state for t in trials) for state in kinds}
     seeds = len(trials[0].records) if trials else 0
     document.paragraph(
         f"{len(trials)} of {spec.trials} trials asked of Optuna's {spec.sampler} sampler (seed"
@@ -134,7 +139,8 @@ def _section(
         f" {spec.metric} over its {seeds} seed(s), to {spec.direction}: the search never looks"
         " at the test set. "
         + ", ".join(f"{count} {state}" for state, count in states.items() if count)
-        + ". There is no pruning: every trial trains all its epochs."
+        + ". "
+        + _pruning_text(spec, trials)
     )
     best = best_of(experiment, trials)
     if best is None:
@@ -153,6 +159,24 @@ def _section(
         figure = _parallel_coordinates(experiment, complete)
         caption = f"Parallel coordinates: each complete trial, coloured by its {spec.metric}"
         document.image(Image(f"{slug}-search-parallel.png", plots.png_bytes(figure), caption))
+
+
+def _pruning_text(spec, trials: list[Trial]) -> str:
+    """What the pruner did, counted in trials and in the epochs its runs trained."""
+    if spec.pruner is None:
+        return "There is no pruning: every trial trains all its epochs."
+    options = ", ".join(f"{key} {value}" for key, value in spec.pruner.options)
+    ended = [t for t in trials if t.state in ("complete", "pruned")]
+    trained = sum(sum(t.epochs()) for t in ended)
+    full = sum(r.config.get("epochs", 0) for t in ended for r in t.records)
+    saved = f" ({1 - trained / full:.0%} fewer)" if full else ""
+    return (
+        f"Optuna's {spec.pruner.kind.replace('_', ' ')} pruner ({options}) judged each run after"
+        " every epoch against the runs of the same seed in earlier batches; a trial is pruned when"
+        f" one of its runs is. {sum(t.state == 'pruned' for t in trials)} of {len(ended)} ended"
+        f" trials were pruned: their runs trained {trained} of the {full} epochs they would have"
+        f" trained unpruned{saved}."
+    )
 
 
 def _best(document: Document, experiment: Experiment, best: Trial, fresh: list[RunRecord]) -> None:
@@ -253,7 +277,7 @@ def _history(spec, trials: list[Trial]):
     for trial in trials:
         if trial.value is None:
             axes.axvline(trial.number, color="#bbb", linestyle=":", linewidth=1)
-    axes.set_xlabel("trial (dotted: failed or pending)")
+    axes.set_xlabel("trial (dotted: pruned, failed or pending)")
     axes.set_ylabel(f"{spec.metric} (mean over seeds)")
     axes.set_title("Optimisation history")
     axes.legend(loc="best")

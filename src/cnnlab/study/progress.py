@@ -174,9 +174,10 @@ class LiveDisplay:
         """'4/11 runs finished (1 failed, 0 diverged)  elapsed 0:01:02  ETA 0:03:10'."""
         finished = sum(self.counts.values())
         elapsed = time.monotonic() - self.estimate.started_at
+        pruned = f", {self.counts['pruned']} pruned" if self.counts.get("pruned") else ""
         return (
             f"{finished}/{self.total} runs finished ({self.counts['failed']} failed,"
-            f" {self.counts['diverged']} diverged)  elapsed {_clock(elapsed)}"
+            f" {self.counts['diverged']} diverged{pruned})  elapsed {_clock(elapsed)}"
             f"  ETA {_clock(self.estimate.eta_seconds())}"
         )
 

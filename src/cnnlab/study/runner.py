@@ -1,15 +1,14 @@
-"""A study: the file's experiments planned into explicit runs, trained, recorded and resumed.
+"""A study: its planned runs (`cnnlab.study.plan`) trained, recorded and resumed.
 
-Every grid point of every experiment is repeated with seeds `seed + 0 .. seed + repeats - 1`.
-A run's id is a hash of its resolved config (seed included, see `config.run_id`), so a run that
-two experiments share is one run. The store (`cnnlab.store`) remembers what finished;
-re-running skips it. Training goes through `cnnlab.execution.execute`, the one place that runs
-runs; the report is written by the caller (`cnnlab.report.report.write_report`).
+The store (`cnnlab.store`) remembers what finished; re-running skips it. Training goes through
+`cnnlab.execution.execute`, the one place that runs runs; the report is written by the caller
+(`cnnlab.report.report.write_report`).
 
 A search's experiment (`[experiments.N.search]`) is planned batch by batch after the grids: its
 trials are asked of a seeded Optuna sampler and replayed from the store on every run (see
 `cnnlab.study.search`); each trial is `repeats` ordinary runs, trained and recorded like any
-other, and the best trial's configuration is retrained on `retrain` fresh seeds at the end.
+other (and judged by its pruner, `cnnlab.study.pruning`), and the best trial's configuration is
+retrained on `retrain` fresh seeds at the end.
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ import contextlib
 import dataclasses
 import fcntl
 import json
-import math
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -28,41 +26,27 @@ from typing import Any
 
 from cnnlab import atomic
 from cnnlab.config import (
-    DATASET_SHAPES,
-    ConfigError,
     RunConfig,
-    check_augmentation,
-    check_config,
     check_workers,
-    run_id,
 )
 from cnnlab.errors import CnnlabError
 from cnnlab.machine import machine_description
-from cnnlab.nn.specs import resolve_layers
-from cnnlab.store import DATABASE_NAME, FINISHED, RunRecord, Store
-from cnnlab.study import search
+from cnnlab.store import DATABASE_NAME, FINISHED, KEPT, RunRecord, Store
+from cnnlab.study import pruning, search
+from cnnlab.study.plan import (
+    PlannedRun,
+    check_run,
+    describe_searches,
+    plan_runs,
+    search_runs,
+    trial_repeats,
+)
 from cnnlab.study.progress import Lines, Watcher
-from cnnlab.study.studyfile import MAX_REPEATS, Experiment, Study, load_study, where
+from cnnlab.study.studyfile import Experiment, Study, load_study
 from cnnlab.tracking.export import StudyLogger, log_event
 
 RUNS_FOLDER = "runs"
 LOCK_NAME = ".lock"
-MAX_RUNS = 100_000  # planned runs in one study (repeats included); more is refused, not planned
-
-
-@dataclass(frozen=True)
-class PlannedRun:
-    """One run of the plan: its id, config, and where it sits in each experiment."""
-
-    id: str
-    config: RunConfig
-    experiments: dict[str, dict[str, Any]]  # experiment -> the grid fields that place it there
-
-    def label(self) -> str:
-        """'sizes: train_size=5000 | l1: l1=0.0001' (what differs, per experiment)."""
-        return " | ".join(
-            f"{name}: {_fields_text(fields)}" for name, fields in self.experiments.items()
-        )
 
 
 @dataclass
@@ -78,152 +62,6 @@ class StudyOutcome:
 
 
 Fit = Callable[..., Any]  # loop.fit's signature: fit(config, data, *, device, progress)
-
-# --- planning ---------------------------------------------------------------------------------
-
-
-def plan_runs(study: Study, repeats: int | None = None) -> list[PlannedRun]:
-    """The explicit runs of every experiment, deduplicated by id, in declaration order."""
-    if repeats is not None and not 1 <= repeats <= MAX_REPEATS:
-        raise CnnlabError(f"--repeats {repeats}: must be between 1 and {MAX_REPEATS}")
-    total = sum(
-        math.prod(len(values) for values in experiment.grid.values())
-        * (repeats or experiment.repeats or study.repeats)
-        for experiment in study.experiments
-    )
-    if total > MAX_RUNS:
-        raise CnnlabError(
-            f"{study.path}: the study plans {total:,} runs (grid points x repeats); at most"
-            f" {MAX_RUNS:,} are allowed in one study"
-        )
-    planned: dict[str, PlannedRun] = {}
-    for experiment in study.experiments:
-        count = repeats or experiment.repeats or study.repeats
-        for place, point in experiment.points():
-            fields = {**study.defaults, **point}
-            base_seed = fields.pop("seed", RunConfig.seed)
-            arch = fields.get("arch", RunConfig.arch)
-            if arch in study.architectures:
-                fields["layers"] = study.architectures[arch]
-            for offset in range(count):
-                config = RunConfig(**fields, seed=base_seed + offset)
-                _check_config(study, experiment, config)
-                identifier = run_id(config)
-                run = planned.setdefault(identifier, PlannedRun(identifier, config, {}))
-                # What places the run in this experiment: its grid point and fixed fields.
-                known = run.experiments.setdefault(experiment.name, place)
-                if known != place:
-                    raise CnnlabError(
-                        f"{where(study, ('experiments', experiment.name, 'variants'))}:"
-                        f" {_fields_text(known)} and {_fields_text(place)} train the same runs;"
-                        " make the variants differ"
-                    )
-    for experiment in study.searches:  # every bound of a search's space must make a valid run
-        for params in search.corners(experiment.search):
-            search_runs(study, experiment, params, {}, range(1))
-    return list(planned.values())
-
-
-def search_runs(
-    study: Study, experiment: Experiment, params: dict[str, Any], place: dict, offsets: range
-) -> list[PlannedRun]:
-    """The runs of one trial of a search (or of its retraining): seeds `seed + offsets`."""
-    fields = {**study.defaults, **experiment.fixed, **params}
-    base_seed = fields.pop("seed", RunConfig.seed)
-    arch = fields.get("arch", RunConfig.arch)
-    if arch in study.architectures:
-        fields["layers"] = study.architectures[arch]
-    runs = []
-    for offset in offsets:
-        config = RunConfig(**fields, seed=base_seed + offset)
-        _check_config(study, experiment, config)
-        runs.append(PlannedRun(run_id(config), config, {experiment.name: place}))
-    return runs
-
-
-def trial_repeats(study: Study, experiment: Experiment, repeats: int | None) -> int:
-    """Seeds per trial: --repeats, else the search's, the experiment's, the study's."""
-    return repeats or experiment.search.repeats or experiment.repeats or study.repeats
-
-
-def _fields_text(fields: dict[str, Any]) -> str:
-    return " ".join(f"{name}={value}" for name, value in fields.items()) or "-"
-
-
-def _check_config(
-    study: Study, experiment: Experiment, config: RunConfig, data: Any = None
-) -> None:
-    """The training loop's own checks, reported at the line that sets the offending field.
-
-    The net and the augmentation are checked against the images and classes the run will train
-    on: the loaded data's, else the named dataset's (an image folder's are known once read).
-    """
-    images = _images_of(config, data)
-    try:
-        if data is None:
-            check_config(config)
-        else:
-            check_config(config, available=len(data.train_labels), classes=len(data.class_names))
-        if images is not None:
-            (height, width, _), _ = images
-            check_augmentation(
-                height,
-                width,
-                crop_padding=config.crop_padding,
-                crop_padding_mode=config.crop_padding_mode,
-                cutout=config.cutout,
-            )
-    except ConfigError as error:
-        keys = _origin(study, experiment, error.key)
-        raise CnnlabError(f"{where(study, keys)}: {error.reason}") from None
-    if images is not None:
-        try:
-            resolve_layers(config, *images)  # the net must fit the images and the classes
-        except CnnlabError as error:
-            keys = _origin(study, experiment, "arch")
-            raise CnnlabError(f"{where(study, keys)}: {error}") from None
-
-
-def _images_of(config: RunConfig, data: Any) -> tuple[tuple[int, int, int], int] | None:
-    """(image shape, class count) a run trains on, where it is known before training."""
-    if data is not None:
-        return tuple(data.train_images.shape[1:]), len(data.class_names)
-    return DATASET_SHAPES.get(config.dataset)
-
-
-def _origin(study: Study, experiment: Experiment, field: str) -> tuple[str, ...]:
-    """The key path that gives `field` its value in `experiment` (grid, fixed, defaults)."""
-    own = ("experiments", experiment.name)
-    if experiment.search is not None and field in experiment.search.space:
-        return (*own, "search", "space", field)
-    if field in experiment.grid:
-        return (*own, "grid", field)
-    if any(field in fields for fields in experiment.variants.values()):
-        return (*own, "variants", field)
-    if field in experiment.fixed:
-        return (*own, field)
-    if field in study.defaults:
-        return ("defaults", field)
-    return own
-
-
-def describe_plan(plan: list[PlannedRun]) -> Iterator[str]:
-    """One line per run: id, seed, and per experiment the fields that place it there."""
-    for run in plan:
-        yield f"{run.id}  seed={run.config.seed:<3} {run.label()}"
-
-
-def describe_searches(study: Study, repeats: int | None = None) -> Iterator[str]:
-    """One line per search: its trials are planned as they go, so only their count is known."""
-    for experiment in study.searches:
-        spec = experiment.search
-        count = trial_repeats(study, experiment, repeats)
-        yield (
-            f"search {experiment.name}: {spec.trials} trials x {count} seed(s) + {spec.retrain}"
-            f" retrained = up to {spec.trials * count + spec.retrain} runs, asked of the"
-            f" {spec.sampler} sampler (seed {spec.seed}) {spec.batch} at a time"
-        )
-
 
 # --- running ----------------------------------------------------------------------------------
 
@@ -252,8 +90,11 @@ def execute_runs(
     logger: StudyLogger | None = None,
     backend: str = "local",
     address: str | None = None,
+    prunes: dict[str, Any] | None = None,
 ) -> None:
     """Train every run of `plan` through `cnnlab.execution.execute`, recording each in `store`.
+
+    `prunes`: run id -> its `loop.Prune` (a search's pruning, `cnnlab.study.pruning`), if any.
 
     `data` is the loaded dataset, or a dict of them by name: then each run trains on its
     config's dataset, one dataset's runs after another, watched and logged as one study.
@@ -272,11 +113,12 @@ def execute_runs(
         runs = [run for run in plan if name is None or run.config.dataset == name]
         if runs:
             configs = [run.config for run in runs]
+            chosen = [prunes.get(run.id) for run in runs] if prunes else []
             if fit is None:
-                options = {"device": device, "workers": workers}
+                options = {"device": device, "workers": workers, "prunes": chosen}
                 execution = _execute(configs, dataset, backend=backend, address=address, **options)
             else:
-                execution = _execute_with(fit, configs, dataset, device)
+                execution = _execute_with(fit, configs, dataset, device, chosen)
             parts.append((runs, dataset, execution))
     in_hand: set[str] = set()
     try:
@@ -307,17 +149,19 @@ def _execute(configs, data, **options):
     return execute(configs, data, **options)
 
 
-def _execute_with(fit: Fit, configs: list[RunConfig], data: Any, device: str):
-    """The runs trained by `fit` instead, one at a time in a thread of this process."""
+def _execute_with(fit: Fit, configs: list[RunConfig], data: Any, device: str, prunes: list):
+    """The runs trained by `fit` instead, one at a time in a thread of this process (a run
+    with a pruning gets it as `prune=`)."""
     from cnnlab.execution.execute import Execution
     from cnnlab.execution.threads import train_concurrently
 
-    def train_group(group, data, *, device, progress):
-        return [fit(group[0], data, device=device, progress=progress)]
+    def train_group(group, data, *, device, progress, prunes=()):
+        pruning = {"prune": prunes[0]} if prunes and prunes[0] is not None else {}
+        return [fit(group[0], data, device=device, progress=progress, **pruning)]
 
     alone = [[index] for index in range(len(configs))]
     events = train_concurrently(
-        configs, alone, data, device=device, streams=1, train_group=train_group
+        configs, alone, data, device=device, streams=1, train_group=train_group, prunes=prunes
     )
     return Execution(events, "training one run after another in this process")
 
@@ -372,6 +216,8 @@ def _record(run: PlannedRun, result: Any, data: Any, store: Store, study_dir: Pa
     reason = ""
     if result.status == "diverged":
         reason = f"loss not finite at epoch {metrics.get('diverged_epoch', '?')}"
+    elif result.status == "pruned":
+        reason = f"pruned after epoch {metrics.get('pruned_epoch', '?')} by the search's pruner"
     store.record_result(
         run.id,
         status=result.status,
@@ -520,7 +366,7 @@ def run_study(
             f" {len(todo)} to run -> {study_dir}"
         )
 
-        def train(todo: list[PlannedRun]) -> None:
+        def train(todo: list[PlannedRun], prunes: dict[str, Any] | None = None) -> None:
             needed = {}
             for name, runs in _by_dataset(todo).items():
                 if name not in loaded:
@@ -540,6 +386,7 @@ def run_study(
                     logger=logger,
                     backend=backend,
                     address=address,
+                    prunes=prunes,
                 )
 
         train(todo)
@@ -572,18 +419,21 @@ def run_search(
     store: Store,
     study_dir: Path,
     repeats: int | None,
-    train: Callable[[list[PlannedRun]], None],
+    train: Callable[..., None],
     echo: Callable[[str], None],
 ) -> int:
     """Replay a search batch by batch, training what the store lacks; returns the runs skipped.
 
     Each batch's trials are asked together and told together once all their runs are finished
-    (`cnnlab.study.search`), so a rerun after a kill asks for the same trials as before.
+    (`cnnlab.study.search`), so a rerun after a kill asks for the same trials as before. With a
+    pruner, each run is judged against the earlier batches' runs of its seed offset
+    (`cnnlab.study.pruning`): `earlier` holds those, offset by offset.
     """
     spec = experiment.search
     count = trial_repeats(study, experiment, repeats)
     optuna_study = search.new_study(spec)
     known = search.distributions(spec)
+    earlier: list[list[pruning.Curve]] = [[] for _ in range(count)]
     skipped = 0
     for size in search.batch_sizes(spec):
         asked = [optuna_study.ask(known) for _ in range(size)]
@@ -591,12 +441,20 @@ def run_search(
             search_runs(study, experiment, t.params, {"trial": t.number, **t.params}, range(count))
             for t in asked
         ]
+        prunes = _prunes(spec, trial_runs, earlier)
         runs = list({run.id: run for runs in trial_runs for run in runs}.values())
-        skipped += _plan_more(store, study_dir, runs, train, echo, experiment.name)
+        skipped += _plan_more(store, study_dir, runs, train, echo, experiment.name, prunes)
+        batch_curves: list[list[pruning.Curve]] = [[] for _ in range(count)]
         for trial, runs in zip(asked, trial_runs, strict=True):
             store.add_trial(experiment.name, trial.number, trial.params, [r.id for r in runs])
             records = [store.get(run.id) for run in runs]
-            search.tell(optuna_study, trial, search.trial_value(records, spec.metric))
+            search.tell(optuna_study, trial, records, spec.metric)
+            for offset, record in enumerate(records if spec.pruner else ()):
+                args = (spec.pruner, spec.direction, spec.metric, earlier[offset], record)
+                if (seen := pruning.curve(*args)) is not None:
+                    batch_curves[offset].append(seen)
+        for offset, curves in enumerate(batch_curves):  # seen by the next batches only
+            earlier[offset].extend(curves)
     best = search.best_trial(optuna_study)
     if best is not None and spec.retrain:
         place = {"retrain": best.number, **best.params}
@@ -606,20 +464,35 @@ def run_search(
     return skipped
 
 
-def _plan_more(store, study_dir, runs, train, echo, name) -> int:
-    """Add `runs` to the plan and train those not finished; returns how many were."""
+def _prunes(spec, trial_runs, earlier) -> dict[str, pruning.RunPruning]:
+    """Each run's pruning (none without a pruner): against its seed offset's earlier runs."""
+    if spec.pruner is None:
+        return {}
+    return {
+        run.id: pruning.RunPruning(spec.pruner, spec.direction, spec.metric, tuple(earlier[k]))
+        for runs in trial_runs
+        for k, run in enumerate(runs)
+    }
+
+
+def _plan_more(store, study_dir, runs, train, echo, name, prunes=None) -> int:
+    """Add `runs` to the plan and train those not kept; returns how many were kept.
+
+    A pruned run is kept only where its pruning (of `prunes`) still stops it there."""
     store.add_planned(
         (run.id, dataclasses.asdict(run.config), run.config.seed, run.experiments) for run in runs
     )
     records = {record.id: record for record in map(store.get, [run.id for run in runs])}
-    todo = [
-        run
-        for run in runs
-        if not (records[run.id].status in FINISHED and artifacts_intact(study_dir, records[run.id]))
-    ]
+
+    def kept(record: RunRecord) -> bool:
+        if record.status == "pruned" and not (prunes and prunes[record.id].keeps(record)):
+            return False
+        return record.status in KEPT and artifacts_intact(study_dir, record)
+
+    todo = [run for run in runs if not kept(records[run.id])]
     if todo:
         echo(f"search {name}: {len(todo)} run(s) to train")
-        train(todo)
+        train(todo, prunes)
     return len(runs) - len(todo)
 
 
@@ -648,7 +521,7 @@ def _check_against(study: Study, plan: list[PlannedRun], data: Any) -> None:
     """Every run's config against the data (train size, classes), by the line that sets it."""
     experiments = {e.name: e for e in (*study.experiments, *study.searches)}
     for run in plan:
-        _check_config(study, experiments[next(iter(run.experiments))], run.config, data)
+        check_run(study, experiments[next(iter(run.experiments))], run.config, data)
 
 
 def _record_data(data: Any, store: Store, *, main: bool, force: bool) -> Any:

@@ -10,7 +10,9 @@ what is asked together, so the trials do not depend on the machine either; with 
 trials see each other through Optuna's constant liar.
 
 A trial's value is the mean, over its `repeats` seeds, of each run's final validation metric;
-a trial one of whose runs failed, or whose metric is not a finite number, is told as failed.
+a trial one of whose runs failed, or whose metric is not a finite number, is told as failed. A
+search with a pruner stops hopeless runs after an epoch (`cnnlab.study.pruning`); a trial one of
+whose runs was pruned is told as pruned.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from optuna.distributions import (
 from optuna.trial import TrialState
 
 from cnnlab.store import FINISHED, RunRecord
+from cnnlab.study import pruning
 from cnnlab.study.studyfile import Search, grid_values
 
 
@@ -102,12 +105,31 @@ def trial_value(records: Sequence[RunRecord], metric: str) -> float | None:
     return statistics.fmean(values) if values else None
 
 
-def tell(study: optuna.Study, trial: optuna.Trial, value: float | None) -> None:
-    """Tell the sampler a trial's value, or that it failed."""
-    if value is None:
-        study.tell(trial, state=TrialState.FAIL)
-    else:
+def trial_state(records: Sequence[RunRecord], metric: str) -> tuple[str, float | None]:
+    """A trial's state ("complete", "pruned", "pending" or "failed") and its value, if any."""
+    value = trial_value(records, metric)
+    if value is not None:
+        return "complete", value
+    statuses = {record.status for record in records}
+    if statuses & {"pending", "running"}:
+        return "pending", None
+    if "pruned" in statuses and "failed" not in statuses:
+        return "pruned", None
+    return "failed", None
+
+
+def tell(study: optuna.Study, trial: optuna.Trial, records: Sequence[RunRecord], metric: str):
+    """Tell the sampler a trial's value, or that it was pruned (with its mean curve), or failed."""
+    state, value = trial_state(records, metric)
+    curve = pruning.mean_curve(records, metric) if state == "pruned" else []
+    if value is not None:
         study.tell(trial, value)
+    elif curve and all(math.isfinite(v) for v in curve):
+        for epoch, mean in enumerate(curve, 1):
+            trial.report(mean, epoch)
+        study.tell(trial, state=TrialState.PRUNED)
+    else:
+        study.tell(trial, state=TrialState.FAIL)
 
 
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:

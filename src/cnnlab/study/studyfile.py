@@ -14,7 +14,9 @@ A study file declares:
                        variants x grid points, and the report holds each variant against the
                        first
     [experiments.N.search]  trials, sampler ("random", "tpe", "grid"), seed, batch, repeats,
-                       metric ("val_accuracy" or "val_loss"), direction, retrain, and
+                       metric ("val_accuracy" or "val_loss"), direction, retrain, pruner
+                       ("none", "median", "successive_halving", or a table: type = one of
+                       those and its options, see PRUNER_OPTIONS), and
     [experiments.N.search.space]  run field = {low, high, log, step} or {choices = [...]}: a
                        search over those fields (see `cnnlab.study.search`) instead of a grid
 
@@ -73,6 +75,26 @@ DIRECTIONS = ("maximize", "minimize")
 MAX_TRIALS = 10_000  # trials in one search
 MAX_BATCH = 256  # trials asked together before any is told
 MAX_SAMPLER_SEED = 2**32 - 1  # NumPy's RandomState, under Optuna's samplers, takes 32 bits
+# A search's pruner (`cnnlab.study.pruning`): its options, each cnnlab key -> (Optuna's
+# argument, default, least value). Epochs, counted from 1, are the pruners' steps; Optuna judges
+# from step n_warmup_steps on, so `warmup_epochs` N (the first N epochs are never judged) is
+# n_warmup_steps N + 1 (`pruning.optuna_pruner`). A run reaches successive halving's first rung
+# after `min_epochs` epochs.
+PRUNER_OPTIONS: dict[str, dict[str, tuple[str, int, int]]] = {
+    "none": {},
+    "median": {
+        "startup_trials": ("n_startup_trials", 5, 0),
+        "warmup_epochs": ("n_warmup_steps", 0, 0),
+        "interval_epochs": ("interval_steps", 1, 1),
+        "min_trials": ("n_min_trials", 1, 1),
+    },
+    "successive_halving": {
+        "min_epochs": ("min_resource", 1, 1),
+        "reduction_factor": ("reduction_factor", 4, 2),
+        "min_early_stopping_rate": ("min_early_stopping_rate", 0, 0),
+    },
+}
+MAX_PRUNER_OPTION = 1_000_000
 _SEARCH_KEYS = {
     "trials": int,
     "sampler": str,
@@ -82,6 +104,7 @@ _SEARCH_KEYS = {
     "metric": str,
     "direction": str,
     "retrain": int,
+    "pruner": (str, dict),
     "space": dict,
 }
 _PARAM_KEYS = ("low", "high", "log", "step", "choices")
@@ -115,6 +138,15 @@ class Search:
     direction: str  # one of DIRECTIONS
     retrain: int  # fresh seeds the best trial's configuration is retrained on (test set)
     space: dict[str, Param]  # run field -> its range or choices, in the file's order
+    pruner: Pruner | None = None  # None: every trial trains all its epochs
+
+
+@dataclass(frozen=True)
+class Pruner:
+    """A search's pruner: its kind (a key of PRUNER_OPTIONS) and every option, set or default."""
+
+    kind: str
+    options: tuple[tuple[str, int], ...]  # (cnnlab key, value), in PRUNER_OPTIONS's order
 
 
 @dataclass(frozen=True)
@@ -502,7 +534,28 @@ class _Parser:
             direction=direction,
             retrain=table.get("retrain", 3),
             space=space,
+            pruner=self.pruner(table.get("pruner", "none"), (*keys, "pruner")),
         )
+
+    def pruner(self, spec: Any, keys: tuple[str, ...]) -> Pruner | None:
+        """A search's `pruner`: a kind's name, or a table of `type` and that kind's options."""
+        table = spec if isinstance(spec, dict) else {"type": spec}
+        kind = table.get("type")
+        where = (*keys, "type") if isinstance(spec, dict) else keys
+        if kind not in PRUNER_OPTIONS:
+            valid = ", ".join(PRUNER_OPTIONS)
+            self.fail(where, f"unknown pruner {_show(kind)}; valid: {valid}")
+        options = PRUNER_OPTIONS[kind]
+        self.check_keys(table, keys, ["type", *options])
+        chosen = []
+        for key, (_, default, least) in options.items():
+            value = self.typed(table.get(key, default), int, (*keys, key))
+            if not least <= value <= MAX_PRUNER_OPTION:
+                self.fail(
+                    (*keys, key), f"must be between {least} and {MAX_PRUNER_OPTION}, got {value}"
+                )
+            chosen.append((key, value))
+        return None if kind == "none" else Pruner(kind, tuple(chosen))
 
     def param(self, name: str, spec: Any, keys: tuple[str, ...]) -> Param:
         """One field of a search's space: {low, high, log, step} or {choices = [...]}."""
@@ -670,7 +723,9 @@ def _line_of(text: str, keys: tuple[str, ...]) -> int | None:
     return header_line
 
 
-def _type_name(expected: type) -> str:
+def _type_name(expected: type | tuple[type, ...]) -> str:
+    if isinstance(expected, tuple):
+        return " or ".join(_type_name(one) for one in expected)
     return {str: "a string", int: "an integer", list: "a list", dict: "a table"}.get(
         expected, expected.__name__
     )

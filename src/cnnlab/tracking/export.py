@@ -23,7 +23,7 @@ from typing import Any
 
 from cnnlab.errors import CnnlabError
 from cnnlab.execution.events import Event
-from cnnlab.store import FINISHED, RunRecord, Store
+from cnnlab.store import KEPT, RunRecord, Store
 from cnnlab.tracking.loggers import (
     StudyLogger,
     first_line,
@@ -130,7 +130,7 @@ def log_event(
         logger.failed(run_id, event.payload)
     else:
         record = store.get(run_id)
-        if record.status in FINISHED:  # a run whose files could not be written is 'failed'
+        if record.status in KEPT:  # a run whose files could not be written is 'failed'
             logger.finished(record, study_dir)
         else:
             logger.failed(run_id, record.reason)
@@ -143,7 +143,7 @@ def replay(study_dir: str | os.PathLike[str], logger: StudyLogger) -> int:
         meta = store.meta()
         records = store.runs(planned_only=True)
     meta.setdefault("study_name", study_dir.name)
-    finished = [record for record in records if record.status in FINISHED]
+    finished = [record for record in records if record.status in KEPT]
     logger.start(meta, records)
     try:
         for record in finished:

@@ -343,11 +343,13 @@ def fit_group(
     masks: str | None = None,
     cuda_graph: bool | None = None,
     progress: loop.Progress | None = None,
+    prunes: Sequence[loop.Prune | None] = (),
 ) -> list[RunResult]:
     """Train compatible runs (see `group_key`) together; one RunResult per config, in order.
 
     `masks` "step" or "epoch" and `cuda_graph` default to what suits the device (see the module
-    docstring); `progress` gets each member's epoch row with its index under "member".
+    docstring); `progress` gets each member's epoch row with its index under "member"; `prunes`
+    may stop a member after an epoch, as a diverged one stops (`loop.fit_members`).
     On CUDA the group trains in TF32 (fp32 storage, fp32 accumulation), or in the deterministic
     mode its runs ask for (`RunConfig.deterministic`, docs/cuda.md).
     """
@@ -369,7 +371,7 @@ def fit_group(
             masks=masks or ("epoch" if on_cuda else "step"),
             cuda_graph=on_cuda if cuda_graph is None else cuda_graph,
         )
-        return loop.fit_members(configs, data, on_device, members, progress)
+        return loop.fit_members(configs, data, on_device, members, progress, prunes=prunes)
 
 
 class GroupMembers:
@@ -463,10 +465,12 @@ def train_together(
     *,
     device: str = "auto",
     progress: loop.Progress | None = None,
+    prunes: Sequence[loop.Prune | None] = (),
 ) -> list[RunResult]:
     """Train one scheduled group: `loop.fit` for a lone run on the CPU or one that cannot be
-    grouped (`groupable`), else `fit_group`."""
+    grouped (`groupable`), else `fit_group`. `prunes`: one per config, or none (`loop.fit`)."""
     target = resolve_device(device)
     if len(configs) == 1 and (target.type != "cuda" or not groupable(configs[0])):
-        return [loop.fit(configs[0], data, device=device, progress=progress)]
-    return fit_group(configs, data, device=device, progress=progress)
+        prune = prunes[0] if prunes else None
+        return [loop.fit(configs[0], data, device=device, progress=progress, prune=prune)]
+    return fit_group(configs, data, device=device, progress=progress, prunes=prunes)

@@ -45,6 +45,8 @@ from cnnlab.training.metrics import Evaluation, RunResult
 
 WHITENING_IMAGES = 5000  # training images whose patches set a whitened first layer
 Progress = Callable[[dict[str, Any]], None]
+# Told a run's history after each epoch; True stops the run there (status "pruned").
+Prune = Callable[[list[dict[str, float]]], bool]
 
 
 # --- evaluation -------------------------------------------------------------------------------
@@ -314,18 +316,22 @@ def fit_members(
     progress: Progress | None = None,
     *,
     measurements: bool = True,
+    prunes: Sequence[Prune | None] = (),
 ) -> list[RunResult]:
     """Train `members` (one per config; they share epochs and data) and score them.
 
     `progress` gets each member's epoch row with "member", "epochs", "elapsed" and "eta". A
     member whose loss stops being finite stops there (status "diverged"); the others go on.
-    `measurements` adds each member's `measure.Measurer` readings; they read, never change, the
-    training, and their time is left out of the fit time.
+    `prunes` (one per config, or none) may stop a member after an epoch (status "pruned"), the
+    same way. `measurements` adds each member's `measure.Measurer` readings; they read, never
+    change, the training, and their time is left out of the fit time.
     """
     measurer = measure.Measurer(configs, data, on_device) if measurements else None
     epochs = configs[0].epochs
     histories: list[list[dict[str, float]]] = [[] for _ in configs]
     diverged: list[int | None] = [None] * len(configs)
+    pruned: list[int | None] = [None] * len(configs)
+    prunes = list(prunes) or [None] * len(configs)
     final_states: list[dict[str, torch.Tensor] | None] = [None] * len(configs)
     validation = slice(on_device.train_count, None)
     started = time.perf_counter()
@@ -335,7 +341,7 @@ def fit_members(
         validations = members.evaluate(on_device.images[validation], on_device.labels[validation])
         now = time.perf_counter()
         for member, (loss, accuracy) in enumerate(scores):
-            if diverged[member] is not None:
+            if diverged[member] is not None or pruned[member] is not None:
                 continue
             row = metrics.history_row(
                 epoch, loss, accuracy, validations[member], now - epoch_started
@@ -349,14 +355,17 @@ def fit_members(
             if not (np.isfinite(row["loss"]) and np.isfinite(row["val_loss"])):
                 diverged[member] = epoch
                 final_states[member] = members.state_dict(member)
+            elif prunes[member] is not None and prunes[member](histories[member]):
+                pruned[member] = epoch
+                final_states[member] = members.state_dict(member)
+        going = [m for m in range(len(configs)) if diverged[m] is None and pruned[m] is None]
         if measurer is not None:
-            measurer.epoch(members, epoch, [m for m, at in enumerate(diverged) if at is None])
-        if all(epoch is not None for epoch in diverged):
+            measurer.epoch(members, epoch, going)
+        if not going:
             break
     fit_seconds = time.perf_counter() - started - (measurer.epoch_seconds if measurer else 0.0)
-    results = _score(
-        configs, data, on_device, members, (histories, diverged, final_states), fit_seconds
-    )
+    trained = (histories, diverged, pruned, final_states)
+    results = _score(configs, data, on_device, members, trained, fit_seconds)
     for member, result in enumerate(results if measurer is not None else ()):
         result.measurements = measurer.finish(member, result.state_dict)
     return results
@@ -364,7 +373,7 @@ def fit_members(
 
 def _score(configs, data, on_device, members, trained, fit_seconds) -> list[RunResult]:
     """The members' final scores on their whole subset and the test set, as RunResults."""
-    histories, diverged, final_states = trained
+    histories, diverged, pruned, final_states = trained
     device = on_device.images.device
     evaluated = time.perf_counter()
     test_images = images_to_device(data.test_images, device)
@@ -393,6 +402,7 @@ def _score(configs, data, on_device, members, trained, fit_seconds) -> list[RunR
             members.parameter_count(member),
             provenance,
             final_states[member] or members.state_dict(member),
+            pruned_epoch=pruned[member],
         )
         for member, config in enumerate(configs)
     ]
@@ -471,10 +481,12 @@ def fit(
     device: str = "auto",
     progress: Progress | None = None,
     measurements: bool = True,
+    prune: Prune | None = None,
 ) -> RunResult:
     """Train `config` on `data` as Keras would; `progress` gets each epoch's row as it ends.
 
     `measurements` (on by default) records `measure.Measurer`'s readings in the result.
+    `prune`, told the history after each epoch, may stop the run there (status "pruned").
     """
     target = resolve_device(device)
     # The deterministic run field's math, else TF32 and the autotuner (docs/cuda.md).
@@ -483,4 +495,6 @@ def fit(
     with fast_math:
         on_device = to_device(config, data, target)
         lone = LoneNet(config, on_device)
-        return fit_members([config], data, on_device, lone, progress, measurements=measurements)[0]
+        return fit_members(
+            [config], data, on_device, lone, progress, measurements=measurements, prunes=[prune]
+        )[0]

@@ -25,7 +25,7 @@ class RunResult:
     """What a run gives back: per-epoch history, final metrics and the trained weights."""
 
     config: RunConfig
-    status: str  # "done" or "diverged"
+    status: str  # "done", "diverged" or "pruned" (stopped early by a search's pruner)
     history: list[dict[str, float]]  # per epoch: the HISTORY_KEYS
     metrics: dict[str, Any] = field(default_factory=dict)
     state_dict: dict[str, Any] = field(default_factory=dict)  # name -> tensor (or array)
@@ -82,8 +82,11 @@ def make_result(
     parameters: int,
     provenance: Provenance,
     state_dict: dict[str, Any],
+    pruned_epoch: int | None = None,
 ) -> RunResult:
-    """A finished run's RunResult: `labels` and `scores` are (whole subset, test set)."""
+    """A finished run's RunResult: `labels` and `scores` are (whole subset, test set).
+
+    A pruned run's metrics hold "pruned_epoch"; a run that was not has no such key."""
     subset_labels, test_labels = labels
     train_scores, test_scores = scores
     last = history[-1] if history else {}
@@ -107,6 +110,9 @@ def make_result(
         "class_names": list(class_names),
     }
     status = "done" if diverged_epoch is None else "diverged"
+    if pruned_epoch is not None:
+        metrics["pruned_epoch"] = pruned_epoch
+        status = "pruned"
     predictions = np.asarray(test_scores.predictions).astype(np.int16)
     return RunResult(config, status, history, metrics, state_dict, predictions)
 

@@ -1,0 +1,192 @@
+"""A study file's experiments as explicit runs: ids, configs, seeds, where each run sits.
+
+Every grid point of every experiment is repeated with seeds `seed + 0 .. seed + repeats - 1`.
+A run's id is a hash of its resolved config (seed included, see `config.run_id`), so a run that
+two experiments share is one run. A search's runs are planned trial by trial as its sampler asks
+(`search_runs`, called by `cnnlab.study.runner`). Every config is checked by the training loop's
+own rules and reported at the study file's line that sets the offending field. No torch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from cnnlab.config import (
+    DATASET_SHAPES,
+    ConfigError,
+    RunConfig,
+    check_augmentation,
+    check_config,
+    run_id,
+)
+from cnnlab.errors import CnnlabError
+from cnnlab.nn.specs import resolve_layers
+from cnnlab.study import search
+from cnnlab.study.studyfile import MAX_REPEATS, Experiment, Study, where
+
+MAX_RUNS = 100_000  # planned runs in one study (repeats included); more is refused, not planned
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run of the plan: its id, config, and where it sits in each experiment."""
+
+    id: str
+    config: RunConfig
+    experiments: dict[str, dict[str, Any]]  # experiment -> the grid fields that place it there
+
+    def label(self) -> str:
+        """'sizes: train_size=5000 | l1: l1=0.0001' (what differs, per experiment)."""
+        return " | ".join(
+            f"{name}: {_fields_text(fields)}" for name, fields in self.experiments.items()
+        )
+
+
+def plan_runs(study: Study, repeats: int | None = None) -> list[PlannedRun]:
+    """The explicit runs of every experiment, deduplicated by id, in declaration order."""
+    if repeats is not None and not 1 <= repeats <= MAX_REPEATS:
+        raise CnnlabError(f"--repeats {repeats}: must be between 1 and {MAX_REPEATS}")
+    total = sum(
+        math.prod(len(values) for values in experiment.grid.values())
+        * (repeats or experiment.repeats or study.repeats)
+        for experiment in study.experiments
+    )
+    if total > MAX_RUNS:
+        raise CnnlabError(
+            f"{study.path}: the study plans {total:,} runs (grid points x repeats); at most"
+            f" {MAX_RUNS:,} are allowed in one study"
+        )
+    planned: dict[str, PlannedRun] = {}
+    for experiment in study.experiments:
+        count = repeats or experiment.repeats or study.repeats
+        for place, point in experiment.points():
+            for config in _configs(study, experiment, {**study.defaults, **point}, range(count)):
+                identifier = run_id(config)
+                run = planned.setdefault(identifier, PlannedRun(identifier, config, {}))
+                # What places the run in this experiment: its grid point and fixed fields.
+                known = run.experiments.setdefault(experiment.name, place)
+                if known != place:
+                    raise CnnlabError(
+                        f"{where(study, ('experiments', experiment.name, 'variants'))}:"
+                        f" {_fields_text(known)} and {_fields_text(place)} train the same runs;"
+                        " make the variants differ"
+                    )
+    for experiment in study.searches:  # every bound of a search's space must make a valid run
+        for params in search.corners(experiment.search):
+            search_runs(study, experiment, params, {}, range(1))
+    return list(planned.values())
+
+
+def search_runs(
+    study: Study, experiment: Experiment, params: dict[str, Any], place: dict, offsets: range
+) -> list[PlannedRun]:
+    """The runs of one trial of a search (or of its retraining): seeds `seed + offsets`."""
+    fields = {**study.defaults, **experiment.fixed, **params}
+    return [
+        PlannedRun(run_id(config), config, {experiment.name: place})
+        for config in _configs(study, experiment, fields, offsets)
+    ]
+
+
+def _configs(
+    study: Study, experiment: Experiment, fields: dict[str, Any], offsets: range
+) -> list[RunConfig]:
+    """The checked configs of `fields` on seeds `seed + offsets` (a study's architecture by
+    name resolved to its layers)."""
+    fields = dict(fields)
+    base_seed = fields.pop("seed", RunConfig.seed)
+    arch = fields.get("arch", RunConfig.arch)
+    if arch in study.architectures:
+        fields["layers"] = study.architectures[arch]
+    configs = []
+    for offset in offsets:
+        config = RunConfig(**fields, seed=base_seed + offset)
+        check_run(study, experiment, config)
+        configs.append(config)
+    return configs
+
+
+def trial_repeats(study: Study, experiment: Experiment, repeats: int | None) -> int:
+    """Seeds per trial: --repeats, else the search's, the experiment's, the study's."""
+    return repeats or experiment.search.repeats or experiment.repeats or study.repeats
+
+
+def _fields_text(fields: dict[str, Any]) -> str:
+    return " ".join(f"{name}={value}" for name, value in fields.items()) or "-"
+
+
+def check_run(study: Study, experiment: Experiment, config: RunConfig, data: Any = None) -> None:
+    """The training loop's own checks, reported at the line that sets the offending field.
+
+    The net and the augmentation are checked against the images and classes the run will train
+    on: the loaded data's, else the named dataset's (an image folder's are known once read).
+    """
+    images = _images_of(config, data)
+    try:
+        if data is None:
+            check_config(config)
+        else:
+            check_config(config, available=len(data.train_labels), classes=len(data.class_names))
+        if images is not None:
+            (height, width, _), _ = images
+            check_augmentation(
+                height,
+                width,
+                crop_padding=config.crop_padding,
+                crop_padding_mode=config.crop_padding_mode,
+                cutout=config.cutout,
+            )
+    except ConfigError as error:
+        keys = _origin(study, experiment, error.key)
+        raise CnnlabError(f"{where(study, keys)}: {error.reason}") from None
+    if images is not None:
+        try:
+            resolve_layers(config, *images)  # the net must fit the images and the classes
+        except CnnlabError as error:
+            keys = _origin(study, experiment, "arch")
+            raise CnnlabError(f"{where(study, keys)}: {error}") from None
+
+
+def _images_of(config: RunConfig, data: Any) -> tuple[tuple[int, int, int], int] | None:
+    """(image shape, class count) a run trains on, where it is known before training."""
+    if data is not None:
+        return tuple(data.train_images.shape[1:]), len(data.class_names)
+    return DATASET_SHAPES.get(config.dataset)
+
+
+def _origin(study: Study, experiment: Experiment, field: str) -> tuple[str, ...]:
+    """The key path that gives `field` its value in `experiment` (grid, fixed, defaults)."""
+    own = ("experiments", experiment.name)
+    if experiment.search is not None and field in experiment.search.space:
+        return (*own, "search", "space", field)
+    if field in experiment.grid:
+        return (*own, "grid", field)
+    if any(field in fields for fields in experiment.variants.values()):
+        return (*own, "variants", field)
+    if field in experiment.fixed:
+        return (*own, field)
+    if field in study.defaults:
+        return ("defaults", field)
+    return own
+
+
+def describe_plan(plan: list[PlannedRun]) -> Iterator[str]:
+    """One line per run: id, seed, and per experiment the fields that place it there."""
+    for run in plan:
+        yield f"{run.id}  seed={run.config.seed:<3} {run.label()}"
+
+
+def describe_searches(study: Study, repeats: int | None = None) -> Iterator[str]:
+    """One line per search: its trials are planned as they go, so only their count is known."""
+    for experiment in study.searches:
+        spec = experiment.search
+        count = trial_repeats(study, experiment, repeats)
+        yield (
+            f"search {experiment.name}: {spec.trials} trials x {count} seed(s) + {spec.retrain}"
+            f" retrained = up to {spec.trials * count + spec.retrain} runs, asked of the"
+            f" {spec.sampler} sampler (seed {spec.seed}) {spec.batch} at a time"
+            + (f", runs judged by the {spec.pruner.kind} pruner" if spec.pruner else "")
+        )
