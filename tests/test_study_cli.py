@@ -155,9 +155,9 @@ def test_ctrl_c_while_the_study_starts_stops_it(png_folder, study_file, tmp_path
         children = children_of(child.pid)
         child.send_signal(signal.SIGINT)
         _, stderr = child.communicate(timeout=120)
-        # 130, or (rarely, when the Ctrl-C lands while the workers start) a death by SIGINT,
-        # which a shell also reports as 130; either way the study says it was interrupted.
-        assert child.returncode in (130, -signal.SIGINT), (delay, stderr)
+        # 130, never a death by SIGINT: the study ignores a late Ctrl-C on its way out, which
+        # Python's finalisation would otherwise meet with SIGINT's default action.
+        assert child.returncode == 130, (delay, stderr)
         assert stderr.strip().endswith("cnnlab: interrupted"), stderr
         assert "Traceback" not in stderr, stderr
         assert not wait_gone(children), [command_line(pid) for pid in children]

@@ -708,9 +708,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cnnlab: error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        # Stopped: a Ctrl-C delivered late (one held while workers started) must not turn the
-        # exit code 130 into a death by SIGINT on the way out.
+        # Stopped, with exit code 130, never a death by SIGINT. A later Ctrl-C is ignored on
+        # the way out. And CPython (3.11, 3.12) marks the interpreter to kill itself by SIGINT
+        # at exit whenever a KeyboardInterrupt leaves an exec() of a string, handled or not:
+        # every dataclass defined by a lazy import is one, so a Ctrl-C during an import left
+        # the mark. It clears the mark at the start of each such exec, so an empty one clears it.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        exec("")  # clears the mark (see above)
         print("cnnlab: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
