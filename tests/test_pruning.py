@@ -294,3 +294,17 @@ def test_warmup_epochs_are_never_judged_and_the_next_one_is():
     assert pruning.judge(spec, "maximize", earlier, [0.1, 0.1, 0.1, 0.1])[0] == 3
     assert pruning.judge(spec, "minimize", earlier, [0.9, 0.9, 0.9])[0] == 3
     assert pruning.judge(spec, "minimize", earlier, [0.1, 0.1, 0.1])[0] is None
+
+
+def test_a_successive_halving_search_prunes_and_resumes_to_the_same_trials(tmp_path, fake_save):
+    halving = "pruner = { type = 'successive_halving', reduction_factor = 2 }"
+    path = tmp_path / "tune.toml"
+    path.write_text(pruned_toml(halving))
+    out = tmp_path / "out"
+    _search(path, out)
+    statuses = {r.status for _, records in _trial_runs(out) for r in records}
+    assert statuses == {"done", "pruned"}
+    assert _search(path, out) == []  # the rung notes replay to the same verdicts: nothing retrains
+    clean = tmp_path / "clean"
+    _search(path, clean)
+    assert _states(clean) == _states(out)
