@@ -305,8 +305,6 @@ def test_closing_the_events_cancels_the_tasks_still_out(tiny_cifar, ray_address)
     assert wait_gone([training], seconds=60) == []
 
 
-# Before the local instance below: Ray keeps the auth mode that starting one set (RAY_AUTH_MODE)
-# for the rest of the process, which a later head started without it does not share.
 def test_a_pruned_search_on_ray_asks_scores_and_prunes_the_trials_it_does_locally(
     tiny_cifar, tmp_path, ray_address
 ):
@@ -323,12 +321,19 @@ def test_a_pruned_search_on_ray_asks_scores_and_prunes_the_trials_it_does_locall
         assert on_ray["runs"][identifier] == [status, metrics, history], identifier
 
 
-def test_a_local_ray_instance_trains_and_is_shut_down(tiny_cifar, monkeypatch):
+# Last: Ray's core keeps the authentication mode of the first instance this process started or
+# joined (token, by default, for a local one), so a later join of a head without a token fails.
+def test_a_local_ray_instance_trains_is_shut_down_and_leaves_the_environment(
+    tiny_cifar, monkeypatch
+):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)  # Ray sets it when it starts an instance
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)  # Ray's default: token authentication
+    before = dict(os.environ)
     events = list(ray_tasks.train_on_ray([BASE], tiny_cifar, device="cpu"))
     _assert_each_run_once(events, 1, epochs=2)
     assert not ray.is_initialized()
+    # Ray had set RAY_AUTH_MODE=token and PYTHONBREAKPOINT (its debugger) here for good.
+    assert dict(os.environ) == before
 
 
 # --- helpers ----------------------------------------------------------------------------------

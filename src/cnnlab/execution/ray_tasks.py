@@ -136,6 +136,7 @@ def _events(
 ) -> Iterator[Event]:
     ray = _import_ray()
     connected_here = not ray.is_initialized()
+    environment = dict(os.environ)  # what a local instance's start changes, restored after
     reaper = _connect(ray, address) if connected_here else None
     outstanding: dict[Any, list[int]] = {}  # task -> the config indices it trains
     mailbox = None
@@ -187,6 +188,7 @@ def _events(
         if connected_here:
             ray.shutdown()
             _release(reaper)
+            _restore(environment)
 
 
 def _connect(ray: Any, address: str | None) -> subprocess.Popen | None:
@@ -232,6 +234,19 @@ def _connect(ray: Any, address: str | None) -> subprocess.Popen | None:
         first_line = (str(error).strip().splitlines() or [""])[0]
         raise CnnlabError(f"Ray at {address}: cannot connect: {first_line}") from None
     return None
+
+
+def _restore(environment: dict[str, str]) -> None:
+    """This process's environment as it was before Ray started here.
+
+    Starting a local instance sets RAY_AUTH_MODE=token (and PYTHONBREAKPOINT, usage stats) in
+    os.environ for good: a later join of a cluster started without a token then fails.
+    """
+    for name in set(os.environ) - set(environment):
+        del os.environ[name]
+    for name, value in environment.items():
+        if os.environ.get(name) != value:
+            os.environ[name] = value
 
 
 def _release(reaper: subprocess.Popen | None) -> None:
