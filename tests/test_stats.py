@@ -205,3 +205,17 @@ def test_the_one_sample_test_follows_its_formula(values, value):
 def test_the_one_sample_test_of_a_constant_sample():
     assert math.isnan(stats.one_sample_t_test([0.1, 0.1, 0.1], 0.1).p)
     assert stats.one_sample_t_test([0.3, 0.3], 0.1).p == 0.0
+
+
+def test_a_positive_interval_is_the_log_t_interval_and_never_below_zero():
+    times = [1.0, 100.0]
+    plain_low, _ = stats.mean_interval(times)
+    assert plain_low < 0  # what the time column showed before
+    middle, low, high = stats.positive_interval(times)
+    logs = np.log(times)
+    reference = scipy_stats.t.interval(0.95, 1, loc=logs.mean(), scale=scipy_stats.sem(logs))
+    assert (middle, low, high) == pytest.approx((10.0, *np.exp(reference)), rel=1e-12)
+    assert 0 < low < middle < high
+    assert stats.positive_interval([0.03, 0.03, 0.03]) == pytest.approx((0.03, 0.03, 0.03))
+    with pytest.raises(ValueError, match="positive values"):
+        stats.positive_interval([0.0, 1.0])

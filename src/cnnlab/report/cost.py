@@ -191,8 +191,8 @@ def show_time_to(records: list[RunRecord], target: float) -> str:
         return f"not reached ({share})"
     if len(reached) == 1:
         return f"{reached[0]:.2f} ({share})"
-    low, high = stats.mean_interval(reached)
-    return f"{statistics.fmean(reached):.2f} [{low:.2f}, {high:.2f}] ({share})"
+    middle, low, high = stats.positive_interval(reached)  # geometric: a time is never < 0
+    return f"{middle:.2f} [{low:.2f}, {high:.2f}] ({share})"
 
 
 def default_target(points: list[Point]) -> float:

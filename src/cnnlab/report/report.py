@@ -256,7 +256,8 @@ def _experiment_section(
         f"Train GFLOPs: the network's training FLOPs over the epochs it ran (backward ≈ 2"
         f" forwards). Seconds to val acc ≥ {target:.2f}: the fit time up to the end of the first"
         " epoch whose validation accuracy reached it (the DAWNBench measure), over the runs that"
-        " reached it (reached / runs)"
+        " reached it (reached / runs): their geometric mean and its 95% t interval on the log"
+        " scale, since a time cannot fall below 0"
         + (
             "."
             if options.target_accuracy

@@ -89,6 +89,18 @@ def mean_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> tu
     return float(low), float(high)
 
 
+def positive_interval(
+    values: Sequence[float], confidence: float = CONFIDENCE
+) -> tuple[float, float, float]:
+    """The geometric mean of positive `values` (times) and its t interval: the mean interval of
+    their logarithms, carried back. Never below 0, as a plain t interval of times can be."""
+    if any(value <= 0 for value in values):
+        raise ValueError(f"a positive interval needs positive values, got {min(values)}")
+    logs = [math.log(value) for value in values]
+    low, high = mean_interval(logs, confidence)
+    return math.exp(statistics.fmean(logs)), math.exp(low), math.exp(high)
+
+
 def difference_interval(
     first: Sequence[float], second: Sequence[float], confidence: float = CONFIDENCE
 ) -> tuple[float, float]:
