@@ -45,9 +45,10 @@ def test_a_mistake_in_the_arguments_is_one_line(capsys, arguments, expected):
 _CTRL_C_IN_AN_EXEC = """
 import signal
 from cnnlab import cli
+from cnnlab.cli import inspection
 signal.signal(signal.SIGINT, signal.default_int_handler)  # as at a terminal
 # A Ctrl-C landing while a lazy import defines a dataclass: inside an exec() of a string.
-cli._cmd_results = lambda args: exec("raise KeyboardInterrupt")
+inspection.cmd_results = lambda args: exec("raise KeyboardInterrupt")
 raise SystemExit(cli.main(["results", "anywhere"]))
 """
 

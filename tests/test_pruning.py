@@ -19,7 +19,8 @@ from cnnlab.config import RunConfig
 from cnnlab.report.report import build
 from cnnlab.store import Store
 from cnnlab.study import pruning, runner
-from cnnlab.study.studyfile import Pruner, load_study
+from cnnlab.study.searchfile import Pruner
+from cnnlab.study.studyfile import load_study
 from cnnlab.training import grouped, loop
 
 MEDIAN = 'pruner = { type = "median", startup_trials = 2 }'

@@ -25,7 +25,8 @@ from cnnlab.config import (
 from cnnlab.errors import CnnlabError
 from cnnlab.nn.specs import resolve_layers
 from cnnlab.study import search
-from cnnlab.study.studyfile import MAX_REPEATS, Experiment, Study, where
+from cnnlab.study.searchfile import MAX_REPEATS
+from cnnlab.study.studyfile import Experiment, Study, where
 
 MAX_RUNS = 100_000  # planned runs in one study (repeats included); more is refused, not planned
 

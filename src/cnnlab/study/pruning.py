@@ -31,7 +31,7 @@ import optuna
 from optuna.trial import TrialState
 
 from cnnlab.store import RunRecord
-from cnnlab.study.studyfile import PRUNER_OPTIONS, Pruner
+from cnnlab.study.searchfile import PRUNER_OPTIONS, Pruner
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ def optuna_pruner(spec: Pruner) -> optuna.pruners.BasePruner:
     """Optuna's pruner for `spec`, its options under Optuna's names."""
     names = PRUNER_OPTIONS[spec.kind]
     options = {names[key][0]: value for key, value in spec.options}
-    if "n_warmup_steps" in options:  # judged from the epoch after the warm-up (studyfile)
+    if "n_warmup_steps" in options:  # judged from the epoch after the warm-up (searchfile)
         options["n_warmup_steps"] += 1
     if spec.kind == "median":
         return optuna.pruners.MedianPruner(**options)

@@ -34,7 +34,7 @@ from optuna.trial import TrialState
 
 from cnnlab.store import FINISHED, RunRecord
 from cnnlab.study import pruning
-from cnnlab.study.studyfile import Search, grid_values
+from cnnlab.study.searchfile import Search, grid_values
 
 
 def distributions(search: Search) -> dict[str, BaseDistribution]:

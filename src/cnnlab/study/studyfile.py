@@ -13,12 +13,9 @@ A study file declares:
                        (an ablation: each variant's fields over the fixed ones); the runs are
                        variants x grid points, and the report holds each variant against the
                        first
-    [experiments.N.search]  trials, sampler ("random", "tpe", "grid"), seed, batch, repeats,
-                       metric ("val_accuracy" or "val_loss"), direction, retrain, pruner
-                       ("none", "median", "successive_halving", or a table: type = one of
-                       those and its options, see PRUNER_OPTIONS), and
-    [experiments.N.search.space]  run field = {low, high, log, step} or {choices = [...]}: a
-                       search over those fields (see `cnnlab.study.search`) instead of a grid
+    [experiments.N.search]  a search over run fields instead of a grid: its trials, sampler,
+                       metric, pruner and [experiments.N.search.space] (see
+                       `cnnlab.study.searchfile`, which parses it, and `cnnlab.study.search`)
 
 Run fields are checked by the config's own rules (`cnnlab.config.check_value`). This module
 imports no torch: architectures are checked by `cnnlab.nn.specs`, which needs none.
@@ -38,15 +35,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cnnlab.config import BACKENDS, DATASET_SHAPES, RULES, ConfigError, RunConfig, check_value
+from cnnlab.config import BACKENDS, DATASET_SHAPES, ConfigError, RunConfig, check_value
 from cnnlab.errors import CnnlabError
 from cnnlab.nn.architectures import get_architecture
 from cnnlab.nn.specs import parse_specs, resolve_layers
+from cnnlab.study.searchfile import MAX_REPEATS, Search, SearchParsing, typed_repr
 
 KINDS = ("size", "l1", "pooling", "depth")  # what the report draws for an experiment
 REFERENCE_METRICS = ("fit_seconds", "parameters", "train_accuracy", "test_accuracy")
 MAX_FILE_BYTES = 1 << 20  # a study file is a page of TOML; this is generous
-MAX_REPEATS = 1000  # seeds per grid point
 
 
 _STUDY_KEYS = {
@@ -68,85 +65,9 @@ _EXPERIMENT_KEYS = {
     "variants": list,
     "search": dict,
 }
-SAMPLERS = ("tpe", "random", "grid")  # Optuna's samplers a search can use, seeded
-# What a search may optimise, with its default direction: validation scores, never the test set.
-SEARCH_METRICS = {"val_accuracy": "maximize", "val_loss": "minimize"}
-DIRECTIONS = ("maximize", "minimize")
-MAX_TRIALS = 10_000  # trials in one search
-MAX_BATCH = 256  # trials asked together before any is told
-MAX_SAMPLER_SEED = 2**32 - 1  # NumPy's RandomState, under Optuna's samplers, takes 32 bits
-# A search's pruner (`cnnlab.study.pruning`): its options, each cnnlab key -> (Optuna's
-# argument, default, least value). Epochs, counted from 1, are the pruners' steps; Optuna judges
-# from step n_warmup_steps on, so `warmup_epochs` N (the first N epochs are never judged) is
-# n_warmup_steps N + 1 (`pruning.optuna_pruner`). A run reaches successive halving's first rung
-# after `min_epochs` epochs.
-PRUNER_OPTIONS: dict[str, dict[str, tuple[str, int, int]]] = {
-    "none": {},
-    "median": {
-        "startup_trials": ("n_startup_trials", 5, 0),
-        "warmup_epochs": ("n_warmup_steps", 0, 0),
-        "interval_epochs": ("interval_steps", 1, 1),
-        "min_trials": ("n_min_trials", 1, 1),
-    },
-    "successive_halving": {
-        "min_epochs": ("min_resource", 1, 1),
-        "reduction_factor": ("reduction_factor", 4, 2),
-        "min_early_stopping_rate": ("min_early_stopping_rate", 0, 0),
-    },
-}
-MAX_PRUNER_OPTION = 1_000_000
-_SEARCH_KEYS = {
-    "trials": int,
-    "sampler": str,
-    "seed": int,
-    "batch": int,
-    "repeats": int,
-    "metric": str,
-    "direction": str,
-    "retrain": int,
-    "pruner": (str, dict),
-    "space": dict,
-}
-_PARAM_KEYS = ("low", "high", "log", "step", "choices")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 VARIANT = "variant"  # the pseudo grid field whose values are an experiment's variant names
 MAX_VARIANT_NAME = 60  # characters: a variant's name labels table rows and figure bars
-
-
-@dataclass(frozen=True)
-class Param:
-    """One searched run field: a range (`low`..`high`, `log`, `step`) or a list of `choices`."""
-
-    field: str
-    low: Any = None
-    high: Any = None
-    log: bool = False
-    step: Any = None  # int or float; None: any value in the range
-    choices: tuple[Any, ...] = ()
-
-
-@dataclass(frozen=True)
-class Search:
-    """[experiments.N.search]: how an experiment's trials are asked for and scored."""
-
-    trials: int
-    sampler: str  # one of SAMPLERS
-    seed: int  # the sampler's seed: the same file gives the same trials on the CPU
-    batch: int  # trials asked together, told together before the next batch is asked
-    repeats: int | None  # seeds per trial (a trial's value is their mean); None: the study's
-    metric: str  # one of SEARCH_METRICS
-    direction: str  # one of DIRECTIONS
-    retrain: int  # fresh seeds the best trial's configuration is retrained on (test set)
-    space: dict[str, Param]  # run field -> its range or choices, in the file's order
-    pruner: Pruner | None = None  # None: every trial trains all its epochs
-
-
-@dataclass(frozen=True)
-class Pruner:
-    """A search's pruner: its kind (a key of PRUNER_OPTIONS) and every option, set or default."""
-
-    kind: str
-    options: tuple[tuple[str, int], ...]  # (cnnlab key, value), in PRUNER_OPTIONS's order
 
 
 @dataclass(frozen=True)
@@ -242,7 +163,7 @@ def where(study: Study, keys: tuple[str, ...]) -> str:
     return f"{study.path}:{line}: {'.'.join(keys)}" if line else f"{study.path}: {'.'.join(keys)}"
 
 
-class _Parser:
+class _Parser(SearchParsing):
     """Strict validation of a decoded study file with messages that point into the text."""
 
     def __init__(self, path: Path, text: str, check_architectures: bool):
@@ -258,7 +179,7 @@ class _Parser:
 
     def check_keys(self, table: Any, keys: tuple[str, ...], valid: typing.Iterable[str]) -> None:
         if not isinstance(table, dict):
-            self.fail(keys, f"expected a table, got {_show(table)}")
+            self.fail(keys, f"expected a table, got {typed_repr(table)}")
         valid = list(valid)
         for key in table:
             if key not in valid:
@@ -267,7 +188,7 @@ class _Parser:
     def typed(self, value: Any, expected: type, keys: tuple[str, ...]) -> Any:
         ok = isinstance(value, expected) and not (expected is int and isinstance(value, bool))
         if not ok:
-            self.fail(keys, f"expected {_type_name(expected)}, got {_show(value)}")
+            self.fail(keys, f"expected {_type_name(expected)}, got {typed_repr(value)}")
         return value
 
     def run_field(self, name: str, value: Any, keys: tuple[str, ...]) -> Any:
@@ -442,7 +363,9 @@ class _Parser:
                     or not isinstance(value, int | float)
                     or not math.isfinite(value)
                 ):
-                    self.fail((*row_keys, metric), f"expected a finite number, got {_show(value)}")
+                    self.fail(
+                        (*row_keys, metric), f"expected a finite number, got {typed_repr(value)}"
+                    )
             for field_name in grid:
                 if field_name in row and field_name != VARIANT:
                     value = self.run_field(field_name, row[field_name], (*row_keys, field_name))
@@ -466,144 +389,12 @@ class _Parser:
             search=search,
         )
 
-    def search(
-        self, table: Any, keys: tuple[str, ...], run_keys: list[str], fixed: dict[str, Any]
-    ) -> Search:
-        """[experiments.N.search] and its space, every key checked."""
-        self.check_keys(table, keys, _SEARCH_KEYS)
-        for key, expected in _SEARCH_KEYS.items():
-            if key in table:
-                self.typed(table[key], expected, (*keys, key))
-        sampler = table.get("sampler", "tpe")
-        if sampler not in SAMPLERS:
-            valid = ", ".join(SAMPLERS)
-            self.fail((*keys, "sampler"), f"unknown sampler {sampler!r}; valid: {valid}")
-        metric = table.get("metric", "val_accuracy")
-        if metric not in SEARCH_METRICS:
-            self.fail(
-                (*keys, "metric"),
-                f"unknown metric {metric!r}; valid: {', '.join(SEARCH_METRICS)} (a search never"
-                " looks at the test set)",
-            )
-        direction = table.get("direction", SEARCH_METRICS[metric])
-        if direction not in DIRECTIONS:
-            self.fail((*keys, "direction"), f"expected one of {', '.join(DIRECTIONS)}")
-        bounds = {
-            "seed": (0, MAX_SAMPLER_SEED),
-            "batch": (1, MAX_BATCH),
-            "repeats": (1, MAX_REPEATS),
-            "retrain": (0, MAX_REPEATS),
-            "trials": (1, MAX_TRIALS),
-        }
-        for key, (low, high) in bounds.items():
-            if key in table and not low <= table[key] <= high:
-                self.fail((*keys, key), f"must be between {low} and {high}, got {table[key]}")
-        raw_space = table.get("space")
-        if not raw_space:
-            self.fail((*keys, "space"), "missing: give [..search.space] with at least one field")
-        searchable = [name for name in run_keys if name != "seed"]
-        self.check_keys(raw_space, (*keys, "space"), searchable)
-        space = {
-            name: self.param(name, spec, (*keys, "space", name)) for name, spec in raw_space.items()
-        }
-        for name in space.keys() & fixed.keys():
-            self.fail((*keys[:-1], name), "set both as a fixed field and in the search's space")
-        trials = table.get("trials")
-        if sampler == "grid":
-            for name, param in space.items():
-                if grid_values(param) is None:
-                    self.fail(
-                        (*keys, "space", name),
-                        "the grid sampler needs choices, an integer range or a step",
-                    )
-            points = math.prod(len(grid_values(param)) for param in space.values())
-            trials = points if trials is None else trials
-            if trials > points:
-                self.fail(
-                    (*keys, "trials"), f"{trials} trials but the grid has only {points} points"
-                )
-        elif trials is None:
-            self.fail((*keys, "trials"), "missing: how many trials the search runs")
-        return Search(
-            trials=trials,
-            sampler=sampler,
-            seed=table.get("seed", 0),
-            batch=table.get("batch", 4),
-            repeats=table.get("repeats"),
-            metric=metric,
-            direction=direction,
-            retrain=table.get("retrain", 3),
-            space=space,
-            pruner=self.pruner(table.get("pruner", "none"), (*keys, "pruner")),
-        )
-
-    def pruner(self, spec: Any, keys: tuple[str, ...]) -> Pruner | None:
-        """A search's `pruner`: a kind's name, or a table of `type` and that kind's options."""
-        table = spec if isinstance(spec, dict) else {"type": spec}
-        kind = table.get("type")
-        where = (*keys, "type") if isinstance(spec, dict) else keys
-        if kind not in PRUNER_OPTIONS:
-            valid = ", ".join(PRUNER_OPTIONS)
-            self.fail(where, f"unknown pruner {_show(kind)}; valid: {valid}")
-        options = PRUNER_OPTIONS[kind]
-        self.check_keys(table, keys, ["type", *options])
-        chosen = []
-        for key, (_, default, least) in options.items():
-            value = self.typed(table.get(key, default), int, (*keys, key))
-            if not least <= value <= MAX_PRUNER_OPTION:
-                self.fail(
-                    (*keys, key), f"must be between {least} and {MAX_PRUNER_OPTION}, got {value}"
-                )
-            chosen.append((key, value))
-        return None if kind == "none" else Pruner(kind, tuple(chosen))
-
-    def param(self, name: str, spec: Any, keys: tuple[str, ...]) -> Param:
-        """One field of a search's space: {low, high, log, step} or {choices = [...]}."""
-        if not isinstance(spec, dict):
-            self.fail(
-                keys, f"expected {{low = .., high = ..}} or {{choices = [..]}}, got {_show(spec)}"
-            )
-        self.check_keys(spec, keys, _PARAM_KEYS)
-        if "choices" in spec:
-            for other in spec.keys() - {"choices"}:
-                self.fail((*keys, other), "choices take no range keys")
-            choices = spec["choices"]
-            if not isinstance(choices, list) or not choices:
-                self.fail((*keys, "choices"), f"expected a non-empty list, got {_show(choices)}")
-            values = tuple(self.run_field(name, value, (*keys, "choices")) for value in choices)
-            if len(set(values)) != len(values):
-                self.fail((*keys, "choices"), f"repeated values in {list(values)}")
-            return Param(name, choices=values)
-        kind = RULES[name].kind
-        if kind not in (int, float):
-            self.fail(keys, f"a {kind.__name__} field is searched over choices = [...]")
-        for bound in ("low", "high"):
-            if bound not in spec:
-                self.fail((*keys, bound), "missing: a range needs low and high (or choices)")
-        low = self.run_field(name, spec["low"], (*keys, "low"))
-        high = self.run_field(name, spec["high"], (*keys, "high"))
-        if not low < high:
-            self.fail((*keys, "high"), f"must be greater than low ({low}), got {high}")
-        log = self.typed(spec.get("log", False), bool, (*keys, "log"))
-        if log and low <= 0:
-            self.fail((*keys, "low"), f"a log range needs low > 0, got {low}")
-        step = spec.get("step")
-        if step is not None:
-            number = isinstance(step, int | float) and not isinstance(step, bool)
-            if not number or step <= 0 or log or (kind is int and not isinstance(step, int)):
-                self.fail(
-                    (*keys, "step"),
-                    f"expected a positive {kind.__name__} (and no log), got {_show(step)}",
-                )
-            step = kind(step)
-        return Param(name, low, high, log, step)
-
     def variants(
         self, tables: Any, keys: tuple[str, ...], run_keys: list[str], grid: dict[str, Any]
     ) -> dict[str, dict[str, Any]]:
         """[[experiments.N.variants]]: name -> run fields, in the file's order."""
         if not isinstance(tables, list):
-            self.fail(keys, f"expected a list of tables, got {_show(tables)}")
+            self.fail(keys, f"expected a list of tables, got {typed_repr(tables)}")
         variants: dict[str, dict[str, Any]] = {}
         for index, table in enumerate(tables, 1):
             self.check_keys(table, keys, ["name", *run_keys])
@@ -612,7 +403,7 @@ class _Parser:
                 self.fail(
                     (*keys, "name"),
                     f"variant {index}: expected a name of 1 to {MAX_VARIANT_NAME} characters,"
-                    f" got {_show(name)}",
+                    f" got {typed_repr(name)}",
                 )
             if name in variants:
                 self.fail((*keys, "name"), f"variant {index}: {name!r} is used twice")
@@ -621,17 +412,6 @@ class _Parser:
                 self.fail((*keys, field_name), f"variant {name!r} sets a field of the grid")
             variants[name] = fields
         return variants
-
-
-def grid_values(param: Param) -> tuple[Any, ...] | None:
-    """The values a grid sampler visits for `param`; None for a continuous or log range."""
-    if param.choices:
-        return param.choices
-    if param.log or (isinstance(param.low, float) and param.step is None):
-        return None
-    step = param.step or 1
-    count = math.floor((param.high - param.low) / step + 1e-9) + 1
-    return tuple(param.low + index * step for index in range(count))
 
 
 def _check_registered(parser: _Parser, arch: str, keys: tuple[str, ...]) -> None:
@@ -729,7 +509,3 @@ def _type_name(expected: type | tuple[type, ...]) -> str:
     return {str: "a string", int: "an integer", list: "a list", dict: "a table"}.get(
         expected, expected.__name__
     )
-
-
-def _show(value: Any) -> str:
-    return f"{type(value).__name__} {value!r}"

@@ -1,0 +1,34 @@
+"""The flags read back into what the library takes: a RunConfig, the image-loading options."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+from cnnlab.errors import CnnlabError
+
+if TYPE_CHECKING:
+    from cnnlab.config import RunConfig
+
+
+def run_config(args: argparse.Namespace) -> RunConfig:
+    """The RunConfig the run-field flags describe, checked; a bad value names its flag."""
+    from cnnlab import config
+
+    given = {name: getattr(args, name) for name in config.SETTABLE}
+    run = config.RunConfig(**{name: value for name, value in given.items() if value is not None})
+    try:
+        config.check_config(run)
+    except config.ConfigError as error:
+        flag = "--" + error.key.replace("_", "-")
+        raise CnnlabError(f"{flag} {getattr(run, error.key)}: {error.reason}") from None
+    return run
+
+
+def load_options(args: argparse.Namespace) -> dict:
+    """How to load image folders of mixed sizes: `--image-size` and `--resample`."""
+    if getattr(args, "image_size", None) is None:
+        if getattr(args, "resample", None) is not None:
+            raise CnnlabError("--resample only applies with --image-size (it says how to resize)")
+        return {}
+    return {"image_size": args.image_size, "resample": args.resample or "bilinear"}
