@@ -155,8 +155,10 @@ def fake_save_run(
         "metrics": run_dir / "metrics.json",
         "history_png": run_dir / "history.png",
         "weights": run_dir / "weights.pt",
+        "measurements": run_dir / "measurements.json",
     }
     paths["config"].write_text(json.dumps(result.config.__dict__, default=list))
+    paths["measurements"].write_text(json.dumps(result.measurements))
     paths["metrics"].write_text(json.dumps(result.metrics))
     paths["history_png"].write_bytes(_tiny_png())
     paths["weights"].write_bytes(b"fake weights")

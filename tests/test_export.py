@@ -273,7 +273,7 @@ def assert_mlflow_holds(
                 (last, record.metrics[key])
             ]
         artifacts = {item.path for item in client.list_artifacts(run.info.run_id)}
-        assert artifacts == {"config.json", "metrics.json", "history.png"}  # not weights.pt
+        assert artifacts == {"config.json", "metrics.json", "history.png", "measurements.json"}
 
 
 def test_mlflow_holds_a_parent_per_study_and_every_param_metric_and_artifact(

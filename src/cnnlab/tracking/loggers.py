@@ -30,8 +30,15 @@ FINAL_METRICS = (
     "val_loss",
     "fit_seconds",
 )
-# run folder artifacts (store names) that MLflow keeps with each run
-ARTIFACTS = ("config", "metrics", "history_png", "confusion_train_png", "confusion_test_png")
+# run folder artifacts (store names) that MLflow keeps with each run (never the weights)
+ARTIFACTS = (
+    "config",
+    "metrics",
+    "measurements",
+    "history_png",
+    "confusion_train_png",
+    "confusion_test_png",
+)
 MLFLOW_SCHEMES = ("sqlite", "file", "http", "https", "databricks", "postgresql", "mysql", "mssql")
 
 

@@ -38,7 +38,8 @@ class MlflowLogger:
 
     A child has the config fields as params, the per-epoch metrics (step = epoch), the final
     metrics at the last step, tags `cnnlab.run_id`, `cnnlab.status`, `cnnlab.finished_at` and
-    `mlflow.parentRunId`, and the run folder's plots, config.json and metrics.json as artifacts.
+    `mlflow.parentRunId`, and the run folder's plots, config.json, metrics.json and
+    measurements.json (`training.measure`: norms, sparsity, activations) as artifacts.
     """
 
     def __init__(
