@@ -41,6 +41,7 @@ TORCH_FREE = (
     "cnnlab.conv.fast",
     "cnnlab.conv.kernels",
     "cnnlab.nn.specs",
+    "cnnlab.nn.shapes",
     "cnnlab.nn.architectures",
     "cnnlab.nn.summary",
     "cnnlab.nn.facts",

@@ -29,7 +29,7 @@ from cnnlab.insight.explain import explain
 from cnnlab.nn.architectures import ARCHITECTURES
 from cnnlab.nn.facts import layer_facts
 from cnnlab.nn.modules import build_model
-from cnnlab.nn.specs import parse_layers
+from cnnlab.nn.shapes import parse_layers
 from cnnlab.training import loop, runfolder
 
 pytest.importorskip("captum")

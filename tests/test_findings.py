@@ -18,7 +18,7 @@ from scipy import stats as scipy_stats
 import study_fakes
 from cnnlab.cli import main
 from cnnlab.config import RunConfig
-from cnnlab.nn.specs import dataset_input, forward_flops, resolve_layers
+from cnnlab.nn.shapes import dataset_input, forward_flops, resolve_layers
 from cnnlab.report import stats
 from cnnlab.report.document import FILES_FOLDER
 from cnnlab.report.report import build

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from cnnlab.cli import main
 from cnnlab.config import DATASET_SHAPES, RunConfig
 from cnnlab.errors import CnnlabError
-from cnnlab.nn.specs import _LAYER_KEYS, _REQUIRED, resolve_layers
+from cnnlab.nn.shapes import resolve_layers
+from cnnlab.nn.specs import _LAYER_KEYS, _REQUIRED
 
 HOSTILE = [
     math.nan,

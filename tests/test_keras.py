@@ -29,10 +29,9 @@ from cnnlab.data import datasets as data_module
 from cnnlab.nn import modules
 from cnnlab.nn.architectures import ARCHITECTURES as REGISTRY
 from cnnlab.nn.architectures import get_architecture
+from cnnlab.nn.shapes import INPUT_SHAPE, NUM_CLASSES, output_shape, parse_layers, shortcut_specs
 from cnnlab.nn.specs import (
     ACTIVATIONS,
-    INPUT_SHAPE,
-    NUM_CLASSES,
     Activation,
     AvgPool,
     BatchNorm,
@@ -47,9 +46,6 @@ from cnnlab.nn.specs import (
     Rescaling,
     Residual,
     flat_specs,
-    output_shape,
-    parse_layers,
-    shortcut_specs,
 )
 from cnnlab.nn.summary import architecture_summary
 from cnnlab.training import loop

@@ -12,9 +12,10 @@ from hypothesis import strategies as st
 
 from cnnlab.config import EVAL_BATCH_SIZE, RunConfig
 from cnnlab.errors import CnnlabError
-from cnnlab.nn import specs as layer_specs
+from cnnlab.nn import shapes
 from cnnlab.nn.architectures import get_architecture
-from cnnlab.nn.specs import ACTIVATIONS, Dense, parse_layers, resolve_layers
+from cnnlab.nn.shapes import parse_layers, resolve_layers
+from cnnlab.nn.specs import ACTIVATIONS, Dense
 
 HEAD = [{"type": "flatten"}, {"type": "dense", "units": 10, "activation": "softmax"}]
 
@@ -23,10 +24,10 @@ def test_the_layer_specs_load_no_torch():
     script = """
 import sys
 from cnnlab.nn import architectures
-from cnnlab.nn import specs as layer_specs
-specs = layer_specs.parse_layers(architectures.get_architecture("tiny-modern"))
+from cnnlab.nn import shapes
+specs = shapes.parse_layers(architectures.get_architecture("tiny-modern"))
 torch = [name for name in sys.modules if name.startswith("torch")]
-print(layer_specs.forward_flops(specs) > 0, torch)
+print(shapes.forward_flops(specs) > 0, torch)
 """
     done = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
@@ -65,7 +66,7 @@ def test_net_size_counts_weights_and_every_layer_output():
     ]
     block_weights = (36 + 1) * 8 + (4 + 1) * 8
     block_outputs = 15 * 15 * 8 * 3  # branch, projection, sum
-    assert layer_specs.net_size(parse_layers(specs), (32, 32, 3)) == (
+    assert shapes.net_size(parse_layers(specs), (32, 32, 3)) == (
         28 * 4 + 16 + block_weights + (15 * 15 * 8 + 1) * 10,
         30 * 30 * 4 + 15 * 15 * 4 * 2 + block_outputs + 15 * 15 * 8 + 10,
         30 * 30 * 4,
@@ -74,20 +75,20 @@ def test_net_size_counts_weights_and_every_layer_output():
 
 def test_memory_a_net_would_take_is_refused_before_it_is_built(monkeypatch):
     specs = parse_layers(get_architecture("seed"))
-    weights, outputs, largest = layer_specs.net_size(specs, (32, 32, 3))
-    monkeypatch.setattr(layer_specs, "MAX_WEIGHTS", weights)
+    weights, outputs, largest = shapes.net_size(specs, (32, 32, 3))
+    monkeypatch.setattr(shapes, "MAX_WEIGHTS", weights)
     parse_layers(get_architecture("seed"))
-    monkeypatch.setattr(layer_specs, "MAX_WEIGHTS", weights - 1)
+    monkeypatch.setattr(shapes, "MAX_WEIGHTS", weights - 1)
     with pytest.raises(CnnlabError, match=f"the net holds {weights:,} weights; at most"):
         parse_layers(get_architecture("seed"))
     monkeypatch.undo()
     assert outputs > largest  # so a training batch of 1,000 needs more than an evaluation one
-    monkeypatch.setattr(layer_specs, "MAX_BATCH_OUTPUTS", outputs * 1000)
+    monkeypatch.setattr(shapes, "MAX_BATCH_OUTPUTS", outputs * 1000)
     resolve_layers(RunConfig(batch_size=1000))
     with pytest.raises(CnnlabError, match=r"^seed on cifar10 .*: batch_size 1001: .* per batch"):
         resolve_layers(RunConfig(batch_size=1001))
     resolve_layers(RunConfig(batch_size=1001, train_size=1000))  # a batch is at most the subset
-    monkeypatch.setattr(layer_specs, "MAX_BATCH_OUTPUTS", largest * EVAL_BATCH_SIZE - 1)
+    monkeypatch.setattr(shapes, "MAX_BATCH_OUTPUTS", largest * EVAL_BATCH_SIZE - 1)
     with pytest.raises(CnnlabError, match=f"a layer outputs {largest:,} numbers per image"):
         resolve_layers(RunConfig(batch_size=1))
 

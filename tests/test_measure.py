@@ -14,7 +14,7 @@ import study_fakes
 from cnnlab.config import RunConfig
 from cnnlab.nn import modules
 from cnnlab.nn.architectures import get_architecture
-from cnnlab.nn.specs import parse_layers
+from cnnlab.nn.shapes import parse_layers
 from cnnlab.report import mechanisms
 from cnnlab.report.report import build
 from cnnlab.training import grouped, loop, measure, runfolder

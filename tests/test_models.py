@@ -17,14 +17,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from cnnlab.errors import CnnlabError
 from cnnlab.nn import modules
 from cnnlab.nn.architectures import ARCHITECTURES, get_architecture
-from cnnlab.nn.specs import (
-    ACTIVATIONS,
-    NUM_CLASSES,
-    BatchNorm,
-    Conv,
-    forward_flops,
-    parse_layers,
-)
+from cnnlab.nn.shapes import NUM_CLASSES, forward_flops, parse_layers
+from cnnlab.nn.specs import ACTIVATIONS, BatchNorm, Conv
 from cnnlab.nn.summary import architecture_summary, format_summary
 
 # Keras's model.summary() totals for the seed report's networks.

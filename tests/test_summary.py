@@ -10,7 +10,8 @@ import pytest
 
 from cnnlab.nn.architectures import ARCHITECTURES, get_architecture
 from cnnlab.nn.facts import layer_facts, total_activation_bytes, total_macs
-from cnnlab.nn.specs import Dropout, Flatten, GlobalAvgPool, forward_flops, parse_layers
+from cnnlab.nn.shapes import forward_flops, parse_layers
+from cnnlab.nn.specs import Dropout, Flatten, GlobalAvgPool
 from cnnlab.nn.summary import architecture_summary, format_summary
 
 

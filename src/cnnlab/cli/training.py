@@ -27,7 +27,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     import time
 
     from cnnlab.data.datasets import load_dataset
-    from cnnlab.nn.specs import resolve_layers
+    from cnnlab.nn.shapes import resolve_layers
     from cnnlab.training import loop, runfolder
     from cnnlab.training.device import resolve_device
 

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from cnnlab.config import TTA_VIEWS, RunConfig, check_workers
 from cnnlab.errors import CnnlabError
 from cnnlab.nn.architectures import get_architecture
-from cnnlab.nn.specs import dataset_input, forward_flops, parse_specs
+from cnnlab.nn.shapes import dataset_input, forward_flops
+from cnnlab.nn.specs import parse_specs
 from cnnlab.training.grouping import plan_groups
 
 # Groups trained at once on one GPU by default; more streams than this gain nothing on a net

@@ -4,7 +4,7 @@ receptive field.
 Without training and without torch (a study file, `cnnlab summary --detail` and the report
 compare architectures with them). Multiply-accumulates count the conv and dense kernels (a
 residual block's projections too), as fvcore counts them: biases, pooling, normalisation,
-activations and adds are left out, so twice the total is `specs.forward_flops`. The receptive
+activations and adds are left out, so twice the total is `shapes.forward_flops`. The receptive
 field is the usual arithmetic (Araujo et al., "Computing receptive fields of convolutional neural
 networks", Distill 2019): after a window k with stride s, field += (k - 1)·jump and jump *= s;
 padding is not clipped, so a field can exceed the image. A flat layer (flatten, global pooling,
@@ -18,21 +18,23 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cnnlab.nn.specs import (
+from cnnlab.nn.shapes import (
     INPUT_SHAPE,
+    NUM_CLASSES,
+    layer_weights,
+    output_shape,
+    parse_layers,
+    shortcut_specs,
+)
+from cnnlab.nn.specs import (
     KERAS_NAMES,
     LAYER_TYPES,
-    NUM_CLASSES,
     AvgPool,
     Conv,
     Dense,
     LayerSpec,
     MaxPool,
     Residual,
-    layer_weights,
-    output_shape,
-    parse_layers,
-    shortcut_specs,
 )
 
 BYTES_PER_VALUE = 4  # float32 activations

@@ -19,9 +19,16 @@ from torch import nn
 
 from cnnlab.errors import CnnlabError
 from cnnlab.nn.architectures import get_architecture
-from cnnlab.nn.specs import (
+from cnnlab.nn.shapes import (
     INPUT_SHAPE,
     NUM_CLASSES,
+    dataset_input,
+    output_shape,
+    parse_layers,
+    resolve_layers,
+    shortcut_specs,
+)
+from cnnlab.nn.specs import (
     Activation,
     AvgPool,
     BatchNorm,
@@ -35,11 +42,6 @@ from cnnlab.nn.specs import (
     MaxPool,
     Rescaling,
     Residual,
-    dataset_input,
-    output_shape,
-    parse_layers,
-    resolve_layers,
-    shortcut_specs,
 )
 
 LEAKY_RELU_SLOPE = 0.2  # Keras's default negative slope (PyTorch's is 0.01)

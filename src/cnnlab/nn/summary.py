@@ -21,18 +21,15 @@ from cnnlab.nn.facts import (
     total_activation_bytes,
     total_macs,
 )
-from cnnlab.nn.specs import (
+from cnnlab.nn.shapes import (
     INPUT_SHAPE,
-    KERAS_NAMES,
-    LAYER_TYPES,
     NUM_CLASSES,
-    LayerSpec,
-    Residual,
     layer_weights,
     output_shape,
     parse_layers,
     shortcut_specs,
 )
+from cnnlab.nn.specs import KERAS_NAMES, LAYER_TYPES, LayerSpec, Residual
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from typing import Any
 from cnnlab import plots
 from cnnlab.config import RunConfig
 from cnnlab.errors import CnnlabError
-from cnnlab.nn.specs import dataset_input, forward_flops, resolve_layers
+from cnnlab.nn.shapes import dataset_input, forward_flops, resolve_layers
 from cnnlab.report import stats
 from cnnlab.report.document import Document, Image
 from cnnlab.report.points import Point, point_name, stat_of

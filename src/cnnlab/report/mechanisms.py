@@ -31,7 +31,7 @@ from cnnlab.config import RunConfig
 from cnnlab.errors import CnnlabError
 from cnnlab.nn import facts
 from cnnlab.nn.architectures import get_architecture
-from cnnlab.nn.specs import dataset_input, resolve_layers
+from cnnlab.nn.shapes import dataset_input, resolve_layers
 from cnnlab.report.document import Document, Image
 from cnnlab.report.tables import point_label
 from cnnlab.store import FINISHED, RunRecord

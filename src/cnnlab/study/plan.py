@@ -23,7 +23,7 @@ from cnnlab.config import (
     run_id,
 )
 from cnnlab.errors import CnnlabError
-from cnnlab.nn.specs import resolve_layers
+from cnnlab.nn.shapes import resolve_layers
 from cnnlab.study import search
 from cnnlab.study.searchfile import MAX_REPEATS
 from cnnlab.study.studyfile import Experiment, Study, where

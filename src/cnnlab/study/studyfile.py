@@ -18,7 +18,8 @@ A study file declares:
                        `cnnlab.study.searchfile`, which parses it, and `cnnlab.study.search`)
 
 Run fields are checked by the config's own rules (`cnnlab.config.check_value`). This module
-imports no torch: architectures are checked by `cnnlab.nn.specs`, which needs none.
+imports no torch: architectures are checked by `cnnlab.nn.specs` and `cnnlab.nn.shapes`, which
+need none.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ from typing import Any
 from cnnlab.config import BACKENDS, DATASET_SHAPES, ConfigError, RunConfig, check_value
 from cnnlab.errors import CnnlabError
 from cnnlab.nn.architectures import get_architecture
-from cnnlab.nn.specs import parse_specs, resolve_layers
+from cnnlab.nn.shapes import resolve_layers
+from cnnlab.nn.specs import parse_specs
 from cnnlab.study.searchfile import MAX_REPEATS, Search, SearchParsing, typed_repr
 
 KINDS = ("size", "l1", "pooling", "depth")  # what the report draws for an experiment

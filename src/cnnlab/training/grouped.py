@@ -34,6 +34,7 @@ from torch import nn
 from cnnlab.config import RunConfig
 from cnnlab.data.datasets import Dataset
 from cnnlab.nn import modules, specs
+from cnnlab.nn.shapes import output_shape, resolve_layers
 from cnnlab.training import loop
 from cnnlab.training.device import GATE, STREAMS, autocast, cuda_math, normalise, resolve_device
 from cnnlab.training.grouping import MEMBER_FIELDS, group_key, groupable
@@ -118,7 +119,7 @@ class GroupNet(nn.Module):
             if isinstance(spec, specs.Dropout) and spec.rate > 0:
                 lone = (batch, shape[2], shape[0], shape[1]) if len(shape) == 3 else (batch, *shape)
                 shapes.append(lone)
-            shape = specs.output_shape(spec, shape)
+            shape = output_shape(spec, shape)
         return shapes
 
     def mask_buffers(self, batch: int, device: torch.device) -> list[torch.Tensor]:
@@ -396,7 +397,7 @@ class GroupMembers:
                 member.seed, target
             )
             net = modules.ConvNet(
-                specs.resolve_layers(member, on_device.input_shape, on_device.num_classes),
+                resolve_layers(member, on_device.input_shape, on_device.num_classes),
                 on_device.input_shape,
             )
             modules.initialise(net, init_generator)

@@ -32,7 +32,8 @@ from cnnlab.config import EVAL_BATCH_SIZE, RunConfig, check_augmentation, check_
 from cnnlab.data.datasets import Dataset, stratified_subset, validation_split
 from cnnlab.errors import CnnlabError
 from cnnlab.nn import modules
-from cnnlab.nn.specs import LayerSpec, resolve_layers
+from cnnlab.nn.shapes import resolve_layers
+from cnnlab.nn.specs import LayerSpec
 from cnnlab.training import augment, measure, metrics, optim
 from cnnlab.training.device import (
     autocast,

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from cnnlab.config import RunConfig
 from cnnlab.nn import modules
-from cnnlab.nn.specs import resolve_layers
+from cnnlab.nn.shapes import resolve_layers
 from cnnlab.training.device import images_to_device, normalise
 
 PROBE_IMAGES = 256  # test images the activations are measured on, once per run
