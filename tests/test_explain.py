@@ -171,6 +171,18 @@ def _decoded_pngs(page: str) -> list[bytes]:
     return [base64.b64decode(data) for data in re.findall(r"base64,([A-Za-z0-9+/=]+)", page)]
 
 
+@pytest.mark.browser
+def test_the_explain_page_loads_in_headless_chromium_and_every_image_decodes(rgb_run, tmp_path):
+    import test_report
+
+    run_dir, data = rgb_run
+    done = explain(run_dir, test_indices=[0, 9], data=data, out=tmp_path / "explained")
+    images = len(re.findall(r"<img ", done.page.read_text(encoding="utf-8")))
+    assert images == len(done.pngs) == 5  # kernels, then maps and attributions per image
+    result, console = test_report._render(done.page, tmp_path / "profile")
+    assert (result, console) == (f"{images}:0", [])
+
+
 def test_explain_writes_pngs_and_one_self_contained_page(rgb_run, tmp_path):
     run_dir, data = rgb_run
     picture = tmp_path / "picture.png"
@@ -331,6 +343,10 @@ def test_a_studys_report_shows_its_best_runs_from_inside(tiny_cifar, tmp_path):
     outcome = runner.run_study(study, out=tmp_path / "out", data=tiny_cifar, workers=1)
     written = explain_best_runs(outcome.study_dir)
     assert len(written) == 1 and (written[0] / "image0_attributions.png").is_file()
+    # A rerun of the study keeps what an earlier one explained, untouched.
+    page = written[0] / "explain.html"
+    before = page.stat().st_mtime_ns
+    assert explain_best_runs(outcome.study_dir) == written and page.stat().st_mtime_ns == before
     markdown = write_report(outcome.study_dir)["md"].read_text(encoding="utf-8")
     section = markdown.split("## Inside the best runs", 1)[1].split("\n## ", 1)[0]
     assert section.count("![") == 2 and "Grad-CAM" in section

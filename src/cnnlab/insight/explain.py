@@ -248,7 +248,8 @@ def _kernel_picture(model: Any) -> dict[str, bytes]:
 def explain_best_runs(study_dir: str | os.PathLike[str], images: int = 2) -> list[Path]:
     """Explain each experiment's best finished run (on the misclassified test images its folder
     keeps) into RUN_DIR/explain, for the study's report; runs that cannot be explained are
-    skipped (the report says so). Returns the folders written."""
+    skipped (the report says so), runs explained before are kept as they are (a run folder does
+    not change once written). Returns the explained folders."""
     from cnnlab.store import Store, best_runs
 
     study_dir = Path(study_dir)
@@ -257,6 +258,9 @@ def explain_best_runs(study_dir: str | os.PathLike[str], images: int = 2) -> lis
     written = []
     for record in {record.id: record for record in best.values()}.values():
         run_dir = study_dir / "runs" / record.id
+        if (run_dir / "explain" / PAGE).is_file():  # explained by an earlier run of the study
+            written.append(run_dir / "explain")
+            continue
         try:
             explained = explain(run_dir, out=run_dir / "explain", kept=images)
         except CnnlabError:
