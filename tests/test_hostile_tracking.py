@@ -22,6 +22,7 @@ import tempfile
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -98,7 +99,8 @@ PORTS = {"closed": contextlib.nullcontext, "silent": silent_port, "mute": mute_p
 ENDPOINT_COMMANDS = {
     "export-http": "export {study} --mlflow http://127.0.0.1:{port}",
     "export-https": "export {study} --mlflow https://127.0.0.1:{port}/mlflow",
-    "export-database": "export {study} --mlflow postgresql://u@127.0.0.1:{port}/db",
+    "export-postgresql": "export {study} --mlflow postgresql://u@127.0.0.1:{port}/db",
+    "export-mysql": "export {study} --mlflow mysql+pymysql://u@127.0.0.1:{port}/db",
     "study-log": "study {file} --out {out} --log mlflow:http://127.0.0.1:{port}",
     "study-ray": "study {file} --out {out} --backend ray --address 127.0.0.1:{port}",
     "study-ray-client": "study {file} --out {out} --backend ray --address ray://127.0.0.1:{port}",
@@ -126,13 +128,7 @@ def assert_one_line(err: str, *names: str) -> None:
 
 @pytest.mark.parametrize(
     ("command", "port_kind"),
-    [
-        (command, port_kind)
-        for command in ENDPOINT_COMMANDS
-        for port_kind in PORTS
-        # A database server speaks after its client: only its port is probed, not its answer.
-        if (command, port_kind) != ("export-database", "mute")
-    ],
+    [(command, port_kind) for command in ENDPOINT_COMMANDS for port_kind in PORTS],
 )
 def test_an_endpoint_that_does_not_answer_is_one_line_within_the_timeout(
     command, port_kind, finished, study_file, tmp_path, capsys, monkeypatch
@@ -153,6 +149,46 @@ def test_an_endpoint_that_does_not_answer_is_one_line_within_the_timeout(
     assert seconds < limit, f"{command} on a {port_kind} port took {seconds:.1f} s"
     assert not out.exists()  # no study.sqlite, no .lock: nothing was written
     assert list(tmp_path.iterdir()) == []
+
+
+@contextlib.contextmanager
+def answering_port(answer: Callable[[socket.socket], None]):
+    """A port whose server calls `answer` with each connection it accepts, in a thread."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(4)
+
+        def serve() -> None:
+            with contextlib.suppress(OSError):
+                connection, _ = listener.accept()
+                with connection:
+                    answer(connection)
+
+        server = threading.Thread(target=serve, daemon=True)
+        server.start()
+        yield listener.getsockname()[1]
+        server.join(timeout=TIMEOUT)
+
+
+def _postgresql(connection: socket.socket) -> None:
+    if connection.recv(8) == endpoints.POSTGRESQL_SSL_REQUEST:
+        connection.sendall(b"N")  # no SSL here: the client may go on in the clear
+
+
+def _mysql(connection: socket.socket) -> None:
+    connection.sendall(bytes([10, 0, 0, 0]) + b"\x0a8.0.36\x00")  # a handshake's first bytes
+
+
+@pytest.mark.parametrize(("scheme", "server"), [("postgresql", _postgresql), ("mysql", _mysql)])
+def test_a_database_server_that_answers_its_protocol_passes_the_probe(scheme, server):
+    with answering_port(server) as port:
+        endpoints.probe_mlflow(f"{scheme}://u@127.0.0.1:{port}/db", TIMEOUT)
+    # The same port without the protocol's answer is one line within the timeout.
+    with answering_port(lambda connection: connection.recv(8)) as port:
+        started = time.monotonic()
+        with pytest.raises(CnnlabError, match=rf"127.0.0.1:{port}: .*(no answer|without)"):
+            endpoints.probe_mlflow(f"{scheme}://u@127.0.0.1:{port}/db", TIMEOUT)
+        assert time.monotonic() - started < TIMEOUT + SLACK
 
 
 IMPOSSIBLE_PORTS = st.one_of(st.integers(max_value=0), st.integers(min_value=65536))

@@ -2,9 +2,11 @@
 
 Each must answer within the connect timeout (`--connect-timeout`, else $CNNLAB_CONNECT_TIMEOUT,
 else `DEFAULT_CONNECT_TIMEOUT` seconds): an MLflow tracking server its /health request (any
-status), a Ray address the HTTP/2 greeting its gRPC server answers, a database server a TCP
-connection. A closed port fails at once; a host that does not answer, a server that accepts and
-says nothing, or a name that does not resolve, takes the timeout and no longer. The MLflow
+status), a Ray address the HTTP/2 greeting its gRPC server answers, a PostgreSQL server its
+answer to the SSL request every client sends first, a MySQL server the handshake it sends on
+connecting, an SQL Server a TCP connection. A closed port fails at once; a host that does not
+answer, a server that accepts and says nothing, or a name that does not resolve, takes the
+timeout and no longer. The MLflow
 client's own requests are bounded too (`limit_mlflow_requests`): left to its defaults it retries
 a failing server for minutes.
 """
@@ -16,6 +18,7 @@ import math
 import os
 import socket
 import ssl
+import struct
 import threading
 import urllib.error
 import urllib.request
@@ -32,6 +35,8 @@ DEFAULT_PORTS = {"http": 80, "https": 443, "postgresql": 5432, "mysql": 3306, "m
 RAY_CLIENT_PORT = 10001  # Ray Client's default port (ray://HOST)
 # HTTP/2's client preface, then an empty SETTINGS frame: a gRPC server answers with its own.
 HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+# PostgreSQL's SSLRequest (length 8, code 80877103): a server answers one byte, 'S' or 'N'.
+POSTGRESQL_SSL_REQUEST = struct.pack("!ii", 8, 80877103)
 # An MLflow request may take this many connect timeouts (uploading a plot, a slow database).
 REQUEST_TIMEOUTS = 6
 MLFLOW_RETRIES = 2  # MLflow's default, 7 with doubling backoff, waits minutes on a dead server
@@ -85,7 +90,11 @@ def probe_mlflow(uri: str, timeout: float, option: str = "--mlflow") -> None:
         probe_http(f"{uri.rstrip('/')}/health", timeout, option, f"{option} {uri}")
         limit_mlflow_requests(timeout)
     elif scheme in DEFAULT_PORTS:
-        probe(*host_port(uri, DEFAULT_PORTS[scheme], option), timeout, f"{option} {uri}")
+        host, port = host_port(uri, DEFAULT_PORTS[scheme], option)
+        hear = _DATABASE_ANSWERS.get(scheme, _connect)
+        _within(
+            timeout, f"{option} {uri}: cannot connect to {host}:{port}", hear, host, port, timeout
+        )
 
 
 def _within(timeout: float, where: str, attempt: Callable[..., None], *args: Any) -> None:
@@ -122,6 +131,25 @@ def _greet(host: str, port: int, timeout: float) -> None:
         connection.sendall(HTTP2_PREFACE)
         if not connection.recv(9):
             raise ConnectionError("the connection was closed without an answer")
+
+
+def _hear_postgresql(host: str, port: int, timeout: float) -> None:
+    """Raises unless a PostgreSQL server at host:port answers a client's first message."""
+    with socket.create_connection((host, port), timeout=timeout) as connection:
+        connection.sendall(POSTGRESQL_SSL_REQUEST)
+        if not connection.recv(1):
+            raise ConnectionError("the connection was closed without an answer")
+
+
+def _hear_mysql(host: str, port: int, timeout: float) -> None:
+    """Raises unless a MySQL server at host:port sends its handshake (servers speak first)."""
+    with socket.create_connection((host, port), timeout=timeout) as connection:
+        if not connection.recv(4):
+            raise ConnectionError("the connection was closed without a greeting")
+
+
+# The database schemes whose servers are heard, not only connected to (SQL Server: connected).
+_DATABASE_ANSWERS = {"postgresql": _hear_postgresql, "mysql": _hear_mysql}
 
 
 def _ask(url: str, timeout: float) -> None:
