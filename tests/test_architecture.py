@@ -37,6 +37,7 @@ BACKENDS = ("cnnlab.execution.processes", "cnnlab.execution.threads", "cnnlab.ex
 TORCH_FREE = (
     "cnnlab.config",
     "cnnlab.store",
+    "cnnlab.insight.layout",
     "cnnlab.conv.convolve",
     "cnnlab.conv.fast",
     "cnnlab.conv.kernels",

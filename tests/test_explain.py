@@ -342,11 +342,31 @@ def test_a_studys_report_shows_its_best_runs_from_inside(tiny_cifar, tmp_path):
     study.write_text(study_fakes.tiny_study_toml("inside", "{ l1 = [0.0, 0.01] }"))
     outcome = runner.run_study(study, out=tmp_path / "out", data=tiny_cifar, workers=1)
     written = explain_best_runs(outcome.study_dir)
-    assert len(written) == 1 and (written[0] / "image0_attributions.png").is_file()
+    assert len(written) == 1 and (written[0] / "image2_attributions.png").is_file()
+    sources = [item["source"] for item in json.loads((written[0] / "explain.json").read_text())]
+    assert sources[:2] == [
+        "sample-shapes (drawn, shown at 32x32)",
+        "sample-mosaic (drawn, shown at 32x32)",
+    ]
+    assert sources[2].startswith("test image ")
     # A rerun of the study keeps what an earlier one explained, untouched.
     page = written[0] / "explain.html"
     before = page.stat().st_mtime_ns
     assert explain_best_runs(outcome.study_dir) == written and page.stat().st_mtime_ns == before
     markdown = write_report(outcome.study_dir)["md"].read_text(encoding="utf-8")
     section = markdown.split("## Inside the best runs", 1)[1].split("\n## ", 1)[0]
-    assert section.count("![") == 2 and "Grad-CAM" in section
+    assert section.count("![") == 3 and "Grad-CAM" in section
+    for shown in ("feature maps of the drawn shapes", "feature maps of the drawn mosaic"):
+        assert shown in section
+    assert "attributions on a misclassified test image" in section
+
+
+def test_the_drawn_samples_fit_any_net_s_input_grey_or_colour():
+    from cnnlab.insight.explain import drawn_samples
+
+    for shape in ((32, 32, 3), (28, 28, 1), (8, 8, 1), (40, 20, 3)):
+        samples = drawn_samples(shape)
+        assert [name.split(" ")[0] for name, _, _ in samples] == ["sample-shapes", "sample-mosaic"]
+        for _, image, label in samples:
+            assert image.shape == shape and image.dtype == np.uint8 and label is None
+            assert image.std() > 10  # the drawing survives the reduction: not a flat image

@@ -23,9 +23,9 @@ from cnnlab import atomic, plots
 from cnnlab.errors import CnnlabError
 from cnnlab.insight import figures
 from cnnlab.insight.attribution import ImageInsight, conv_layers, explain_image
+from cnnlab.insight.layout import PAGE, REPORTED
 
 DEFAULT_IMAGES = 4  # misclassified test images explained when none are named
-PAGE = "explain.html"
 
 
 @dataclass
@@ -66,6 +66,29 @@ def read_image(path: str | os.PathLike[str], shape: tuple[int, int, int]) -> np.
         )
     array = np.asarray(picture, dtype=np.uint8)
     return array[:, :, None] if array.ndim == 2 else array
+
+
+def drawn_samples(shape: tuple[int, int, int]) -> list[tuple[str, np.ndarray, None]]:
+    """`cnnlab convolve --sample`'s two drawn images fitted to a net taking `shape` images: the
+    centre cropped to the net's aspect, then area-averaged down (grey for a grey net)."""
+    from PIL import Image
+
+    from cnnlab.conv import imaging
+
+    height, width, channels = shape
+    samples = []
+    for name, draw in imaging.SAMPLES.items():
+        drawn = draw()
+        rows, columns = drawn.shape[:2]
+        keep_rows = min(rows, round(columns * height / width))
+        keep_columns = min(columns, round(rows * width / height))
+        top, left = (rows - keep_rows) // 2, (columns - keep_columns) // 2
+        picture = Image.fromarray(drawn[top : top + keep_rows, left : left + keep_columns])
+        picture = picture.convert("L" if channels == 1 else "RGB")
+        array = np.asarray(picture.resize((width, height), Image.Resampling.BOX), np.uint8)
+        image = array[:, :, None] if array.ndim == 2 else array
+        samples.append((f"{name} (drawn, shown at {width}x{height})", image, None))
+    return samples
 
 
 def _test_images(
@@ -186,11 +209,13 @@ def explain(
     image_size: int | Sequence[int] | None = None,
     resample: str = "bilinear",
     kept: int = DEFAULT_IMAGES,
+    samples: bool = False,
 ) -> Explanation:
     """Explain a run folder's net on image files and/or test images (by index; `data` is the
     dataset or its source), by default on the misclassified test images it keeps; writes PNGs
     and explain.html into `out` (default: RUN_DIR/explain); `image_size` and `resample` load
-    an image-folder dataset of mixed sizes, as `load_dataset`; `kept`: how many kept images."""
+    an image-folder dataset of mixed sizes, as `load_dataset`; `kept`: how many kept images.
+    `samples` puts the two drawn sample images (`drawn_samples`) first."""
     from cnnlab.training.runfolder import load_run
 
     run_dir = Path(run_dir)
@@ -203,6 +228,8 @@ def explain(
         chosen += _test_images(run, test_indices, data, image_size, resample)
     if not chosen:
         chosen = _kept_misclassified(run_dir, kept)
+    if samples:
+        chosen = [*drawn_samples(shape), *chosen]
     names = list(run.metrics.get("class_names") or [])
     explained = [
         ExplainedImage(source, image, label, explain_image(run.model, image, known))
@@ -246,10 +273,11 @@ def _kernel_picture(model: Any) -> dict[str, bytes]:
 
 
 def explain_best_runs(study_dir: str | os.PathLike[str], images: int = 2) -> list[Path]:
-    """Explain each experiment's best finished run (on the misclassified test images its folder
-    keeps) into RUN_DIR/explain, for the study's report; runs that cannot be explained are
-    skipped (the report says so), runs explained before are kept as they are (a run folder does
-    not change once written). Returns the explained folders."""
+    """Explain each experiment's best finished run (on the two drawn sample images, then the
+    misclassified test images its folder keeps) into RUN_DIR/explain, for the study's report;
+    runs that cannot be explained are skipped (the report says so), runs explained before are
+    kept as they are (a run folder does not change once written). Returns the explained
+    folders."""
     from cnnlab.store import Store, best_runs
 
     study_dir = Path(study_dir)
@@ -258,11 +286,11 @@ def explain_best_runs(study_dir: str | os.PathLike[str], images: int = 2) -> lis
     written = []
     for record in {record.id: record for record in best.values()}.values():
         run_dir = study_dir / "runs" / record.id
-        if (run_dir / "explain" / PAGE).is_file():  # explained by an earlier run of the study
-            written.append(run_dir / "explain")
+        if all((run_dir / "explain" / name).is_file() for name in (PAGE, *REPORTED)):
+            written.append(run_dir / "explain")  # explained by an earlier run of the study
             continue
         try:
-            explained = explain(run_dir, out=run_dir / "explain", kept=images)
+            explained = explain(run_dir, out=run_dir / "explain", kept=images, samples=True)
         except CnnlabError:
             continue
         written.append(explained.out_dir)

@@ -17,6 +17,7 @@ import numpy as np
 from cnnlab import plots
 from cnnlab.conv import convolve, imaging
 from cnnlab.conv.kernels import parse_kernel
+from cnnlab.insight.layout import REPORTED
 from cnnlab.report.document import Document, Image, literal
 from cnnlab.report.tables import point_label
 from cnnlab.store import FINISHED, RunRecord, best_runs
@@ -338,6 +339,14 @@ def kernel_section(document: Document, best: RunRecord, study_dir: Path) -> None
         )
 
 
+# What each of explain's REPORTED pictures shows, in its order.
+_REPORTED_CAPTIONS = (
+    "feature maps of the drawn shapes",
+    "feature maps of the drawn mosaic",
+    "attributions on a misclassified test image",
+)
+
+
 def inside_section(document: Document, study: Study, records: list[RunRecord], study_dir: Path):
     """Each experiment's best run from inside: feature maps and Grad-CAM on test images it got
     wrong, as `cnnlab explain` drew them after the study (RUN_DIR/explain)."""
@@ -346,9 +355,10 @@ def inside_section(document: Document, study: Study, records: list[RunRecord], s
         return
     document.heading("Inside the best runs")
     document.paragraph(
-        "Each experiment's best run on test images it got wrong (`cnnlab explain`): the feature"
-        " maps of every conv layer, and where the net looked for the true and the predicted"
-        " class (Grad-CAM on the last conv layer, with Captum, and gradient saliency)."
+        "Each experiment's best run from inside (`cnnlab explain`): the feature maps of every"
+        " conv layer on the two drawn sample images of the convolution part (fitted to the net's"
+        " input), and, on a test image it got wrong, where the net looked for the true and the"
+        " predicted class (Grad-CAM on the last conv layer, with Captum, and gradient saliency)."
     )
     missing = []
     for experiment in study.experiments:
@@ -356,12 +366,12 @@ def inside_section(document: Document, study: Study, records: list[RunRecord], s
         if record is None:
             continue
         folder = study_dir / "runs" / record.id / "explain"
-        pictures = [folder / f"image0_{kind}.png" for kind in ("feature_maps", "attributions")]
+        pictures = [folder / name for name in REPORTED]
         if not all(picture.is_file() for picture in pictures):
             missing.append(f"{experiment.title} (`{record.id[:8]}`)")
             continue
-        for picture in pictures:
-            caption = f"{experiment.title}: best run `{record.id[:8]}`, {picture.stem[7:]}"
+        for picture, what in zip(pictures, _REPORTED_CAPTIONS, strict=True):
+            caption = f"{experiment.title}: best run `{record.id[:8]}`, {what}"
             name = f"inside_{record.id[:8]}_{picture.name}"
             document.image(Image(name, picture.read_bytes(), caption))
     if missing:
