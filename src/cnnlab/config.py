@@ -319,6 +319,17 @@ def _show(value: Any) -> str:
     return f"{type(value).__name__} {value!r}"
 
 
+def check_run_augmentation(config: RunConfig, height: int, width: int) -> None:
+    """`check_augmentation` with a run's own options, for its height x width images."""
+    check_augmentation(
+        height,
+        width,
+        crop_padding=config.crop_padding,
+        crop_padding_mode=config.crop_padding_mode,
+        cutout=config.cutout,
+    )
+
+
 def check_augmentation(
     height: int, width: int, *, crop_padding: int, crop_padding_mode: str, cutout: int
 ) -> None:

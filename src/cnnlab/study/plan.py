@@ -18,8 +18,8 @@ from cnnlab.config import (
     DATASET_SHAPES,
     ConfigError,
     RunConfig,
-    check_augmentation,
     check_config,
+    check_run_augmentation,
     run_id,
 )
 from cnnlab.errors import CnnlabError
@@ -133,13 +133,7 @@ def check_run(study: Study, experiment: Experiment, config: RunConfig, data: Any
             check_config(config, available=len(data.train_labels), classes=len(data.class_names))
         if images is not None:
             (height, width, _), _ = images
-            check_augmentation(
-                height,
-                width,
-                crop_padding=config.crop_padding,
-                crop_padding_mode=config.crop_padding_mode,
-                cutout=config.cutout,
-            )
+            check_run_augmentation(config, height, width)
     except ConfigError as error:
         keys = _origin(study, experiment, error.key)
         raise CnnlabError(f"{where(study, keys)}: {error.reason}") from None

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cnnlab.config import EVAL_BATCH_SIZE, RunConfig, check_augmentation, check_config
+from cnnlab.config import EVAL_BATCH_SIZE, RunConfig, check_config, check_run_augmentation
 from cnnlab.data.datasets import Dataset, stratified_subset, validation_split
 from cnnlab.errors import CnnlabError
 from cnnlab.nn import modules
@@ -215,14 +215,7 @@ def subset_indices(config: RunConfig, data: Dataset) -> tuple[np.ndarray, np.nda
     """(training part, validation part) of the run's subset: Keras holds out the last fraction."""
     check_config(config, available=len(data.train_labels), classes=len(data.class_names))
     layers_for(config, data)  # the net must fit the images and the classes
-    height, width = data.train_images.shape[1:3]
-    check_augmentation(
-        height,
-        width,
-        crop_padding=config.crop_padding,
-        crop_padding_mode=config.crop_padding_mode,
-        cutout=config.cutout,
-    )
+    check_run_augmentation(config, *data.train_images.shape[1:3])
     subset = stratified_subset(data.train_labels, config.train_size, config.subset_seed)
     train_part, validation_part = validation_split(subset, config.validation_split)
     if len(train_part) == 0 or len(validation_part) == 0:
