@@ -10,14 +10,20 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from cnnlab.config import RunConfig
 from cnnlab.store import RunRecord, Store
 from cnnlab.study import runner
+from cnnlab.training import runfolder
 from cnnlab.training.metrics import RunResult
 
 _PNG = None
@@ -290,3 +296,65 @@ def write_png_folder(root: Path) -> Path:
                 pixels[..., label % 3] += np.uint8(16 * label)
                 Image.fromarray(pixels).save(folder / f"{index:03d}.png")
     return root
+
+
+_FAKE_STUDY = """
+import sys
+sys.path.insert(0, {tests!r})
+import study_fakes, {module}
+from cnnlab.training import runfolder
+from cnnlab.study import runner
+runfolder.save_run = study_fakes.fake_save_run
+runner.run_study({path!r}, out={out!r}, data=study_fakes.zeros_cifar(), fit={fit})
+"""
+
+
+def start_fake_study(
+    path: Path, out: Path, seconds: float, fit: str = "study_fakes.fake_fit"
+) -> subprocess.Popen:
+    """`run_study` of `path` in a child process with a fake fit (`fit`: "module.function" of the
+    tests) taking `seconds` a run and no real save: a study to kill -9 at a chosen moment."""
+    code = _FAKE_STUDY.format(
+        tests=str(Path(__file__).parent),
+        module=fit.rsplit(".", 1)[0],
+        path=str(path),
+        out=str(out),
+        fit=fit,
+    )
+    env = {**os.environ, "CNNLAB_FAKE_SECONDS": str(seconds)}
+    return subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL)
+
+
+def stored_statuses(out: Path) -> list[str]:
+    """Every run's status in the study folder `out`, as another process sees them now."""
+    try:
+        with sqlite3.connect(out / "study.sqlite", timeout=5) as connection:
+            return [row[0] for row in connection.execute("SELECT status FROM runs")]
+    except sqlite3.Error:
+        return []
+
+
+def run_fake_study(
+    folder: Path,
+    toml: str,
+    fit,
+    *,
+    file_name: str = "study.toml",
+    repeats: int | None = None,
+    save_run=None,
+) -> Path:
+    """`toml` written into `folder` as `file_name` and run there, quietly, with `fit` on
+    `zeros_cifar` (and `save_run`, by default `fake_save_run`); returns the study folder."""
+    path = folder / file_name
+    path.write_text(toml)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(runfolder, "save_run", save_run or fake_save_run)
+        outcome = runner.run_study(
+            path,
+            out=folder / "out",
+            data=zeros_cifar(),
+            fit=fit,
+            repeats=repeats,
+            echo=lambda line: None,
+        )
+    return outcome.study_dir

@@ -39,19 +39,7 @@ def _fit_from(table: dict[tuple[str, float], list[float]]):
 
 
 def _run(folder: Path, toml: str, fit, repeats: int | None = None) -> Path:
-    path = folder / "study.toml"
-    path.write_text(toml)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(runfolder, "save_run", study_fakes.fake_save_run)
-        outcome = runner.run_study(
-            path,
-            out=folder / "out",
-            data=study_fakes.zeros_cifar(),
-            fit=fit,
-            repeats=repeats,
-            echo=lambda line: None,
-        )
-    return outcome.study_dir
+    return study_fakes.run_fake_study(folder, toml, fit, repeats=repeats)
 
 
 def _observations(markdown: str) -> list[str]:

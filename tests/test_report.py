@@ -287,19 +287,14 @@ def _controlled_fit(config, data, **options):
 
 
 def _controlled_study(folder: Path, repeats: int | None = None, save_run=None) -> Path:
-    path = folder / "controlled.toml"
-    path.write_text(CONTROLLED_TOML)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(runfolder, "save_run", save_run or study_fakes.fake_save_run)
-        outcome = runner.run_study(
-            path,
-            out=folder / "out",
-            data=study_fakes.zeros_cifar(),
-            fit=_controlled_fit,
-            repeats=repeats,
-            echo=lambda line: None,
-        )
-    return outcome.study_dir
+    return study_fakes.run_fake_study(
+        folder,
+        CONTROLLED_TOML,
+        _controlled_fit,
+        file_name="controlled.toml",
+        repeats=repeats,
+        save_run=save_run,
+    )
 
 
 @pytest.fixture(scope="module")

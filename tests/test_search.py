@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import math
-import os
 import signal
-import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -258,29 +255,9 @@ def test_a_finished_search_reruns_nothing_and_more_trials_continue_it(tune, tmp_
 
 # --- kill -9 ----------------------------------------------------------------------------------
 
-_CHILD = """
-import sys
-sys.path.insert(0, {tests!r})
-import study_fakes, test_search
-from cnnlab.training import runfolder
-from cnnlab.study import runner
-runfolder.save_run = study_fakes.fake_save_run
-runner.run_study({path!r}, out={out!r}, data=study_fakes.zeros_cifar(), fit=test_search.search_fit)
-"""
-
-
-def _statuses(out: Path) -> list[str]:
-    try:
-        with sqlite3.connect(out / "study.sqlite", timeout=5) as connection:
-            return [row[0] for row in connection.execute("SELECT status FROM runs")]
-    except sqlite3.Error:
-        return []
-
 
 def _start(path: Path, out: Path, seconds: float) -> subprocess.Popen:
-    code = _CHILD.format(tests=str(Path(__file__).parent), path=str(path), out=str(out))
-    env = {**os.environ, "CNNLAB_FAKE_SECONDS": str(seconds)}
-    return subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL)
+    return study_fakes.start_fake_study(path, out, seconds, fit="test_search.search_fit")
 
 
 @pytest.mark.parametrize("pruner", ["none", "median"])
@@ -296,14 +273,14 @@ def test_kill_9_during_a_search_resumes_to_the_trials_of_an_uninterrupted_one(
         child = _start(tune, out, seconds=0.15)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            statuses = _statuses(out)
+            statuses = study_fakes.stored_statuses(out)
             ended = statuses.count("done") + statuses.count("pruned")
             if ended >= done_before_kill and "running" in statuses:
                 break
             time.sleep(0.01)
         child.send_signal(signal.SIGKILL)
         child.wait()
-        assert _statuses(out).count("running") == 1
+        assert study_fakes.stored_statuses(out).count("running") == 1
     child = _start(tune, out, seconds=0)
     assert child.wait(timeout=120) == 0
     clean = tmp_path / "clean"

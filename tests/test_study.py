@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -317,30 +315,9 @@ def test_two_processes_cannot_run_one_folder(mini, tmp_path, tiny_data):
 
 # --- kill -9 ----------------------------------------------------------------------------------
 
-_CHILD = """
-import sys
-sys.path.insert(0, {tests!r})
-import study_fakes
-from cnnlab.training import runfolder
-from cnnlab.study import runner
-runfolder.save_run = study_fakes.fake_save_run
-data = study_fakes.zeros_cifar()
-runner.run_study({path!r}, out={out!r}, data=data, fit=study_fakes.fake_fit)
-"""
 
-
-def _statuses(out: Path) -> list[str]:
-    try:
-        with sqlite3.connect(out / "study.sqlite", timeout=5) as connection:
-            return [row[0] for row in connection.execute("SELECT status FROM runs")]
-    except sqlite3.Error:
-        return []
-
-
-def _start(mini: Path, out: Path, seconds: float) -> subprocess.Popen:
-    code = _CHILD.format(tests=str(Path(__file__).parent), path=str(mini), out=str(out))
-    env = {**os.environ, "CNNLAB_FAKE_SECONDS": str(seconds)}
-    return subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL)
+def _start(path: Path, out: Path, seconds: float) -> subprocess.Popen:
+    return study_fakes.start_fake_study(path, out, seconds, fit="study_fakes.fake_fit")
 
 
 def test_kill_9_at_several_points_loses_at_most_the_run_in_progress(mini, tmp_path):
@@ -350,13 +327,13 @@ def test_kill_9_at_several_points_loses_at_most_the_run_in_progress(mini, tmp_pa
         child = _start(mini, out, seconds=0.15)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            statuses = _statuses(out)
+            statuses = study_fakes.stored_statuses(out)
             if statuses.count("done") >= done_before_kill and "running" in statuses:
                 break
             time.sleep(0.01)
         child.send_signal(signal.SIGKILL)
         child.wait()
-        statuses = _statuses(out)
+        statuses = study_fakes.stored_statuses(out)
         assert len(statuses) == 10 and statuses.count("running") == 1
         assert statuses.count("done") >= done_before_kill
     child = _start(mini, out, seconds=0)
