@@ -314,6 +314,9 @@ def test_the_report_shows_the_best_trial_its_retraining_and_the_figures(tune, tm
     assert "The selection's optimism" in text and "Parameter importances (Optuna's fANOVA" in text
     for figure in ("search-history", "search-importances", "search-parallel"):
         assert f"tune-{figure}.png" in text
+    # The search's best run is looked at from inside too (a fake run cannot be explained).
+    inside = text.split("## Inside the best runs", 1)[1].split("\n## ", 1)[0]
+    assert "Not explained" in inside and "Tuning (`" in inside
 
 
 def search_fit_value(params: dict) -> float:

@@ -361,7 +361,7 @@ def inside_section(document: Document, study: Study, records: list[RunRecord], s
         " predicted class (Grad-CAM on the last conv layer, with Captum, and gradient saliency)."
     )
     missing = []
-    for experiment in study.experiments:
+    for experiment in (*study.experiments, *study.searches):  # a search: its best run too
         record = best.get(experiment.name)
         if record is None:
             continue
