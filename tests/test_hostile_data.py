@@ -750,6 +750,13 @@ def test_class_names_from_hostile_text_are_one_line_of_text_or_refused(tmp_path,
     assert all(name.isprintable() for name in data.class_names)
 
 
+@pytest.mark.parametrize("name", ["\xa0", "a\u2028b", "no\u00a0break", "zero\u200bwidth"])
+def test_a_class_name_with_a_space_that_is_no_space_is_refused(tmp_path, name):
+    source = tar_of_classes(tmp_path / "spaces.tar", ["cat", name])
+    with pytest.raises(CnnlabError, match="has a control character or a space other than"):
+        load_dataset("images", source)
+
+
 def test_a_class_name_with_a_line_break_is_refused_in_one_line(tmp_path):
     source = tar_of_classes(tmp_path / "a.tar", ["cat", "dog\nhorse"])
     with pytest.raises(CnnlabError, match=r"class folder 'dog\\nhorse' has a control character"):

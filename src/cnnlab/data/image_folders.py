@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
-import unicodedata
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -273,10 +272,13 @@ class ImageFolders:
         if len(names) > MAX_CLASSES:
             raise CnnlabError(f"{source}: {len(names):,} class folders (at most {MAX_CLASSES:,})")
         for name in names:  # a class name is one line of plain text wherever it is shown
-            if any(unicodedata.category(character).startswith("C") for character in name):
+            # Unicode's C (control, format) and Z (separators: U+2028 breaks a line in some
+            # renderers, a no-break space looks like nothing) except the plain space.
+            if not name.isprintable():
                 raise CnnlabError(
-                    f"{source}: class folder '{shown(name)}' has a control character (a line"
-                    " break, a tab, ...) in its name; rename it"
+                    f"{source}: class folder '{shown(name)}' has a control character or a space"
+                    " other than ' ' (a line break, a tab, a no-break space, ...) in its name;"
+                    " rename it"
                 )
         return names
 
