@@ -200,42 +200,19 @@ class Store:
         their status and results; runs no longer planned keep their row but belong to no
         experiment.
         """
-        now = time.time()
         with self._transaction() as connection:
             connection.execute("DELETE FROM memberships")
-            for position, (run_id, config, seed, experiments) in enumerate(planned):
-                connection.execute(
-                    "INSERT INTO runs (id, status, config, seed, created_at) "
-                    "VALUES (?, 'pending', ?, ?, ?) ON CONFLICT(id) DO NOTHING",
-                    (run_id, _dumps(config), seed, now),
-                )
-                connection.executemany(
-                    "INSERT INTO memberships (run_id, experiment, position, fields) "
-                    "VALUES (?, ?, ?, ?)",
-                    [(run_id, name, position, _dumps(f)) for name, f in experiments.items()],
-                )
+            _insert_planned(connection, planned, first_position=0)
 
     def add_planned(
         self, planned: Iterable[tuple[str, dict[str, Any], int, dict[str, dict]]]
     ) -> None:
         """Add runs to the plan (as `sync_plan` does) without dropping the plan's other runs."""
-        now = time.time()
         with self._transaction() as connection:
             (position,) = connection.execute(
                 "SELECT COALESCE(MAX(position), -1) + 1 FROM memberships"
             ).fetchone()
-            for run_id, config, seed, experiments in planned:
-                connection.execute(
-                    "INSERT INTO runs (id, status, config, seed, created_at) "
-                    "VALUES (?, 'pending', ?, ?, ?) ON CONFLICT(id) DO NOTHING",
-                    (run_id, _dumps(config), seed, now),
-                )
-                connection.executemany(
-                    "INSERT INTO memberships (run_id, experiment, position, fields) "
-                    "VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                    [(run_id, name, position, _dumps(f)) for name, f in experiments.items()],
-                )
-                position += 1
+            _insert_planned(connection, planned, first_position=position)
 
     def clear_trials(self) -> None:
         """Forget every search's trials (a search replays them as it starts again)."""
@@ -490,6 +467,28 @@ def _check_artifacts(artifacts: dict[str, Any], where: str) -> None:
         path = Path(value) if isinstance(value, str) else None
         if path is None or path.is_absolute() or ".." in path.parts or "\x00" in value:
             raise CnnlabError(f"{where}: artifact {str(name)[:40]!r} is not a path in the study")
+
+
+def _insert_planned(
+    connection: sqlite3.Connection,
+    planned: Iterable[tuple[str, dict[str, Any], int, dict[str, dict]]],
+    *,
+    first_position: int,
+) -> None:
+    """Planned runs as pending rows (a stored run keeps its row) and their memberships, in
+    order from `first_position`; inside the caller's transaction."""
+    now = time.time()
+    for position, (run_id, config, seed, experiments) in enumerate(planned, first_position):
+        connection.execute(
+            "INSERT INTO runs (id, status, config, seed, created_at) "
+            "VALUES (?, 'pending', ?, ?, ?) ON CONFLICT(id) DO NOTHING",
+            (run_id, _dumps(config), seed, now),
+        )
+        connection.executemany(
+            "INSERT INTO memberships (run_id, experiment, position, fields) "
+            "VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            [(run_id, name, position, _dumps(f)) for name, f in experiments.items()],
+        )
 
 
 def best_runs(records: Iterable[RunRecord], metric: str = "test_accuracy") -> dict[str, RunRecord]:
