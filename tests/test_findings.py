@@ -173,7 +173,7 @@ def test_the_comparisons_file_holds_scipys_numbers_and_holms_adjustment(collapse
         assert float(row["p"]) == pytest.approx(reference.pvalue, rel=1e-9)
         assert float(row["t"]) == pytest.approx(reference.statistic, rel=1e-9)
         assert int(row["tests_corrected"]) == len(tested)
-    adjusted = _holm([float(row["p"]) for row in tested])
+    adjusted = study_fakes.holm_by_definition([float(row["p"]) for row in tested])
     assert [float(row["holm_p"]) for row in tested] == pytest.approx(adjusted, rel=1e-12)
     verdicts = {row["second"]: row["verdict"] for row in rows if row["first"].startswith("most")}
     assert verdicts == {
@@ -182,16 +182,6 @@ def test_the_comparisons_file_holds_scipys_numbers_and_holms_adjustment(collapse
         "L1 weight=0.1": "clearly above",
         "L1 weight=1": "not clearly above",
     }
-
-
-def _holm(p_values: list[float]) -> list[float]:
-    """Holm's adjusted p by its definition: max over j <= i of (m - j + 1) p_(j), capped at 1."""
-    order = sorted(range(len(p_values)), key=p_values.__getitem__)
-    ranked = [min(1.0, (len(p_values) - rank) * p_values[i]) for rank, i in enumerate(order)]
-    adjusted = [0.0] * len(p_values)
-    for rank, index in enumerate(order):
-        adjusted[index] = max(ranked[: rank + 1])
-    return adjusted
 
 
 def test_each_point_shows_its_training_flops_and_its_time_to_the_target(collapsed):

@@ -303,21 +303,11 @@ def controlled(tmp_path_factory) -> str:
     return build(_controlled_study(tmp_path_factory.mktemp("controlled"))).markdown()
 
 
-def _holm(p_values: list[float]) -> list[float]:
-    """Holm's adjusted p by its definition: max over j <= i of (m - j + 1) p_(j), capped at 1."""
-    order = sorted(range(len(p_values)), key=p_values.__getitem__)
-    ranked = [min(1.0, (len(p_values) - rank) * p_values[i]) for rank, i in enumerate(order)]
-    adjusted = [0.0] * len(p_values)
-    for rank, index in enumerate(order):
-        adjusted[index] = max(ranked[: rank + 1])
-    return adjusted
-
-
 def _family(pairs: list[tuple[list[float], list[float]]], points: list[list[float]]) -> list:
     """Holm's p of each pair, the report's family being the pairs and each point against 0.1."""
     welch = [scipy_stats.ttest_ind(b, a, equal_var=False).pvalue for a, b in pairs]
     chance = [scipy_stats.ttest_1samp(values, 0.1).pvalue for values in points]
-    return _holm(welch + chance)[: len(pairs)]
+    return study_fakes.holm_by_definition(welch + chance)[: len(pairs)]
 
 
 def _row(first: str, second: str, against: str, a: list[float], b: list[float], holm: float) -> str:
