@@ -439,7 +439,7 @@ def test_fit_history_matches_keras():
     shuffles, mirror = torch.Generator().manual_seed(6), torch.Generator().manual_seed(6)
     for _ in range(2):
         order = torch.randperm(len(train_part), generator=mirror).numpy()
-        loss, accuracy = loop.train_one_epoch(
+        loss, accuracy, _ = loop.train_one_epoch(
             net, optimizer, train_images, train_labels, batch_size, shuffles
         )
         validation = loop.evaluate_model(net, validation_images, validation_labels)

@@ -71,7 +71,7 @@ def test_without_the_options_the_loop_is_the_old_one_bit_for_bit(tiny_cifar, arc
         reference = keras_loop_before_the_options(
             old, old_optimizer, images, labels, 32, old_shuffles
         )
-        assert list(scores) == reference
+        assert list(scores[:2]) == reference  # the data loss is a third, added reading
     for name, tensor in new.state_dict().items():
         assert torch.equal(tensor, old.state_dict()[name]), name
 

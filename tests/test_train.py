@@ -110,12 +110,15 @@ def test_epoch_scores_are_batch_size_weighted_running_means(tiny_cifar):
     images = images_to_device(tiny_cifar.train_images[:180], torch.device("cpu"))
     labels = torch.from_numpy(tiny_cifar.train_labels[:180])
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
-    loss, accuracy = loop.train_one_epoch(
+    loss, accuracy, data_loss = loop.train_one_epoch(
         model, optimizer, images, labels, 128, torch.Generator().manual_seed(0)
     )
     evaluated = loop.evaluate_model(model, images, labels)
     assert loss == pytest.approx(evaluated.loss, rel=1e-5)
     assert accuracy == pytest.approx(evaluated.accuracy)
+    assert data_loss == pytest.approx(evaluated.data_loss, rel=1e-5)
+    # The tiny net's dense kernel carries an L1 penalty: Keras's loss is the data loss plus it.
+    assert loss - data_loss == pytest.approx(model.penalty().item(), rel=1e-4)
 
 
 def test_reported_loss_includes_the_l1_penalty(tiny_cifar):

@@ -212,7 +212,8 @@ class _Stepper:
     """One optimisation step of the whole group, from static buffers: eager or a CUDA graph.
 
     The step reads its batch from `self.indices` and `self.masks` and adds each member's summed
-    loss and correct count to `self.loss_sum` / `self.correct`, so it never syncs with the host.
+    loss, correct count and data loss to `self.loss_sum` / `self.correct` / `self.data_loss_sum`,
+    so it never syncs with the host.
     The same code runs eagerly (CPU, and CUDA's last partial batch) or is captured once and
     replayed (CUDA, full batches).
     """
@@ -226,8 +227,8 @@ class _Stepper:
         self.indices = torch.zeros((members, batch), dtype=torch.long, device=device)
         self.masks = net.mask_buffers(batch, device)
         if totals is None:
-            totals = torch.zeros(members, device=device), torch.zeros(members, device=device)
-        self.loss_sum, self.correct = totals  # shared by the steppers of one group
+            totals = tuple(torch.zeros(members, device=device) for _ in range(3))
+        self.loss_sum, self.correct, self.data_loss_sum = totals  # shared by a group's steppers
         self.graph: torch.cuda.CUDAGraph | None = None
 
     def _step(self) -> None:
@@ -240,13 +241,15 @@ class _Stepper:
         cross_entropy = F.cross_entropy(
             logits.reshape(members * batch, -1), labels.reshape(-1), reduction="none"
         ).view(members, batch)
-        losses = cross_entropy.mean(1) + self.net.penalties()
+        data_losses = cross_entropy.mean(1)
+        losses = data_losses + self.net.penalties()
         self.optimizer.zero_grad(set_to_none=self.graph is None)
         losses.sum().backward()
         self.optimizer.step()
         with torch.no_grad():
             self.loss_sum += losses.detach() * batch
             self.correct += (logits.argmax(2) == labels).sum(1)
+            self.data_loss_sum += data_losses.detach() * batch
 
     def capture(self, warmup_batches: Callable[[], None]) -> None:
         """Capture the step in a CUDA graph; `warmup_batches` runs real steps first.
@@ -326,13 +329,15 @@ def _evaluate_group(net: GroupNet, images, labels, precision, batch_size=loop.EV
             predictions.append(logits.argmax(2))
         predicted = torch.cat(predictions, 1) if predictions else labels.new_zeros((members, 0))
         count = max(len(labels), 1)
-        losses = cross_entropy / count + net.penalties()
+        data_losses = cross_entropy / count
+        losses = data_losses + net.penalties()
         accuracies = (predicted == labels).sum(1).float() / count
-        scores = torch.stack([losses, accuracies]).cpu()
+        scores = torch.stack([losses, accuracies, data_losses]).cpu()
     net.train()
     predicted = predicted.cpu().numpy()
     return [
-        Evaluation(float(scores[0, m]), float(scores[1, m]), predicted[m]) for m in range(members)
+        Evaluation(float(scores[0, m]), float(scores[1, m]), predicted[m], float(scores[2, m]))
+        for m in range(members)
     ]
 
 
@@ -415,20 +420,20 @@ class GroupMembers:
         self.full = _Stepper(
             self.net, self.optimizer, images, labels, batch, self.config, streams=stream_device
         )
-        totals = (self.full.loss_sum, self.full.correct)
+        totals = (self.full.loss_sum, self.full.correct, self.full.data_loss_sum)
         self.last = _Stepper(
             self.net, self.optimizer, images, labels, count % batch, self.config, totals
         )
 
-    def train_epoch(self) -> list[tuple[float, float]]:
+    def train_epoch(self) -> list[tuple[float, float, float]]:
         count, batch, full = self.on_device.train_count, self.config.batch_size, self.full
         target = self.on_device.images.device
         orders = torch.stack([torch.randperm(count, generator=g) for g in self.shufflers]).to(
             target, non_blocking=True
         )
         self.dropout.start_epoch(count)
-        full.loss_sum.zero_()
-        full.correct.zero_()
+        for total in (full.loss_sum, full.correct, full.data_loss_sum):
+            total.zero_()
         steps = [(start, min(batch, count - start)) for start in range(0, count, batch)]
         position = 0
         capture = self.cuda_graph and full.graph is None and not CAPTURE_FAILED.is_set()
@@ -444,8 +449,8 @@ class GroupMembers:
         for start, size in steps[position:]:
             stepper = full if size == batch else self.last
             stepper.run(orders[:, start : start + size], self.dropout.for_step(start, size))
-        scores = (torch.stack([full.loss_sum, full.correct]) / count).cpu()
-        return [(float(scores[0, m]), float(scores[1, m])) for m in range(self.count)]
+        scores = (torch.stack([full.loss_sum, full.correct, full.data_loss_sum]) / count).cpu()
+        return [tuple(float(score) for score in scores[:, m]) for m in range(self.count)]
 
     def evaluate(
         self, images: torch.Tensor, labels: torch.Tensor, *, test_time: bool = True

@@ -92,10 +92,11 @@ def evaluate_model(
         penalty = model.penalty()
         predicted = torch.cat(predictions) if predictions else labels.new_zeros(0)
         correct = (predicted == labels).sum()
-        total = cross_entropy_sum / max(len(labels), 1) + (0.0 if penalty is None else penalty)
-        loss, correct_count = torch.stack([total, correct.float()]).tolist()
+        data_loss = cross_entropy_sum / max(len(labels), 1)
+        total = data_loss + (0.0 if penalty is None else penalty)
+        loss, correct_count, data = torch.stack([total, correct.float(), data_loss]).tolist()
     model.train(was_training)
-    return Evaluation(loss, correct_count / max(len(labels), 1), predicted.cpu().numpy())
+    return Evaluation(loss, correct_count / max(len(labels), 1), predicted.cpu().numpy(), data)
 
 
 # --- training ---------------------------------------------------------------------------------
@@ -171,13 +172,14 @@ def train_one_epoch(
     precision: str = "float32",
     recipe: Recipe | None = None,
     epoch: int = 1,
-) -> tuple[float, float]:
-    """One pass over a fresh shuffle; (loss, accuracy) as running means over the batches."""
+) -> tuple[float, float, float]:
+    """One pass over a fresh shuffle; (loss, accuracy, data loss), running means over batches."""
     model.train()
     recipe = recipe or Recipe(seed=0)
     order = torch.randperm(len(labels), generator=generator).to(images.device)
     augmentation = recipe.epoch_generator(epoch, images.device)
     loss_sum = torch.zeros((), device=images.device)
+    data_loss_sum = torch.zeros((), device=images.device)
     correct = torch.zeros((), device=images.device, dtype=torch.long)
     for start in range(0, len(labels), batch_size):
         batch = order[start : start + batch_size]
@@ -185,10 +187,9 @@ def train_one_epoch(
         batch_images = recipe.augment(images[batch], augmentation)
         with autocast(precision, images.device):
             logits = model(normalise(batch_images)).float()
-        loss = cross_entropy(logits, batch_labels, recipe.label_smoothing)
+        data_loss = cross_entropy(logits, batch_labels, recipe.label_smoothing)
         penalty = model.penalty()
-        if penalty is not None:
-            loss = loss + penalty
+        loss = data_loss if penalty is None else data_loss + penalty
         recipe.before_step(optimizer)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -196,9 +197,11 @@ def train_one_epoch(
         recipe.after_step(model)
         # Keras weights each batch's loss by its size; no host sync until the epoch ends.
         loss_sum += loss.detach() * len(batch)
+        data_loss_sum += data_loss.detach() * len(batch)
         correct += (logits.argmax(1) == batch_labels).sum()
-    loss_mean, accuracy = (torch.stack([loss_sum, correct.float()]) / len(labels)).tolist()
-    return loss_mean, accuracy
+    sums = torch.stack([loss_sum, correct.float(), data_loss_sum])
+    loss_mean, accuracy, data_loss_mean = (sums / len(labels)).tolist()
+    return loss_mean, accuracy, data_loss_mean
 
 
 def data_input(data: Dataset) -> tuple[tuple[int, int, int], int]:
@@ -281,8 +284,8 @@ class Members(Protocol):
 
     count: int  # how many runs
 
-    def train_epoch(self) -> list[tuple[float, float]]:
-        """One epoch; each member's (loss, accuracy), running means over its batches."""
+    def train_epoch(self) -> list[tuple[float, float, float]]:
+        """One epoch; each member's (loss, accuracy, data loss), running means over its batches."""
         ...
 
     def evaluate(
@@ -334,11 +337,11 @@ def fit_members(
         scores = members.train_epoch()
         validations = members.evaluate(on_device.images[validation], on_device.labels[validation])
         now = time.perf_counter()
-        for member, (loss, accuracy) in enumerate(scores):
+        for member, member_scores in enumerate(scores):
             if diverged[member] is not None or pruned[member] is not None:
                 continue
             row = metrics.history_row(
-                epoch, loss, accuracy, validations[member], now - epoch_started
+                epoch, member_scores, validations[member], now - epoch_started
             )
             histories[member].append(row)
             if progress is not None:
@@ -421,7 +424,7 @@ class LoneNet:
         self.recipe = make_recipe(config, self.model, on_device.train_count)
         self.config, self.on_device, self.epoch = config, on_device, 0
 
-    def train_epoch(self) -> list[tuple[float, float]]:
+    def train_epoch(self) -> list[tuple[float, float, float]]:
         count = self.on_device.train_count
         self.epoch += 1
         scores = train_one_epoch(

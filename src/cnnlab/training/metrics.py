@@ -17,7 +17,18 @@ import numpy as np
 from cnnlab import __version__
 from cnnlab.config import RunConfig
 
-HISTORY_KEYS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds")
+# Keras's columns, then the cross-entropy alone ("data_loss", "val_data_loss"): Keras's losses
+# include the kernel penalty, so only the data loss can show over-fitting under a strong L1.
+HISTORY_KEYS = (
+    "epoch",
+    "loss",
+    "accuracy",
+    "val_loss",
+    "val_accuracy",
+    "seconds",
+    "data_loss",
+    "val_data_loss",
+)
 
 
 @dataclass
@@ -40,6 +51,7 @@ class Evaluation:
     loss: float  # mean cross-entropy plus the kernel penalty, as Keras reports it
     accuracy: float
     predictions: np.ndarray  # predicted class per image
+    data_loss: float  # the mean cross-entropy alone, without the kernel penalty
 
 
 @dataclass(frozen=True)
@@ -57,9 +69,12 @@ class Provenance:
 
 
 def history_row(
-    epoch: int, loss: float, accuracy: float, validation: Evaluation, seconds: float
+    epoch: int, scores: tuple[float, float, float], validation: Evaluation, seconds: float
 ) -> dict[str, float]:
-    """One epoch of a run's history, in the order of HISTORY_KEYS."""
+    """One epoch of a run's history, in the order of HISTORY_KEYS.
+
+    `scores`: the epoch's (loss, accuracy, data loss), running means over its batches."""
+    loss, accuracy, data_loss = scores
     row = {
         "epoch": epoch,
         "loss": loss,
@@ -67,6 +82,8 @@ def history_row(
         "val_loss": validation.loss,
         "val_accuracy": validation.accuracy,
         "seconds": seconds,
+        "data_loss": data_loss,
+        "val_data_loss": validation.data_loss,
     }
     assert tuple(row) == HISTORY_KEYS
     return row
