@@ -83,6 +83,8 @@ class RunConfig:
     crop_padding_mode: str = "reflect"  # the crop's border: reflect, or constant (zeros)
     cutout: int = 0  # pixels: zero a random square this wide in each training image; 0: off
     tta: str = "none"  # validation and test scores: none, flip, flip-translate (logits averaged)
+    label_noise: float = 0.0  # share of the training part's labels replaced, before training,
+    # by a wrong class drawn uniformly (a planted harm of known size, for calibration); 0: off
     deterministic: bool = False  # CUDA: deterministic kernels, no TF32, no autotuner, trained
     # alone (never grouped), so a resumed run repeats itself on the same GPU (docs/cuda.md)
 
@@ -199,6 +201,7 @@ RULES: dict[str, Rule] = {
     ),
     "cutout": Rule(int, _pixels, "side of a random square zeroed per image (0: off)"),
     "tta": Rule(str, _one_of(TTA_MODES), "test-time augmentation of val/test scores", TTA_MODES),
+    "label_noise": Rule(float, _decay, "share of training labels made wrong (0: off)"),
     "deterministic": Rule(bool, _any, "CUDA: reproducible on the same GPU, slower (docs/cuda.md)"),
 }
 FIELDS = tuple(field.name for field in dataclasses.fields(RunConfig))

@@ -361,6 +361,9 @@ def fit_group(
     """
     if len({group_key(config) for config in configs}) != 1:
         raise ValueError("fit_group needs runs that differ only in " + ", ".join(MEMBER_FIELDS))
+    if len(configs) > 1 and any(config.label_noise for config in configs):
+        # Each seed draws its own wrong labels; a group shares one set (`groupable` says no).
+        raise ValueError("fit_group cannot share labels among runs with label_noise")
     target = resolve_device(device)
     on_cuda = target.type == "cuda"
     on_target = contextlib.ExitStack()

@@ -13,7 +13,8 @@ from cnnlab.nn.architectures import get_architecture
 # Fields that may differ between the members of one group; every other field must match.
 MEMBER_FIELDS = ("seed", "l1", "l2")
 # What a GroupNet can train: the seed report's layers and Keras's plain loop (Adam, constant
-# rate). A run with anything more (batch norm, a schedule, augmentation, ...) trains alone.
+# rate). A run with anything more (batch norm, a schedule, augmentation, label noise, whose
+# wrong labels each seed draws for itself, ...) trains alone.
 GROUP_LAYERS = (specs.Conv, specs.MaxPool, specs.Dropout, specs.Flatten, specs.Dense)
 GROUP_ACTIVATIONS = ("linear", "relu", "tanh", "sigmoid", "softmax")
 GROUP_OPTIMIZERS = ("adam", "torch_adam")

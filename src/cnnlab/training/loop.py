@@ -10,6 +10,8 @@ tensors; batches are gathered there by index.
 The modern options of a config (`Recipe`: augmentation, a learning-rate schedule, label
 smoothing, a weight average, test-time augmentation, patch whitening) are all off by default;
 off, the loop runs exactly the operations it ran before they existed.
+`label_noise` (a planted harm) replaces a known share of the training part's labels before
+training (`noisy_labels`); at 0 the labels are the dataset's, untouched.
 
 `fit_members` is the one training skeleton: the data on the device, the epochs with their
 history rows, progress and divergence, the final scores and the RunResult. `fit` drives it with
@@ -28,7 +30,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cnnlab.config import EVAL_BATCH_SIZE, RunConfig, check_config, check_run_augmentation
+from cnnlab.config import (
+    EVAL_BATCH_SIZE,
+    ConfigError,
+    RunConfig,
+    check_config,
+    check_run_augmentation,
+)
 from cnnlab.data.datasets import Dataset, stratified_subset, validation_split
 from cnnlab.errors import CnnlabError
 from cnnlab.nn import modules
@@ -45,6 +53,8 @@ from cnnlab.training.device import (
 from cnnlab.training.metrics import Evaluation, RunResult
 
 WHITENING_IMAGES = 5000  # training images whose patches set a whitened first layer
+# The label-noise draw's own stream, beside the run's seed: np.random.default_rng([seed, tag]).
+LABEL_NOISE_STREAM = 0x6C6E  # "ln"
 Progress = Callable[[dict[str, Any]], None]
 # Told a run's history after each epoch; True stops the run there (status "pruned").
 Prune = Callable[[list[dict[str, float]]], bool]
@@ -226,7 +236,31 @@ def subset_indices(config: RunConfig, data: Dataset) -> tuple[np.ndarray, np.nda
             f"validation_split {config.validation_split} of {config.train_size} images leaves"
             f" {len(train_part)} to train on and {len(validation_part)} to validate on"
         )
+    if config.label_noise and len(data.class_names) < 2:
+        raise ConfigError("label_noise", "needs at least 2 classes (a wrong one to draw)")
     return train_part, validation_part
+
+
+def noisy_labels(
+    config: RunConfig, labels: np.ndarray, train_count: int, classes: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(labels trained on, positions replaced): `config.label_noise` of the training part wrong.
+
+    `labels` are the subset's, its training part (the first `train_count`) first. Exactly
+    round(label_noise · train_count) training positions, drawn without replacement, each get a
+    class drawn uniformly from the other classes; the validation part is never touched. The
+    draw is its own stream of the run's seed (`LABEL_NOISE_STREAM`): no other stream moves.
+    At 0 `labels` come back as they are (the same array) and no position is replaced.
+    """
+    count = round(config.label_noise * train_count)
+    if count == 0:
+        return labels, np.zeros(0, dtype=np.int64)
+    rng = np.random.default_rng([config.seed, LABEL_NOISE_STREAM])
+    positions = np.sort(rng.choice(train_count, size=count, replace=False))
+    shifts = rng.integers(1, classes, size=count)  # 1 .. classes-1: never the true class
+    noisy = labels.copy()
+    noisy[positions] = (labels[positions].astype(np.int64) + shifts) % classes
+    return noisy, positions
 
 
 def make_optimizer(
@@ -262,10 +296,12 @@ class OnDevice:
     ordered: np.ndarray  # indices into the dataset's training images, in that order
     train_count: int  # how many of them are the training part
     images: torch.Tensor  # uint8 NCHW, channels-last
-    labels: torch.Tensor  # int64
+    labels: torch.Tensor  # int64, as trained on (label noise included)
     input_shape: tuple[int, int, int]  # one image: height, width, channels
     num_classes: int
     layers: tuple[LayerSpec, ...]  # the config's net, checked against the dataset
+    subset_labels: np.ndarray  # `labels` on the host, in the dataset's dtype
+    noisy: np.ndarray  # positions in the training part whose label noise replaced (none at 0)
 
 
 def to_device(config: RunConfig, data: Dataset, device: torch.device) -> OnDevice:
@@ -273,10 +309,15 @@ def to_device(config: RunConfig, data: Dataset, device: torch.device) -> OnDevic
     train_part, validation_part = subset_indices(config, data)
     ordered = np.concatenate([train_part, validation_part])
     images = images_to_device(data.train_images[ordered], device)
-    labels = torch.from_numpy(data.train_labels[ordered].astype(np.int64)).to(device)
     shape, classes = data_input(data)
+    subset_labels, noisy = noisy_labels(
+        config, data.train_labels[ordered], len(train_part), classes
+    )
+    labels = torch.from_numpy(subset_labels.astype(np.int64)).to(device)
     layers = layers_for(config, data)
-    return OnDevice(ordered, len(train_part), images, labels, shape, classes, layers)
+    return OnDevice(
+        ordered, len(train_part), images, labels, shape, classes, layers, subset_labels, noisy
+    )
 
 
 class Members(Protocol):
@@ -387,8 +428,8 @@ def _score(configs, data, on_device, members, trained, fit_seconds) -> list[RunR
         group_size=members.count,
         input_shape=on_device.input_shape,
     )
-    labels = (data.train_labels[on_device.ordered], data.test_labels)
-    return [
+    labels = (on_device.subset_labels, data.test_labels)
+    results = [
         metrics.make_result(
             config,
             histories[member],
@@ -403,6 +444,10 @@ def _score(configs, data, on_device, members, trained, fit_seconds) -> list[RunR
         )
         for member, config in enumerate(configs)
     ]
+    for result in results:
+        if result.config.label_noise:  # such a run trains alone: `on_device` is its own
+            result.metrics["label_noise_count"] = len(on_device.noisy)
+    return results
 
 
 class LoneNet:

@@ -21,7 +21,7 @@ import torch
 
 from cnnlab import atomic, plots
 from cnnlab.config import DEFAULTS, ConfigError, RunConfig, check_value
-from cnnlab.data.datasets import Dataset, stratified_subset
+from cnnlab.data.datasets import Dataset, stratified_subset, validation_split
 from cnnlab.errors import CnnlabError
 from cnnlab.nn import modules
 from cnnlab.nn.architectures import get_architecture
@@ -294,7 +294,12 @@ def evaluate_run(
         )
     subset = stratified_subset(data.train_labels, config.train_size, config.subset_seed)
     model = run.model.to(target)
-    splits = {"train": (data.train_images[subset], data.train_labels[subset])}
+    train_labels = data.train_labels[subset]
+    if config.label_noise:  # the labels the run trained and scored itself on
+        train_count = len(validation_split(subset, config.validation_split)[0])
+        classes = len(data.class_names)
+        train_labels = loop.noisy_labels(config, train_labels, train_count, classes)[0]
+    splits = {"train": (data.train_images[subset], train_labels)}
     splits["test"] = (data.test_images, data.test_labels)
     results = {}
     for split, (images, labels) in splits.items():
