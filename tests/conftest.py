@@ -96,9 +96,10 @@ SLOW_TESTS = {
     "test_report.py::test_the_markdown_puts_the_reports_numbers_beside_ours",
     "test_report.py::test_build_returns_a_report_a_notebook_shows_inline",
     "test_report.py::test_the_report_command_rewrites_both_files",
-    "test_report.py::test_clearly_different_points_are_real_and_overlapping_ones_are_not",
+    "test_report.py::test_an_ordered_grid_asks_its_trend_first_then_tukeys_pairs",
+    "test_report.py::test_without_a_point_at_the_defaults_the_first_point_is_the_baseline",
     "test_report.py::test_variants_are_each_held_against_the_first",
-    "test_report.py::test_a_single_repeat_makes_no_statement_about_noise",
+    "test_report.py::test_a_single_repeat_makes_no_claim_of_difference_or_cause",
     "test_explain.py::test_a_studys_report_shows_its_best_runs_from_inside",
 }
 

@@ -163,6 +163,7 @@ class FakeCapture:
         self.cuda.set_stream(self.stream)
         # What the step writes: weights, optimizer state, the epoch's totals.
         tensors = [*stepper.net.parameters(), stepper.loss_sum, stepper.correct]
+        tensors.append(stepper.data_loss_sum)
         tensors += [t for s in stepper.optimizer.state.values() for t in s.values()]
         self.saved = [(tensor, tensor.detach().clone()) for tensor in tensors]
 

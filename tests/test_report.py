@@ -22,12 +22,13 @@ from scipy import stats as scipy_stats
 import study_fakes
 from cnnlab.cli import main
 from cnnlab.errors import CnnlabError
-from cnnlab.report import tables
+from cnnlab.report import design, tables
 from cnnlab.report.document import FILES_FOLDER
 from cnnlab.report.learned import confused_pairs, per_class_accuracy
 from cnnlab.report.report import Report, build, write_report
 from cnnlab.store import Store
 from cnnlab.study import runner
+from cnnlab.study.studyfile import load_study
 from cnnlab.training import runfolder
 
 
@@ -67,12 +68,20 @@ def test_the_markdown_puts_the_reports_numbers_beside_ours(finished):
     assert "with 2–5 seeds a percentile bootstrap has only 3 to 126 distinct resamples" in markdown
 
 
-def test_observations_are_read_off_the_numbers(finished):
+def test_observations_are_rendered_from_the_claims(finished):
     markdown = (finished / "report.md").read_text()
-    assert "From L1 weight=1 on, L1 collapses the model to the most-frequent-class" in markdown
-    assert "the train−test gap shrinks from 0.130 to 0.105" in markdown
+    claims = json.loads((finished / "claims.json").read_text(), parse_constant=pytest.fail)
+    observations = markdown.split("## Observations\n\n", 1)[1].split("\n\n", 1)[0]
+    said = [c["sentence"] for c in claims if c["sentence"] in observations]
+    # every observation but the best run's (a selection, said as such) is a claim's sentence
+    lines = [line.removeprefix("- ") for line in observations.splitlines()]
+    assert [line for line in lines if line not in said and "further claim" not in line] == [
+        line for line in lines if line.startswith("The best run's test accuracy")
+    ]
+    assert "**L1**: L1 weight=1 collapses the net to the most-frequent class" in markdown
     assert "seed-maxpool has 2.65× the parameters" in markdown
-    assert "**Sizes**: validation loss is lowest at epoch 2 of 4 at every grid point" in markdown
+    # two repeats of the fake: 5K at 0.496/0.500, 10K at 0.546/0.550
+    assert "the train−test accuracy gap (mean [95% t interval]) is n=5,000 0.130" in markdown
 
 
 def test_diverged_runs_and_the_environment_are_listed(finished):
@@ -303,90 +312,101 @@ def controlled(tmp_path_factory) -> str:
     return build(_controlled_study(tmp_path_factory.mktemp("controlled"))).markdown()
 
 
-def _family(pairs: list[tuple[list[float], list[float]]], points: list[list[float]]) -> list:
-    """Holm's p of each pair, the report's family being the pairs and each point against 0.1."""
-    welch = [scipy_stats.ttest_ind(b, a, equal_var=False).pvalue for a, b in pairs]
-    chance = [scipy_stats.ttest_1samp(values, 0.1).pvalue for values in points]
-    return study_fakes.holm_by_definition(welch + chance)[: len(pairs)]
+def _pooled(samples: list[list[float]]) -> tuple[float, int]:
+    """The within-point variance pooled over `samples` and its degrees of freedom, by definition."""
+    df = sum(len(s) - 1 for s in samples)
+    return sum((len(s) - 1) * np.var(s, ddof=1) for s in samples) / df, df
 
 
-def _row(first: str, second: str, against: str, a: list[float], b: list[float], holm: float) -> str:
-    """The comparison row the report should print, its numbers from SciPy on the same arrays."""
-    reference = scipy_stats.ttest_ind(b, a, equal_var=False)
-    interval = reference.confidence_interval(0.95)
+def _trend(samples: list[list[float]], x: list[float]) -> tuple[float, float, float]:
+    """The least-squares slope of the means on x, its t and two-sided p, by definition."""
+    centred = np.asarray(x) - np.mean(x)
+    weights = centred / np.sum(centred**2)
+    slope = float(np.dot(weights, [np.mean(s) for s in samples]))
+    variance, df = _pooled(samples)
+    error = math.sqrt(variance * sum(w * w / len(s) for w, s in zip(weights, samples, strict=True)))
+    t = slope / error
+    return slope, t, 2 * scipy_stats.t.sf(abs(t), df)
+
+
+def _tukey_row(first: str, second: str, against: str, samples, i: int, j: int, verdict: str):
+    """The pair row the report should print, its numbers from `scipy.stats.tukey_hsd`."""
+    result = scipy_stats.tukey_hsd(*samples)
+    interval = result.confidence_interval(0.95)
+    a, b = samples[i], samples[j]
     pooled = np.sqrt(((len(a) - 1) * np.var(a, ddof=1) + (len(b) - 1) * np.var(b, ddof=1)) / 4)
     df = len(a) + len(b) - 2  # Hedges' J(df) = Γ(df/2) / (√(df/2) Γ((df-1)/2))
     correction = math.gamma(df / 2) / (math.sqrt(df / 2) * math.gamma((df - 1) / 2))
     hedges = (np.mean(b) - np.mean(a)) / pooled * correction
     improve = scipy_stats.mannwhitneyu(b, a).statistic / (len(a) * len(b))
-    verdict = "**real**" if holm < 0.05 else "not distinguishable"
     return (
-        f"| {first} → {second} | {against} | {np.mean(b) - np.mean(a):+.3f}"
-        f" [{interval.low:+.3f}, {interval.high:+.3f}] | {hedges:.2f} | {improve:.2f} |"
-        f" {reference.statistic:.2f} | {reference.df:.1f} | {reference.pvalue:.2g} | {holm:.2g} |"
-        f" {verdict} |"
+        f"| {first} → {second} | {verdict} | {np.mean(b) - np.mean(a):+.3f}"
+        f" [{interval.low[j, i]:+.3f}, {interval.high[j, i]:+.3f}] | {result.pvalue[i, j]:.2g} |"
+        f" {against} | {hedges:.2f} | {improve:.2f} |"
     )
 
 
-def test_clearly_different_points_are_real_and_overlapping_ones_are_not(controlled):
-    small, middle, large = (
-        CONTROLLED[("train_size", 5000)],
-        CONTROLLED[("train_size", 10000)],
-        CONTROLLED[("train_size", 20000)],
+SIZES = [CONTROLLED[("train_size", size)] for size in (5000, 10000, 20000)]
+FAR = [CONTROLLED[("l1", 0.5)], CONTROLLED[("l1", 0.7)]]
+
+
+def test_an_ordered_grid_asks_its_trend_first_then_tukeys_pairs(controlled):
+    slope, t, p = _trend(SIZES, [math.log2(n) for n in (5000, 10000, 20000)])
+    far = scipy_stats.ttest_ind(FAR[1], FAR[0])  # Student's: the two spreads do not differ
+    holm = study_fakes.holm_by_definition([p, far.pvalue])
+    assert f"**Sizes**: test accuracy rises along n: {slope:+.3f} per doubling of n" in controlled
+    assert f"statistic {t:.3g}, df 6, p = {p:.2g}, Holm p = {holm[0]:.2g};" in controlled
+    for row in (
+        _tukey_row("5,000", "10,000", "neighbours, baseline", SIZES, 0, 1, "**established**"),
+        _tukey_row("10,000", "20,000", "neighbours", SIZES, 1, 2, "not established"),
+        _tukey_row("5,000", "20,000", "baseline", SIZES, 0, 2, "**established**"),
+    ):
+        assert row in controlled, row
+    variance, _ = _pooled(SIZES)
+    assert f"pooled over them (6 df, pooled std {math.sqrt(variance):.4f})" in controlled
+    assert (
+        "| n | verdict | difference [simultaneous 95%] | adjusted p | against | Hedges' g |"
+        " P(improve) |" in controlled
     )
-    # the report's 9 tests: 3 + 1 comparisons, 5 points against the most-frequent class
-    pairs = [(small, middle), (middle, large), (small, large)]
-    pairs.append((CONTROLLED[("l1", 0.5)], CONTROLLED[("l1", 0.7)]))
-    holm = _family(pairs, list(CONTROLLED.values()))
-    real = _row("5,000", "10,000", "neighbours, baseline", small, middle, holm[0])
-    assert real in controlled and real.endswith("| **real** |")
-    overlapping = _row("10,000", "20,000", "neighbours", middle, large, holm[1])
-    assert overlapping in controlled and overlapping.endswith("| not distinguishable |")
-    assert _row("5,000", "20,000", "baseline", small, large, holm[2]) in controlled
+    assert (
+        "Tukey–Kramer, simultaneous over all 3 pairs (baseline **n=5,000**, the point that"
+        " matches the study's defaults)" in controlled
+    )
     # each point's mean and its 95% t interval over its three repeats, in the table above
     assert re.search(r"\| 5,000 \| [^|]+ \| 0\.500 \[0\.475, 0\.525\] \(3\) \|", controlled)
     assert re.search(r"\| 20,000 \| [^|]+ \| 0\.602 \[0\.551, 0\.652\] \(3\) \|", controlled)
-    assert "against the baseline **n=5,000** (the point that matches the study's defaults)" in (
-        controlled
-    )
+
+
+def test_a_two_point_experiment_asks_its_one_difference(controlled):
+    far = scipy_stats.ttest_ind(FAR[1], FAR[0])
+    interval = far.confidence_interval(0.95)
     assert (
-        "| n | against | difference [95% CI] | Hedges' g | P(improve) | t | df | p | Holm p |"
-        " verdict |" in controlled
+        f"**Far**: L1 weight=0.5 → L1 weight=0.7 changes test accuracy by +0.000"
+        f" [{interval.low:+.3f}, {interval.high:+.3f}]; not established (Student's t-test;"
+        f" statistic {far.statistic:.3g}, df 4, p = {far.pvalue:.2g}" in controlled
     )
-    assert "Welch's t-test (two-sided, unequal variances)" in controlled
-    assert "counts as **real** when its Holm-adjusted p is below 0.05" in controlled
-    assert controlled.count("Holm's correction runs over all **9 tests of this report**") == 2
-    assert (
-        "**Sizes**: 2 of 3 tested differences in test accuracy are larger than the run-to-run"
-        " noise (Welch's t-test, Holm-corrected over the report's 9 tests, p < 0.05):"
-        " n=5,000 → n=10,000 (+0.100 [+0.077, +0.123]); n=5,000 → n=20,000 (+0.102" in controlled
+    assert "| L1 weight | verdict |" not in controlled  # no pair table beside its question
+
+
+def test_without_a_point_at_the_defaults_the_first_point_is_the_baseline(tmp_path):
+    folder = _controlled_study(tmp_path)
+    study = load_study(tmp_path / "controlled.toml")
+    with Store.open(folder, create=False) as store:
+        records = store.runs()
+    far = design.analyse(study, study.experiments[1], records)
+    assert (far.baseline, far.why) == (
+        0,
+        "the experiment's first point: no point matches the study's defaults",
     )
 
 
-def test_without_a_point_at_the_defaults_the_first_point_is_the_baseline(controlled):
-    assert (
-        "against the baseline **L1 weight=0.5** (the experiment's first point: no point matches"
-        " the study's defaults)" in controlled
-    )
-    sizes = [CONTROLLED[("train_size", size)] for size in (5000, 10000, 20000)]
-    pairs = [(sizes[0], sizes[1]), (sizes[1], sizes[2]), (sizes[0], sizes[2])]
-    pairs.append((CONTROLLED[("l1", 0.5)], CONTROLLED[("l1", 0.7)]))
-    row = _row(
-        "0.5",
-        "0.7",
-        "neighbours, baseline",
-        CONTROLLED[("l1", 0.5)],
-        CONTROLLED[("l1", 0.7)],
-        _family(pairs, list(CONTROLLED.values()))[3],
-    )
-    assert row in controlled and "not distinguishable" in row
-
-
-def test_a_single_repeat_makes_no_statement_about_noise(tmp_path):
-    markdown = build(_controlled_study(tmp_path, repeats=1)).markdown()
-    assert markdown.count("Each point has a single run, so there is no run-to-run spread") == 2
-    assert "no statement is possible about which differences are real" in markdown
-    assert "| against |" not in markdown and "**real**" not in markdown
+def test_a_single_repeat_makes_no_claim_of_difference_or_cause(tmp_path):
+    report = build(_controlled_study(tmp_path, repeats=1))
+    markdown = report.markdown()
+    assert markdown.count("one run per point: no run-to-run spread to test against") >= 2
+    assert "| n | verdict |" not in markdown and "**established**" not in markdown
+    assert not [c for c in report.claims.items if c.established]
+    assert "No claim of a difference, trend, collapse or cause is established." in markdown
 
 
 # --- classes ----------------------------------------------------------------------------------
@@ -556,16 +576,29 @@ def test_variants_are_each_held_against_the_first(tmp_path):
     assert re.search(
         r"\| without one part \| [^|]+ \| 0\.400 \[0\.350, 0\.450\] \(3\) \|", markdown
     )
-    assert (
-        "each point against the baseline **variant=full recipe** (the experiment's first variant)"
-        in markdown
-    )
     full, without, worse = (ABLATION[name] for name in ABLATION)
-    holm = _family([(full, without), (full, worse)], [full, without, worse])
-    real = _row("full recipe", "much worse", "baseline", full, worse, holm[1])
-    assert real in markdown and real.endswith("| **real** |")
-    same = _row("full recipe", "without one part", "baseline", full, without, holm[0])
-    assert same in markdown and same.endswith("| not distinguishable |")
+    omnibus = scipy_stats.f_oneway(full, without, worse)
+    assert (
+        f"**Parts**: the points' test accuracies differ (one-way ANOVA F test; statistic"
+        f" {omnibus.statistic:.3g}, df 2, 6, p = {omnibus.pvalue:.2g}" in markdown
+    )
+    assert (
+        "Dunnett against the baseline, simultaneous over 2 (baseline **variant=full recipe**,"
+        " the experiment's first variant)" in markdown
+    )
+    # the report's quasi-Monte Carlo seed (stats.DUNNETT_SEED): its p is the same on every build
+    dunnett = scipy_stats.dunnett(without, worse, control=full, random_state=0)
+    interval = dunnett.confidence_interval(0.95)
+    for place, (name, verdict) in enumerate(
+        (("without one part", "not established"), ("much worse", "**established**"))
+    ):
+        values = ABLATION[name]
+        row = (
+            f"| full recipe → {name} | {verdict} |"
+            f" {np.mean(values) - np.mean(full):+.3f} [{interval.low[place]:+.3f},"
+            f" {interval.high[place]:+.3f}] | {dunnett.pvalue[place]:.2g} | baseline |"
+        )
+        assert row in markdown, row
     assert "neighbours" not in markdown  # variants have no order
     figure = outcome.study_dir / FILES_FOLDER / "parts-variants.png"
     assert figure.is_file() and f"{FILES_FOLDER}/parts-variants.png" in markdown
@@ -577,7 +610,7 @@ def test_a_collapsed_variant_does_not_squash_the_others():
     from cnnlab import plots
 
     accuracy = [(0.86, 0.002), (0.10, 0.0), (0.85, 0.003), (0.84, 0.001)]
-    figure = plots.variants_figure(list("abcd"), accuracy, [(1.0, 0.1)] * 4, "t")
+    figure = plots.variants_figure(list("abcd"), accuracy, [(1.0, 0.9, 1.1)] * 4, "t")
     dots = figure.axes[0]
     left, right = dots.get_xlim()
     assert 0.8 < left < 0.84 and 0.86 < right < 0.9  # fitted to the three that trained

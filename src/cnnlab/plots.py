@@ -82,7 +82,7 @@ def accuracy_versus_figure(
     xlabel: str,
     xscale: str,
     title: str,
-    seconds: list[tuple[float, float]] | None = None,
+    seconds: list[tuple[float, float, float]] | None = None,
     reference: dict[str, list[float | None]] | None = None,
 ) -> Figure:
     """Train and test accuracy against a grid field, the report's as open markers.
@@ -90,7 +90,7 @@ def accuracy_versus_figure(
     Each value is (mean, half-width of its 95% confidence interval).
 
     `xscale` is "log" or "symlog" (symlog keeps x = 0 on the axis); `seconds` adds the fit time
-    on a second y axis.
+    on a second y axis, each (geometric mean, low, high) of its log-scale interval.
     """
     from matplotlib.ticker import NullFormatter
 
@@ -136,8 +136,8 @@ def accuracy_versus_figure(
         time_axes = axes.twinx()
         time_axes.errorbar(
             x,
-            [mean for mean, _ in seconds],
-            yerr=[std for _, std in seconds],
+            [centre for centre, _, _ in seconds],
+            yerr=_time_errors(seconds),
             color=_TIME_COLOUR,
             linestyle="--",
             marker="^",
@@ -203,19 +203,22 @@ def comparison_bars_figure(
 def variants_figure(
     labels: list[str],
     accuracy: list[tuple[float, float]],
-    seconds: list[tuple[float, float]],
+    seconds: list[tuple[float, float, float]],
     title: str,
 ) -> Figure:
     """Per variant (the first on top, a dashed line at its mean): test accuracy as dots and fit
-    time as bars, each a mean and its 95% interval. A variant that collapsed far below the others
+    time as bars, each a mean and its 95% interval (times: geometric, from the log scale, so
+    never below zero). A variant that collapsed far below the others
     is marked at the accuracy axis's left edge with its value, so it does not squash the rest."""
     figure = Figure(figsize=(8.0, 0.45 * len(labels) + 1.4), layout="constrained")
     figure.suptitle(title)
     positions = list(range(len(labels)))[::-1]
     dots, bars = figure.add_subplot(1, 2, 1), figure.add_subplot(1, 2, 2)
     _accuracy_dots(dots, positions, accuracy)
-    means, stds = [mean for mean, _ in seconds], [std for _, std in seconds]
-    bars.barh(positions, means, xerr=stds, capsize=3, color=_TIME_COLOUR, alpha=0.8)
+    means = [centre for centre, _, _ in seconds]
+    bars.barh(
+        positions, means, xerr=_time_errors(seconds), capsize=3, color=_TIME_COLOUR, alpha=0.8
+    )
     bars.axvline(means[0], color=_REPORT_COLOUR, linestyle="--", linewidth=1)
     for axes, panel_title in ((dots, "test accuracy"), (bars, "fit time (s)")):
         axes.set_yticks(positions)
@@ -223,6 +226,11 @@ def variants_figure(
         axes.set_title(panel_title, fontsize="medium")
         axes.grid(axis="x", alpha=0.3)
     return figure
+
+
+def _time_errors(seconds: list[tuple[float, float, float]]) -> list[list[float]]:
+    """Error bars of times given as (centre, low, high): asymmetric, never below zero."""
+    return [[c - low for c, low, _ in seconds], [high - c for c, _, high in seconds]]
 
 
 def _accuracy_dots(axes, positions: list[int], accuracy: list[tuple[float, float]]) -> None:

@@ -15,9 +15,9 @@ from cnnlab.config import RunConfig
 from cnnlab.errors import CnnlabError
 from cnnlab.nn.shapes import dataset_input, forward_flops, resolve_layers
 from cnnlab.report import stats
+from cnnlab.report.design import Analysis
 from cnnlab.report.document import Document, Image
 from cnnlab.report.points import Point, point_name, stat_of
-from cnnlab.report.significance import Analysis
 from cnnlab.report.stats import ALPHA
 from cnnlab.store import FINISHED, RunRecord
 from cnnlab.study.studyfile import Experiment
@@ -37,27 +37,40 @@ class Options:
 DIFFERENCES = (0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1)  # the seeds-needed figure's x axis
 
 
-def seeds_section(
-    document: Document,
-    analyses: list[Analysis],
-    records: list[RunRecord],
-    options: Options,
-    advice: list[str],
-) -> None:
-    """Per experiment: the runs per point needed to tell `options.difference` apart."""
+@dataclass
+class SeedsPlan:
+    """Per experiment, the runs per point needed to tell `difference` apart; and the advice."""
+
+    difference: float
+    rows: list[list[str]]
+    curves: list[tuple[str, list[float], list[int | None]]]
+    advice: list[str]
+
+
+def typical_spread(samples: list[list[float]]) -> float | None:
+    """The run-to-run standard deviation of the median point (by its std), over the points
+    that vary: robust to one unstable point (a collapse in some seeds) and to collapsed points
+    that do not vary at all."""
+    spreads = sorted(statistics.stdev(s) for s in samples if len(s) > 1)
+    varying = [s for s in spreads if s > 0] or spreads
+    return statistics.median(varying) if varying else None
+
+
+def seeds_plan(analyses: list[Analysis], options: Options) -> SeedsPlan:
+    """How many seeds each experiment needs for `options.difference`, with the advice."""
     difference = options.difference
-    rows, curves = [], []
+    plan = SeedsPlan(difference, [], [], [])
     for analysis in analyses:
         samples = [stat_of(p.records, "test_accuracy").values for p in analysis.points]
         counts = [len(values) for values in samples if values]
         if not counts:
             continue
-        spread = stats.pooled_spread(samples)
+        spread = typical_spread(samples)
         title = analysis.experiment.title
         runs = f"{min(counts)}" if min(counts) == max(counts) else f"{min(counts)}–{max(counts)}"
         if spread is None:
-            rows.append([title, runs, "–", "–", "unknown: one run per point"])
-            advice.append(
+            plan.rows.append([title, runs, "–", "–", "unknown: one run per point"])
+            plan.advice.append(
                 f"{title}: one run per point measures no run-to-run spread; run the study with"
                 " `--repeats 3` or more to learn how many seeds it needs"
             )
@@ -68,25 +81,30 @@ def seeds_section(
             verdict = "enough"
         else:
             verdict = f"**too few**: `--repeats {shown}`"
-            advice.append(
+            plan.advice.append(
                 f"{title}: {runs} run(s) per point; telling apart {difference:g} test accuracy"
                 f" with {stats.POWER:.0%} power (run-to-run std {spread:.4f}) needs"
                 f" `--repeats {shown}`"
             )
-        rows.append([title, runs, f"{spread:.4f}", shown, verdict])
+        plan.rows.append([title, runs, f"{spread:.4f}", shown, verdict])
         if spread > 0:
-            curves.append(
-                (title, list(DIFFERENCES), [stats.repeats_needed(spread, d) for d in DIFFERENCES])
-            )
-    if not rows:
+            needs = [stats.repeats_needed(spread, d) for d in DIFFERENCES]
+            plan.curves.append((title, list(DIFFERENCES), needs))
+    return plan
+
+
+def seeds_section(document: Document, plan: SeedsPlan, records: list[RunRecord]) -> None:
+    """The runs per point each experiment needs, as a table and a figure."""
+    if not plan.rows:
         return
+    difference = plan.difference
     document.heading("How many seeds")
     document.paragraph(
-        f"For each experiment, the runs per point that Welch's test needs to tell apart a"
-        f" difference of **{difference:g}** in test accuracy with {stats.POWER:.0%} power at"
-        f" p < {ALPHA:g}, from the run-to-run standard deviation pooled over its points (its"
-        " power computed exactly for normal noise with `scipy.stats`). Holm's correction over"
-        " many tests asks for somewhat more."
+        f"For each experiment, the runs per point that Welch's test needs to tell two points"
+        f" **{difference:g}** apart in test accuracy with {stats.POWER:.0%} power at"
+        f" p < {ALPHA:g}, from the run-to-run standard deviation of its median point (the points"
+        " that vary; one unstable point does not set it), its power computed exactly for normal"
+        " noise with `scipy.stats`. Simultaneous tests over many pairs ask for somewhat more."
     )
     document.table(
         [
@@ -96,12 +114,12 @@ def seeds_section(
             f"runs needed for {difference:g}",
             "verdict",
         ],
-        rows,
+        plan.rows,
     )
-    if curves:
+    if plan.curves:
         repeats = max(len({r.seed for r in records}), 1)
         figure = plots.repeats_needed_figure(
-            curves, repeats, difference, "Runs per point needed (80% power, p < 0.05)"
+            plan.curves, repeats, difference, "Runs per point needed (80% power, p < 0.05)"
         )
         document.image(
             Image(

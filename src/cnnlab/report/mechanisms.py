@@ -15,12 +15,8 @@ said and no cause drawn.
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import re
-import statistics
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,34 +28,31 @@ from cnnlab.errors import CnnlabError
 from cnnlab.nn import facts
 from cnnlab.nn.architectures import get_architecture
 from cnnlab.nn.shapes import dataset_input, resolve_layers
+from cnnlab.report.claims import hoyer_values, tail_slope
 from cnnlab.report.document import Document, Image
-from cnnlab.report.tables import point_label
-from cnnlab.store import FINISHED, RunRecord
-from cnnlab.study.studyfile import Experiment, Study
+from cnnlab.report.findings import Claims
+from cnnlab.report.readings import (
+    MeasuredPoint,
+    dead_share,
+    dense_kernel,
+    final_gradient,
+    load_measurements,
+    measured_points,
+    metric_of,
+    spread_of,
+)
+from cnnlab.store import RunRecord
+from cnnlab.study.studyfile import Study
 
-ARTIFACT = "measurements"  # the run folder's file, as `runfolder.save_run` lists it
-LEARNED_MARGIN = 0.02  # the best point's test accuracy this far above the baseline: it learned
-DEAD_DIFFERENCE = 0.05  # dead-unit shares this far apart (beyond the runs' spread) differ
-GRADIENT_RATIO = 2.0  # final gradient norms this many times apart differ
-MAX_BYTES = 16 << 20  # a measurements.json is kilobytes
 _WINDOWED = ("Conv2D", "MaxPooling2D", "AveragePooling2D")  # layers that widen the field
 
 
-@dataclass
-class _Point:
-    """A grid point of an experiment: its label, its finished runs and their measurements."""
-
-    label: str
-    values: dict[str, Any]
-    records: list[RunRecord]
-    readings: list[dict[str, Any]]  # one per run that kept readable measurements
-
-
 def mechanism_sections(
-    document: Document, study: Study, records: list[RunRecord], study_dir: Path
+    document: Document, study: Study, records: list[RunRecord], study_dir: Path, claims: Claims
 ) -> None:
-    """One section per experiment with finished runs: its mechanism beside its result."""
-    experiments = [(e, _points(e, records, study_dir)) for e in study.experiments]
+    """One section per experiment with finished runs: its mechanism beside its result; every
+    verdict is one of `claims` (claims.py), shown with its evidence."""
+    experiments = [(e, measured_points(e, records, study_dir)) for e in study.experiments]
     experiments = [(e, points) for e, points in experiments if any(p.records for p in points)]
     if not experiments:
         return
@@ -82,63 +75,20 @@ def mechanism_sections(
     for experiment, points in experiments:
         document.heading(experiment.title, 3)
         slug = re.sub(r"[^a-z0-9]+", "-", experiment.name.lower()).strip("-")
-        learned, summary = _learned(points)
+        learned = any(c.established for c in claims.of(experiment.name, "learned"))
         if not learned:
-            document.paragraph(summary + " No mechanism is read into these runs.")
+            document.paragraph(
+                "No point of this experiment is shown to learn (its observations say why): no"
+                " mechanism is read into these runs."
+            )
         section = _SECTIONS.get(experiment.kind or "")
         if section is not None:
             section(document, points, slug, learned)
-        _units_and_gradients(document, points, learned)
+        _units_and_gradients(document, points)
+        document.bullets([c.sentence for c in claims.of(experiment.name, *MECHANISM_KINDS)])
 
 
 # --- points and numbers -----------------------------------------------------------------------
-
-
-def _points(experiment: Experiment, records: list[RunRecord], study_dir: Path) -> list[_Point]:
-    """The experiment's grid points in order, each with its finished runs and their readings."""
-    mine = [r for r in records if experiment.name in r.experiments and r.status in FINISHED]
-    points = []
-    for place, _ in experiment.points():
-        values = {name: place[name] for name in experiment.grid}
-        runs = sorted(
-            (
-                r
-                for r in mine
-                if all(r.experiments[experiment.name].get(k) == v for k, v in values.items())
-            ),
-            key=lambda r: r.seed,
-        )
-        readings = [m for m in (load_measurements(study_dir, r) for r in runs) if m is not None]
-        label = point_label(values) if values else experiment.name
-        points.append(_Point(label, values, runs, readings))
-    return points
-
-
-def load_measurements(study_dir: Path, record: RunRecord) -> dict[str, Any] | None:
-    """A run's measurements.json as listed in its store record, or None (absent or unreadable)."""
-    relative = record.artifacts.get(ARTIFACT)
-    if not relative:
-        return None
-    path = Path(study_dir) / relative
-    try:
-        if path.stat().st_size > MAX_BYTES:
-            return None
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
-        return None
-    parts = ("weights", "activations", "gradients")
-    if not isinstance(value, dict) or not all(isinstance(value.get(p), dict | list) for p in parts):
-        return None
-    return value
-
-
-def _stat(values: list[float | None]) -> tuple[float, float, int]:
-    """(mean, std, count) of the finite values; the std of one value is 0."""
-    finite = [float(v) for v in values if isinstance(v, int | float) and math.isfinite(v)]
-    if not finite:
-        return math.nan, math.nan, 0
-    spread = statistics.stdev(finite) if len(finite) > 1 else 0.0
-    return statistics.fmean(finite), spread, len(finite)
 
 
 def _show(stat: tuple[float, float, int], form: str = ".3g") -> str:
@@ -146,29 +96,6 @@ def _show(stat: tuple[float, float, int], form: str = ".3g") -> str:
     if count == 0:
         return "–"
     return f"{mean:{form}} ± {spread:{form}} ({count})" if count > 1 else f"{mean:{form}} (1)"
-
-
-def _metric(point: _Point, name: str) -> tuple[float, float, int]:
-    return _stat([r.metrics.get(name) for r in point.records])
-
-
-def _learned(points: list[_Point]) -> tuple[bool, str]:
-    """Whether the best point's mean test accuracy is clearly above the baseline, and why."""
-    baselines = [r.metrics.get("baseline_accuracy") for p in points for r in p.records]
-    baseline = _stat(baselines)[0]
-    baseline = 0.1 if math.isnan(baseline) else baseline
-    accuracies = [(_metric(p, "test_accuracy")[0], p.label) for p in points]
-    accuracies = [(a, label) for a, label in accuracies if not math.isnan(a)]
-    if not accuracies:
-        return False, "No finished run recorded a test accuracy."
-    best, label = max(accuracies)
-    summary = (
-        f"The best point ({label}) reached a mean test accuracy of {best:.3f} against the"
-        f" most-frequent-class baseline's {baseline:.3f}"
-    )
-    if best > baseline + LEARNED_MARGIN:
-        return True, summary + "."
-    return False, summary + ": these runs learned nothing."
 
 
 def _net_facts(record: RunRecord) -> list[facts.LayerFacts] | None:
@@ -190,14 +117,6 @@ def _net_facts(record: RunRecord) -> list[facts.LayerFacts] | None:
         return None
 
 
-def _dense_kernel(readings: dict[str, Any]) -> dict[str, Any] | None:
-    """The readings of the net's last dense kernel (the seed's one, with the L1 penalty)."""
-    dense = [
-        v for v in readings["weights"].values() if isinstance(v, dict) and v.get("kind") == "dense"
-    ]
-    return dense[-1] if dense else None
-
-
 def _image(document: Document, figure: Figure, name: str, caption: str) -> None:
     document.image(Image(name, plots.png_bytes(figure), caption))
 
@@ -205,18 +124,19 @@ def _image(document: Document, figure: Figure, name: str, caption: str) -> None:
 # --- L1 ---------------------------------------------------------------------------------------
 
 
-def _l1_section(document: Document, points: list[_Point], slug: str, learned: bool) -> None:
+def _l1_section(document: Document, points: list[MeasuredPoint], slug: str, learned: bool) -> None:
     rows, shown = [], []
     for point in points:
-        kernels = [k for k in (_dense_kernel(r) for r in point.readings) if k is not None]
-        norms = _stat([k.get("l1") for k in kernels])
-        small = _stat([k.get("small_fraction") for k in kernels])
+        kernels = [k for k in (dense_kernel(r) for r in point.readings) if k is not None]
+        norms = spread_of([k.get("l1") for k in kernels])
+        small = spread_of([k.get("small_fraction") for k in kernels])
         rows.append(
             [
                 point.label,
-                _show(_metric(point, "test_accuracy"), ".3f"),
+                _show(metric_of(point, "test_accuracy"), ".3f"),
                 _show(norms),
-                _show(_stat([k.get("l2") for k in kernels])),
+                _show(spread_of([k.get("l2") for k in kernels])),
+                _show(spread_of(hoyer_values(point)), ".3f"),
                 _show(small, ".3f"),
             ]
         )
@@ -227,8 +147,21 @@ def _l1_section(document: Document, points: list[_Point], slug: str, learned: bo
         return
     threshold = shown[0][0].readings[0].get("small_weight", 0.01)
     document.table(
-        ["point", "test acc", "dense kernel L1 norm", "L2 norm", f"share < {threshold:g}·max|w|"],
+        [
+            "point",
+            "test acc",
+            "dense kernel L1 norm",
+            "L2 norm",
+            "Hoyer sparsity",
+            f"share < {threshold:g}·max|w|",
+        ],
         rows,
+    )
+    document.paragraph(
+        "Hoyer's sparsity (0: all weights of equal magnitude, 1: a single non-zero weight) is"
+        " scale-free, so a kernel that merely shrank is not called sparse; the share below a"
+        " fraction of the largest weight is relative too, and reads a collapsed kernel (every"
+        " weight near zero) as dense. Verdicts below."
     )
     _image(
         document,
@@ -238,38 +171,6 @@ def _l1_section(document: Document, points: list[_Point], slug: str, learned: bo
         f"{slug}-mechanism-l1.png",
         "The dense kernel after training: its L1 norm (log scale) and the share of its weights"
         f" below {threshold:g} of its largest magnitude, per point (mean ± std over runs)",
-    )
-    if len(shown) < 2:
-        return
-    (first, norm_a, small_a), (last, norm_b, small_b) = shown[0][:3], shown[-1][:3]
-    document.paragraph(
-        f"From {first.label} to {last.label}, the dense kernel's L1 norm went from"
-        f" {_show(norm_a)} to {_show(norm_b)} and its share of weights below {threshold:g} of the"
-        f" largest from {_show(small_a, '.3f')} to {_show(small_b, '.3f')} (measurements.json)."
-    )
-    if learned:
-        document.paragraph(_sparsity_verdict(first, small_a, shown[1:]))
-
-
-def _sparsity_verdict(first: _Point, base: tuple[float, float, int], others: list) -> str:
-    """The seed report's claim (L1 makes the weights sparse), held to each larger L1 weight."""
-    rose, did_not = [], []
-    for point, _, small in others:
-        spread = max(base[1], small[1])
-        shown = f"{point.label}: {small[0]:.3f}"
-        (rose if small[0] - base[0] > spread else did_not).append(shown)
-    if not did_not:
-        verdict = "holds in these runs: the near-zero share rose beyond the runs' spread at every"
-        verdict += f" larger weight ({'; '.join(rose)})"
-    elif not rose:
-        verdict = "is not borne out: the near-zero share rose at no larger weight beyond the runs'"
-        verdict += f" spread ({'; '.join(did_not)})"
-    else:
-        verdict = "holds only in part: the near-zero share rose beyond the runs' spread at"
-        verdict += f" {'; '.join(rose)}, not at {'; '.join(did_not)}"
-    return (
-        f"The seed report's claim that L1 makes the dense kernel sparse {verdict}, against"
-        f" {base[0]:.3f} at {first.label} (measurements.json)."
     )
 
 
@@ -304,7 +205,9 @@ def _spatial_field(layers: list[facts.LayerFacts]) -> tuple[str, str]:
     return last.name, facts.format_field(last.receptive_field)
 
 
-def _pooling_section(document: Document, points: list[_Point], slug: str, learned: bool) -> None:
+def _pooling_section(
+    document: Document, points: list[MeasuredPoint], slug: str, learned: bool
+) -> None:
     rows, known = [], []
     for point in points:
         net = next((f for f in map(_net_facts, point.records) if f is not None), None)
@@ -313,7 +216,7 @@ def _pooling_section(document: Document, points: list[_Point], slug: str, learne
         parameters = sum(f.parameters for f in net)
         macs = facts.total_macs(net)
         layer, field = _spatial_field(net)
-        seconds = _metric(point, "fit_seconds")
+        seconds = metric_of(point, "fit_seconds")
         rows.append(
             [
                 point.label,
@@ -321,7 +224,7 @@ def _pooling_section(document: Document, points: list[_Point], slug: str, learne
                 f"{macs:,}",
                 f"{field} ({layer})",
                 _show(seconds, ".1f"),
-                _show(_metric(point, "test_accuracy"), ".3f"),
+                _show(metric_of(point, "test_accuracy"), ".3f"),
             ]
         )
         known.append((point, parameters, macs, field, seconds))
@@ -358,10 +261,12 @@ def _pooling_section(document: Document, points: list[_Point], slug: str, learne
 # --- size -------------------------------------------------------------------------------------
 
 
-def _size_section(document: Document, points: list[_Point], slug: str, learned: bool) -> None:
-    rows, gaps = [], []
+def _size_section(
+    document: Document, points: list[MeasuredPoint], slug: str, learned: bool
+) -> None:
+    rows = []
     for point in points:
-        gap = _stat(
+        gap = spread_of(
             [
                 r.metrics["train_accuracy"] - r.metrics["test_accuracy"]
                 for r in point.records
@@ -369,28 +274,26 @@ def _size_section(document: Document, points: list[_Point], slug: str, learned: 
                 and isinstance(r.metrics.get("test_accuracy"), int | float)
             ]
         )
-        rises = _stat([_val_loss_rise(r) for r in point.records])
+        rises = spread_of([tail_slope(r.history, "val_data_loss") for r in point.records])
         rows.append(
             [
                 point.label,
-                _show(_metric(point, "train_accuracy"), ".3f"),
-                _show(_metric(point, "test_accuracy"), ".3f"),
+                _show(metric_of(point, "train_accuracy"), ".3f"),
+                _show(metric_of(point, "test_accuracy"), ".3f"),
                 _show(gap, ".3f"),
                 _show(rises, ".3f"),
             ]
         )
-        if gap[2]:
-            gaps.append((point, gap))
     document.table(
-        ["point", "train acc", "test acc", "gap (train − test)", "val loss rise from its minimum"],
+        [
+            "point",
+            "train acc",
+            "test acc",
+            "gap (train − test)",
+            "val data loss slope, last third (per epoch)",
+        ],
         rows,
     )
-    if len(gaps) >= 2:
-        (first, gap_a), (last, gap_b) = gaps[0], gaps[-1]
-        document.paragraph(
-            f"The generalisation gap (train minus test accuracy, from the stored metrics) went from"
-            f" {_show(gap_a, '.3f')} at {first.label} to {_show(gap_b, '.3f')} at {last.label}."
-        )
     curves = [(p.label, [r.history for r in p.records if r.history]) for p in points]
     curves = [(label, runs) for label, runs in curves if runs]
     if curves:
@@ -403,13 +306,6 @@ def _size_section(document: Document, points: list[_Point], slug: str, learned: 
         )
 
 
-def _val_loss_rise(record: RunRecord) -> float | None:
-    """How far the last validation loss sits above the run's lowest (over-fitting's sign)."""
-    losses = [row.get("val_loss") for row in record.history]
-    losses = [v for v in losses if isinstance(v, int | float) and math.isfinite(v)]
-    return losses[-1] - min(losses) if losses else None
-
-
 def _curves_figure(curves: list[tuple[str, list[list[dict[str, Any]]]]]) -> Figure:
     figure = Figure(figsize=(6.4, 3.8), layout="constrained")
     axes = figure.add_subplot()
@@ -417,7 +313,7 @@ def _curves_figure(curves: list[tuple[str, list[list[dict[str, Any]]]]]) -> Figu
         length = min(len(run) for run in runs)
         epochs = list(range(1, length + 1))
         for key, style in (("accuracy", "-"), ("val_accuracy", "--")):
-            means = [_stat([run[e].get(key) for run in runs])[0] for e in range(length)]
+            means = [spread_of([run[e].get(key) for run in runs])[0] for e in range(length)]
             axes.plot(epochs, means, style, color=f"C{index % 10}", label=f"{label} ({key})")
     axes.set_xlabel("epoch")
     axes.set_ylabel("accuracy")
@@ -429,7 +325,9 @@ def _curves_figure(curves: list[tuple[str, list[list[dict[str, Any]]]]]) -> Figu
 # --- depth ------------------------------------------------------------------------------------
 
 
-def _depth_section(document: Document, points: list[_Point], slug: str, learned: bool) -> None:
+def _depth_section(
+    document: Document, points: list[MeasuredPoint], slug: str, learned: bool
+) -> None:
     for point in points:
         net = next((f for f in map(_net_facts, point.records) if f is not None), None)
         if net is None:
@@ -439,9 +337,13 @@ def _depth_section(document: Document, points: list[_Point], slug: str, learned:
         rows = []
         for index, fact in enumerate(net):
             name = f"layers.{index}"
-            dead = _stat([_dead(r, name) for r in point.readings]) if aligned else (0, 0, 0)
+            dead = (
+                spread_of([dead_share(r, name) for r in point.readings]) if aligned else (0, 0, 0)
+            )
             gradient = (
-                _stat([_final_gradient(r, name) for r in point.readings]) if aligned else (0, 0, 0)
+                spread_of([final_gradient(r, name) for r in point.readings])
+                if aligned
+                else (0, 0, 0)
             )
             rows.append(
                 [
@@ -478,7 +380,7 @@ def _depth_section(document: Document, points: list[_Point], slug: str, learned:
         )
 
 
-def _layer_specs(point: _Point) -> list[Any]:
+def _layer_specs(point: MeasuredPoint) -> list[Any]:
     record = point.records[0]
     layers = record.config.get("layers")
     if isinstance(layers, list):
@@ -489,7 +391,7 @@ def _layer_specs(point: _Point) -> list[Any]:
         return []
 
 
-def _keras_name(point: _Point, key: str) -> str:
+def _keras_name(point: MeasuredPoint, key: str) -> str:
     """A measured layer's Keras name (conv2d_1) in a net without residual blocks, else its key."""
     net = next((f for f in map(_net_facts, point.records) if f is not None), None)
     index = key.removeprefix("layers.")
@@ -498,42 +400,26 @@ def _keras_name(point: _Point, key: str) -> str:
     return net[int(index)].name
 
 
-def _dead(readings: dict[str, Any], layer: str) -> float | None:
-    entry = (
-        readings["activations"].get(layer) if isinstance(readings["activations"], dict) else None
-    )
-    return entry.get("dead_fraction") if isinstance(entry, dict) else None
-
-
-def _final_gradient(readings: dict[str, Any], layer: str | None = None) -> float | None:
-    """The last epoch's global gradient norm, or a layer's."""
-    rows = [row for row in readings["gradients"] if isinstance(row, dict)]
-    if not rows:
-        return None
-    if layer is None:
-        return rows[-1].get("global")
-    layers = rows[-1].get("layers")
-    return layers.get(layer) if isinstance(layers, dict) else None
-
-
 # --- any experiment: dead units and gradients -------------------------------------------------
 
 
-def _units_and_gradients(document: Document, points: list[_Point], learned: bool) -> None:
-    """Dead units and final gradient norms per point; sentences only where they differ."""
+def _units_and_gradients(document: Document, points: list[MeasuredPoint]) -> None:
+    """Dead units and final gradient norms per point (the claims say whether they differ)."""
     measured = [p for p in points if p.readings]
     if not measured:
         return
-    rows, summary = [], []
+    rows = []
     for point in measured:
         layers = sorted({name for r in point.readings for name in r["activations"]})
-        by_layer = {name: _stat([_dead(r, name) for r in point.readings]) for name in layers}
+        by_layer = {
+            name: spread_of([dead_share(r, name) for r in point.readings]) for name in layers
+        }
         worst = max(
             by_layer.items(), key=lambda item: item[1][0] if item[1][2] else -1, default=None
         )
         if worst is not None:
             worst = (_keras_name(point, worst[0]), worst[1])
-        gradient = _stat([_final_gradient(r) for r in point.readings])
+        gradient = spread_of([final_gradient(r) for r in point.readings])
         rows.append(
             [
                 point.label,
@@ -541,34 +427,11 @@ def _units_and_gradients(document: Document, points: list[_Point], learned: bool
                 _show(gradient),
             ]
         )
-        summary.append((point, worst, gradient))
     document.table(["point", "most dead units (layer)", "final gradient norm"], rows)
-    if len(summary) < 2 or not learned:
-        return
-    dead = [(p, w) for p, w, _ in summary if w is not None and w[1][2]]
-    if len(dead) >= 2:
-        low = min(dead, key=lambda item: item[1][1][0])
-        high = max(dead, key=lambda item: item[1][1][0])
-        difference = high[1][1][0] - low[1][1][0]
-        if difference > max(DEAD_DIFFERENCE, high[1][1][1] + low[1][1][1]):
-            document.paragraph(
-                f"Dead units differ: at {high[0].label}, {high[1][1][0]:.1%} of {high[1][0]}'s"
-                f" units are zero on every probe image, against at most {low[1][1][0]:.1%} in any"
-                f" layer at {low[0].label} (measurements.json, activations)."
-            )
-    norms = [(p, g) for p, _, g in summary if g[2] and g[0] > 0]
-    if len(norms) >= 2:
-        low = min(norms, key=lambda item: item[1][0])
-        high = max(norms, key=lambda item: item[1][0])
-        if high[1][0] > GRADIENT_RATIO * low[1][0]:
-            document.paragraph(
-                f"Gradient norms differ: the training loss's gradient at the last epoch had norm"
-                f" {high[1][0]:.3g} at {high[0].label} against {low[1][0]:.3g} at {low[0].label}"
-                " (measurements.json, gradients)."
-            )
 
 
-_SECTIONS: dict[str, Callable[[Document, list[_Point], str, bool], None]] = {
+MECHANISM_KINDS = ("kernel-collapse", "sparsity", "over-fitting", "dead-units", "gradients")
+_SECTIONS: dict[str, Callable[[Document, list[MeasuredPoint], str, bool], None]] = {
     "l1": _l1_section,
     "pooling": _pooling_section,
     "size": _size_section,

@@ -49,8 +49,17 @@ class Stat:
         digits = {"fit_seconds": 1, "parameters": 0}.get(metric, 3)
         if self.n == 1:  # one run has no spread to show
             return f"{self.mean:.{digits}f} (1)"
+        if metric == "fit_seconds":
+            centre, low, high = self.time_interval()
+            return f"{centre:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}] ({self.n})"
         low, high = stats.mean_interval(self.values)
         return f"{self.mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}] ({self.n})"
+
+    def time_interval(self) -> tuple[float, float, float]:
+        """A time's geometric mean and 95% interval from the log scale: never below zero."""
+        if self.n < 2 or min(self.values) <= 0:
+            return self.mean, self.mean, self.mean
+        return stats.positive_interval(self.values)
 
 
 def stat_of(records: list[RunRecord], metric: str) -> Stat:

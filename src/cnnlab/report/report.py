@@ -13,7 +13,6 @@ import csv
 import dataclasses
 import io
 import json
-import math
 import os
 import re
 import statistics
@@ -32,24 +31,19 @@ from cnnlab.report.cost import (
     Options,
     compute_figure,
     default_target,
+    seeds_plan,
     seeds_section,
     show_giga,
     show_time_to,
     training_flops,
 )
+from cnnlab.report.design import Analysis, analyse, gatekeep
 from cnnlab.report.document import FILES_FOLDER, Document, Image
+from cnnlab.report.findings import Claims, findings_section, gather, observations
 from cnnlab.report.mechanisms import mechanism_sections
 from cnnlab.report.points import Point, point_name, show_reference, stat_of
 from cnnlab.report.search import search_sections
-from cnnlab.report.significance import (
-    COLLAPSE_MARGIN,
-    COMPARISON_FIELDS,
-    Analysis,
-    analyse,
-    comparison_rows,
-    correct,
-    significance_section,
-)
+from cnnlab.report.significance import COMPARISON_FIELDS, comparison_rows, significance_section
 from cnnlab.report.tables import FIELD_LABELS, point_label, show_value
 from cnnlab.store import FINISHED, RunRecord, Store
 from cnnlab.study.studyfile import VARIANT, Experiment, Study, load_study
@@ -61,7 +55,6 @@ METRIC_LABELS = {
     "fit_seconds": "fit s",
     "parameters": "params",
 }
-OVERFIT_RISE = 0.02  # a final validation loss this much above its minimum counts as over-fitting
 INTERVAL_NOTE = (
     "the t interval (mean ± t·s/√n), not a bootstrap: with 2–5 seeds a percentile bootstrap has"
     " only 3 to 126 distinct resamples of the mean and covers the true mean less often than it"
@@ -93,6 +86,7 @@ class Report:
         default_factory=list
     )  # as comparisons.csv
     advice: list[str] = dataclasses.field(default_factory=list)
+    claims: Claims = dataclasses.field(default_factory=lambda: Claims([]))
 
     def markdown(self) -> str:
         return self.document.markdown()
@@ -114,7 +108,8 @@ class Report:
         return buffer.getvalue()
 
     def write(self) -> dict[str, Path]:
-        """Write report.md (+ report_files/*.png), report.html and comparisons.csv / .json."""
+        """Write report.md (+ report_files/*.png), report.html, comparisons.csv / .json and
+        claims.json."""
         # The figures' folder is replaced whole: a full disk never leaves half of it.
         with atomic.atomic_folder(self.study_dir / FILES_FOLDER) as files:
             for image in self.document.images():
@@ -124,7 +119,9 @@ class Report:
             "html": self.study_dir / "report.html",
             "csv": self.study_dir / "comparisons.csv",
             "json": self.study_dir / "comparisons.json",
+            "claims": self.study_dir / "claims.json",
         }
+        atomic.write_text(paths["claims"], self.claims.json())
         atomic.write_text(paths["csv"], self.comparisons_csv())
         atomic.write_text(paths["json"], json.dumps(self.comparisons, indent=2) + "\n")
         atomic.write_text(paths["md"], self.document.markdown())
@@ -185,24 +182,29 @@ def compose(
         f" {INTERVAL_NOTE}. The report's are single runs on its author's machine, so differences"
         " of a few points are within its noise."
     )
-    observations: list[str] = []
     class_names = _class_names(meta.get("class_names", "[]"))
     analyses = [analyse(study, experiment, records) for experiment in study.experiments]
-    family = correct(analyses)
+    primaries = gatekeep(analyses)
+    report.claims = gather(study, analyses, primaries, records, study_dir)
+    seeds = seeds_plan(analyses, options)
+    report.advice = seeds.advice
+    findings_section(document, report.claims, report.advice)
+    observed: list[str] = []
     for analysis in analyses:
-        _experiment_section(document, analysis, family, study_dir, observations, options)
+        _experiment_section(document, analysis, report.claims, study_dir, options)
+        observed += observations(analysis, report.claims, _chance_level(analyses))
     search_sections(document, study, records, study_dir)
-    report.comparisons = [row for a in analyses for row in comparison_rows(a, family)]
-    seeds_section(document, analyses, records, options, report.advice)
-    mechanism_sections(document, study, records, study_dir)
+    report.comparisons = [row for a in analyses for row in comparison_rows(a, primaries)]
+    seeds_section(document, seeds, records)
+    mechanism_sections(document, study, records, study_dir, report.claims)
     learned.per_class_section(document, study, records, class_names)
     learned.inside_section(document, study, records, study_dir)
     finished = [r for r in records if r.status in FINISHED and "test_accuracy" in r.metrics]
     if finished:
-        best = learned.best_run_section(document, finished, class_names, observations, study_dir)
+        best = learned.best_run_section(document, finished, class_names, observed, study_dir)
         learned.kernel_section(document, best, study_dir)
     document.heading("Observations")
-    document.bullets(observations or ["No finished runs yet."])
+    document.bullets(observed or ["No finished runs yet."])
     problems = [r for r in records if r.status in ("diverged", "failed")]
     if problems:
         document.heading("Diverged and failed runs")
@@ -220,12 +222,23 @@ build_report = build  # the name the package root gives it
 _STATUS_ORDER = ("done", "diverged", "failed", "running", "pending")
 
 
+def _chance_level(analyses: list[Analysis]) -> float:
+    """The most-frequent-class test accuracy the runs recorded (0.10 on CIFAR-10's test set)."""
+    values = [
+        r.metrics["baseline_accuracy"]
+        for a in analyses
+        for p in a.points
+        for r in p.records
+        if isinstance(r.metrics.get("baseline_accuracy"), int | float)
+    ]
+    return statistics.fmean(values) if values else 0.1
+
+
 def _experiment_section(
     document: Document,
     analysis: Analysis,
-    family: int,
+    claims: Claims,
     study_dir: Path,
-    observations: list[str],
     options: Options,
 ) -> None:
     experiment, points = analysis.experiment, analysis.points
@@ -264,7 +277,7 @@ def _experiment_section(
             else f"; the target is {TARGET_SHARE:g}× the best point's mean validation accuracy."
         )
     )
-    significance_section(document, analysis, family, observations)
+    significance_section(document, analysis, claims.of(analysis.experiment.name))
     if "fit_seconds" in referenced:
         document.paragraph(
             "Fit times: the report's on its author's machine, ours on the device named under"
@@ -293,7 +306,10 @@ def _experiment_section(
     if VARIANT in experiment.grid:
         _variants_figure(document, experiment, points, slug)
     compute_figure(document, experiment, points, slug)
-    _observe(analysis, observations)
+    unsettled = [c.otherwise for c in claims.of(experiment.name) if c.test and not c.established]
+    if unsettled:
+        document.paragraph("**Tested and not established:**")
+        document.bullets(unsettled)
     representative = next((r for p in points for r in p.records if r.status in FINISHED), None)
     if representative is not None:
         png = _artifact(study_dir, representative, "history.png")
@@ -321,6 +337,8 @@ def _versus_figure(
     def pairs(metric: str) -> list[tuple[float, float]]:
         return [(s.mean, s.half) for s in (stat_of(p.records, metric) for p in shown)]
 
+    times = [stat_of(p.records, "fit_seconds").time_interval() for p in shown]
+
     reference = {
         metric: [p.reference.get(metric) for p in shown]
         for metric in ("train_accuracy", "test_accuracy")
@@ -333,7 +351,7 @@ def _versus_figure(
             xlabel="training images (log scale)",
             xscale="log",
             title="Accuracy and fit time against training-set size",
-            seconds=pairs("fit_seconds"),
+            seconds=times,
             reference=reference,
         )
         caption = "Accuracy (left axis) and fit time (right axis) against the training-set size"
@@ -383,7 +401,7 @@ def _variants_figure(
     figure = plots.variants_figure(
         labels,
         [(stat.mean, stat.half) for stat in accuracy],
-        [(stat.mean, stat.half) for stat in seconds],
+        [stat.time_interval() for stat in seconds],
         experiment.title,
     )
     caption = (
@@ -391,140 +409,6 @@ def _variants_figure(
         " dashed line is the first variant's mean accuracy"
     )
     document.image(Image(f"{slug}-variants.png", plots.png_bytes(figure), caption))
-
-
-def _observe(analysis: Analysis, observations: list[str]) -> None:
-    """Plain sentences read off the numbers and the corrected tests; no cause without a measure."""
-    experiment, points = analysis.experiment, analysis.points
-    measured = [p for p in points if stat_of(p.records, "test_accuracy").n]
-    if not measured:
-        return
-    title = f"**{experiment.title}**"
-
-    def mean(point: Point, metric: str) -> float:
-        return stat_of(point.records, metric).mean
-
-    chance = analysis.chance_level
-    learned_points = [p for p in measured if analysis.above_chance(p)]
-    if not learned_points:
-        low = min(mean(p, "test_accuracy") for p in measured)
-        high = max(mean(p, "test_accuracy") for p in measured)
-        spread = f"{low:.3f}" if f"{low:.3f}" == f"{high:.3f}" else f"{low:.3f} to {high:.3f}"
-        # Means at chance say nothing was learned; means above it that the test cannot confirm
-        # (too few runs) say only that.
-        verdict = "nothing learned" if high <= chance + COLLAPSE_MARGIN else "not shown to learn"
-        observations.append(
-            f"{title}: {verdict}: no point's test accuracy ({spread}) is clearly above the"
-            f" most-frequent-class baseline ({chance:.2f}; {analysis.chance_rule()})."
-        )
-        _agreement(experiment, measured, observations)
-        return
-    overfit = []
-    for point in learned_points:
-        stops = [epoch for epoch in map(_overfit_epoch, point.records) if epoch is not None]
-        if stops and len(stops) * 2 > len(point.records):  # most of the point's runs
-            overfit.append((point, statistics.fmean(stops), len(point.records[0].history)))
-    if overfit:
-        parts = [
-            f"epoch {epoch:.0f} of {total} ({point_name(experiment, p)})"
-            for p, epoch, total in overfit[:6]
-        ]
-        if (
-            len(overfit) == len(learned_points) > 1
-            and len({(round(e), t) for _, e, t in overfit}) == 1
-        ):
-            parts = [f"epoch {overfit[0][1]:.0f} of {overfit[0][2]} at every grid point"]
-        observations.append(
-            f"{title}: validation loss is lowest at "
-            + "; ".join(parts)
-            + " and rises afterwards: the net over-fits from there on."
-        )
-    else:
-        observations.append(
-            f"{title}: validation loss is still at or near its lowest in the last epochs: no"
-            f" clear over-fitting within {len(learned_points[0].records[0].history)} epochs."
-        )
-    if experiment.kind == "size" and len(measured) >= 2:
-        first, last = measured[0], measured[-1]
-        gap_first = mean(first, "train_accuracy") - mean(first, "test_accuracy")
-        gap_last = mean(last, "train_accuracy") - mean(last, "test_accuracy")
-        if abs(gap_last - gap_first) < 0.005:
-            trend = f"stays near {gap_first:.3f}"
-        else:
-            direction = "shrinks" if gap_last < gap_first else "grows"
-            trend = f"{direction} from {gap_first:.3f} to {gap_last:.3f}"
-        observations.append(
-            f"{title}: test accuracy goes from {mean(first, 'test_accuracy'):.3f} to"
-            f" {mean(last, 'test_accuracy'):.3f} between {point_label(first.values)} and"
-            f" {point_label(last.values)}; the train−test gap {trend}."
-        )
-    if experiment.kind == "l1":
-        best = max(measured, key=lambda p: mean(p, "test_accuracy"))
-        collapsed = [p for p in measured if p not in learned_points]
-        sentence = (
-            f"{title}: the best test accuracy is {mean(best, 'test_accuracy'):.3f} at"
-            f" {point_label(best.values)}."
-        )
-        if collapsed:
-            onwards = collapsed == measured[len(measured) - len(collapsed) :]
-            where = (
-                f"From {point_label(collapsed[0].values)} on"
-                if onwards
-                else "At " + ", ".join(point_label(p.values) for p in collapsed)
-            )
-            sentence += (
-                f" {where}, L1 collapses the model to the most-frequent-class baseline: test"
-                f" accuracy {_show_range(collapsed)}, not clearly above {chance:.2f}"
-                f" ({analysis.chance_rule()}), while {point_label(best.values)} is."
-            )
-        observations.append(sentence)
-    if experiment.kind == "pooling" and len(measured) == 2:
-        strided, pooled = measured
-        ratio_parameters = mean(pooled, "parameters") / max(mean(strided, "parameters"), 1)
-        ratio_time = mean(pooled, "fit_seconds") / max(mean(strided, "fit_seconds"), 1e-9)
-        gain = mean(pooled, "test_accuracy") - mean(strided, "test_accuracy")
-
-        def gap(point: Point) -> float:
-            return mean(point, "train_accuracy") - mean(point, "test_accuracy")
-
-        observations.append(
-            f"{title}: {point_label(pooled.values)} has {ratio_parameters:.2f}× the parameters"
-            f" of {point_label(strided.values)}, takes {ratio_time:.1f}× as long to fit, and"
-            f" changes test accuracy by {gain:+.3f}; its train−test gap is {gap(pooled):.3f}"
-            f" against {gap(strided):.3f}."
-        )
-    _agreement(experiment, measured, observations)
-
-
-def _show_range(points: list[Point]) -> str:
-    means = sorted(stat_of(p.records, "test_accuracy").mean for p in points)
-    low, high = f"{means[0]:.3f}", f"{means[-1]:.3f}"
-    return low if low == high else f"{low} to {high}"
-
-
-def _agreement(experiment: Experiment, measured: list[Point], observations: list[str]) -> None:
-    """How many points are within 0.03 of the report's test accuracy."""
-    agree = [
-        (stat_of(p.records, "test_accuracy").mean, p.reference["test_accuracy"])
-        for p in measured
-        if "test_accuracy" in p.reference
-    ]
-    if agree:
-        close = sum(abs(ours - theirs) <= 0.03 for ours, theirs in agree)
-        observations.append(
-            f"**{experiment.title}**: our mean test accuracy is within 0.03 of the report's at"
-            f" {close} of {len(agree)} points."
-        )
-
-
-def _overfit_epoch(record: RunRecord) -> int | None:
-    """The epoch of lowest validation loss, if the loss clearly rose after it (else None)."""
-    losses = [h.get("val_loss", math.nan) for h in record.history]
-    if len(losses) < 4 or not all(math.isfinite(loss) for loss in losses):
-        return None
-    best = min(range(len(losses)), key=losses.__getitem__)
-    rose = losses[-1] >= losses[best] * (1 + OVERFIT_RISE)
-    return best + 1 if rose and best + 1 <= len(losses) - 2 else None
 
 
 def _environment_section(

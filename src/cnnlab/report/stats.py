@@ -212,3 +212,182 @@ def pooled_spread(samples: Sequence[Sequence[float]]) -> float | None:
         return None
     squares = sum((len(s) - 1) * statistics.variance(s) for s in used)
     return math.sqrt(squares / sum(len(s) - 1 for s in used))
+
+
+# --- one experiment as a one-way layout -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A contrast or difference of means: its estimate, interval, statistic, df and p."""
+
+    estimate: float
+    low: float
+    high: float
+    statistic: float  # t (contrasts) or the studentized range q (pairs); ±inf: no spread
+    df: float  # nan when there is no spread
+    p: float  # nan when the compared runs are constant and equal
+
+    @property
+    def tested(self) -> bool:
+        return not math.isnan(self.p)
+
+
+def _no_spread(estimate: float) -> Estimate:
+    """Runs that do not vary: equal (no test), or apart beyond any noise (p = 0)."""
+    if estimate == 0:
+        return Estimate(0.0, 0.0, 0.0, math.nan, math.nan, math.nan)
+    return Estimate(estimate, estimate, estimate, math.copysign(math.inf, estimate), math.nan, 0.0)
+
+
+@dataclass(frozen=True)
+class OneWay:
+    """An experiment's runs of one quantity, one sample per grid point, as a one-way layout.
+
+    `equal_variances`: the error variance is pooled over the points (the classical model, N - k
+    df); otherwise each point keeps its own (Welch-type: Welch–Satterthwaite df, Games–Howell
+    pairs), for experiments whose points clearly differ in spread.
+    """
+
+    samples: tuple[tuple[float, ...], ...]
+    equal_variances: bool = True
+
+    @property
+    def sizes(self) -> list[int]:
+        return [len(s) for s in self.samples]
+
+    @property
+    def means(self) -> list[float]:
+        return [statistics.fmean(s) for s in self.samples]
+
+    @property
+    def variances(self) -> list[float]:
+        return [statistics.variance(s) if len(s) > 1 else math.nan for s in self.samples]
+
+    @property
+    def error_df(self) -> int:
+        return sum(self.sizes) - len(self.samples)
+
+    @property
+    def pooled_variance(self) -> float:
+        squares = sum((n - 1) * v for n, v in zip(self.sizes, self.variances, strict=True) if n > 1)
+        return squares / self.error_df if self.error_df > 0 else math.nan
+
+    def _error(self, weights: Sequence[float]) -> tuple[float, float]:
+        """The standard error of sum(weights · means) and its degrees of freedom."""
+        terms = [w * w / n for w, n in zip(weights, self.sizes, strict=True)]
+        if self.equal_variances:
+            return math.sqrt(self.pooled_variance * sum(terms)), float(self.error_df)
+        parts = [t * v for t, v in zip(terms, self.variances, strict=True) if t]
+        shares = [
+            (t * v) ** 2 / (n - 1)
+            for t, v, n in zip(terms, self.variances, self.sizes, strict=True)
+            if t and v
+        ]
+        error = math.sqrt(sum(parts))
+        return error, (sum(parts) ** 2 / sum(shares) if shares else math.nan)
+
+    def contrast(self, weights: Sequence[float], confidence: float = CONFIDENCE) -> Estimate:
+        """The two-sided t-test and interval of sum(weights · means) (a trend, a difference)."""
+        estimate = float(np.dot(weights, self.means))
+        error, df = self._error(weights)
+        if error == 0:
+            return _no_spread(estimate)
+        t = estimate / error
+        half = scipy_stats.t.ppf(0.5 + confidence / 2, df) * error
+        p = 2 * scipy_stats.t.sf(abs(t), df)
+        return Estimate(estimate, float(estimate - half), float(estimate + half), t, df, float(p))
+
+    def pair(self, first: int, second: int, points: int, confidence: float = CONFIDENCE):
+        """mean(second) - mean(first), simultaneous over all pairs of `points` means: Tukey–
+        Kramer (pooled) or Games–Howell (Welch), by the studentized range."""
+        weights = [0.0] * len(self.samples)
+        weights[first], weights[second] = -1.0, 1.0
+        estimate = float(np.dot(weights, self.means))
+        error, df = self._error(weights)
+        if error == 0:
+            return _no_spread(estimate)
+        q = abs(estimate) / error * math.sqrt(2)
+        p = float(scipy_stats.studentized_range.sf(q, points, df))
+        half = scipy_stats.studentized_range.ppf(confidence, points, df) / math.sqrt(2) * error
+        return Estimate(
+            estimate, float(estimate - half), float(estimate + half), q, df, min(p, 1.0)
+        )
+
+
+def spreads_differ(samples: Sequence[Sequence[float]]) -> float | None:
+    """The Brown–Forsythe (median-centred Levene) test's p that the points' spreads differ.
+
+    None where it cannot be asked: a point with fewer than two runs, or no run deviating.
+    """
+    if len(samples) < 2 or any(len(s) < 2 for s in samples):
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        p = float(scipy_stats.levene(*samples, center="median").pvalue)
+    return None if math.isnan(p) else p
+
+
+# Dunnett's p integrates a multivariate t by quasi-Monte Carlo: a fixed seed keeps a report (and
+# its verdicts) the same on every rebuild.
+DUNNETT_SEED = 0
+
+
+def dunnett(
+    samples: Sequence[Sequence[float]], control: int, confidence: float = CONFIDENCE
+) -> dict[int, Estimate]:
+    """Dunnett's many-to-one test (`scipy.stats.dunnett`): each point minus the control, with
+    simultaneous intervals and adjusted p; the pooled model's."""
+    others = [index for index in range(len(samples)) if index != control]
+    model = OneWay(tuple(tuple(s) for s in samples))
+    if model.pooled_variance == 0:
+        return {i: _no_spread(model.means[i] - model.means[control]) for i in others}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        result = scipy_stats.dunnett(
+            *(samples[i] for i in others), control=samples[control], random_state=DUNNETT_SEED
+        )
+        interval = result.confidence_interval(confidence)
+    return {
+        index: Estimate(
+            model.means[index] - model.means[control],
+            float(interval.low[place]),
+            float(interval.high[place]),
+            float(result.statistic[place]),
+            float(model.error_df),
+            float(result.pvalue[place]),
+        )
+        for place, index in enumerate(others)
+    }
+
+
+def one_sided_t(values: Sequence[float], value: float, above: bool) -> float:
+    """The one-sided one-sample t-test's p that mean(values) is above (or below) `value`."""
+    if len(values) < 2:
+        return math.nan
+    difference = statistics.fmean(values) - value
+    if statistics.variance(values) == 0:
+        difference = values[0] - value
+        return 0.0 if (difference > 0 if above else difference < 0) else 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        alternative = "greater" if above else "less"
+        return float(scipy_stats.ttest_1samp(values, value, alternative=alternative).pvalue)
+
+
+def hoyer(l1: float, l2: float, count: int) -> float:
+    """Hoyer's sparsity (2004) from a tensor's norms: 0 for equal magnitudes, 1 for one non-zero
+    entry; scale-free, so a shrunken kernel is not sparse for being small."""
+    if count < 2 or l2 <= 0:
+        return math.nan
+    root = math.sqrt(count)
+    return (root - l1 / l2) / (root - 1)
+
+
+def anova_p(samples: Sequence[Sequence[float]]) -> float:
+    """The one-way ANOVA F test's p (`scipy.stats.f_oneway`); 0 or nan without any spread."""
+    if all(statistics.variance(s) == 0 for s in samples):
+        return math.nan if len({statistics.fmean(s) for s in samples}) == 1 else 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(scipy_stats.f_oneway(*samples).pvalue)

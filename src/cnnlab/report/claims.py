@@ -1,0 +1,665 @@
+"""The report's claims: every sentence that states a difference, a trend, a cause, a collapse or
+over-fitting is a `Claim` built here, with its quantity, source, samples, test, effect and
+interval, and p before and after adjustment. A claim is written as established only when its
+evidence passes; otherwise its sentence says what was measured and why nothing follows.
+
+The report (report.md, report.html) renders its findings, observations and mechanism sentences
+from these claims, and writes them all to claims.json.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from cnnlab.report import stats
+from cnnlab.report.design import QUANTITY, Analysis
+from cnnlab.report.points import Point, point_name, stat_of
+from cnnlab.report.readings import MeasuredPoint, dense_kernel
+from cnnlab.report.stats import ALPHA
+from cnnlab.report.tables import FIELD_LABELS
+from cnnlab.store import FINISHED
+
+# Named minimum effects: a claim of this kind needs its effect beyond these, by a test.
+# Accuracy this far above the most-frequent class's: a point learned when its mean is above
+# chance + CHANCE_MARGIN by a test, collapsed when below it by a test; neither in between.
+CHANCE_MARGIN = 0.02
+TAIL_SHARE = 3  # over-fitting is read over the last third of the epochs (at least TAIL_EPOCHS)
+TAIL_EPOCHS = 3
+
+
+@dataclass
+class Claim:
+    """One sentence of the report and the evidence behind it."""
+
+    id: str  # stable within a report: "sizes/trend", "l1/pair/0.0001-1", "l1/collapse/10"
+    kind: str  # trend, omnibus, difference, pair, learned, collapse, over-fitting, mechanism...
+    experiment: str | None  # the experiment's name, None for report-wide claims
+    section: str  # the heading the claim belongs under (an experiment's title)
+    statement: str  # the sentence when established
+    otherwise: str  # the sentence when not: what was measured and why nothing follows
+    quantity: str  # test_accuracy, val_data_loss slope, dense kernel Hoyer sparsity, ...
+    source: str  # metrics, history, measurements.json, layer specs
+    samples: list[dict[str, Any]] = field(default_factory=list)  # {point, n, mean}
+    test: str | None = None  # None: a measurement, stated without a verdict
+    effect: float | None = None
+    interval: tuple[float, float] | None = None
+    interval_kind: str = ""  # "simultaneous 95% (Tukey–Kramer)", ...
+    p: float | None = None
+    adjusted: float | None = None
+    adjustment: str = ""  # how p was adjusted and over how many tests
+    minimum_effect: float | None = None  # the named minimum effect tested against, if any
+    established: bool = False
+    strength: float = 0.0  # orders the findings: -log10 of the adjusted p
+    moot: bool = False  # answered by another claim on the same runs (a point that learned
+    # is not said to be "not shown to collapse"); kept in claims.json, not in the text
+
+    @property
+    def sentence(self) -> str:
+        return self.statement if self.established else self.otherwise
+
+    def as_json(self) -> dict[str, Any]:
+        """The claim as strict JSON (no NaN or infinity)."""
+        data = asdict(self)
+        data["sentence"] = self.sentence
+        return {key: _finite(value) for key, value in data.items()}
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    return value
+
+
+def show_p(p: float | None) -> str:
+    if p is None or math.isnan(p):
+        return "–"
+    return "≈ 0" if p == 0 else f"{p:.2g}"
+
+
+def _samples(experiment, points: Iterable[Point]) -> list[dict[str, Any]]:
+    rows = []
+    for point in points:
+        values = stat_of(point.records, QUANTITY)
+        rows.append({"point": point_name(experiment, point), "n": values.n, "mean": values.mean})
+    return rows
+
+
+def _strength(p: float | None) -> float:
+    if p is None or math.isnan(p):
+        return 0.0
+    return 300.0 if p == 0 else -math.log10(p)
+
+
+# --- the experiment's own question -------------------------------------------------------------
+
+
+def design_claims(analysis: Analysis, primaries: int) -> list[Claim]:
+    """The experiment's primary question and its pairwise answers, as claims."""
+    experiment = analysis.experiment
+    title = f"**{experiment.title}**"
+    if analysis.model is None:
+        if len(analysis.points) < 2 or not analysis.measured:
+            return []
+        return [
+            Claim(
+                f"{experiment.name}/design",
+                "untestable",
+                experiment.name,
+                experiment.title,
+                "",
+                f"{title}: {analysis.untestable}; no difference in test accuracy is claimed"
+                " (run the study with `--repeats 3` or more).",
+                QUANTITY,
+                "metrics",
+                _samples(experiment, analysis.points),
+            )
+        ]
+    return [_primary_claim(analysis, primaries), *_pair_claims(analysis)]
+
+
+def _primary_claim(analysis: Analysis, primaries: int) -> Claim:
+    experiment, primary = analysis.experiment, analysis.primary
+    title = f"**{experiment.title}**"
+    adjustment = f"Holm over the report's {primaries} primary questions"
+    evidence = (
+        f"{primary.method}; statistic {_show(primary.statistic)}, df {primary.df},"
+        f" p = {show_p(primary.p)}, Holm p = {show_p(primary.adjusted)}; runs per point"
+        f" {_counts(analysis)}"
+    )
+    estimate = primary.estimate
+    effect = interval = None
+    if primary.kind == "trend":
+        (name,) = experiment.grid
+        label = FIELD_LABELS.get(name, name)
+        effect, interval = estimate.estimate, (estimate.low, estimate.high)
+        slope = f"{effect:+.3f} {primary.unit} [{interval[0]:+.3f}, {interval[1]:+.3f}]"
+        way = "rises" if effect > 0 else "falls"
+        statement = f"{title}: test accuracy {way} along {label}: {slope} ({evidence})."
+        otherwise = (
+            f"{title}: no trend in test accuracy along {name} is established: {slope} ({evidence})."
+        )
+    elif primary.kind == "difference":
+        first, second = analysis.points
+        effect, interval = estimate.estimate, (estimate.low, estimate.high)
+        names = f"{point_name(experiment, first)} → {point_name(experiment, second)}"
+        change = f"{effect:+.3f} [{interval[0]:+.3f}, {interval[1]:+.3f}]"
+        statement = f"{title}: {names} changes test accuracy by {change} ({evidence})."
+        otherwise = (
+            f"{title}: {names} changes test accuracy by {change}; not established ({evidence})."
+        )
+    else:
+        statement = f"{title}: the points' test accuracies differ ({evidence})."
+        otherwise = f"{title}: no difference between the points is established ({evidence})."
+    return Claim(
+        f"{experiment.name}/{primary.kind}",
+        primary.kind,
+        experiment.name,
+        experiment.title,
+        statement,
+        otherwise,
+        QUANTITY,
+        "metrics",
+        _samples(experiment, analysis.points),
+        primary.method,
+        effect,
+        interval,
+        "95%, per question" if interval else "",
+        primary.p,
+        primary.adjusted,
+        adjustment,
+        established=primary.established,
+        strength=_strength(primary.adjusted),
+    )
+
+
+def _pair_claims(analysis: Analysis) -> list[Claim]:
+    experiment = analysis.experiment
+    if len(analysis.points) == 2:
+        return []  # the one difference is the primary claim
+    gate = "" if analysis.primary.established else "; its experiment's own question is not"
+    claims = []
+    for pair in analysis.pairs:
+        first, second = analysis.points[pair.first], analysis.points[pair.second]
+        names = f"{point_name(experiment, first)} → {point_name(experiment, second)}"
+        estimate = pair.estimate
+        change = f"{estimate.estimate:+.3f} [{estimate.low:+.3f}, {estimate.high:+.3f}]"
+        evidence = f"{analysis.pair_method}, adjusted p = {show_p(estimate.p)}"
+        claims.append(
+            Claim(
+                f"{experiment.name}/pair/{pair.first}-{pair.second}",
+                "pair",
+                experiment.name,
+                experiment.title,
+                f"**{experiment.title}**: {names} changes test accuracy by {change} ({evidence}).",
+                f"**{experiment.title}**: {names}: {change}, not established ({evidence}{gate}).",
+                QUANTITY,
+                "metrics",
+                _samples(experiment, (first, second)),
+                analysis.pair_method,
+                estimate.estimate,
+                (estimate.low, estimate.high),
+                "simultaneous 95%",
+                None,
+                estimate.p,
+                analysis.pair_method,
+                established=pair.established,
+                strength=_strength(estimate.p) if pair.established else 0.0,
+            )
+        )
+    return claims
+
+
+def _show(value: float) -> str:
+    if math.isnan(value):
+        return "–"
+    return "∞ (no spread)" if math.isinf(value) else f"{value:.3g}"
+
+
+def _counts(analysis: Analysis) -> str:
+    counts = analysis.model.sizes
+    return (
+        str(counts[0]) if len(set(counts)) == 1 else "–".join(map(str, (min(counts), max(counts))))
+    )
+
+
+# --- above chance, at chance -------------------------------------------------------------------
+
+
+@dataclass
+class ChanceTests:
+    """Each distinct set of runs (a point shared by experiments counts once) against the most-
+    frequent-class accuracy: above it (it learned) and within CHANCE_MARGIN of it (collapsed),
+    one Holm family per question."""
+
+    level: float
+    learned: dict[frozenset[str], tuple[float, float]]  # runs -> (p, Holm p)
+    collapsed: dict[frozenset[str], tuple[float, float]]
+
+    def of(self, point: Point, question: str) -> tuple[float, float] | None:
+        table = self.learned if question == "learned" else self.collapsed
+        return table.get(_runs(point))
+
+
+def _runs(point: Point) -> frozenset[str]:
+    """The ids of a point's runs that measured the quantity (what its tests are made of)."""
+    return frozenset(
+        r.id
+        for r in point.records
+        if r.status in FINISHED
+        and isinstance(value := r.metrics.get(QUANTITY), int | float)
+        and math.isfinite(value)
+    )
+
+
+def chance_tests(analyses: list[Analysis]) -> ChanceTests:
+    levels = [
+        r.metrics["baseline_accuracy"]
+        for a in analyses
+        for p in a.points
+        for r in p.records
+        if isinstance(r.metrics.get("baseline_accuracy"), int | float)
+    ]
+    level = statistics.fmean(levels) if levels else 0.1
+    unique: dict[frozenset[str], list[float]] = {}
+    for analysis in analyses:
+        for point in analysis.points:
+            values = stat_of(point.records, QUANTITY).values
+            if len(values) > 1:
+                unique[_runs(point)] = values
+    keys = list(unique)
+    tables = []
+    for above in (True, False):  # above the margin (it learned), below it (it collapsed)
+        raw = [stats.one_sided_t(unique[k], level + CHANCE_MARGIN, above) for k in keys]
+        tables.append(dict(zip(keys, zip(raw, stats.holm(raw), strict=True), strict=True)))
+    return ChanceTests(level, *tables)
+
+
+def chance_claims(analysis: Analysis, chance: ChanceTests) -> list[Claim]:
+    """Per point: collapsed to the most-frequent class, or not shown to have learned."""
+    experiment, claims = analysis.experiment, []
+    count = len(chance.learned)
+    for index, point in enumerate(analysis.points):
+        values = stat_of(point.records, QUANTITY)
+        if not values.n:
+            continue
+        name = point_name(experiment, point)
+        at = f"{values.mean:.3f} ({values.n} run{'s' if values.n > 1 else ''})"
+        collapse = chance.of(point, "collapsed")
+        learned = chance.of(point, "learned")
+        if collapse is None:
+            claims.append(_collapse_claim(analysis, index, at, None, count, chance.level))
+            continue
+        collapsed = _collapse_claim(analysis, index, at, collapse, count, chance.level)
+        claims.append(collapsed)
+        claims.append(
+            Claim(
+                f"{experiment.name}/learned/{index}",
+                "learned",
+                experiment.name,
+                experiment.title,
+                f"**{experiment.title}**: {name} learned: test accuracy {at} is above"
+                f" {chance.level + CHANCE_MARGIN:.2f} (the most-frequent-class {chance.level:.2f}"
+                f" plus the margin {CHANCE_MARGIN:g}; one-sided t-test, Holm p ="
+                f" {show_p(learned[1])} over {count} distinct points).",
+                f"**{experiment.title}**: {name} is not shown to learn: test accuracy {at}"
+                f" against {chance.level + CHANCE_MARGIN:.2f} (the most-frequent-class"
+                f" {chance.level:.2f} plus the margin {CHANCE_MARGIN:g}; one-sided t-test, Holm"
+                f" p = {show_p(learned[1])} over {count} distinct points).",
+                QUANTITY,
+                "metrics",
+                _samples(experiment, [point]),
+                "one-sided one-sample t-test against chance + margin",
+                values.mean - chance.level,
+                None,
+                "",
+                learned[0],
+                learned[1],
+                f"Holm over {count} distinct points",
+                CHANCE_MARGIN,
+                established=learned[1] < ALPHA,
+                moot=collapsed.established,
+            )
+        )
+        collapsed.moot = claims[-1].established
+    return claims
+
+
+def _collapse_claim(analysis, index, at, tested, count, level) -> Claim:
+    experiment, point = analysis.experiment, analysis.points[index]
+    name = point_name(experiment, point)
+    if tested is None:
+        otherwise = (
+            f"**{experiment.title}**: {name}: test accuracy {at}; one run cannot show a collapse"
+            " to the most-frequent class."
+        )
+        p = adjusted = None
+    else:
+        p, adjusted = tested
+        otherwise = (
+            f"**{experiment.title}**: {name}: test accuracy {at} is not shown to sit within"
+            f" {CHANCE_MARGIN:g} of the most-frequent-class {level:.2f} (Holm p ="
+            f" {show_p(adjusted)})."
+        )
+    statement = (
+        f"**{experiment.title}**: {name} collapses the net to the most-frequent class: test"
+        f" accuracy {at}, below {level + CHANCE_MARGIN:.2f} (its most-frequent-class {level:.2f}"
+        f" plus the margin {CHANCE_MARGIN:g}; one-sided t-test, Holm p = {show_p(adjusted)} over"
+        f" {count} distinct points)."
+    )
+    return Claim(
+        f"{experiment.name}/collapse/{index}",
+        "collapse",
+        experiment.name,
+        experiment.title,
+        statement,
+        otherwise,
+        QUANTITY,
+        "metrics",
+        _samples(experiment, [point]),
+        None if tested is None else "one-sided one-sample t-test against chance + margin",
+        None,
+        None,
+        "",
+        p,
+        adjusted,
+        f"Holm over {count} distinct points",
+        CHANCE_MARGIN,
+        established=adjusted is not None and adjusted < ALPHA,
+        strength=_strength(adjusted) if adjusted is not None and adjusted < ALPHA else 0.0,
+    )
+
+
+# --- over-fitting, from the data loss ----------------------------------------------------------
+
+
+def tail_slope(history: list[dict[str, Any]], key: str) -> float | None:
+    """The least-squares slope per epoch of `key` over the run's last third of epochs."""
+    values = [row.get(key) for row in history]
+    if not values or not all(isinstance(v, int | float) and math.isfinite(v) for v in values):
+        return None
+    tail = max(TAIL_EPOCHS, len(values) // TAIL_SHARE)
+    if len(values) < tail + 1:
+        return None
+    window = values[-tail:]
+    epochs = list(range(len(values) - tail + 1, len(values) + 1))
+    return statistics.linear_regression(epochs, window).slope
+
+
+@dataclass
+class SlopeTests:
+    """Each distinct set of runs that learned: the slopes of its validation data loss over the
+    last third of the epochs, the one-sided t-test's p that they rise, and Holm's p over the
+    distinct points tested (a point shared by experiments is tested once)."""
+
+    slopes: dict[frozenset[str], list[float]]
+    tests: dict[frozenset[str], tuple[float, float]]  # runs -> (p, Holm p)
+
+
+def slope_tests(analyses: list[Analysis], chance: ChanceTests) -> SlopeTests:
+    slopes: dict[frozenset[str], list[float]] = {}
+    for analysis in analyses:
+        for point in analysis.measured:
+            learned = chance.of(point, "learned")
+            if learned is None or learned[1] >= ALPHA:
+                continue
+            values = [tail_slope(r.history, "val_data_loss") for r in point.records if r.history]
+            slopes[_runs(point)] = [v for v in values if v is not None]
+    keys = [key for key, values in slopes.items() if len(values) > 1]
+    raw = [stats.one_sided_t(slopes[key], 0.0, above=True) for key in keys]
+    return SlopeTests(slopes, dict(zip(keys, zip(raw, stats.holm(raw), strict=True), strict=True)))
+
+
+def overfitting_claims(analysis: Analysis, tests: SlopeTests, seen: set) -> list[Claim]:
+    """Per point that learned: does its validation data loss (cross-entropy without the penalty)
+    still rise over the last third of the epochs? A point shared with an earlier experiment is
+    moot here (said once). One run per point: not testable."""
+    experiment, claims = analysis.experiment, []
+    for point in analysis.measured:
+        key = _runs(point)
+        if key not in tests.slopes:
+            continue
+        values, name = tests.slopes[key], point_name(experiment, point)
+        base = dict(
+            id=f"{experiment.name}/over-fitting/{analysis.points.index(point)}",
+            kind="over-fitting",
+            experiment=experiment.name,
+            section=experiment.title,
+            quantity="slope of the validation data loss over the last third of the epochs",
+            source="history (val_data_loss)",
+            samples=[{"point": name, "n": len(values), "mean": _mean(values)}],
+            moot=key in seen,
+        )
+        seen.add(key)
+        if not values:
+            why = "its runs recorded no data loss (saved before cnnlab recorded it)"
+            claims.append(
+                Claim(**base, statement="", otherwise=f"{_t(experiment)}: {name}: {why}.")
+            )
+            continue
+        if len(values) < 2:
+            claims.append(
+                Claim(
+                    **base,
+                    statement="",
+                    otherwise=f"{_t(experiment)}: {name}: one run; its validation data loss"
+                    f" changed by {values[0]:+.3f} per epoch over the last epochs, not testable.",
+                    effect=values[0],
+                )
+            )
+            continue
+        p, holm = tests.tests[key]
+        low, high = stats.mean_interval(values)
+        slope = f"{_mean(values):+.4f} per epoch [{low:+.4f}, {high:+.4f}] ({len(values)} runs)"
+        count = len(tests.tests)
+        evidence = f"one-sided t-test, Holm p = {show_p(holm)} over {count} distinct points"
+        claims.append(
+            Claim(
+                **base,
+                statement=f"{_t(experiment)}: {name} over-fits: its validation data loss"
+                f" (without the kernel penalty) still rises over the last epochs, {slope};"
+                f" {evidence}.",
+                otherwise=f"{_t(experiment)}: {name}: the validation data loss is not shown to"
+                f" rise over the last epochs ({slope}; {evidence}); no over-fitting is claimed.",
+                test="one-sided one-sample t-test of the runs' slopes",
+                effect=_mean(values),
+                interval=(low, high),
+                interval_kind="95% t",
+                p=p,
+                adjusted=holm,
+                adjustment=f"Holm over {count} distinct points",
+                established=holm < ALPHA,
+                strength=_strength(holm) if holm < ALPHA else 0.0,
+            )
+        )
+    return claims
+
+
+def _t(experiment) -> str:
+    return f"**{experiment.title}**"
+
+
+def _mean(values: list[float]) -> float:
+    return statistics.fmean(values) if values else math.nan
+
+
+# --- measured, not tested ----------------------------------------------------------------------
+
+
+def measured_claim(experiment, key: str, sentence: str, quantity: str, source: str) -> Claim:
+    """A sentence that states a measurement only: no test, no verdict."""
+    return Claim(f"{experiment.name}/{key}", "measured", experiment.name, experiment.title,
+                 "", sentence, quantity, source)  # fmt: skip
+
+
+def tested_family(claims: list[Claim], minimum: float | None = None) -> list[Claim]:
+    """Holm over `claims` whose raw p is set; each established where its Holm p < ALPHA (and its
+    |effect| reaches `minimum`, the named minimum effect, where one is given)."""
+    tested = [c for c in claims if c.p is not None and not math.isnan(c.p)]
+    for claim, adjusted in zip(tested, stats.holm([c.p for c in tested]), strict=True):
+        claim.adjusted = adjusted
+        claim.adjustment = f"Holm over {len(tested)} tests" if len(tested) > 1 else "one test"
+        big = minimum is None or (claim.effect is not None and abs(claim.effect) >= minimum)
+        claim.established = adjusted < ALPHA and big
+        claim.minimum_effect = minimum
+        claim.strength = _strength(adjusted) if claim.established else 0.0
+    return claims
+
+
+# --- mechanisms: measurements.json ---------------------------------------------------------------
+
+KERNEL_COLLAPSE = 0.01  # a dense kernel whose L2 norm shrank below this share has collapsed
+DEAD_DIFFERENCE = 0.05  # dead-unit shares must differ by at least this much (and by a test)
+GRADIENT_RATIO = 2.0  # final gradient norms must differ at least this many times (and by a test)
+
+
+def _kernel_values(point: MeasuredPoint, key: str) -> list[float]:
+    kernels = [dense_kernel(r) for r in point.readings]
+    values = [k.get(key) for k in kernels if k is not None]
+    return [float(v) for v in values if isinstance(v, int | float) and math.isfinite(v)]
+
+
+def hoyer_values(point: MeasuredPoint) -> list[float]:
+    """Hoyer's sparsity of each run's dense kernel, from its stored L1 and L2 norms and size."""
+    values = []
+    for kernel in (dense_kernel(r) for r in point.readings):
+        if kernel is None or not all(
+            isinstance(kernel.get(k), int | float) for k in ("l1", "l2", "count")
+        ):
+            continue
+        value = stats.hoyer(kernel["l1"], kernel["l2"], int(kernel["count"]))
+        if math.isfinite(value):
+            values.append(value)
+    return values
+
+
+def _two_sample(experiment, key, kind, first, second, a, b, quantity, words) -> Claim:
+    """A Welch comparison of two points' measurements (raw p; the family adjusts it)."""
+    statement, otherwise = words
+    claim = Claim(
+        f"{experiment.name}/{kind}/{key}", kind, experiment.name, experiment.title,
+        statement, otherwise, quantity, "measurements.json",
+        [{"point": first.label, "n": len(a), "mean": _mean(a)},
+         {"point": second.label, "n": len(b), "mean": _mean(b)}],
+    )  # fmt: skip
+    if len(a) < 2 or len(b) < 2:
+        claim.otherwise = otherwise.split(" (")[0] + " (one run per point: not testable)."
+        return claim
+    result = stats.welch_t_test(a, b)
+    claim.test, claim.p = "Welch's t-test", result.p
+    claim.effect = result.mean_difference
+    claim.interval, claim.interval_kind = stats.difference_interval(a, b), "95% Welch"
+    return claim
+
+
+def l1_claims(experiment, points: list[MeasuredPoint]) -> list[Claim]:
+    """Against the experiment's first point: a dense kernel that collapsed (its L2 norm below
+    KERNEL_COLLAPSE of the first's, on the log scale by Welch), and, where it did not, whether
+    it grew sparser by Hoyer's scale-free measure (Welch, Holm over the points)."""
+    shown = [p for p in points if _kernel_values(p, "l2")]
+    if len(shown) < 2:
+        return []
+    first, *others = shown
+    norms = _kernel_values(first, "l2")
+    sparse_first = hoyer_values(first)
+    collapses, sparsity = [], []
+    for index, point in enumerate(others, 1):
+        l2 = _kernel_values(point, "l2")
+        ratio = _mean(l2) / _mean(norms) if _mean(norms) > 0 else math.nan
+        logs = [[math.log(v) for v in s if v > 0] for s in (norms, l2)]
+        shrink = f"its L2 norm {_mean(l2):.3g} against {_mean(norms):.3g} ({ratio:.2g}×)"
+        collapse = _two_sample(
+            experiment, index, "kernel-collapse", first, point, *logs,
+            "log L2 norm of the dense kernel",
+            (f"{_t(experiment)}: at {point.label} the dense kernel collapsed: {shrink}, below"
+             f" {KERNEL_COLLAPSE:g}× {first.label}'s (Welch's t-test on log norms)",
+             f"{_t(experiment)}: at {point.label} the dense kernel is not shown to collapse:"
+             f" {shrink} (Welch's t-test on log norms)"),
+        )  # fmt: skip
+        collapse.effect = ratio  # the named minimum is a ratio of norms
+        collapses.append(collapse)
+        hoyer = hoyer_values(point)
+        change = f"Hoyer sparsity {_mean(sparse_first):.3f} → {_mean(hoyer):.3f}"
+        sparsity.append(
+            _two_sample(
+                experiment, index, "sparsity", first, point, sparse_first, hoyer,
+                "Hoyer sparsity of the dense kernel",
+                (f"{_t(experiment)}: L1 at {point.label} makes the dense kernel sparser than at"
+                 f" {first.label}: {change} (Welch's t-test)",
+                 f"{_t(experiment)}: the dense kernel at {point.label} is not shown to be"
+                 f" sparser than at {first.label}: {change} (Welch's t-test)"),
+            )
+        )  # fmt: skip
+    tested_family(collapses)
+    for claim in collapses:  # the named minimum: a norm below KERNEL_COLLAPSE of the first's
+        claim.established = claim.established and claim.effect <= KERNEL_COLLAPSE
+        claim.minimum_effect = KERNEL_COLLAPSE
+    for claim, collapse, point in zip(sparsity, collapses, others, strict=True):
+        if collapse.established:  # a collapsed kernel's sparsity means nothing
+            claim.p, claim.test = None, None
+            claim.otherwise = (
+                f"{_t(experiment)}: the dense kernel at {point.label} collapsed, so its Hoyer"
+                f" sparsity ({claim.samples[1]['mean']:.3f}) is not read as sparsity."
+            )
+    tested_family(sparsity)
+    for claim in (*collapses, *sparsity):
+        claim.statement += _p_note(claim)
+        claim.otherwise += "" if claim.otherwise.endswith(".") else _p_note(claim)
+    return [*collapses, *sparsity]
+
+
+def _p_note(claim: Claim) -> str:
+    if claim.adjusted is None:
+        return "."
+    if claim.adjustment == "one test":
+        return f", p = {show_p(claim.adjusted)}."
+    return f", Holm p = {show_p(claim.adjusted)} ({claim.adjustment})."
+
+
+def units_claims(experiment, points: list[MeasuredPoint], dead, gradients) -> list[Claim]:
+    """Do dead units or final gradient norms differ between the points? A one-way ANOVA over
+    the runs' values (gradients on the log scale), each against its named minimum effect."""
+    claims = []
+    for key, values, minimum, words in (
+        ("dead-units", dead, DEAD_DIFFERENCE, "the largest share of dead units in any layer"),
+        ("gradients", gradients, GRADIENT_RATIO, "the final gradient norm"),
+    ):
+        samples = [(p, v) for p, v in zip(points, values, strict=True) if v]
+        if len(samples) < 2:
+            continue
+        means = [(_mean(v), p.label) for p, v in samples]
+        (low, low_at), (high, high_at) = min(means), max(means)
+        effect = high - low if key == "dead-units" else (high / low if low > 0 else math.inf)
+        shown = f"{high:.3g} at {high_at} against {low:.3g} at {low_at}"
+        claim = Claim(
+            f"{experiment.name}/{key}", key, experiment.name, experiment.title,
+            f"{_t(experiment)}: {words} differs between the points: {shown}",
+            f"{_t(experiment)}: {words} is not shown to differ between the points ({shown})",
+            words, "measurements.json",
+            [{"point": p.label, "n": len(v), "mean": _mean(v)} for p, v in samples],
+            effect=effect, minimum_effect=minimum,
+        )  # fmt: skip
+        if all(len(v) > 1 for _, v in samples):
+            data = [v if key == "dead-units" else [math.log(max(x, 1e-300)) for x in v]
+                    for _, v in samples]  # fmt: skip
+            claim.test = "one-way ANOVA" + ("" if key == "dead-units" else " on log norms")
+            claim.p = stats.anova_p(data)
+            claim.adjusted, claim.adjustment = claim.p, "one test"
+            claim.established = claim.p < ALPHA and effect >= minimum
+            claim.strength = _strength(claim.p) if claim.established else 0.0
+            claim.statement += f" ({claim.test}, p = {show_p(claim.p)})."
+            claim.otherwise += (
+                f"; {claim.test}, p = {show_p(claim.p)}, named minimum"
+                f" {'difference' if key == 'dead-units' else 'ratio'} {minimum:g}."
+            )
+        else:
+            claim.otherwise += "; one run per point: not testable."
+        claims.append(claim)
+    return claims

@@ -1,0 +1,120 @@
+"""What a study's run folders measured inside its nets, per grid point: measurements.json read
+back (weights, activations, gradients), for the report's mechanism tables and its claims.
+
+A run saved before cnnlab measured is counted, not guessed at: its readings are absent.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cnnlab.report.tables import point_label
+from cnnlab.store import FINISHED, RunRecord
+from cnnlab.study.studyfile import Experiment
+
+ARTIFACT = "measurements"  # the run folder's file, as `runfolder.save_run` lists it
+MAX_BYTES = 16 << 20  # a measurements.json is kilobytes
+
+
+@dataclass
+class MeasuredPoint:
+    """A grid point of an experiment: its label, its finished runs and their measurements."""
+
+    label: str
+    values: dict[str, Any]
+    records: list[RunRecord]
+    readings: list[dict[str, Any]]  # one per run that kept readable measurements
+
+
+def measured_points(
+    experiment: Experiment, records: list[RunRecord], study_dir: Path
+) -> list[MeasuredPoint]:
+    """The experiment's grid points in order, each with its finished runs and their readings."""
+    mine = [r for r in records if experiment.name in r.experiments and r.status in FINISHED]
+    points = []
+    for place, _ in experiment.points():
+        values = {name: place[name] for name in experiment.grid}
+        runs = sorted(
+            (
+                r
+                for r in mine
+                if all(r.experiments[experiment.name].get(k) == v for k, v in values.items())
+            ),
+            key=lambda r: r.seed,
+        )
+        readings = [m for m in (load_measurements(study_dir, r) for r in runs) if m is not None]
+        label = point_label(values) if values else experiment.name
+        points.append(MeasuredPoint(label, values, runs, readings))
+    return points
+
+
+def load_measurements(study_dir: Path, record: RunRecord) -> dict[str, Any] | None:
+    """A run's measurements.json as listed in its store record, or None (absent or unreadable)."""
+    relative = record.artifacts.get(ARTIFACT)
+    if not relative:
+        return None
+    path = Path(study_dir) / relative
+    try:
+        if path.stat().st_size > MAX_BYTES:
+            return None
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    parts = ("weights", "activations", "gradients")
+    if not isinstance(value, dict) or not all(isinstance(value.get(p), dict | list) for p in parts):
+        return None
+    return value
+
+
+def spread_of(values: list[float | None]) -> tuple[float, float, int]:
+    """(mean, std, count) of the finite values; the std of one value is 0."""
+    finite = [float(v) for v in values if isinstance(v, int | float) and math.isfinite(v)]
+    if not finite:
+        return math.nan, math.nan, 0
+    spread = statistics.stdev(finite) if len(finite) > 1 else 0.0
+    return statistics.fmean(finite), spread, len(finite)
+
+
+def metric_of(point: MeasuredPoint, name: str) -> tuple[float, float, int]:
+    return spread_of([r.metrics.get(name) for r in point.records])
+
+
+def dense_kernel(readings: dict[str, Any]) -> dict[str, Any] | None:
+    """The readings of the net's last dense kernel (the seed's one, with the L1 penalty)."""
+    dense = [
+        v for v in readings["weights"].values() if isinstance(v, dict) and v.get("kind") == "dense"
+    ]
+    return dense[-1] if dense else None
+
+
+def dead_share(readings: dict[str, Any], layer: str) -> float | None:
+    entry = (
+        readings["activations"].get(layer) if isinstance(readings["activations"], dict) else None
+    )
+    return entry.get("dead_fraction") if isinstance(entry, dict) else None
+
+
+def final_gradient(readings: dict[str, Any], layer: str | None = None) -> float | None:
+    """The last epoch's global gradient norm, or a layer's."""
+    rows = [row for row in readings["gradients"] if isinstance(row, dict)]
+    if not rows:
+        return None
+    if layer is None:
+        return rows[-1].get("global")
+    layers = rows[-1].get("layers")
+    return layers.get(layer) if isinstance(layers, dict) else None
+
+
+def worst_dead_share(readings: dict[str, Any]) -> float | None:
+    """The largest share of dead units (zero on every probe image) in any layer of one run."""
+    activations = readings["activations"]
+    if not isinstance(activations, dict):
+        return None
+    shares = [dead_share(readings, name) for name in activations]
+    shares = [s for s in shares if isinstance(s, int | float) and math.isfinite(s)]
+    return max(shares) if shares else None
