@@ -85,7 +85,7 @@ def fake_fit(config: RunConfig, data, *, device="auto", progress=None, prune=Non
         "classification_report": {"train": {}, "test": {}},
         "confusion_matrix": {
             "train": [[5 if i == j else 1 for j in range(10)] for i in range(10)],
-            "test": [[80 if i == j else 2 for j in range(10)] for i in range(10)],
+            "test": test_matrix(test),
         },
         "data_source": "synthetic",
         "data_sha256": "",
@@ -97,6 +97,17 @@ def fake_fit(config: RunConfig, data, *, device="auto", progress=None, prune=Non
     predictions[wrong] = (labels[wrong] + 1 + config.seed) % 10
     status = "diverged" if diverged else "done"
     return RunResult(config, status, history, metrics, fake_weights(config.seed), predictions)
+
+
+def test_matrix(accuracy: float, per_class: int = 1000, classes: int = 10) -> list[list[int]]:
+    """A test confusion matrix of `accuracy` over CIFAR-10's test set (1,000 images a class):
+    each class right round(accuracy · per_class) times, its mistakes on the next class."""
+    right = round(accuracy * per_class)
+    matrix = [[0] * classes for _ in range(classes)]
+    for label in range(classes):
+        matrix[label][label] = right
+        matrix[label][(label + 1) % classes] = per_class - right
+    return matrix
 
 
 def fake_weights(seed: int) -> dict[str, np.ndarray]:

@@ -78,7 +78,7 @@ def test_observations_are_rendered_from_the_claims(finished):
     assert [line for line in lines if line not in said and "further claim" not in line] == [
         line for line in lines if line.startswith("The best run's test accuracy")
     ]
-    assert "**L1**: L1 weight=1 collapses the net to the most-frequent class" in markdown
+    assert "**L1**: L1 weight=1 collapses the net to chance in each of its runs" in markdown
     assert "seed-maxpool has 2.65× the parameters" in markdown
     # two repeats of the fake: 5K at 0.496/0.500, 10K at 0.546/0.550
     assert "the train−test accuracy gap (mean [95% t interval]) is n=5,000 0.130" in markdown

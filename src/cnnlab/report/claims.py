@@ -268,18 +268,52 @@ def chance_tests(analyses: list[Analysis]) -> ChanceTests:
         if isinstance(r.metrics.get("baseline_accuracy"), int | float)
     ]
     level = statistics.fmean(levels) if levels else 0.1
-    unique: dict[frozenset[str], list[float]] = {}
+    unique: dict[frozenset[str], Point] = {}
     for analysis in analyses:
         for point in analysis.points:
-            values = stat_of(point.records, QUANTITY).values
-            if len(values) > 1:
-                unique[_runs(point)] = values
+            if stat_of(point.records, QUANTITY).n > 1:
+                unique[_runs(point)] = point
     keys = list(unique)
-    tables = []
-    for above in (True, False):  # above the margin (it learned), below it (it collapsed)
-        raw = [stats.one_sided_t(unique[k], level + CHANCE_MARGIN, above) for k in keys]
-        tables.append(dict(zip(keys, zip(raw, stats.holm(raw), strict=True), strict=True)))
+    threshold = level + CHANCE_MARGIN
+    above = [stats.one_sided_t(stat_of(unique[k].records, QUANTITY).values, threshold, True)
+             for k in keys]  # fmt: skip
+    at_chance = [_collapse_p(unique[k], threshold) for k in keys]
+    tables = [
+        dict(zip(keys, zip(raw, stats.holm(raw), strict=True), strict=True))
+        for raw in (above, at_chance)
+    ]
     return ChanceTests(level, *tables)
+
+
+def _collapse_p(point: Point, threshold: float) -> float:
+    """That every run of the point is below `threshold` on its own test images: each run's
+    one-sided binomial test on its confusion matrix, the largest p
+    taken (an intersection-union test, so no run is spared). nan without the matrices."""
+    tests = []
+    for record in point.records:
+        value = record.metrics.get(QUANTITY)
+        if record.status not in FINISHED or not isinstance(value, int | float):
+            continue
+        images = _test_images(record)
+        if images is None:
+            return math.nan
+        tests.append(stats.binomial_below(round(value * images), images, threshold))
+    return max(tests) if len(tests) > 1 else math.nan
+
+
+def _test_images(record) -> int | None:
+    """How many test images a run was scored on, from its test confusion matrix (None: none
+    readable: a store from before cnnlab kept one, or edited by hand)."""
+    matrices = record.metrics.get("confusion_matrix")
+    matrix = matrices.get("test") if isinstance(matrices, dict) else None
+    if not isinstance(matrix, list) or not all(isinstance(row, list) for row in matrix):
+        return None
+    cells = [cell for row in matrix for cell in row]
+    if not cells or not all(
+        isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in cells
+    ):
+        return None
+    return sum(cells) or None
 
 
 def chance_claims(analysis: Analysis, chance: ChanceTests) -> list[Claim]:
@@ -335,23 +369,24 @@ def chance_claims(analysis: Analysis, chance: ChanceTests) -> list[Claim]:
 def _collapse_claim(analysis, index, at, tested, count, level) -> Claim:
     experiment, point = analysis.experiment, analysis.points[index]
     name = point_name(experiment, point)
-    if tested is None:
+    runs = ", ".join(f"{v:.3f}" for v in stat_of(point.records, QUANTITY).values)
+    threshold = f"{level + CHANCE_MARGIN:.2f} (the most-frequent-class {level:.2f} plus the margin"
+    if tested is None or math.isnan(tested[0]):
         otherwise = (
-            f"**{experiment.title}**: {name}: test accuracy {at}; one run cannot show a collapse"
-            " to the most-frequent class."
+            f"**{experiment.title}**: {name}: test accuracy {at}; a collapse to chance needs two"
+            " runs or more with their test confusion matrices."
         )
         p = adjusted = None
     else:
         p, adjusted = tested
         otherwise = (
-            f"**{experiment.title}**: {name}: test accuracy {at} is not shown to sit within"
-            f" {CHANCE_MARGIN:g} of the most-frequent-class {level:.2f} (Holm p ="
-            f" {show_p(adjusted)})."
+            f"**{experiment.title}**: {name}: not every run is shown to sit below {threshold}"
+            f" {CHANCE_MARGIN:g}): test accuracy {runs} (Holm p = {show_p(adjusted)})."
         )
     statement = (
-        f"**{experiment.title}**: {name} collapses the net to the most-frequent class: test"
-        f" accuracy {at}, below {level + CHANCE_MARGIN:.2f} (its most-frequent-class {level:.2f}"
-        f" plus the margin {CHANCE_MARGIN:g}; one-sided t-test, Holm p = {show_p(adjusted)} over"
+        f"**{experiment.title}**: {name} collapses the net to chance in each of its runs: test"
+        f" accuracy {runs}, each below {threshold} {CHANCE_MARGIN:g}; one-sided binomial test"
+        f" on each run's test images, the largest p taken; Holm p = {show_p(adjusted)} over"
         f" {count} distinct points)."
     )
     return Claim(
@@ -362,9 +397,12 @@ def _collapse_claim(analysis, index, at, tested, count, level) -> Claim:
         statement,
         otherwise,
         QUANTITY,
-        "metrics",
+        "metrics (test confusion matrices)",
         _samples(experiment, [point]),
-        None if tested is None else "one-sided one-sample t-test against chance + margin",
+        None
+        if p is None
+        else "one-sided binomial test per run against chance + margin,"
+        " intersection-union over the runs",
         None,
         None,
         "",
@@ -540,8 +578,9 @@ def hoyer_values(point: MeasuredPoint) -> list[float]:
     return values
 
 
-def _two_sample(experiment, key, kind, first, second, a, b, quantity, words) -> Claim:
-    """A Welch comparison of two points' measurements (raw p; the family adjusts it)."""
+def _two_sample(experiment, key, kind, first, second, a, b, quantity, words, side) -> Claim:
+    """Welch's one-sided comparison of two points' measurements, `side` = (margin, below): is
+    mean(b) - mean(a) below (or above) the margin? Raw p; the family adjusts it."""
     statement, otherwise = words
     claim = Claim(
         f"{experiment.name}/{kind}/{key}", kind, experiment.name, experiment.title,
@@ -552,9 +591,10 @@ def _two_sample(experiment, key, kind, first, second, a, b, quantity, words) -> 
     if len(a) < 2 or len(b) < 2:
         claim.otherwise = otherwise.split(" (")[0] + " (one run per point: not testable)."
         return claim
-    result = stats.welch_t_test(a, b)
-    claim.test, claim.p = "Welch's t-test", result.p
-    claim.effect = result.mean_difference
+    margin, below = side
+    claim.test = "Welch's one-sided t-test" + (f" against {margin:.3g}" if margin else "")
+    claim.p = stats.welch_one_sided(a, b, margin, below=below)
+    claim.effect = statistics.fmean(b) - statistics.fmean(a)
     claim.interval, claim.interval_kind = stats.difference_interval(a, b), "95% Welch"
     return claim
 
@@ -579,9 +619,11 @@ def l1_claims(experiment, points: list[MeasuredPoint]) -> list[Claim]:
             experiment, index, "kernel-collapse", first, point, *logs,
             "log L2 norm of the dense kernel",
             (f"{_t(experiment)}: at {point.label} the dense kernel collapsed: {shrink}, below"
-             f" {KERNEL_COLLAPSE:g}× {first.label}'s (Welch's t-test on log norms)",
-             f"{_t(experiment)}: at {point.label} the dense kernel is not shown to collapse:"
-             f" {shrink} (Welch's t-test on log norms)"),
+             f" {KERNEL_COLLAPSE:g}× {first.label}'s (Welch's one-sided t-test on log norms)",
+             f"{_t(experiment)}: at {point.label} the dense kernel is not shown to collapse"
+             f" below {KERNEL_COLLAPSE:g}× {first.label}'s: {shrink} (Welch's one-sided t-test"
+             " on log norms)"),
+            (math.log(KERNEL_COLLAPSE), True),
         )  # fmt: skip
         collapse.effect = ratio  # the named minimum is a ratio of norms
         collapses.append(collapse)
@@ -592,14 +634,14 @@ def l1_claims(experiment, points: list[MeasuredPoint]) -> list[Claim]:
                 experiment, index, "sparsity", first, point, sparse_first, hoyer,
                 "Hoyer sparsity of the dense kernel",
                 (f"{_t(experiment)}: L1 at {point.label} makes the dense kernel sparser than at"
-                 f" {first.label}: {change} (Welch's t-test)",
+                 f" {first.label}: {change} (Welch's one-sided t-test)",
                  f"{_t(experiment)}: the dense kernel at {point.label} is not shown to be"
-                 f" sparser than at {first.label}: {change} (Welch's t-test)"),
+                 f" sparser than at {first.label}: {change} (Welch's one-sided t-test)"),
+                (0.0, False),
             )
         )  # fmt: skip
     tested_family(collapses)
-    for claim in collapses:  # the named minimum: a norm below KERNEL_COLLAPSE of the first's
-        claim.established = claim.established and claim.effect <= KERNEL_COLLAPSE
+    for claim in collapses:
         claim.minimum_effect = KERNEL_COLLAPSE
     for claim, collapse, point in zip(sparsity, collapses, others, strict=True):
         if collapse.established:  # a collapsed kernel's sparsity means nothing

@@ -2,7 +2,7 @@
 asked first, then the pairwise answers with the procedures made for them.
 
 Per experiment, the test accuracies of its grid points form a one-way layout (`stats.OneWay`):
-the run-to-run variance is pooled over the points unless the Brown–Forsythe test says the spreads
+the run-to-run variance is pooled over the points unless Bartlett's test says the spreads
 clearly differ, in which case each point keeps its own (Welch-type procedures). The primary
 question is a linear trend over an ordered grid (in log values where all are positive, else in
 the grid's order), an F test (or Alexander–Govern's) over unordered variants, or the one
@@ -29,7 +29,7 @@ from cnnlab.report.stats import ALPHA, Estimate, OneWay
 from cnnlab.store import RunRecord
 from cnnlab.study.studyfile import VARIANT, Experiment, Study
 
-SPREAD_ALPHA = 0.05  # the Brown–Forsythe p below which the points' spreads clearly differ
+SPREAD_ALPHA = 0.05  # Bartlett's p below which the points' spreads clearly differ
 QUANTITY = "test_accuracy"  # what the experiments' questions are asked of
 
 
@@ -77,7 +77,7 @@ class Analysis:
     ordered: bool  # a grid with an order: a trend first, then Tukey–Kramer pairs
     model: OneWay | None  # None: fewer than two points with runs, or no run-to-run spread
     untestable: str = ""  # why there is no model ("one run per point", ...)
-    spread_p: float | None = None  # Brown–Forsythe's p that the spreads differ
+    spread_p: float | None = None  # Bartlett's p that the spreads differ
     primary: Primary | None = None
     pairs: list[Pair] = dataclasses.field(default_factory=list)
     pair_method: str = ""  # "Tukey–Kramer over all 6 pairs of 4 points", ...

@@ -23,7 +23,7 @@ def model_note(analysis: Analysis) -> str:
     spread = (
         ""
         if analysis.spread_p is None
-        else f" (Brown–Forsythe p = {show_p(analysis.spread_p)} that the spreads differ)"
+        else f" (Bartlett's p = {show_p(analysis.spread_p)} that the spreads differ)"
     )
     if model.equal_variances:
         return (
