@@ -242,3 +242,25 @@ def test_the_mechanism_figures_decode_in_headless_chromium(measured_dir, tmp_pat
         assert re.search(rf'<img [^>]*alt="{caption}', html), caption
     result, console = _render(page, tmp_path / "profile")
     assert (result, console) == (f"{html.count('<img ')}:0", [])
+
+
+def _noisy_dead_fit(config, data, **options):
+    """Dead-unit shares 0.28 apart in the mean, but 0.25 apart between a point's two seeds."""
+    result = _measured_fit(config, data, **options)
+    readings = json.loads(json.dumps(result.measurements))
+    dead = (0.30 if (config.l1 or 0) >= 1 else 0.02) + 0.25 * config.seed
+    readings["activations"]["layers.1"]["dead_fraction"] = dead
+    return dataclasses.replace(result, measurements=readings)
+
+
+def test_a_difference_beyond_the_named_minimum_but_within_the_noise_is_not_claimed(tmp_path):
+    folder = _study_dir(tmp_path, _noisy_dead_fit)
+    claims = {c["id"]: c for c in json.loads((folder / "claims.json").read_text())}
+    dead = claims["l1/dead-units"]
+    worst = [[0.02, 0.27], [0.02, 0.27], [0.30, 0.55]]
+    assert dead["effect"] == pytest.approx(0.28) and dead["minimum_effect"] == 0.05
+    assert dead["p"] == pytest.approx(scipy_stats.f_oneway(*worst).pvalue)
+    assert not dead["established"]
+    assert "dead units in any layer is not shown to differ" in _section(
+        (folder / "report.md").read_text(), "L1"
+    )

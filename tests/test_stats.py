@@ -219,3 +219,15 @@ def test_a_positive_interval_is_the_log_t_interval_and_never_below_zero():
     assert stats.positive_interval([0.03, 0.03, 0.03]) == pytest.approx((0.03, 0.03, 0.03))
     with pytest.raises(ValueError, match="positive values"):
         stats.positive_interval([0.0, 1.0])
+
+
+def test_a_times_interval_never_reaches_below_zero():
+    from cnnlab import plots
+    from cnnlab.report.points import Stat
+
+    times = Stat([1.0, 100.0])  # the plain t interval: 50.5 ± 629, below -578 s
+    centre, low, high = times.time_interval()
+    assert centre == pytest.approx(10.0) and 0 < low < centre < high
+    assert times.show("fit_seconds") == f"10.0 [{low:.1f}, {high:.1f}] (2)"
+    lower, upper = plots._time_errors([(centre, low, high)])
+    assert centre - lower[0] == pytest.approx(low) and low > 0 and upper[0] > 0
