@@ -23,7 +23,7 @@ import study_fakes
 from cnnlab.cli import main
 from cnnlab.errors import CnnlabError
 from cnnlab.report import design, tables
-from cnnlab.report.document import FILES_FOLDER
+from cnnlab.report.document import FILES_FOLDER, Document
 from cnnlab.report.learned import confused_pairs, per_class_accuracy
 from cnnlab.report.report import Report, build, write_report
 from cnnlab.store import Store
@@ -174,10 +174,32 @@ def _chromium() -> str:
     pytest.skip("chromium is not installed")
 
 
-def _render(page: Path, profile: Path) -> tuple[str, list[str]]:
-    """Load `page` headless with an image probe; returns its probe result and console lines."""
+_VERDICTS = """<script>
+addEventListener("load", () => {
+  let cells = 0, hidden = 0;
+  for (const table of document.querySelectorAll("table")) {
+    const column = [...table.querySelectorAll("th")].map((h) => h.textContent).indexOf("verdict");
+    if (column < 0) continue;
+    const box = table.getBoundingClientRect();
+    for (const row of table.querySelectorAll("tbody tr")) {
+      const edge = row.children[column].getBoundingClientRect().right;
+      cells += 1;
+      hidden += edge > Math.min(box.right, innerWidth) + 0.5 ? 1 : 0;
+    }
+  }
+  const sideways = document.documentElement.scrollWidth > innerWidth;
+  document.body.setAttribute("data-images", cells + ":" + hidden + ":" + sideways);
+});
+</script>"""
+
+
+def _render(
+    page: Path, profile: Path, probe: str = _PROBE, width: int = 1280
+) -> tuple[str, list[str]]:
+    """Load `page` headless, `width` pixels wide, with a probe; returns its result (the body's
+    data-images attribute) and the console lines."""
     probed = profile.parent / f"probed-{page.name}"  # beside the profile, not the report
-    probed.write_text(page.read_text().replace("</body>", f"{_PROBE}</body>"))
+    probed.write_text(page.read_text().replace("</body>", f"{probe}</body>"))
     done = subprocess.run(
         [
             _chromium(),
@@ -193,6 +215,7 @@ def _render(page: Path, profile: Path) -> tuple[str, list[str]]:
             "--enable-logging=stderr",
             "--v=0",
             "--virtual-time-budget=10000",
+            f"--window-size={width},900",
             "--dump-dom",
             probed.as_uri(),
         ],
@@ -200,9 +223,22 @@ def _render(page: Path, profile: Path) -> tuple[str, list[str]]:
         text=True,
         timeout=120,
     )
-    match = re.search(r'data-images="(\d+:\d+)"', done.stdout)
+    match = re.search(r'data-images="([^"]+)"', done.stdout)
     console = [line for line in done.stderr.splitlines() if ":CONSOLE" in line]
     return (match.group(1) if match else "no result"), console
+
+
+@pytest.mark.browser
+def test_every_verdict_is_visible_at_a_laptops_width(finished, tmp_path):
+    result, console = _render(finished / "report.html", tmp_path / "profile", _VERDICTS, 1280)
+    cells, hidden, sideways = result.split(":")
+    assert int(cells) >= 5 and (hidden, sideways, console) == ("0", "false", [])
+    # the probe sees a verdict pushed out of view by a wide first column
+    wide = Document("wide")
+    wide.table(["comparison", "verdict"], [["→".join(["a point"] * 60), "established"]])
+    page = tmp_path / "wide.html"
+    page.write_text(wide.html())
+    assert _render(page, tmp_path / "wide", _VERDICTS, 1280)[0] == "1:1:false"
 
 
 @pytest.mark.browser

@@ -7,6 +7,7 @@ uses its t-test rather than a copy of the t distribution of our own.
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 import warnings
@@ -309,10 +310,16 @@ class OneWay:
             return _no_spread(estimate)
         q = abs(estimate) / error * math.sqrt(2)
         p = float(scipy_stats.studentized_range.sf(q, points, df))
-        half = scipy_stats.studentized_range.ppf(confidence, points, df) / math.sqrt(2) * error
+        half = _range_quantile(confidence, points, df) / math.sqrt(2) * error
         return Estimate(
             estimate, float(estimate - half), float(estimate + half), q, df, min(p, 1.0)
         )
+
+
+@functools.lru_cache(maxsize=256)
+def _range_quantile(confidence: float, points: int, df: float) -> float:
+    """The studentized range's quantile (a numerical integral: Tukey's pairs share one)."""
+    return float(scipy_stats.studentized_range.ppf(confidence, points, df))
 
 
 def spreads_differ(samples: Sequence[Sequence[float]]) -> float | None:
