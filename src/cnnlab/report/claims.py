@@ -141,6 +141,8 @@ def _primary_claim(analysis: Analysis, primaries: int) -> Claim:
         label = FIELD_LABELS.get(name, name)
         effect, interval = estimate.estimate, (estimate.low, estimate.high)
         slope = f"{effect:+.3f} {primary.unit} [{interval[0]:+.3f}, {interval[1]:+.3f}]"
+        if primary.unit == "per grid step":  # the grid's order is no scale: a summary only
+            slope += " (a linear summary over the grid's order; the pairs below say where)"
         way = "rises" if effect > 0 else "falls"
         statement = f"{title}: test accuracy {way} along {label}: {slope} ({evidence})."
         otherwise = (
@@ -633,7 +635,7 @@ def l1_claims(experiment, points: list[MeasuredPoint]) -> list[Claim]:
             _two_sample(
                 experiment, index, "sparsity", first, point, sparse_first, hoyer,
                 "Hoyer sparsity of the dense kernel",
-                (f"{_t(experiment)}: L1 at {point.label} makes the dense kernel sparser than at"
+                (f"{_t(experiment)}: {point.label} makes the dense kernel sparser than"
                  f" {first.label}: {change} (Welch's one-sided t-test)",
                  f"{_t(experiment)}: the dense kernel at {point.label} is not shown to be"
                  f" sparser than at {first.label}: {change} (Welch's one-sided t-test)"),
@@ -671,7 +673,7 @@ def units_claims(experiment, points: list[MeasuredPoint], dead, gradients) -> li
     claims = []
     for key, values, minimum, words in (
         ("dead-units", dead, DEAD_DIFFERENCE, "the largest share of dead units in any layer"),
-        ("gradients", gradients, GRADIENT_RATIO, "the final gradient norm"),
+        ("gradients", gradients, GRADIENT_RATIO, "the final gradient norm (penalty included)"),
     ):
         samples = [(p, v) for p, v in zip(points, values, strict=True) if v]
         if len(samples) < 2:
