@@ -189,7 +189,7 @@ def test_depth_lists_receptive_field_and_parameters_per_layer(measured):
     last_conv = [f for f in layers if f.kind == "Conv2D"][-1]
     assert f"| {facts.format_field(last_conv.receptive_field)} |" in section
     total = sum(f.parameters for f in layers)
-    assert f"Of its {total:,} parameters, conv2d_5 holds 9,248 (40%)" in section
+    assert f"{total:,} parameters, conv2d_5 holds 9,248 (40%)" in section
     assert "| 0.025 ± 0.007 (2) |" in section  # layers.1's dead units, measured
 
 
@@ -266,3 +266,18 @@ def test_a_difference_beyond_the_named_minimum_but_within_the_noise_is_not_claim
     assert "dead units in any layer is not shown to differ" in _section(
         (folder / "report.md").read_text(), "L1"
     )
+
+
+def test_every_finding_and_mechanism_sentence_is_a_claim_of_claims_json(measured_dir):
+    markdown = (measured_dir / "report.md").read_text()
+    claims = json.loads((measured_dir / "claims.json").read_text(), parse_constant=pytest.fail)
+    said = {c["sentence"] for c in claims} | {c["statement"] for c in claims}
+    inside = markdown.split("## Inside the nets: the mechanism beside the result", 1)[1]
+    inside = inside.split("\n## ", 1)[0]
+    bullets = [line.removeprefix("- ") for line in inside.splitlines() if line.startswith("- ")]
+    assert bullets and all(line in said for line in bullets)
+    findings = markdown.split("## Findings\n", 1)[1].split("\n## ", 1)[0]
+    found = [line.removeprefix("- ") for line in findings.splitlines() if line.startswith("- ")]
+    found = [line.rsplit(" [→ ", 1)[0] for line in found if not line.startswith(("Seeds: ", "…"))]
+    assert found and [line for line in found if line not in said] == []
+    assert not any("Of its" in line for line in inside.splitlines() if not line.startswith("- "))

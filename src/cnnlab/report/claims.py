@@ -18,7 +18,6 @@ from typing import Any
 from cnnlab.report import stats
 from cnnlab.report.design import QUANTITY, Analysis
 from cnnlab.report.points import Point, point_name, stat_of
-from cnnlab.report.readings import MeasuredPoint, dense_kernel
 from cnnlab.report.stats import ALPHA
 from cnnlab.report.tables import FIELD_LABELS
 from cnnlab.store import FINISHED
@@ -92,7 +91,7 @@ def _samples(experiment, points: Iterable[Point]) -> list[dict[str, Any]]:
     return rows
 
 
-def _strength(p: float | None) -> float:
+def strength(p: float | None) -> float:
     if p is None or math.isnan(p):
         return 0.0
     return 300.0 if p == 0 else -math.log10(p)
@@ -178,7 +177,7 @@ def _primary_claim(analysis: Analysis, primaries: int) -> Claim:
         primary.adjusted,
         adjustment,
         established=primary.established,
-        strength=_strength(primary.adjusted),
+        strength=strength(primary.adjusted),
     )
 
 
@@ -213,7 +212,7 @@ def _pair_claims(analysis: Analysis) -> list[Claim]:
                 estimate.p,
                 analysis.pair_method,
                 established=pair.established,
-                strength=_strength(estimate.p) if pair.established else 0.0,
+                strength=strength(estimate.p) if pair.established else 0.0,
             )
         )
     return claims
@@ -413,7 +412,7 @@ def _collapse_claim(analysis, index, at, tested, count, level) -> Claim:
         f"Holm over {count} distinct points",
         CHANCE_MARGIN,
         established=adjusted is not None and adjusted < ALPHA,
-        strength=_strength(adjusted) if adjusted is not None and adjusted < ALPHA else 0.0,
+        strength=strength(adjusted) if adjusted is not None and adjusted < ALPHA else 0.0,
     )
 
 
@@ -474,14 +473,14 @@ def overfitting_claims(analysis: Analysis, tests: SlopeTests, seen: set) -> list
             section=experiment.title,
             quantity="slope of the validation data loss over the last third of the epochs",
             source="history (val_data_loss)",
-            samples=[{"point": name, "n": len(values), "mean": _mean(values)}],
+            samples=[{"point": name, "n": len(values), "mean": mean(values)}],
             moot=key in seen,
         )
         seen.add(key)
         if not values:
             why = "its runs recorded no data loss (saved before cnnlab recorded it)"
             claims.append(
-                Claim(**base, statement="", otherwise=f"{_t(experiment)}: {name}: {why}.")
+                Claim(**base, statement="", otherwise=f"{title(experiment)}: {name}: {why}.")
             )
             continue
         if len(values) < 2:
@@ -489,7 +488,7 @@ def overfitting_claims(analysis: Analysis, tests: SlopeTests, seen: set) -> list
                 Claim(
                     **base,
                     statement="",
-                    otherwise=f"{_t(experiment)}: {name}: one run; its validation data loss"
+                    otherwise=f"{title(experiment)}: {name}: one run; its validation data loss"
                     f" changed by {values[0]:+.3f} per epoch over the last epochs, not testable.",
                     effect=values[0],
                 )
@@ -497,45 +496,47 @@ def overfitting_claims(analysis: Analysis, tests: SlopeTests, seen: set) -> list
             continue
         p, holm = tests.tests[key]
         low, high = stats.mean_interval(values)
-        slope = f"{_mean(values):+.4f} per epoch [{low:+.4f}, {high:+.4f}] ({len(values)} runs)"
+        slope = f"{mean(values):+.4f} per epoch [{low:+.4f}, {high:+.4f}] ({len(values)} runs)"
         count = len(tests.tests)
         evidence = f"one-sided t-test, Holm p = {show_p(holm)} over {count} distinct points"
         claims.append(
             Claim(
                 **base,
-                statement=f"{_t(experiment)}: {name} over-fits: its validation data loss"
+                statement=f"{title(experiment)}: {name} over-fits: its validation data loss"
                 f" (without the kernel penalty) still rises over the last epochs, {slope};"
                 f" {evidence}.",
-                otherwise=f"{_t(experiment)}: {name}: the validation data loss is not shown to"
+                otherwise=f"{title(experiment)}: {name}: the validation data loss is not shown to"
                 f" rise over the last epochs ({slope}; {evidence}); no over-fitting is claimed.",
                 test="one-sided one-sample t-test of the runs' slopes",
-                effect=_mean(values),
+                effect=mean(values),
                 interval=(low, high),
                 interval_kind="95% t",
                 p=p,
                 adjusted=holm,
                 adjustment=f"Holm over {count} distinct points",
                 established=holm < ALPHA,
-                strength=_strength(holm) if holm < ALPHA else 0.0,
+                strength=strength(holm) if holm < ALPHA else 0.0,
             )
         )
     return claims
 
 
-def _t(experiment) -> str:
+def title(experiment) -> str:
     return f"**{experiment.title}**"
 
 
-def _mean(values: list[float]) -> float:
+def mean(values: list[float]) -> float:
     return statistics.fmean(values) if values else math.nan
 
 
 # --- measured, not tested ----------------------------------------------------------------------
 
 
-def measured_claim(experiment, key: str, sentence: str, quantity: str, source: str) -> Claim:
+def measured_claim(
+    experiment, key: str, sentence: str, quantity: str, source: str, kind: str = "measured"
+) -> Claim:
     """A sentence that states a measurement only: no test, no verdict."""
-    return Claim(f"{experiment.name}/{key}", "measured", experiment.name, experiment.title,
+    return Claim(f"{experiment.name}/{key}", kind, experiment.name, experiment.title,
                  "", sentence, quantity, source)  # fmt: skip
 
 
@@ -549,161 +550,5 @@ def tested_family(claims: list[Claim], minimum: float | None = None) -> list[Cla
         big = minimum is None or (claim.effect is not None and abs(claim.effect) >= minimum)
         claim.established = adjusted < ALPHA and big
         claim.minimum_effect = minimum
-        claim.strength = _strength(adjusted) if claim.established else 0.0
-    return claims
-
-
-# --- mechanisms: measurements.json ---------------------------------------------------------------
-
-KERNEL_COLLAPSE = 0.01  # a dense kernel whose L2 norm shrank below this share has collapsed
-DEAD_DIFFERENCE = 0.05  # dead-unit shares must differ by at least this much (and by a test)
-GRADIENT_RATIO = 2.0  # final gradient norms must differ at least this many times (and by a test)
-
-
-def _kernel_values(point: MeasuredPoint, key: str) -> list[float]:
-    kernels = [dense_kernel(r) for r in point.readings]
-    values = [k.get(key) for k in kernels if k is not None]
-    return [float(v) for v in values if isinstance(v, int | float) and math.isfinite(v)]
-
-
-def hoyer_values(point: MeasuredPoint) -> list[float]:
-    """Hoyer's sparsity of each run's dense kernel, from its stored L1 and L2 norms and size."""
-    values = []
-    for kernel in (dense_kernel(r) for r in point.readings):
-        if kernel is None or not all(
-            isinstance(kernel.get(k), int | float) for k in ("l1", "l2", "count")
-        ):
-            continue
-        value = stats.hoyer(kernel["l1"], kernel["l2"], int(kernel["count"]))
-        if math.isfinite(value):
-            values.append(value)
-    return values
-
-
-def _two_sample(experiment, key, kind, first, second, a, b, quantity, words, side) -> Claim:
-    """Welch's one-sided comparison of two points' measurements, `side` = (margin, below): is
-    mean(b) - mean(a) below (or above) the margin? Raw p; the family adjusts it."""
-    statement, otherwise = words
-    claim = Claim(
-        f"{experiment.name}/{kind}/{key}", kind, experiment.name, experiment.title,
-        statement, otherwise, quantity, "measurements.json",
-        [{"point": first.label, "n": len(a), "mean": _mean(a)},
-         {"point": second.label, "n": len(b), "mean": _mean(b)}],
-    )  # fmt: skip
-    if len(a) < 2 or len(b) < 2:
-        claim.otherwise = otherwise.split(" (")[0] + " (one run per point: not testable)."
-        return claim
-    margin, below = side
-    claim.test = "Welch's one-sided t-test" + (f" against {margin:.3g}" if margin else "")
-    claim.p = stats.welch_one_sided(a, b, margin, below=below)
-    claim.effect = statistics.fmean(b) - statistics.fmean(a)
-    claim.interval, claim.interval_kind = stats.difference_interval(a, b), "95% Welch"
-    return claim
-
-
-def l1_claims(experiment, points: list[MeasuredPoint]) -> list[Claim]:
-    """Against the experiment's first point: a dense kernel that collapsed (its L2 norm below
-    KERNEL_COLLAPSE of the first's, on the log scale by Welch), and, where it did not, whether
-    it grew sparser by Hoyer's scale-free measure (Welch, Holm over the points)."""
-    shown = [p for p in points if _kernel_values(p, "l2")]
-    if len(shown) < 2:
-        return []
-    first, *others = shown
-    norms = _kernel_values(first, "l2")
-    sparse_first = hoyer_values(first)
-    collapses, sparsity = [], []
-    for index, point in enumerate(others, 1):
-        l2 = _kernel_values(point, "l2")
-        ratio = _mean(l2) / _mean(norms) if _mean(norms) > 0 else math.nan
-        logs = [[math.log(v) for v in s if v > 0] for s in (norms, l2)]
-        shrink = f"its L2 norm {_mean(l2):.3g} against {_mean(norms):.3g} ({ratio:.2g}×)"
-        collapse = _two_sample(
-            experiment, index, "kernel-collapse", first, point, *logs,
-            "log L2 norm of the dense kernel",
-            (f"{_t(experiment)}: at {point.label} the dense kernel collapsed: {shrink}, below"
-             f" {KERNEL_COLLAPSE:g}× {first.label}'s (Welch's one-sided t-test on log norms)",
-             f"{_t(experiment)}: at {point.label} the dense kernel is not shown to collapse"
-             f" below {KERNEL_COLLAPSE:g}× {first.label}'s: {shrink} (Welch's one-sided t-test"
-             " on log norms)"),
-            (math.log(KERNEL_COLLAPSE), True),
-        )  # fmt: skip
-        collapse.effect = ratio  # the named minimum is a ratio of norms
-        collapses.append(collapse)
-        hoyer = hoyer_values(point)
-        change = f"Hoyer sparsity {_mean(sparse_first):.3f} → {_mean(hoyer):.3f}"
-        sparsity.append(
-            _two_sample(
-                experiment, index, "sparsity", first, point, sparse_first, hoyer,
-                "Hoyer sparsity of the dense kernel",
-                (f"{_t(experiment)}: {point.label} makes the dense kernel sparser than"
-                 f" {first.label}: {change} (Welch's one-sided t-test)",
-                 f"{_t(experiment)}: the dense kernel at {point.label} is not shown to be"
-                 f" sparser than at {first.label}: {change} (Welch's one-sided t-test)"),
-                (0.0, False),
-            )
-        )  # fmt: skip
-    tested_family(collapses)
-    for claim in collapses:
-        claim.minimum_effect = KERNEL_COLLAPSE
-    for claim, collapse, point in zip(sparsity, collapses, others, strict=True):
-        if collapse.established:  # a collapsed kernel's sparsity means nothing
-            claim.p, claim.test = None, None
-            claim.otherwise = (
-                f"{_t(experiment)}: the dense kernel at {point.label} collapsed, so its Hoyer"
-                f" sparsity ({claim.samples[1]['mean']:.3f}) is not read as sparsity."
-            )
-    tested_family(sparsity)
-    for claim in (*collapses, *sparsity):
-        claim.statement += _p_note(claim)
-        claim.otherwise += "" if claim.otherwise.endswith(".") else _p_note(claim)
-    return [*collapses, *sparsity]
-
-
-def _p_note(claim: Claim) -> str:
-    if claim.adjusted is None:
-        return "."
-    if claim.adjustment == "one test":
-        return f", p = {show_p(claim.adjusted)}."
-    return f", Holm p = {show_p(claim.adjusted)} ({claim.adjustment})."
-
-
-def units_claims(experiment, points: list[MeasuredPoint], dead, gradients) -> list[Claim]:
-    """Do dead units or final gradient norms differ between the points? A one-way ANOVA over
-    the runs' values (gradients on the log scale), each against its named minimum effect."""
-    claims = []
-    for key, values, minimum, words in (
-        ("dead-units", dead, DEAD_DIFFERENCE, "the largest share of dead units in any layer"),
-        ("gradients", gradients, GRADIENT_RATIO, "the final gradient norm (penalty included)"),
-    ):
-        samples = [(p, v) for p, v in zip(points, values, strict=True) if v]
-        if len(samples) < 2:
-            continue
-        means = [(_mean(v), p.label) for p, v in samples]
-        (low, low_at), (high, high_at) = min(means), max(means)
-        effect = high - low if key == "dead-units" else (high / low if low > 0 else math.inf)
-        shown = f"{high:.3g} at {high_at} against {low:.3g} at {low_at}"
-        claim = Claim(
-            f"{experiment.name}/{key}", key, experiment.name, experiment.title,
-            f"{_t(experiment)}: {words} differs between the points: {shown}",
-            f"{_t(experiment)}: {words} is not shown to differ between the points ({shown})",
-            words, "measurements.json",
-            [{"point": p.label, "n": len(v), "mean": _mean(v)} for p, v in samples],
-            effect=effect, minimum_effect=minimum,
-        )  # fmt: skip
-        if all(len(v) > 1 for _, v in samples):
-            data = [v if key == "dead-units" else [math.log(max(x, 1e-300)) for x in v]
-                    for _, v in samples]  # fmt: skip
-            claim.test = "one-way ANOVA" + ("" if key == "dead-units" else " on log norms")
-            claim.p = stats.anova_p(data)
-            claim.adjusted, claim.adjustment = claim.p, "one test"
-            claim.established = claim.p < ALPHA and effect >= minimum
-            claim.strength = _strength(claim.p) if claim.established else 0.0
-            claim.statement += f" ({claim.test}, p = {show_p(claim.p)})."
-            claim.otherwise += (
-                f"; {claim.test}, p = {show_p(claim.p)}, named minimum"
-                f" {'difference' if key == 'dead-units' else 'ratio'} {minimum:g}."
-            )
-        else:
-            claim.otherwise += "; one run per point: not testable."
-        claims.append(claim)
+        claim.strength = strength(adjusted) if claim.established else 0.0
     return claims

@@ -10,8 +10,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from cnnlab.report import causes, stats
 from cnnlab.report import claims as build
-from cnnlab.report import stats
 from cnnlab.report.claims import Claim
 from cnnlab.report.design import Analysis
 from cnnlab.report.document import Document
@@ -73,18 +73,19 @@ def gather(
         items += point_claims
         learned = any(c.kind == "learned" and c.established for c in point_claims)
         items += build.overfitting_claims(analysis, slopes, said)
+        points = measured_points(experiment, records, study_dir)
+        items += causes.layer_claims(experiment, points)
         if learned:
-            points = measured_points(experiment, records, study_dir)
             items += _mechanisms(experiment, points)
         items += _measured(analysis, learned)
     return Claims(items)
 
 
 def _mechanisms(experiment, points: list[MeasuredPoint]) -> list[Claim]:
-    found = build.l1_claims(experiment, points) if experiment.kind == "l1" else []
+    found = causes.l1_claims(experiment, points) if experiment.kind == "l1" else []
     dead = [[v for v in map(worst_dead_share, p.readings) if v is not None] for p in points]
     gradients = [[v for v in map(final_gradient, p.readings) if v is not None] for p in points]
-    return found + build.units_claims(experiment, points, dead, gradients)
+    return found + causes.units_claims(experiment, points, dead, gradients)
 
 
 def _measured(analysis: Analysis, learned: bool) -> list[Claim]:

@@ -14,7 +14,6 @@ said and no cause drawn.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -23,12 +22,11 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from cnnlab import plots
-from cnnlab.config import RunConfig
 from cnnlab.errors import CnnlabError
 from cnnlab.nn import facts
 from cnnlab.nn.architectures import get_architecture
-from cnnlab.nn.shapes import dataset_input, resolve_layers
-from cnnlab.report.claims import hoyer_values, tail_slope
+from cnnlab.report.causes import hoyer_values
+from cnnlab.report.claims import tail_slope
 from cnnlab.report.document import Document, Image
 from cnnlab.report.findings import Claims
 from cnnlab.report.readings import (
@@ -39,12 +37,12 @@ from cnnlab.report.readings import (
     load_measurements,
     measured_points,
     metric_of,
+    net_facts,
+    spatial_field,
     spread_of,
 )
 from cnnlab.store import RunRecord
 from cnnlab.study.studyfile import Study
-
-_WINDOWED = ("Conv2D", "MaxPooling2D", "AveragePooling2D")  # layers that widen the field
 
 
 def mechanism_sections(
@@ -96,25 +94,6 @@ def _show(stat: tuple[float, float, int], form: str = ".3g") -> str:
     if count == 0:
         return "–"
     return f"{mean:{form}} ± {spread:{form}} ({count})" if count > 1 else f"{mean:{form}} (1)"
-
-
-def _net_facts(record: RunRecord) -> list[facts.LayerFacts] | None:
-    """The per-layer facts of a run's net, for the images it was trained on (None: unreadable)."""
-    known = {item.name for item in dataclasses.fields(RunConfig)}
-    fields = {k: v for k, v in record.config.items() if k in known}
-    if isinstance(fields.get("layers"), list):
-        fields["layers"] = tuple(fields["layers"])
-    try:
-        config = RunConfig(**fields)
-        shape, classes = dataset_input(config)
-        stored, names = record.metrics.get("input_shape"), record.metrics.get("class_names")
-        if isinstance(stored, list) and len(stored) == 3:
-            shape = tuple(int(v) for v in stored)
-        if isinstance(names, list) and names:
-            classes = len(names)
-        return facts.layer_facts(resolve_layers(config, shape, classes), shape, classes)
-    except (TypeError, ValueError, KeyError, CnnlabError):
-        return None
 
 
 def _image(document: Document, figure: Figure, name: str, caption: str) -> None:
@@ -196,26 +175,17 @@ def _versus_figure(labels: list[str], norms, smalls) -> Figure:
 # --- pooling ----------------------------------------------------------------------------------
 
 
-def _spatial_field(layers: list[facts.LayerFacts]) -> tuple[str, str]:
-    """(the last layer with a spatial output, its receptive field) of a net."""
-    spatial = [f for f in layers if f.receptive_field is not None and f.kind in _WINDOWED]
-    if not spatial:
-        return "–", "–"
-    last = spatial[-1]
-    return last.name, facts.format_field(last.receptive_field)
-
-
 def _pooling_section(
     document: Document, points: list[MeasuredPoint], slug: str, learned: bool
 ) -> None:
     rows, known = [], []
     for point in points:
-        net = next((f for f in map(_net_facts, point.records) if f is not None), None)
+        net = next((f for f in map(net_facts, point.records) if f is not None), None)
         if net is None:
             continue
         parameters = sum(f.parameters for f in net)
         macs = facts.total_macs(net)
-        layer, field = _spatial_field(net)
+        layer, field = spatial_field(net)
         seconds = metric_of(point, "fit_seconds")
         rows.append(
             [
@@ -227,7 +197,7 @@ def _pooling_section(
                 _show(metric_of(point, "test_accuracy"), ".3f"),
             ]
         )
-        known.append((point, parameters, macs, field, seconds))
+        known.append(point)
     if not known:
         return
     document.table(
@@ -241,21 +211,6 @@ def _pooling_section(
         ],
         rows,
     )
-    base, *others = known
-    for point, parameters, macs, field, seconds in others:
-        sentence = (
-            f"{point.label} has {parameters - base[1]:+,} parameters against {base[0].label}"
-            f" ({parameters:,} and {base[1]:,}), {macs / max(base[2], 1):.2f}× its"
-            f" multiply-accumulates per image ({macs:,} and {base[2]:,}) and a last spatial layer"
-            f" that sees {field} input pixels against {base[3]} (layer specs)"
-        )
-        if seconds[2] and base[4][2]:
-            sentence += (
-                f"; its measured fit time was {seconds[0] / base[4][0]:.2f}× as long"
-                f" ({seconds[0]:.1f} s and {base[4][0]:.1f} s, means of {seconds[2]} and"
-                f" {base[4][2]} runs)"
-            )
-        document.paragraph(sentence + ".")
 
 
 # --- size -------------------------------------------------------------------------------------
@@ -329,7 +284,7 @@ def _depth_section(
     document: Document, points: list[MeasuredPoint], slug: str, learned: bool
 ) -> None:
     for point in points:
-        net = next((f for f in map(_net_facts, point.records) if f is not None), None)
+        net = next((f for f in map(net_facts, point.records) if f is not None), None)
         if net is None:
             continue
         # Layer i of a net without residual blocks is its state_dict's layers.i.
@@ -370,14 +325,6 @@ def _depth_section(
             ],
             rows,
         )
-        total = sum(f.parameters for f in net)
-        heaviest = max(net, key=lambda f: f.parameters)
-        name, field = _spatial_field(net)
-        document.paragraph(
-            f"Of its {total:,} parameters, {heaviest.name} holds {heaviest.parameters:,}"
-            f" ({heaviest.parameters / max(total, 1):.0%}); its last spatial layer ({name}) sees"
-            f" {field} input pixels (layer specs)."
-        )
 
 
 def _layer_specs(point: MeasuredPoint) -> list[Any]:
@@ -393,7 +340,7 @@ def _layer_specs(point: MeasuredPoint) -> list[Any]:
 
 def _keras_name(point: MeasuredPoint, key: str) -> str:
     """A measured layer's Keras name (conv2d_1) in a net without residual blocks, else its key."""
-    net = next((f for f in map(_net_facts, point.records) if f is not None), None)
+    net = next((f for f in map(net_facts, point.records) if f is not None), None)
     index = key.removeprefix("layers.")
     if net is None or not index.isdigit() or len(net) != len(_layer_specs(point)):
         return key
@@ -430,7 +377,9 @@ def _units_and_gradients(document: Document, points: list[MeasuredPoint]) -> Non
     document.table(["point", "most dead units (layer)", "final gradient norm"], rows)
 
 
-MECHANISM_KINDS = ("kernel-collapse", "sparsity", "over-fitting", "dead-units", "gradients")
+MECHANISM_KINDS = (
+    "layer-facts", "kernel-collapse", "sparsity", "over-fitting", "dead-units", "gradients",
+)  # fmt: skip
 _SECTIONS: dict[str, Callable[[Document, list[MeasuredPoint], str, bool], None]] = {
     "l1": _l1_section,
     "pooling": _pooling_section,

@@ -6,6 +6,7 @@ A run saved before cnnlab measured is counted, not guessed at: its readings are 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import statistics
@@ -13,10 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cnnlab.config import RunConfig
+from cnnlab.errors import CnnlabError
+from cnnlab.nn import facts
+from cnnlab.nn.shapes import dataset_input, resolve_layers
 from cnnlab.report.tables import point_label
 from cnnlab.store import FINISHED, RunRecord
 from cnnlab.study.studyfile import Experiment
 
+_WINDOWED = ("Conv2D", "MaxPooling2D", "AveragePooling2D")  # layers that widen the field
 ARTIFACT = "measurements"  # the run folder's file, as `runfolder.save_run` lists it
 MAX_BYTES = 16 << 20  # a measurements.json is kilobytes
 
@@ -118,3 +124,31 @@ def worst_dead_share(readings: dict[str, Any]) -> float | None:
     shares = [dead_share(readings, name) for name in activations]
     shares = [s for s in shares if isinstance(s, int | float) and math.isfinite(s)]
     return max(shares) if shares else None
+
+
+def net_facts(record: RunRecord) -> list[facts.LayerFacts] | None:
+    """The per-layer facts of a run's net, for the images it was trained on (None: unreadable)."""
+    known = {item.name for item in dataclasses.fields(RunConfig)}
+    fields = {k: v for k, v in record.config.items() if k in known}
+    if isinstance(fields.get("layers"), list):
+        fields["layers"] = tuple(fields["layers"])
+    try:
+        config = RunConfig(**fields)
+        shape, classes = dataset_input(config)
+        stored, names = record.metrics.get("input_shape"), record.metrics.get("class_names")
+        if isinstance(stored, list) and len(stored) == 3:
+            shape = tuple(int(v) for v in stored)
+        if isinstance(names, list) and names:
+            classes = len(names)
+        return facts.layer_facts(resolve_layers(config, shape, classes), shape, classes)
+    except (TypeError, ValueError, KeyError, CnnlabError):
+        return None
+
+
+def spatial_field(layers: list[facts.LayerFacts]) -> tuple[str, str]:
+    """(the last layer with a spatial output, its receptive field) of a net."""
+    spatial = [f for f in layers if f.receptive_field is not None and f.kind in _WINDOWED]
+    if not spatial:
+        return "–", "–"
+    last = spatial[-1]
+    return last.name, facts.format_field(last.receptive_field)
