@@ -192,7 +192,8 @@ def _pair_claims(analysis: Analysis) -> list[Claim]:
         names = f"{point_name(experiment, first)} → {point_name(experiment, second)}"
         estimate = pair.estimate
         change = f"{estimate.estimate:+.3f} [{estimate.low:+.3f}, {estimate.high:+.3f}]"
-        evidence = f"{analysis.pair_method}, adjusted p = {show_p(estimate.p)}"
+        runs = " and ".join(str(stat_of(p.records, QUANTITY).n) for p in (first, second))
+        evidence = f"{analysis.pair_method}, adjusted p = {show_p(estimate.p)}, {runs} runs"
         claims.append(
             Claim(
                 f"{experiment.name}/pair/{pair.first}-{pair.second}",
