@@ -96,6 +96,7 @@ SLOW_TESTS = {
     "test_calibration.py::test_an_a_a_study_of_normal_noise_claims_a_difference_at_most_at_its_level",
     "test_calibration.py::test_real_runs_of_one_configuration_under_six_names_establish_no_difference",
     "test_calibration.py::test_real_planted_label_noise_is_found_as_a_drop",
+    "test_curves.py::test_the_intervals_cover_a_planted_curve_at_about_their_rate",
     "test_report.py::test_the_markdown_puts_the_reports_numbers_beside_ours",
     "test_report.py::test_build_returns_a_report_a_notebook_shows_inline",
     "test_report.py::test_the_report_command_rewrites_both_files",

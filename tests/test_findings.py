@@ -385,3 +385,29 @@ def test_means_above_chance_that_too_few_runs_cannot_confirm_are_not_called_noth
     observations = _observations(markdown)
     assert not any("nothing learned" in line for line in observations)
     assert any("not shown to learn" in line for line in observations), observations
+
+
+def test_a_size_grid_gets_its_learning_curve_as_claims_and_a_figure(demoted):
+    markdown = (demoted / "report.md").read_text()
+    claims = {c["id"]: c for c in json.loads((demoted / "claims.json").read_text())}
+    assert "### How much data: the learning curve" in markdown
+    summary = claims["sizes/curve"]["sentence"]
+    assert summary.startswith("**Sizes**: the learning curve e(n) = α + η·n^γ (fitted to 3 sizes")
+    assert "(e_N)" in summary and "(β_N)" in summary and summary in markdown
+    # three sizes fit the curve; its check by prediction needs a fourth
+    assert (
+        "not checked by prediction: that needs four sizes"
+        in claims["sizes/curve/check"]["sentence"]
+    )
+    # default targets: the best point's mean accuracy plus 0.02 and 0.05
+    best = max(np.mean(v) for (field, _), v in DEMOTED.items() if field == "train_size")
+    for step in (0.02, 0.05):
+        assert f"sizes/curve/target/{round(best + step, 3):g}" in claims
+    assert (demoted / FILES_FOLDER / "sizes-learning-curve.png").stat().st_size > 10_000
+    assert "Far" not in "".join(c["sentence"] for c in claims.values() if c["kind"] == "curve")
+
+
+def test_two_sizes_fit_no_curve_and_say_so(tmp_path):
+    report = build(_run(tmp_path, study_fakes.STUDY_TOML, study_fakes.fake_fit, 3))
+    (curve,) = [c for c in report.claims.items if c.kind == "curve"]
+    assert "no learning curve: it needs three sizes or more" in curve.sentence

@@ -136,6 +136,19 @@ BAD_INPUT = [
     ),
     ("[experiments.pooling]", "[experiments.sizes]", "[experiments.sizes]", "twice"),
     ('name = "mini"', 'name = "a b"', 'name = "a b"', "must be letters, digits"),
+    (
+        'kind = "size"',
+        'kind = "size"\ntargets = [0.7, 1.5]',
+        "targets = [0.7, 1.5]",
+        "a target is an accuracy between 0 and 1, got float 1.5",
+    ),
+    (
+        'kind = "size"',
+        'kind = "size"\ntargets = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]',
+        "targets = [0.1",
+        "at most 5 target accuracies, got 6",
+    ),
+    ('kind = "size"', 'kind = "size"\ntargets = 0.7', "targets = 0.7", "expected a list"),
 ]
 
 

@@ -42,6 +42,7 @@ _API = {
     "Report": "cnnlab.report.report",
     "build_report": "cnnlab.report.report",
     "results_frame": "cnnlab.report.tables",
+    "learning_curve": "cnnlab.report.curves",
     "convolve2d": "cnnlab.conv.convolve",
     "correlate2d": "cnnlab.conv.convolve",
     "CnnlabError": "cnnlab.errors",

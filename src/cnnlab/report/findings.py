@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from cnnlab.report import causes, stats
+from cnnlab.report import causes, datasize, stats
 from cnnlab.report import claims as build
 from cnnlab.report.claims import Claim
+from cnnlab.report.curves import LearningCurve
 from cnnlab.report.design import Analysis
 from cnnlab.report.document import Document
 from cnnlab.report.points import point_name, stat_of
@@ -28,16 +29,17 @@ from cnnlab.study.studyfile import Study
 MOST_FINDINGS = 8  # the report opens with at most this many established findings
 # The order findings are shown in: the experiments' questions, then collapses, causes, pairs.
 PRIORITY = (
-    "trend", "omnibus", "difference", "collapse", "kernel-collapse", "over-fitting", "sparsity",
-    "pair", "dead-units", "gradients",
+    "trend", "omnibus", "difference", "collapse", "kernel-collapse", "over-fitting",
+    "still-improving", "sparsity", "pair", "dead-units", "gradients",
 )  # fmt: skip
 
 
 @dataclass
 class Claims:
-    """Every claim of a report, in the order they were built."""
+    """Every claim of a report, in the order they were built, and the learning curves fitted."""
 
     items: list[Claim]
+    curves: dict[str, LearningCurve | None] = field(default_factory=dict)  # experiment -> curve
 
     def of(self, experiment: str, *kinds: str) -> list[Claim]:
         """An experiment's claims (of `kinds`), moot ones left out."""
@@ -65,10 +67,15 @@ def gather(
     """Every claim of the report: design, chance, over-fitting, mechanisms, measurements."""
     chance = build.chance_tests(analyses)
     slopes, said = build.slope_tests(analyses, chance), set()
+    improving, improving_said = datasize.slope_tests(analyses), set()
     items: list[Claim] = []
+    curves = {}
     for analysis in analyses:
         experiment = analysis.experiment
         items += build.design_claims(analysis, primaries)
+        curves[experiment.name] = datasize.size_curve(analysis)
+        items += datasize.curve_claims(analysis, curves[experiment.name])
+        items += datasize.epoch_claims(analysis, improving, improving_said)
         point_claims = build.chance_claims(analysis, chance)
         items += point_claims
         learned = any(c.kind == "learned" and c.established for c in point_claims)
@@ -78,7 +85,7 @@ def gather(
         if learned:
             items += _mechanisms(experiment, points)
         items += _measured(analysis, learned)
-    return Claims(items)
+    return Claims(items, curves)
 
 
 def _mechanisms(experiment, points: list[MeasuredPoint]) -> list[Claim]:

@@ -37,6 +37,7 @@ from cnnlab.report.cost import (
     show_time_to,
     training_flops,
 )
+from cnnlab.report.datasize import curve_section
 from cnnlab.report.design import Analysis, analyse, gatekeep
 from cnnlab.report.document import FILES_FOLDER, Document, Image
 from cnnlab.report.findings import Claims, findings_section, gather, observations
@@ -306,6 +307,9 @@ def _experiment_section(
     if VARIANT in experiment.grid:
         _variants_figure(document, experiment, points, slug)
     compute_figure(document, experiment, points, slug)
+    curve_section(
+        document, analysis, claims.curves.get(experiment.name), claims.of(experiment.name), slug
+    )
     unsettled = [c.otherwise for c in claims.of(experiment.name) if c.test and not c.established]
     if unsettled:
         document.paragraph("**Tested and not established:**")

@@ -66,7 +66,9 @@ _EXPERIMENT_KEYS = {
     "reference": list,
     "variants": list,
     "search": dict,
+    "targets": list,
 }
+MAX_TARGETS = 5  # target accuracies a size experiment's learning curve answers for
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 VARIANT = "variant"  # the pseudo grid field whose values are an experiment's variant names
 MAX_VARIANT_NAME = 60  # characters: a variant's name labels table rows and figure bars
@@ -88,6 +90,7 @@ class Experiment:
     reference: tuple[dict[str, Any], ...]  # the seed report's rows: grid values + metrics
     variants: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # name -> fields
     search: Search | None = None  # a search's experiment has no grid: its trials are its points
+    targets: tuple[float, ...] = ()  # test accuracies whose data needs the learning curve reads
 
     def points(self) -> list[tuple[dict[str, Any], dict[str, Any]]]:
         """Each grid point as (what places a run there, the run fields it sets), in order."""
@@ -378,6 +381,7 @@ class _Parser(SearchParsing):
                         )
                     row = {**row, field_name: value}
             reference.append(row)
+        targets = self.targets(table.get("targets", []), (*keys, "targets"))
         return Experiment(
             name=name,
             title=table.get("title", name),
@@ -389,7 +393,17 @@ class _Parser(SearchParsing):
             reference=tuple(reference),
             variants=variants,
             search=search,
+            targets=targets,
         )
+
+    def targets(self, values: list, keys: tuple[str, ...]) -> tuple[float, ...]:
+        """Target test accuracies: numbers strictly between 0 and 1, at most MAX_TARGETS."""
+        if len(values) > MAX_TARGETS:
+            self.fail(keys, f"at most {MAX_TARGETS} target accuracies, got {len(values)}")
+        for value in values:
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
+                self.fail(keys, f"a target is an accuracy between 0 and 1, got {typed_repr(value)}")
+        return tuple(float(v) for v in values)
 
     def variants(
         self, tables: Any, keys: tuple[str, ...], run_keys: list[str], grid: dict[str, Any]
