@@ -195,16 +195,16 @@ def test_the_repeats_needed_of_known_cases():
 
 @settings(max_examples=200, deadline=None)
 @given(varied, accuracies)
-def test_the_one_sample_test_follows_its_formula(values, value):
-    t = (statistics.fmean(values) - value) / (statistics.stdev(values) / math.sqrt(len(values)))
-    ours = stats.one_sample_t_test(values, value)
-    assert ours.t == pytest.approx(t, rel=1e-9, abs=1e-12) and ours.df == len(values) - 1
-    assert ours.p == pytest.approx(2 * scipy_stats.t.sf(abs(t), len(values) - 1), rel=1e-9)
+def test_the_one_sided_test_is_scipys(values, value):
+    for above, alternative in ((True, "greater"), (False, "less")):
+        reference = scipy_stats.ttest_1samp(values, value, alternative=alternative).pvalue
+        assert stats.one_sided_t(values, value, above) == pytest.approx(reference, rel=1e-9)
 
 
-def test_the_one_sample_test_of_a_constant_sample():
-    assert math.isnan(stats.one_sample_t_test([0.1, 0.1, 0.1], 0.1).p)
-    assert stats.one_sample_t_test([0.3, 0.3], 0.1).p == 0.0
+def test_the_one_sided_test_of_a_constant_sample():
+    assert stats.one_sided_t([0.1, 0.1, 0.1], 0.12, above=False) == 0.0  # below, no spread
+    assert stats.one_sided_t([0.1, 0.1, 0.1], 0.12, above=True) == 1.0
+    assert math.isnan(stats.one_sided_t([0.3], 0.1, above=True))  # one run: no test
 
 
 def test_a_positive_interval_is_the_log_t_interval_and_never_below_zero():

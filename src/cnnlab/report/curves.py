@@ -26,6 +26,7 @@ import numpy as np
 from scipy import optimize
 
 from cnnlab.errors import CnnlabError
+from cnnlab.report import stats
 from cnnlab.store import FINISHED, RunRecord
 
 BOOTSTRAP = 400  # refits per interval
@@ -178,8 +179,8 @@ def learning_curve(
     values = [list(samples[s]) for s in sizes]
     counts = np.asarray([len(v) for v in values], dtype=np.float64)
     errors = [1 - statistics.fmean(v) for v in values]
-    spread = _pooled_spread(values)
-    if spread is None:
+    spread = stats.pooled_spread(values)
+    if not spread:  # no repeated runs, or none that vary: no noise to draw intervals from
         return None
     law = fit_power_law(sizes, errors, spread / np.sqrt(counts))
     if law is None:
@@ -260,12 +261,3 @@ def _check(
     ]
     predicted = _interval(1 - float(law.error(size)), draws)
     return Check(size, predicted, statistics.fmean(held))
-
-
-def _pooled_spread(values: list[list[float]]) -> float | None:
-    repeated = [v for v in values if len(v) > 1]
-    if not repeated:
-        return None
-    squares = sum((len(v) - 1) * statistics.variance(v) for v in repeated)
-    spread = math.sqrt(squares / sum(len(v) - 1 for v in repeated))
-    return spread if spread > 0 else None

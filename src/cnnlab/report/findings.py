@@ -40,6 +40,7 @@ class Claims:
 
     items: list[Claim]
     curves: dict[str, LearningCurve | None] = field(default_factory=dict)  # experiment -> curve
+    chance_level: float = 0.1  # the most-frequent-class test accuracy the runs recorded
 
     def of(self, experiment: str, *kinds: str) -> list[Claim]:
         """An experiment's claims (of `kinds`), moot ones left out."""
@@ -85,7 +86,7 @@ def gather(
         if learned:
             items += _mechanisms(experiment, points)
         items += _measured(analysis, learned)
-    return Claims(items, curves)
+    return Claims(items, curves, chance.level)
 
 
 def _mechanisms(experiment, points: list[MeasuredPoint]) -> list[Claim]:
@@ -199,7 +200,7 @@ def findings_section(document: Document, claims: Claims, advice: list[str]) -> N
         document.bullets(lines)
 
 
-def observations(analysis: Analysis, claims: Claims, chance_level: float) -> list[str]:
+def observations(analysis: Analysis, claims: Claims) -> list[str]:
     """One experiment's sentences, rendered from its claims: the established ones, the
     measurements, and why nothing follows where nothing does."""
     experiment = analysis.experiment
@@ -222,9 +223,9 @@ def observations(analysis: Analysis, claims: Claims, chance_level: float) -> lis
             verdict = "one run per point, so whether it learned is not testable"
         lines.append(
             f"**{experiment.title}**: {verdict}: no point's test accuracy ({spread}) is shown"
-            f" above {chance_level + build.CHANCE_MARGIN:.2f}, the most-frequent-class"
-            f" {chance_level:.2f} plus the margin {build.CHANCE_MARGIN:g} (one-sided t-tests,"
-            " Holm)."
+            f" above {claims.chance_level + build.CHANCE_MARGIN:.2f}, the most-frequent-class"
+            f" {claims.chance_level:.2f} plus the margin {build.CHANCE_MARGIN:g} (one-sided"
+            " t-tests, Holm)."
         )
     lines += [c.sentence for c in mine if c.kind == "measured"]
     unsettled = [

@@ -15,7 +15,6 @@ import io
 import json
 import os
 import re
-import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,7 +192,7 @@ def compose(
     observed: list[str] = []
     for analysis in analyses:
         _experiment_section(document, analysis, report.claims, study_dir, options)
-        observed += observations(analysis, report.claims, _chance_level(analyses))
+        observed += observations(analysis, report.claims)
     search_sections(document, study, records, study_dir)
     report.comparisons = [row for a in analyses for row in comparison_rows(a, primaries)]
     seeds_section(document, seeds, records)
@@ -221,18 +220,6 @@ build_report = build  # the name the package root gives it
 
 
 _STATUS_ORDER = ("done", "diverged", "failed", "running", "pending")
-
-
-def _chance_level(analyses: list[Analysis]) -> float:
-    """The most-frequent-class test accuracy the runs recorded (0.10 on CIFAR-10's test set)."""
-    values = [
-        r.metrics["baseline_accuracy"]
-        for a in analyses
-        for p in a.points
-        for r in p.records
-        if isinstance(r.metrics.get("baseline_accuracy"), int | float)
-    ]
-    return statistics.fmean(values) if values else 0.1
 
 
 def _experiment_section(

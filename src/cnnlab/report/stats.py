@@ -50,22 +50,6 @@ def welch_t_test(first: Sequence[float], second: Sequence[float]) -> WelchResult
     return WelchResult(difference, float(result.statistic), float(result.df), float(result.pvalue))
 
 
-def one_sample_t_test(values: Sequence[float], value: float) -> WelchResult:
-    """The two-sided one-sample t-test of mean(values) - value (a point against a constant)."""
-    if len(values) < 2:
-        raise ValueError(f"a t-test needs at least two values, got {len(values)}")
-    difference = statistics.fmean(values) - value
-    if statistics.variance(values) == 0:  # as welch_t_test: equal, or apart beyond any noise
-        difference = values[0] - value  # fmean of three 0.1s is not 0.1
-        if difference == 0:
-            return WelchResult(0.0, math.nan, math.nan, math.nan)
-        return WelchResult(difference, math.copysign(math.inf, difference), math.nan, 0.0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        result = scipy_stats.ttest_1samp(values, value)
-    return WelchResult(difference, float(result.statistic), float(result.df), float(result.pvalue))
-
-
 CONFIDENCE = 0.95  # every interval of the report
 ALPHA = 0.05  # a comparison is real when its Holm-adjusted p is below this
 POWER = 0.8  # the chance of seeing a true difference that `repeats_needed` plans for
