@@ -297,7 +297,7 @@ def _collapse_p(point: Point, threshold: float) -> float:
         if record.status not in FINISHED or not isinstance(value, int | float):
             continue
         images = _test_images(record)
-        if images is None:
+        if images is None or not 0 <= value <= 1:  # a store edited by hand: no test
             return math.nan
         tests.append(stats.binomial_below(round(value * images), images, threshold))
     return max(tests) if len(tests) > 1 else math.nan

@@ -173,6 +173,7 @@ def learning_curve(
     accuracies whose data needs it reads off. None with fewer than three sizes, or no run-to-run
     spread to draw intervals from."""
     samples = runs if isinstance(runs, dict) else _by_size(runs, experiment)
+    samples = {s: [v for v in values if 0 <= v <= 1] for s, values in samples.items() if s > 0}
     sizes = sorted(s for s, values in samples.items() if len(values))
     if len(sizes) < 3:
         return None

@@ -68,21 +68,37 @@ def curve_claims(analysis: Analysis, curve: LearningCurve | None) -> list[Claim]
         f" doubling there (β_N), towards {curve.asymptote.value:.3f} [{curve.asymptote.low:.3f},"
         f" {curve.asymptote.high:.3f}] (95% parametric bootstrap; a fit, not a test)."
     )
-    claims = [measured_claim(experiment, "curve", summary, "test error", "metrics", "curve")]
+    fit = measured_claim(
+        experiment, "curve", summary, "test error at the largest size (e_N)", "metrics", "curve"
+    )
+    fit.effect, fit.interval = _numbers(curve.error_at_largest)
+    fit.interval_kind = "95% parametric bootstrap"
+    fit.samples = [
+        {"point": f"n={size:g}", "n": runs, "mean": mean}
+        for size, runs, mean in zip(curve.sizes, curve.runs, curve.means, strict=True)
+    ]
+    fit.test = None
+    claims = [fit]
     for target in curve.targets:
-        claims.append(
-            measured_claim(
-                experiment, f"curve/target/{target.accuracy:g}", _target_sentence(experiment,
-                target), "training images needed", "metrics", "curve",
-            )
+        claim = measured_claim(
+            experiment, f"curve/target/{target.accuracy:g}", _target_sentence(experiment, target),
+            f"training images for test accuracy {target.accuracy:g}", "metrics", "curve",
         )  # fmt: skip
-    claims.append(
-        measured_claim(
-            experiment, "curve/check", _check_sentence(experiment, curve), "held-out accuracy",
-            "metrics", "curve",
-        )
+        claim.effect, claim.interval = _numbers(target.needed)
+        claims.append(claim)
+    check = measured_claim(
+        experiment, "curve/check", _check_sentence(experiment, curve),
+        "held-out mean test accuracy at the largest size", "metrics", "curve",
     )  # fmt: skip
-    return claims
+    if curve.check is not None:
+        check.effect, check.interval = _numbers(curve.check.predicted)
+        check.samples = [{"point": f"n={curve.check.size:g}", "mean": curve.check.measured}]
+    return [*claims, check]
+
+
+def _numbers(interval) -> tuple[float, tuple[float, float]]:
+    """An interval's value and bounds for claims.json (inf where a target is out of reach)."""
+    return interval.value, (interval.low, interval.high)
 
 
 def _target_sentence(experiment, target) -> str:
