@@ -281,3 +281,21 @@ def test_every_finding_and_mechanism_sentence_is_a_claim_of_claims_json(measured
     found = [line.rsplit(" [→ ", 1)[0] for line in found if not line.startswith(("Seeds: ", "…"))]
     assert found and [line for line in found if line not in said] == []
     assert not any("Of its" in line for line in inside.splitlines() if not line.startswith("- "))
+
+
+def _save_first_seeds_measurements(result, run_dir, class_names, **test_set):
+    """save_run with measurements.json for seed 0 only: one measured run per point."""
+    if result.config.seed != 0:
+        result = dataclasses.replace(result, measurements={})
+    return study_fakes.fake_save_run(result, run_dir, class_names, **test_set)
+
+
+def test_one_measured_run_per_point_is_not_testable_however_far_apart(tmp_path):
+    folder = _study_dir(tmp_path, _measured_fit, save=_save_first_seeds_measurements)
+    claims = json.loads((folder / "claims.json").read_text())
+    learned = [c for c in claims if c["kind"] == "learned" and c["established"]]
+    assert learned  # two runs a point: the accuracies are tested
+    mechanisms = [c for c in claims if c["kind"] in ("kernel-collapse", "sparsity", "dead-units")]
+    assert mechanisms and not [c["id"] for c in mechanisms if c["established"]]
+    assert all(c["p"] is None for c in mechanisms)
+    assert "one run per point: not testable" in _section((folder / "report.md").read_text(), "L1")
