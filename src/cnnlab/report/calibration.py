@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats as scipy_stats
 
-from cnnlab.report.claims import Claim
+from cnnlab.report.claims import Claim, design_claims
 from cnnlab.report.design import analyse, gatekeep
 from cnnlab.report.findings import gather
 from cnnlab.store import RunRecord
@@ -86,6 +86,14 @@ def study_claims(study: Study, records: list[RunRecord]) -> list[Claim]:
         return gather(study, analyses, primaries, records, Path(folder)).items
 
 
+def difference_claims(study: Study, records: list[RunRecord]) -> list[Claim]:
+    """The report's claims of a difference between the points of `records` (its experiments'
+    questions and their pairs: what an A/A or a planted study is judged by), alone."""
+    analyses = [analyse(study, experiment, records) for experiment in study.experiments]
+    primaries = gatekeep(analyses)
+    return [claim for analysis in analyses for claim in design_claims(analysis, primaries)]
+
+
 def _grid_study(name: str, field: str, values: Sequence[float]) -> Study:
     text = (
         f'[study]\nname = "{name}"\n\n[defaults]\ndataset = "digits"\n\n'
@@ -124,7 +132,7 @@ def a_a_rate(
                 record(pool[run], run, "aa", {field: values[position // seeds]})
                 for position, run in enumerate(drawn)
             ]
-            claims = study_claims(study, records)
+            claims = difference_claims(study, records)
             false += any(c.established and c.kind in DIFFERENCE_KINDS for c in claims)
         rates[label] = Rate(false, studies)
     return rates
@@ -166,7 +174,7 @@ def planted_rate(
             for run in rng.choice(len(pools[share]), size=seeds, replace=False):
                 place = {"label_noise": share}
                 records.append(record(pools[share][run], len(records), "planted", place))
-        claims = {c.id: c for c in study_claims(study, records)}
+        claims = {c.id: c for c in difference_claims(study, records)}
         primary = claims.get("planted/trend")
         trend += bool(primary and primary.established and primary.effect < 0)
         for index in big:

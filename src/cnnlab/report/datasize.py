@@ -26,6 +26,7 @@ from cnnlab.store import FINISHED, RunRecord
 
 SIZE = "train_size"
 TARGET_STEPS = (0.02, 0.05)  # default targets: the best point's mean accuracy plus these
+EPOCH_BOOTSTRAP = 200  # refits of a curve over epochs: its check's interval is all it shows
 
 
 def size_curve(analysis: Analysis) -> LearningCurve | None:
@@ -231,7 +232,7 @@ def _more_epochs(records: list[RunRecord]) -> str:
     samples: dict[float, list[Any]] = {
         float(epoch + 1): [h[epoch]["val_accuracy"] for h in histories] for epoch in range(length)
     }
-    curve = learning_curve(samples)
+    curve = learning_curve(samples, bootstrap=EPOCH_BOOTSTRAP)
     if curve is None:
         return ""
     doubled = 1 - float(curve.law.error(2 * length))
