@@ -190,6 +190,7 @@ def findings_section(document: Document, claims: Claims, advice: list[str]) -> N
         for c in claims.items
         if not c.established and not c.moot and c.kind in PRIORITY and c.kind != "pair" and c.test
     ]
+    unsettled.sort(key=lambda c: PRIORITY.index(c.kind))  # the experiments' questions first
     untestable = [c for c in claims.items if c.kind == "untestable"]
     lines = [c.otherwise for c in untestable] + [c.otherwise for c in unsettled[:MOST_FINDINGS]]
     if len(unsettled) > MOST_FINDINGS:
