@@ -1,5 +1,5 @@
 """How much data, how many epochs: a size experiment's learning curve (`curves.py`) as claims and
-as a section with its figure, and whether a point's last epochs still improve.
+as a section with its figure, and whether a point that learned still improves in its last epochs.
 
 Every sentence here is a claim (`claims.py`): the curve's summaries, the data a target needs and
 the held-out check are measured claims (a fit, no verdict); "still improving" is tested (the
@@ -17,7 +17,16 @@ from matplotlib.figure import Figure
 
 from cnnlab import plots
 from cnnlab.report import stats
-from cnnlab.report.claims import ALPHA, Claim, measured_claim, show_p, strength, tail_slope, title
+from cnnlab.report.claims import (
+    ALPHA,
+    ChanceTests,
+    Claim,
+    measured_claim,
+    show_p,
+    strength,
+    tail_slope,
+    title,
+)
 from cnnlab.report.curves import LearningCurve, learning_curve
 from cnnlab.report.design import QUANTITY, Analysis
 from cnnlab.report.document import Document, Image
@@ -211,11 +220,15 @@ def epoch_claims(analysis: Analysis, tests: dict, seen: set) -> list[Claim]:
     return claims
 
 
-def slope_tests(analyses: list[Analysis]) -> dict:
-    """Each distinct set of repeated runs: its validation-accuracy slopes, p and Holm p."""
+def slope_tests(analyses: list[Analysis], chance: ChanceTests) -> dict:
+    """Each distinct set of repeated runs that learned: its validation-accuracy slopes, p and
+    Holm p (a point at chance has no improvement worth claiming)."""
     slopes: dict[frozenset[str], list[float]] = {}
     for analysis in analyses:
         for point in analysis.measured:
+            learned = chance.of(point, "learned")
+            if learned is None or learned[1] >= ALPHA:
+                continue
             values = [tail_slope(r.history, "val_accuracy") for r in point.records if r.history]
             values = [v for v in values if v is not None]
             if len(values) > 1:

@@ -68,7 +68,7 @@ def gather(
     """Every claim of the report: design, chance, over-fitting, mechanisms, measurements."""
     chance = build.chance_tests(analyses)
     slopes, said = build.slope_tests(analyses, chance), set()
-    improving, improving_said = datasize.slope_tests(analyses), set()
+    improving, improving_said = datasize.slope_tests(analyses, chance), set()
     items: list[Claim] = []
     curves = {}
     for analysis in analyses:
