@@ -435,22 +435,27 @@ def tail_slope(history: list[dict[str, Any]], key: str) -> float | None:
 
 @dataclass
 class SlopeTests:
-    """Each distinct set of runs that learned: the slopes of its validation data loss over the
-    last third of the epochs, the one-sided t-test's p that they rise, and Holm's p over the
-    distinct points tested (a point shared by experiments is tested once)."""
+    """Each distinct set of runs that learned: the slopes of one history column over the last
+    third of the epochs, the one-sided t-test's p that they rise, and Holm's p over the distinct
+    points tested (a point shared by experiments is tested once)."""
 
     slopes: dict[frozenset[str], list[float]]
     tests: dict[frozenset[str], tuple[float, float]]  # runs -> (p, Holm p)
 
+    def of(self, point: Point) -> frozenset[str]:
+        return _runs(point)
 
-def slope_tests(analyses: list[Analysis], chance: ChanceTests) -> SlopeTests:
+
+def slope_tests(analyses: list[Analysis], chance: ChanceTests, column: str) -> SlopeTests:
+    """The rise of `column` (val_data_loss: over-fitting; val_accuracy: still improving) at
+    every point that learned; a point at chance has no such claim worth making."""
     slopes: dict[frozenset[str], list[float]] = {}
     for analysis in analyses:
         for point in analysis.measured:
             learned = chance.of(point, "learned")
             if learned is None or learned[1] >= ALPHA:
                 continue
-            values = [tail_slope(r.history, "val_data_loss") for r in point.records if r.history]
+            values = [tail_slope(r.history, column) for r in point.records if r.history]
             slopes[_runs(point)] = [v for v in values if v is not None]
     keys = [key for key, values in slopes.items() if len(values) > 1]
     raw = [stats.one_sided_t(slopes[key], 0.0, above=True) for key in keys]

@@ -19,12 +19,11 @@ from cnnlab import plots
 from cnnlab.report import stats
 from cnnlab.report.claims import (
     ALPHA,
-    ChanceTests,
     Claim,
+    SlopeTests,
     measured_claim,
     show_p,
     strength,
-    tail_slope,
     title,
 )
 from cnnlab.report.curves import LearningCurve, learning_curve
@@ -188,19 +187,21 @@ def _curve_figure(analysis: Analysis, curve: LearningCurve) -> Figure:
 # --- epochs ------------------------------------------------------------------------------------
 
 
-def epoch_claims(analysis: Analysis, tests: dict, seen: set) -> list[Claim]:
+def epoch_claims(analysis: Analysis, tests: SlopeTests, seen: set) -> list[Claim]:
     """Per point that learned: do its last epochs still improve validation accuracy beyond
-    their noise? Where they do, the curve over epochs predicts 2x the epochs."""
+    their noise (`tests` of val_accuracy)? Where they do, the curve over epochs predicts 2x the
+    epochs."""
     experiment, claims = analysis.experiment, []
     for point in analysis.measured:
-        key = frozenset(r.id for r in point.records if r.status in FINISHED)
-        if key not in tests:
+        key = tests.of(point)
+        if key not in tests.tests:
             continue
-        slopes, p, holm = tests[key]
+        slopes, (p, holm) = tests.slopes[key], tests.tests[key]
         name = point_name(experiment, point)
         low, high = stats.mean_interval(slopes)
         slope = f"{np.mean(slopes):+.4f} per epoch [{low:+.4f}, {high:+.4f}] ({len(slopes)} runs)"
-        evidence = f"one-sided t-test, Holm p = {show_p(holm)} over {len(tests)} distinct points"
+        count = len(tests.tests)
+        evidence = f"one-sided t-test, Holm p = {show_p(holm)} over {count} distinct points"
         claim = Claim(
             f"{experiment.name}/still-improving/{analysis.points.index(point)}",
             "still-improving", experiment.name, experiment.title,
@@ -211,31 +212,13 @@ def epoch_claims(analysis: Analysis, tests: dict, seen: set) -> list[Claim]:
             "slope of validation accuracy over the last third of the epochs",
             "history (val_accuracy)", [{"point": name, "n": len(slopes), "mean": np.mean(slopes)}],
             "one-sided one-sample t-test of the runs' slopes", float(np.mean(slopes)), (low, high),
-            "95% t", p, holm, f"Holm over {len(tests)} distinct points",
+            "95% t", p, holm, f"Holm over {count} distinct points",
             established=holm < ALPHA, strength=strength(holm) if holm < ALPHA else 0.0,
             moot=key in seen,
         )  # fmt: skip
         seen.add(key)
         claims.append(claim)
     return claims
-
-
-def slope_tests(analyses: list[Analysis], chance: ChanceTests) -> dict:
-    """Each distinct set of repeated runs that learned: its validation-accuracy slopes, p and
-    Holm p (a point at chance has no improvement worth claiming)."""
-    slopes: dict[frozenset[str], list[float]] = {}
-    for analysis in analyses:
-        for point in analysis.measured:
-            learned = chance.of(point, "learned")
-            if learned is None or learned[1] >= ALPHA:
-                continue
-            values = [tail_slope(r.history, "val_accuracy") for r in point.records if r.history]
-            values = [v for v in values if v is not None]
-            if len(values) > 1:
-                slopes[frozenset(r.id for r in point.records if r.status in FINISHED)] = values
-    keys = list(slopes)
-    raw = [stats.one_sided_t(slopes[k], 0.0, above=True) for k in keys]
-    return {k: (slopes[k], p, h) for k, p, h in zip(keys, raw, stats.holm(raw), strict=True)}
 
 
 def _more_epochs(records: list[RunRecord]) -> str:

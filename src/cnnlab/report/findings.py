@@ -67,8 +67,9 @@ def gather(
 ) -> Claims:
     """Every claim of the report: design, chance, over-fitting, mechanisms, measurements."""
     chance = build.chance_tests(analyses)
-    slopes, said = build.slope_tests(analyses, chance), set()
-    improving, improving_said = datasize.slope_tests(analyses, chance), set()
+    slopes, said = build.slope_tests(analyses, chance, "val_data_loss"), set()
+    improving = build.slope_tests(analyses, chance, "val_accuracy")
+    improving_said: set = set()
     items: list[Claim] = []
     curves = {}
     for analysis in analyses:
