@@ -168,7 +168,7 @@ def step_setup(data: str | None) -> dict:
 def step_a(data: str | None) -> dict:
     import dataclasses
 
-    from cnnlab.training import grouped
+    from cnnlab.training import group_net
 
     # The deterministic mode: TF32 and the autotuner off, so both sides run the same kernels.
     base = dataclasses.replace(seed_configs(3)[0], deterministic=True)
@@ -177,7 +177,7 @@ def step_a(data: str | None) -> dict:
     results = {}
     for graphed in (True, False):
         started = time.perf_counter()
-        trained = grouped.fit_group(configs, dataset, device=DEVICE, cuda_graph=graphed)
+        trained = group_net.fit_group(configs, dataset, device=DEVICE, cuda_graph=graphed)
         results[graphed] = (trained, time.perf_counter() - started)
     differences = [
         float((g.state_dict[name] - e.state_dict[name]).abs().max())
@@ -187,7 +187,7 @@ def step_a(data: str | None) -> dict:
     return {
         "max_weight_difference": max(differences),
         "close": max(differences) <= 1e-5,
-        "captured": not grouped.CAPTURE_FAILED.is_set(),
+        "captured": not group_net.CAPTURE_FAILED.is_set(),
         "graph_seconds": results[True][1],
         "eager_seconds": results[False][1],
     }
@@ -198,6 +198,7 @@ def study(configs: list, data: str | None, workers: int | None) -> dict:
     import warnings
 
     from cnnlab.execution import execute
+    from cnnlab.execution.events import ENDED
 
     dataset = load(data)
     outcomes: dict[int, object] = {}
@@ -206,7 +207,7 @@ def study(configs: list, data: str | None, workers: int | None) -> dict:
         started = time.perf_counter()
         execution = execute.execute(configs, dataset, device=DEVICE, workers=workers)
         for event in execution:
-            if event.kind in ("done", "failed"):
+            if event.kind in ENDED:
                 outcomes[event.index] = event.payload
         wall = time.perf_counter() - started
     failures = [str(w.message) for w in caught if "capture failed" in str(w.message)]

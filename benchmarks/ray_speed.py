@@ -55,9 +55,9 @@ def timed(configs, data, **options) -> tuple[float, float, dict[int, RunResult],
         for event in execution:
             if event.kind == "started" and first_start is None:
                 first_start = time.perf_counter() - started
-            elif event.kind == "failed":
+            elif event.kind == "error":
                 sys.exit(f"run {event.index} failed: {event.payload}")
-            elif event.kind == "done":
+            elif event.kind == "result":
                 results[event.index] = event.payload
     finally:
         execution.close()

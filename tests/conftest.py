@@ -76,7 +76,7 @@ SLOW_TESTS = {
     "test_study.py::test_failed_and_diverged_runs_are_recorded_and_the_study_goes_on",
     "test_study.py::test_a_write_that_fails_marks_the_run_failed_and_exits_2",
     "test_streams.py::test_a_study_records_the_runs_the_streams_report",
-    "test_batched.py::test_a_study_trained_in_groups_records_what_lone_runs_record",
+    "test_group_net.py::test_a_study_trained_in_groups_records_what_lone_runs_record",
     "test_hostile_input.py::test_train_into_a_place_that_cannot_hold_a_run_folder",
     "test_hostile_input.py::test_a_full_disk_while_writing_a_run_folder_leaves_nothing",
     "test_hostile_input.py::test_weights_that_hold_code_are_never_run",

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import cnnlab
-import study_fakes
+import fake_runs
 from cnnlab.execution import planning
 from cnnlab.training import loop, runfolder
 
@@ -42,11 +42,11 @@ def test_importing_the_package_and_its_convolution_loads_no_torch():
 
 def test_the_readme_snippet_runs(tmp_path, monkeypatch, capsys):
     # Real API calls; fake training (instant, in this process) and black images.
-    data = study_fakes.zeros_cifar()
+    data = fake_runs.zeros_cifar()
     monkeypatch.setattr(cnnlab, "load_cifar10", lambda *args: data)
-    monkeypatch.setattr(loop, "fit", study_fakes.fake_fit)
-    monkeypatch.setattr(cnnlab, "fit", study_fakes.fake_fit)
-    monkeypatch.setattr(runfolder, "save_run", study_fakes.fake_save_run)
+    monkeypatch.setattr(loop, "fit", fake_runs.fake_fit)
+    monkeypatch.setattr(cnnlab, "fit", fake_runs.fake_fit)
+    monkeypatch.setattr(runfolder, "_save_files", fake_runs.fake_save_run)
     monkeypatch.setattr(planning, "process_count", lambda *args: 1)
     monkeypatch.chdir(tmp_path)
     os.symlink(ROOT / "studies", tmp_path / "studies")

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-import study_fakes
+import fake_runs
+import fake_studies
 from cnnlab.config import RunConfig
 from cnnlab.execution import execute
-from cnnlab.training import grouped, grouping, loop, runfolder
+from cnnlab.training import group_net, group_plan, loop
 from cnnlab.training.metrics import HISTORY_KEYS
 
 PACKAGE = Path(__file__).parents[1] / "src" / "cnnlab"
@@ -29,6 +30,7 @@ SUBPACKAGES = (
     "report",
     "tracking",
     "insight",
+    "pipeline",
     "cli",
 )
 # The execution backends are siblings: none may import another (they share planning, transport).
@@ -37,7 +39,7 @@ BACKENDS = ("cnnlab.execution.processes", "cnnlab.execution.threads", "cnnlab.ex
 TORCH_FREE = (
     "cnnlab.config",
     "cnnlab.store",
-    "cnnlab.insight.layout",
+    "cnnlab.insight.explain_files",
     "cnnlab.conv.convolve",
     "cnnlab.conv.fast",
     "cnnlab.conv.kernels",
@@ -46,7 +48,7 @@ TORCH_FREE = (
     "cnnlab.nn.architectures",
     "cnnlab.nn.summary",
     "cnnlab.nn.facts",
-    "cnnlab.training.grouping",
+    "cnnlab.training.group_plan",
     "cnnlab.execution.planning",
     "cnnlab.study.studyfile",
     "cnnlab.study.searchfile",
@@ -56,6 +58,9 @@ TORCH_FREE = (
     "cnnlab.study.pruning",
     "cnnlab.report.search",
     "cnnlab.study.progress",
+    "cnnlab.study.callbacks",
+    "cnnlab.study.folder",
+    "cnnlab.study.trials",
     "cnnlab.report.tables",
     "cnnlab.report.stats",
     "cnnlab.tracking.endpoints",
@@ -155,7 +160,7 @@ def test_the_tree_is_the_concerns():
 
 def test_the_package_has_no_import_cycle():
     graph = import_graph()
-    assert len(graph) > 50 and "cnnlab.training.loop" in graph["cnnlab.training.grouped"]
+    assert len(graph) > 50 and "cnnlab.training.loop" in graph["cnnlab.training.group_net"]
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph) or [])
 
 
@@ -175,6 +180,17 @@ def test_no_backend_imports_a_sibling_and_execution_knows_no_study():
         for name in execution
         for target in graph[name]
     )
+
+
+def test_the_study_knows_no_tracker_and_the_pipeline_sits_on_top():
+    # The trackers are study callbacks: they import the protocol; the study never imports them.
+    packages = package_graph(import_graph())
+    assert "cnnlab.study" in packages["cnnlab.tracking"]
+    assert "cnnlab.tracking" not in packages["cnnlab.study"]
+    assert packages["cnnlab.pipeline"] >= {"cnnlab.study", "cnnlab.report"}
+    assert {name for name, edges in packages.items() if "cnnlab.pipeline" in edges} == {
+        "cnnlab.cli"
+    }
 
 
 def test_torch_free_modules_import_no_torch_loading_module():
@@ -262,11 +278,10 @@ def test_a_cycle_planted_in_a_subpackage_is_found(tmp_path):
 
 def test_text_commands_load_no_torch(tmp_path):
     path = tmp_path / "mini.toml"
-    path.write_text(study_fakes.STUDY_TOML)
+    path.write_text(fake_studies.STUDY_TOML)
     out = tmp_path / "out"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(runfolder, "save_run", study_fakes.fake_save_run)
-        study_fakes.study_records(path, out, study_fakes.zeros_cifar(), fit=study_fakes.fake_fit)
+    with fake_studies.fake_training(fake_runs.fake_fit):
+        fake_studies.study_records(path, out, fake_runs.zeros_cifar(), fit=fake_runs.fake_fit)
     script = f"""
 import sys
 from cnnlab.cli import main
@@ -275,7 +290,7 @@ with Store.open({str(out)!r}, create=False) as store:
     first, second = [record.id for record in store.runs()][:2]
 assert main(["results", {str(out)!r}, "--format", "csv"]) == 0
 assert main(["compare", "--study", {str(out)!r}, first, second]) == 0
-assert main(["report", {str(out)!r}]) == 0
+assert main(["report", {str(out)!r}, "--no-explain"]) == 0
 assert main(["archs"]) == 0 and main(["summary", "strong-l"]) == 0
 assert main(["study", {str(path)!r}, "--dry-run"]) == 0
 import cnnlab, cnnlab.conv, cnnlab.study.studyfile, cnnlab.config
@@ -299,14 +314,14 @@ def test_every_execution_path_records_what_a_lone_fit_records(tiny_cifar, monkey
     history_keys, metric_keys = set(lone.history[0]), set(lone.metrics)
     assert history_keys == set(HISTORY_KEYS)
     paths = {
-        "grouped": grouped.fit_group(configs, tiny_cifar, device="cpu"),
+        "grouped": group_net.fit_group(configs, tiny_cifar, device="cpu"),
         "in this process": execute.train_all(configs, tiny_cifar, device="cpu", workers=1),
         "worker processes": execute.train_all(configs, tiny_cifar, device="cpu", workers=2),
     }
     monkeypatch.setattr(
         execute,
         "plan_in_process",
-        lambda configs, target, workers: (grouping.plan_groups(configs, 8), 2),
+        lambda configs, target, workers: (group_plan.plan_groups(configs, 8), 2),
     )
     paths["groups on streams"] = execute.train_all(configs, tiny_cifar, device="cpu", workers=1)
     for path, results in paths.items():
@@ -325,7 +340,7 @@ def test_cuda_streams_and_graphs_are_made_in_one_place_each():
     # two holders share one; graphs are captured only under `device.GATE` (docs/cuda.md).
     allowed = {
         "torch.cuda.Stream(": {"cnnlab.training.device"},
-        "torch.cuda.graph(": {"cnnlab.training.grouped"},
+        "torch.cuda.graph(": {"cnnlab.training.group_net"},
     }
     for path in PACKAGE.rglob("*.py"):
         text = path.read_text(encoding="utf-8")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import study_fakes
+import fake_runs
 from cnnlab.config import RunConfig
 from cnnlab.data.datasets import load_dataset
 from cnnlab.execution.execute import train_all
@@ -21,7 +21,7 @@ def _result(accuracy: float, seed: int, label_noise: float = 0.0) -> RunResult:
     metrics = {
         "test_accuracy": accuracy,
         "baseline_accuracy": 0.1,
-        "confusion_matrix": {"test": study_fakes.test_matrix(accuracy)},
+        "confusion_matrix": {"test": fake_runs.test_matrix(accuracy)},
     }
     return RunResult(config, "done", [], metrics)
 

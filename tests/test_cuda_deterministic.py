@@ -12,7 +12,7 @@ import torch
 
 from cnnlab.config import RunConfig, check_value, run_id
 from cnnlab.execution import execute, threads
-from cnnlab.training import device, grouping, loop
+from cnnlab.training import device, group_plan, loop
 
 TINY = RunConfig(arch="tiny", train_size=100, epochs=1, batch_size=32)
 
@@ -32,9 +32,9 @@ def test_the_field_is_a_checked_boolean():
 
 def test_a_deterministic_run_is_never_grouped():
     configs = [dataclasses.replace(TINY, seed=seed, deterministic=True) for seed in range(3)]
-    assert grouping.groupable(TINY)
-    assert not any(grouping.groupable(config) for config in configs)
-    assert grouping.plan_groups(configs, max_members=32) == [[0], [1], [2]]
+    assert group_plan.groupable(TINY)
+    assert not any(group_plan.groupable(config) for config in configs)
+    assert group_plan.plan_groups(configs, max_members=32) == [[0], [1], [2]]
 
 
 def test_a_study_with_deterministic_runs_trains_one_group_at_a_time_on_cuda():
@@ -104,5 +104,5 @@ def test_cuda_threads_train_deterministic_groups_one_at_a_time(
     events = threads.train_concurrently(
         configs, [[0], [1], [2]], tiny_cifar, device="cuda", streams=3, train_group=train_group
     )
-    assert [event.kind for event in events].count("done") == 3
+    assert [event.kind for event in events].count("result") == 3
     assert max(most) == most_at_once

@@ -19,7 +19,7 @@ import torch
 
 from cnnlab.config import RunConfig
 from cnnlab.execution import threads
-from cnnlab.training import device, grouped, loop
+from cnnlab.training import device, group_net, loop
 
 # A small net with dropout on both sides of the flatten: masks in the static buffers as well
 # as the batch's indices.
@@ -127,7 +127,7 @@ class FakeCuda:
         monkeypatch.setattr(torch.cuda, "CUDAGraph", self.CUDAGraph)
         monkeypatch.setattr(torch.cuda, "graph", self.graph)
         # A fresh process: no capture has failed yet.
-        monkeypatch.setattr(grouped, "CAPTURE_FAILED", threading.Event())
+        monkeypatch.setattr(group_net, "CAPTURE_FAILED", threading.Event())
         return self
 
 
@@ -183,12 +183,13 @@ class FakeCapture:
 def train(configs, data, *, cuda_graph: bool, fake: FakeCuda | None = None, progress=None):
     """What `fit_group` does on CUDA, on the CPU, with the graphs' streams on cuda:1."""
     on_device = loop.to_device(configs[0], data, torch.device("cpu"))
-    members = grouped.GroupMembers(
+    members = group_net.GroupMembers(
         configs, on_device, masks="epoch", cuda_graph=cuda_graph, stream_device=CUDA_1
     )
     if fake is not None:
         fake.bind(members.full)
-    return loop.fit_members(configs, data, on_device, members, progress, measurements=False)
+    jobs = [loop.Job(config) for config in configs]
+    return loop.fit_members(jobs, data, on_device, members, progress, measurements=False)
 
 
 def assert_identical(results, expected) -> None:
@@ -227,7 +228,7 @@ def test_a_failed_capture_restores_the_stream_and_trains_eagerly(tiny_cifar, mon
     # Not one step after the failure ran on the capture stream.
     assert set(fake.step_streams[4:]) == {FakeStream(CUDA_1, 0)}
     assert fake.current_stream(CUDA_1) == FakeStream(CUDA_1, 0)
-    assert grouped.CAPTURE_FAILED.is_set()
+    assert group_net.CAPTURE_FAILED.is_set()
     # The process has given up on graphs: the next group does not try, and trains eagerly.
     again = train(MEMBERS[:2], tiny_cifar, cuda_graph=True, fake=fake)
     assert len(fake.captures) == 1
@@ -302,14 +303,15 @@ def test_no_other_thread_works_while_a_group_captures(tiny_cifar, monkeypatch):
 
     monkeypatch.setattr(FakeCapture, "__enter__", slow_enter)
 
-    def train_group(configs, data, *, device, progress):
+    def train_group(jobs, data, *, device, progress):
+        configs = [job.config for job in jobs]
         return train(configs, data, cuda_graph=True, fake=fake, progress=progress)
 
     events = threads.train_concurrently(
         SIDE_BY_SIDE, GROUPS, tiny_cifar, device="cpu", streams=2, train_group=train_group
     )
     kinds = [event.kind for event in events]
-    assert kinds.count("done") == 4, kinds
+    assert kinds.count("result") == 4, kinds
     assert len(fake.captures) == 2 and len({c["thread"] for c in fake.captures}) == 2
     for capture in fake.captures:
         during = [

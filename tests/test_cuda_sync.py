@@ -15,7 +15,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from cnnlab.config import RunConfig
-from cnnlab.training import grouped, grouping, loop
+from cnnlab.training import group_net, group_plan, loop
 
 # Ops that read a value back to the host (or need its size there) before they can finish.
 SYNCING = {
@@ -80,11 +80,11 @@ def _boolean_index(args) -> bool:
 SEED_NETS = ("seed", "seed-maxpool", "seed-deep")
 
 
-def captured_step(config: RunConfig, data) -> grouped._Stepper:
+def captured_step(config: RunConfig, data) -> group_net._Stepper:
     """A group's full-batch stepper, warmed up and marked as capturing, as a capture runs it."""
     configs = [config, dataclasses.replace(config, seed=1, l1=0.0)]
     on_device = loop.to_device(config, data, torch.device("cpu"))
-    members = grouped.GroupMembers(configs, on_device, masks="epoch", cuda_graph=True)
+    members = group_net.GroupMembers(configs, on_device, masks="epoch", cuda_graph=True)
     members.dropout.start_epoch(on_device.train_count)
     orders = torch.arange(config.batch_size).repeat(2, 1)
     members.full.run(orders, members.dropout.for_step(0, config.batch_size))  # a warm-up step
@@ -92,11 +92,11 @@ def captured_step(config: RunConfig, data) -> grouped._Stepper:
     return members.full
 
 
-@pytest.mark.parametrize("optimizer", grouping.GROUP_OPTIMIZERS)
+@pytest.mark.parametrize("optimizer", group_plan.GROUP_OPTIMIZERS)
 @pytest.mark.parametrize("arch", SEED_NETS)
 def test_the_captured_step_has_no_host_sync_and_no_random_op(tiny_cifar, arch, optimizer):
     config = RunConfig(arch=arch, train_size=100, batch_size=16, optimizer=optimizer, l1=1e-4)
-    assert grouping.groupable(config)
+    assert group_plan.groupable(config)
     stepper = captured_step(config, tiny_cifar)
     before = [parameter.detach().clone() for parameter in stepper.net.parameters()]
     with NoHostSync():

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import cnnlab
-import study_fakes
+import fake_studies
 from cnnlab.cli import main
 from cnnlab.config import RunConfig
 from cnnlab.errors import CnnlabError
@@ -37,7 +37,7 @@ pytest.importorskip("captum")
 
 def _run_folder(data, config: RunConfig, folder: Path) -> Path:
     result = loop.fit(config, data, device="cpu")
-    runfolder.write_run_folder(
+    runfolder.save_run(
         result,
         folder,
         data.class_names,
@@ -334,14 +334,16 @@ def test_a_test_index_out_of_range_through_the_cli(digits_run, capsys):
 
 
 def test_a_studys_report_shows_its_best_runs_from_inside(tiny_cifar, tmp_path):
-    from cnnlab.insight.explain import explain_best_runs
-    from cnnlab.report.report import write_report
-    from cnnlab.study import runner
+    # The README's Python route: run_study, then write_report, which explains the best runs.
+    import cnnlab
 
     study = tmp_path / "inside.toml"
-    study.write_text(study_fakes.tiny_study_toml("inside", "{ l1 = [0.0, 0.01] }"))
-    outcome = runner.run_study(study, out=tmp_path / "out", data=tiny_cifar, workers=1)
-    written = explain_best_runs(outcome.study_dir)
+    study.write_text(fake_studies.tiny_study_toml("inside", "{ l1 = [0.0, 0.01] }"))
+    execution = cnnlab.Execution(workers=1)
+    outcome = cnnlab.run_study(study, out=tmp_path / "out", data=tiny_cifar, execution=execution)
+    markdown = cnnlab.write_report(outcome.study_dir)["md"].read_text()
+    assert "Not explained" not in markdown and markdown.count("](report_files/inside_") == 3
+    written = list((outcome.study_dir / "runs").glob("*/explain"))
     assert len(written) == 1 and (written[0] / "image2_attributions.png").is_file()
     sources = [item["source"] for item in json.loads((written[0] / "explain.json").read_text())]
     assert sources[:2] == [
@@ -349,11 +351,11 @@ def test_a_studys_report_shows_its_best_runs_from_inside(tiny_cifar, tmp_path):
         "sample-mosaic (drawn, shown at 32x32)",
     ]
     assert sources[2].startswith("test image ")
-    # A rerun of the study keeps what an earlier one explained, untouched.
+    # Another report keeps what an earlier one explained, untouched.
     page = written[0] / "explain.html"
     before = page.stat().st_mtime_ns
-    assert explain_best_runs(outcome.study_dir) == written and page.stat().st_mtime_ns == before
-    markdown = write_report(outcome.study_dir)["md"].read_text(encoding="utf-8")
+    markdown = cnnlab.write_report(outcome.study_dir)["md"].read_text(encoding="utf-8")
+    assert page.stat().st_mtime_ns == before
     section = markdown.split("## Inside the best runs", 1)[1].split("\n## ", 1)[0]
     assert section.count("![") == 3 and "Grad-CAM" in section
     for shown in ("feature maps of the drawn shapes", "feature maps of the drawn mosaic"):

@@ -24,11 +24,12 @@ from tensorboard.plugins.hparams import (
 )
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
-import study_fakes
+import fake_runs
+import fake_studies
 from cnnlab.errors import CnnlabError
-from cnnlab.execution.events import Event
 from cnnlab.store import FINISHED, RunRecord, Store
 from cnnlab.study import runner
+from cnnlab.study.callbacks import TrainBegin
 from cnnlab.tracking import export
 from cnnlab.training import runfolder
 
@@ -53,15 +54,13 @@ def finished(tmp_path_factory) -> Path:
     """A finished two-seed study of 12 runs (fake training), two of them diverged."""
     folder = tmp_path_factory.mktemp("export")
     path = folder / "mini.toml"
-    path.write_text(study_fakes.STUDY_TOML.replace("[0, 0.0001, 1]", "[0, 0.0001, 1, 100]"))
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(runfolder, "save_run", study_fakes.fake_save_run)
+    path.write_text(fake_studies.STUDY_TOML.replace("[0, 0.0001, 1]", "[0, 0.0001, 1, 100]"))
+    with fake_studies.fake_training(fake_runs.fake_fit):
         runner.run_study(
             path,
             out=folder / "out",
-            data=study_fakes.zeros_cifar(),
-            fit=study_fakes.fake_fit,
-            echo=lambda line: None,
+            data=fake_runs.zeros_cifar(),
+            execution=fake_studies.IN_PROCESS,
         )
     return folder / "out"
 
@@ -346,22 +345,24 @@ def test_a_run_trained_again_replaces_its_mlflow_run_and_tensorboard_folder(
 # --- live ------------------------------------------------------------------------------------
 
 
-def test_the_live_loggers_driven_like_execute_runs_log_what_the_export_does(
+def test_the_live_loggers_driven_like_a_study_log_what_the_export_does(
     exported, records, finished, tmp_path
 ):
-    # The store as execute_runs leaves it: each run marked running, its epochs, then recorded.
+    # The store as a study leaves it: each run marked running, its epochs, then recorded, and
+    # the callbacks told after the store (as `runner` tells them).
     copy = tmp_path / "copy"
     shutil.copytree(finished, copy)
     logdir = tmp_path / "tensorboard"
     with Store.open(copy) as store:
         store.set_meta({"study_name": "mini-live"})
         logger = export.open_loggers([f"tensorboard:{logdir}", f"mlflow:{exported['uri']}"])
-        logger.start(store.meta(), store.runs(planned_only=True))
-        for index, record in enumerate(records):
+        planned = store.runs(planned_only=True)
+        logger.on_train_begin(TrainBegin(records, "live", copy, store.meta(), planned))
+        for record in records:
             store.mark_running(record.id)
-            export.log_event(logger, store, copy, record.id, Event("started", index))
+            logger.on_run_begin(record, store.get(record.id))
             for row in record.history:
-                export.log_event(logger, store, copy, record.id, Event("progress", index, row))
+                logger.on_epoch_end(record, row)
             store.record_result(
                 record.id,
                 status=record.status,
@@ -370,15 +371,15 @@ def test_the_live_loggers_driven_like_execute_runs_log_what_the_export_does(
                 artifacts=record.artifacts,
                 reason=record.reason,
             )
-            export.log_event(logger, store, copy, record.id, Event("done", index, None))
+            logger.on_run_end(record, store.get(record.id))
         # A run redone that fails after one epoch.
         failing = records[0]
         store.mark_running(failing.id)
-        export.log_event(logger, store, copy, failing.id, Event("started", 0))
-        export.log_event(logger, store, copy, failing.id, Event("progress", 0, failing.history[0]))
+        logger.on_run_begin(failing, store.get(failing.id))
+        logger.on_epoch_end(failing, failing.history[0])
         store.record_failure(failing.id, "RuntimeError: boom")
-        export.log_event(logger, store, copy, failing.id, Event("failed", 0, "RuntimeError: boom"))
-        logger.close()
+        logger.on_run_end(failing, store.get(failing.id))
+        logger.on_train_end()
         live_records = [run for run in store.runs(planned_only=True) if run.status in FINISHED]
     # TensorBoard: the same folders, scalars and HParams sessions as the export.
     names = [export.run_name(record) for record in live_records]
@@ -467,20 +468,20 @@ def test_the_command_logs_a_study_live_and_exports_the_same(tmp_path, monkeypatc
     from cnnlab.training import loop
 
     def fit(config, data, *, device="auto", progress=None, prune=None):
-        result = study_fakes.fake_fit(config, data, device=device)
+        result = fake_runs.fake_fit(config, data, device=device)
         for row in result.history:  # as a real run reports its epochs
             progress({**row, "member": 0, "epochs": config.epochs})
         return result
 
     monkeypatch.setattr(loop, "fit", fit)
-    monkeypatch.setattr(runfolder, "save_run", study_fakes.fake_save_run)
+    monkeypatch.setattr(runfolder, "_save_files", fake_runs.fake_save_run)
     monkeypatch.setattr(planning, "process_count", lambda *args: 1)
-    data = study_fakes.zeros_cifar()
+    data = fake_runs.zeros_cifar()
     monkeypatch.setattr(
         "cnnlab.data.datasets.load_dataset", lambda name, source=None, **options: data
     )
     path = tmp_path / "mini.toml"
-    path.write_text(study_fakes.STUDY_TOML)
+    path.write_text(fake_studies.STUDY_TOML)
     out, live, replayed = tmp_path / "out", tmp_path / "live", tmp_path / "replayed"
     command = ["study", str(path), "--out", str(out), "--repeats", "1"]
     assert main([*command, "--log", f"tensorboard:{live}"]) == 0

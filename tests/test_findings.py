@@ -15,25 +15,27 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-import study_fakes
+import fake_runs
+import fake_studies
+import oracles
 from cnnlab.cli import main
 from cnnlab.config import RunConfig
+from cnnlab.data import datasets
+from cnnlab.execution import planning
 from cnnlab.nn.shapes import dataset_input, forward_flops, resolve_layers
 from cnnlab.report import cost, stats
 from cnnlab.report.document import FILES_FOLDER
 from cnnlab.report.report import build
-from cnnlab.study import runner
-from cnnlab.training import runfolder
 
 
 def _fit_from(table: dict[tuple[str, float], list[float]]):
     """A fake fit whose test accuracy per seed comes from `table`, keyed by (field, value)."""
 
     def fit(config, data, **options):
-        result = study_fakes.fake_fit(config, data, **options)
+        result = fake_runs.fake_fit(config, data, **options)
         key = next(key for key in table if getattr(config, key[0]) == key[1])
         accuracy = table[key][config.seed]
-        matrix = study_fakes.test_matrix(accuracy)
+        matrix = fake_runs.test_matrix(accuracy)
         metrics = {**result.metrics, "test_accuracy": accuracy}
         metrics["confusion_matrix"] = {**metrics["confusion_matrix"], "test": matrix}
         return dataclasses.replace(result, metrics=metrics)
@@ -42,7 +44,7 @@ def _fit_from(table: dict[tuple[str, float], list[float]]):
 
 
 def _run(folder: Path, toml: str, fit, repeats: int | None = None) -> Path:
-    return study_fakes.run_fake_study(folder, toml, fit, repeats=repeats)
+    return fake_studies.run_fake_study(folder, toml, fit, repeats=repeats)
 
 
 def _observations(markdown: str) -> list[str]:
@@ -155,7 +157,7 @@ def test_collapse_is_said_only_where_a_point_is_clearly_at_chance(collapsed):
     observations = _observations((collapsed / "report.md").read_text())
     at_one = [line for line in observations if "collapses the net" in line]
     raw = [_collapse_p(COLLAPSE[key]) for key in COLLAPSE]
-    holm = study_fakes.holm_by_definition(raw)[3]
+    holm = oracles.holm_by_definition(raw)[3]
     assert at_one == [
         "**L1**: L1 weight=1 collapses the net to chance in each of its runs: test accuracy"
         " 0.100, 0.101, 0.099, each below 0.12 (the most-frequent-class 0.10 plus the margin"
@@ -304,17 +306,13 @@ def test_one_unstable_point_does_not_set_the_seeds_needed():
 
 
 def test_the_study_command_prints_the_advice(tmp_path, monkeypatch, capsys):
-    study_run = runner.run_study
-
-    def fake_run_study(path, **options):
-        options |= {"data": study_fakes.zeros_cifar(), "fit": _fit_from(DEMOTED)}
-        return study_run(path, **options)
-
-    monkeypatch.setattr(runner, "run_study", fake_run_study)
-    monkeypatch.setattr(runfolder, "save_run", study_fakes.fake_save_run)
+    monkeypatch.setattr(datasets, "load_dataset", lambda *args: fake_runs.zeros_cifar())
+    monkeypatch.setattr(planning, "process_count", lambda *args: 1)
     path = tmp_path / "demoted.toml"
     path.write_text(DEMOTED_TOML)
-    assert main(["study", str(path), "--out", str(tmp_path / "out"), "--repeats", "2"]) == 0
+    with fake_studies.fake_training(_fit_from(DEMOTED)):
+        arguments = ["study", str(path), "--out", str(tmp_path / "out"), "--repeats", "2"]
+        assert main([*arguments, "--device", "cpu"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[-1] == f"report: {tmp_path / 'out' / 'report.html'}"  # still the last line
     advice = [line for line in lines if line.startswith("advice")]
@@ -361,7 +359,7 @@ def test_compare_refuses_points_it_cannot_pin_down(demoted, capsys, points, mess
 
 
 def test_the_seed_like_studys_observations(tmp_path):
-    report = build(_run(tmp_path, study_fakes.STUDY_TOML, study_fakes.fake_fit, 3))
+    report = build(_run(tmp_path, fake_studies.STUDY_TOML, fake_runs.fake_fit, 3))
     observations = _observations(report.markdown())
     assert any(
         line.startswith("**L1**: L1 weight=1 collapses the net to chance in each of its runs")
@@ -408,6 +406,6 @@ def test_a_size_grid_gets_its_learning_curve_as_claims_and_a_figure(demoted):
 
 
 def test_two_sizes_fit_no_curve_and_say_so(tmp_path):
-    report = build(_run(tmp_path, study_fakes.STUDY_TOML, study_fakes.fake_fit, 3))
+    report = build(_run(tmp_path, fake_studies.STUDY_TOML, fake_runs.fake_fit, 3))
     (curve,) = [c for c in report.claims.items if c.kind == "curve"]
     assert "no learning curve: it needs three sizes or more" in curve.sentence

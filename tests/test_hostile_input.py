@@ -20,7 +20,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import study_fakes
+import fake_runs
+import fake_studies
 from cnnlab import config
 from cnnlab.errors import CnnlabError
 from cnnlab.study.plan import plan_runs
@@ -57,7 +58,7 @@ def assert_one_line_refusal(done: subprocess.CompletedProcess, expected: str) ->
 
 # --- study files, field by field ---------------------------------------------------------------
 
-STUDY = study_fakes.STUDY_TOML
+STUDY = fake_studies.STUDY_TOML
 BAD_VALUES = {
     "a string": '"x"',
     "NaN": "nan",
@@ -237,9 +238,9 @@ def run_folder(tmp_path_factory) -> Path:
     from cnnlab.training import loop
 
     folder = tmp_path_factory.mktemp("run") / "run"
-    data = study_fakes.zeros_cifar(train_count=100)
+    data = fake_runs.zeros_cifar(train_count=100)
     result = loop.fit(RunConfig(arch="tiny", train_size=100, epochs=1), data, device="cpu")
-    runfolder.write_run_folder(result, folder, data.class_names)
+    runfolder.save_run(result, folder, data.class_names)
     return folder
 
 
@@ -291,9 +292,9 @@ def test_weights_that_hold_code_are_never_run(run_folder, tmp_path):
 def test_results_into_a_closed_pipe_end_quietly(tmp_path, monkeypatch):
     path = tmp_path / "mini.toml"
     path.write_text(STUDY)
-    monkeypatch.setattr(runfolder, "save_run", study_fakes.fake_save_run)
-    data = study_fakes.zeros_cifar()
-    study_fakes.study_records(path, tmp_path / "out", data, fit=study_fakes.fake_fit)
+    monkeypatch.setattr(runfolder, "_save_files", fake_runs.fake_save_run)
+    data = fake_runs.zeros_cifar()
+    fake_studies.study_records(path, tmp_path / "out", data, fit=fake_runs.fake_fit)
     reader = subprocess.Popen(
         f"{sys.executable} -m cnnlab results {tmp_path / 'out'} --format csv | head -1",
         shell=True,

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-import study_fakes
+import fake_runs
+import fake_studies
 from cnnlab.cli import main
-from cnnlab.training import runfolder
 
-STUDY = study_fakes.tiny_study_toml("edited", "{ l1 = [0.0, 0.01], seed = [0, 1] }")
+STUDY = fake_studies.tiny_study_toml("edited", "{ l1 = [0.0, 0.01], seed = [0, 1] }")
 
 HOSTILE_JSON = [
     "not json",
@@ -57,11 +57,8 @@ HISTORY = [
 def finished(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("edited")
     (root / "edited.toml").write_text(STUDY)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(runfolder, "save_run", study_fakes.fake_save_run)
-        study_fakes.study_records(
-            root / "edited.toml", root / "out", study_fakes.zeros_cifar(), fit=study_fakes.fake_fit
-        )
+    with fake_studies.fake_training(fake_runs.fake_fit):
+        fake_studies.study_records(root / "edited.toml", root / "out", fake_runs.zeros_cifar())
     return root / "out"
 
 

@@ -29,14 +29,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import study_fakes
+import fake_runs
+import fake_studies
 from cnnlab.cli import main
 from cnnlab.config import RunConfig, check_config
 from cnnlab.errors import CnnlabError
 from cnnlab.store import FINISHED, Store
 from cnnlab.study import runner
 from cnnlab.tracking import endpoints, export
-from cnnlab.training import runfolder
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:mlflow.*")
 
@@ -49,15 +49,13 @@ SRC = Path(__file__).parents[1] / "src"
 def finished(tmp_path_factory) -> Path:
     """A finished study of 10 runs (fake training), two of them diverged."""
     folder = tmp_path_factory.mktemp("hostile-tracking")
-    (folder / "mini.toml").write_text(study_fakes.STUDY_TOML)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(runfolder, "save_run", study_fakes.fake_save_run)
+    (folder / "mini.toml").write_text(fake_studies.STUDY_TOML)
+    with fake_studies.fake_training(fake_runs.fake_fit):
         runner.run_study(
             folder / "mini.toml",
             out=folder / "out",
-            data=study_fakes.zeros_cifar(),
-            fit=study_fakes.fake_fit,
-            echo=lambda line: None,
+            data=fake_runs.zeros_cifar(),
+            execution=fake_studies.IN_PROCESS,
         )
     return folder / "out"
 

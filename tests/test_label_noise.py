@@ -18,7 +18,7 @@ import torch
 from cnnlab.cli import main
 from cnnlab.config import ConfigError, RunConfig, check_value, run_id
 from cnnlab.data.datasets import Dataset
-from cnnlab.training import grouped, grouping, loop, runfolder
+from cnnlab.training import group_net, group_plan, loop, runfolder
 
 CPU = torch.device("cpu")
 TINY = RunConfig(arch="tiny", train_size=200, epochs=2, seed=3)  # 180 train, 20 validation
@@ -118,7 +118,7 @@ def test_a_noisy_run_is_a_plain_run_on_the_wrong_labels(tiny_cifar, tmp_path):
     for name, tensor in by_hand.state_dict.items():
         assert torch.equal(noisy.state_dict[name], tensor), name
     # The training scores are against the labels trained on; evaluating the saved run agrees.
-    runfolder.write_run_folder(noisy, tmp_path / "run", tiny_cifar.class_names)
+    runfolder.save_run(noisy, tmp_path / "run", tiny_cifar.class_names)
     saved = runfolder.evaluate_run(runfolder.load_run(tmp_path / "run"), tiny_cifar, "cpu")
     assert saved["train"][1].accuracy == pytest.approx(noisy.metrics["train_accuracy"])
     assert np.array_equal(saved["train"][0], on_device.subset_labels)
@@ -126,12 +126,12 @@ def test_a_noisy_run_is_a_plain_run_on_the_wrong_labels(tiny_cifar, tmp_path):
 
 def test_a_noisy_run_trains_alone_never_in_a_group(tiny_cifar):
     noisy = [RunConfig(seed=seed, label_noise=0.1) for seed in range(2)]
-    assert grouping.groupable(RunConfig()) and not grouping.groupable(noisy[0])
+    assert group_plan.groupable(RunConfig()) and not group_plan.groupable(noisy[0])
     plain = [RunConfig(seed=seed) for seed in range(2)]
-    assert grouping.plan_groups([*plain, *noisy], max_members=8) == [[0, 1], [2], [3]]
+    assert group_plan.plan_groups([*plain, *noisy], max_members=8) == [[0, 1], [2], [3]]
     tiny = [dataclasses.replace(TINY, seed=seed, label_noise=0.1) for seed in range(2)]
     with pytest.raises(ValueError, match="label_noise"):
-        grouped.fit_group(tiny, tiny_cifar, device="cpu")
+        group_net.fit_group(tiny, tiny_cifar, device="cpu")
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), -0.1, 1.0, 1.5, True, "0.1"])

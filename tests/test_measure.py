@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-import study_fakes
+import fake_studies
 from cnnlab.config import RunConfig
 from cnnlab.nn import modules
 from cnnlab.nn.architectures import get_architecture
 from cnnlab.nn.shapes import parse_layers
 from cnnlab.report import mechanisms
 from cnnlab.report.report import build
-from cnnlab.training import grouped, loop, measure, runfolder
+from cnnlab.training import group_net, loop, measure, runfolder
 
 TIMING_KEYS = {"fit_seconds", "eval_seconds"}
 # Dropout (masks from the run's generator), an L1 penalty, and a net with batch norms, residual
@@ -141,7 +141,7 @@ def test_the_measuring_copy_draws_no_random_numbers_and_shares_no_memory():
 
 
 def test_grouped_members_record_the_measurements_of_their_lone_runs(tiny_cifar):
-    results = grouped.fit_group(GROUP, tiny_cifar, device="cpu")
+    results = group_net.fit_group(GROUP, tiny_cifar, device="cpu")
     for result, config in zip(results, GROUP, strict=True):
         lone = loop.fit(config, tiny_cifar, device="cpu").measurements
         mine = result.measurements
@@ -167,13 +167,13 @@ def test_a_diverged_run_is_measured_up_to_its_last_finite_epoch(tiny_cifar):
 
 def test_the_run_folder_keeps_the_measurements_and_older_folders_still_load(tiny_cifar, tmp_path):
     result = loop.fit(GROUP[0], tiny_cifar, device="cpu")
-    paths = runfolder.write_run_folder(result, tmp_path / "run", tiny_cifar.class_names)
+    paths = runfolder.save_run(result, tmp_path / "run", tiny_cifar.class_names)
     saved = json.loads((tmp_path / "run" / "measurements.json").read_text())
     assert paths["measurements"] == str(tmp_path / "run" / "measurements.json")
     assert saved == result.measurements
     assert runfolder.load_run(tmp_path / "run").measurements == result.measurements
     plain = dataclasses.replace(result, measurements={})
-    paths = runfolder.write_run_folder(plain, tmp_path / "old", tiny_cifar.class_names)
+    paths = runfolder.save_run(plain, tmp_path / "old", tiny_cifar.class_names)
     assert "measurements" not in paths and not (tmp_path / "old" / "measurements.json").exists()
     old = runfolder.load_run(tmp_path / "old")
     assert old.history == result.history and old.measurements == {}
@@ -183,8 +183,8 @@ def test_a_studys_store_lists_each_runs_measurements_and_its_report_shows_them(
     tiny_cifar, tmp_path
 ):
     study = tmp_path / "grid.toml"
-    study.write_text(study_fakes.tiny_study_toml("grid", "{ l1 = [0, 0.5] }"))
-    records = study_fakes.study_records(study, tmp_path / "out", tiny_cifar)
+    study.write_text(fake_studies.tiny_study_toml("grid", "{ l1 = [0, 0.5] }"))
+    records = fake_studies.study_records(study, tmp_path / "out", tiny_cifar)
     for record in records.values():
         saved = mechanisms.load_measurements(tmp_path / "out", record)
         assert saved is not None and [row["epoch"] for row in saved["gradients"]] == [1, 2]

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 from scipy import stats as scipy_stats
 
-import study_fakes
+import fake_runs
+import fake_studies
 from cnnlab.nn import facts
 from cnnlab.nn.architectures import get_architecture
 from cnnlab.report.report import build, write_report
 from cnnlab.study import runner
-from cnnlab.training import runfolder
 
 DEPTH = """
 [experiments.depth]
@@ -62,7 +62,7 @@ def _readings(config) -> dict:
 
 
 def _measured_fit(config, data, **options):
-    result = study_fakes.fake_fit(config, data, **options)
+    result = fake_runs.fake_fit(config, data, **options)
     return dataclasses.replace(result, measurements=_readings(config))
 
 
@@ -74,7 +74,7 @@ def _learned_nothing_fit(config, data, **options):
 
 def _save_with_measurements(result, run_dir, class_names, **test_set):
     """The fake save_run plus measurements.json, written and listed as `save_run` does."""
-    paths = study_fakes.fake_save_run(result, run_dir, class_names, **test_set)
+    paths = fake_runs.fake_save_run(result, run_dir, class_names, **test_set)
     if result.measurements:
         path = Path(run_dir) / "measurements.json"
         path.write_text(json.dumps(result.measurements))
@@ -88,18 +88,16 @@ def _study(folder: Path, fit, save=_save_with_measurements) -> str:
 
 def _study_dir(folder: Path, fit, save=_save_with_measurements, repeats=None) -> Path:
     path = folder / "mini.toml"
-    path.write_text(study_fakes.STUDY_TOML + DEPTH)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(runfolder, "save_run", save)
+    path.write_text(fake_studies.STUDY_TOML + DEPTH)
+    with fake_studies.fake_training(fit, save):
         outcome = runner.run_study(
             path,
             out=folder / "out",
-            data=study_fakes.zeros_cifar(),
-            fit=fit,
+            data=fake_runs.zeros_cifar(),
             repeats=repeats,
-            echo=lambda _: None,
+            execution=fake_studies.IN_PROCESS,
         )
-    write_report(outcome.study_dir)
+    write_report(outcome.study_dir, explain=False)
     return outcome.study_dir
 
 
@@ -227,7 +225,7 @@ def test_a_study_that_learned_nothing_says_so_and_draws_no_cause(tmp_path):
 
 
 def test_runs_without_measurements_are_counted_and_the_facts_still_shown(tmp_path):
-    markdown = _study(tmp_path, study_fakes.fake_fit, save=study_fakes.fake_save_run)
+    markdown = _study(tmp_path, fake_runs.fake_fit, save=fake_runs.fake_save_run)
     assert "kept no readable `measurements.json`" in markdown
     section = _section(markdown, "L1")
     assert "No run of this experiment kept measurements of its dense kernel." in section
@@ -287,7 +285,7 @@ def _save_first_seeds_measurements(result, run_dir, class_names, **test_set):
     """save_run with measurements.json for seed 0 only: one measured run per point."""
     if result.config.seed != 0:
         result = dataclasses.replace(result, measurements={})
-    return study_fakes.fake_save_run(result, run_dir, class_names, **test_set)
+    return fake_runs.fake_save_run(result, run_dir, class_names, **test_set)
 
 
 def test_one_measured_run_per_point_is_not_testable_however_far_apart(tmp_path):

@@ -33,7 +33,7 @@ def trained(tmp_path_factory) -> tuple[Path, object]:
     data = tiny_cifar.__wrapped__()
     result = loop.fit(RunConfig(arch="tiny-modern", train_size=200, epochs=1, seed=1), data)
     folder = tmp_path_factory.mktemp("onnx") / "run"
-    runfolder.write_run_folder(result, folder, data.class_names)
+    runfolder.save_run(result, folder, data.class_names)
     return folder, data
 
 

@@ -191,7 +191,7 @@ def test_float32_matches_keras_formula_at_float32_rounding():
 
 
 def test_stacked_parameters_step_like_separate_ones():
-    """batched.py stacks a group's members into one tensor: the update must be elementwise."""
+    """group_net.py stacks a group's members into one tensor: the update must be elementwise."""
     rng = np.random.default_rng(5)
     separate = [torch.nn.Parameter(torch.tensor(rng.normal(size=(3, 5)))) for _ in range(2)]
     stacked = torch.nn.Parameter(torch.stack([p.detach().clone() for p in separate]))

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-import study_fakes
+import fake_studies
 from cnnlab.study import progress
 
 # The real command with fake, slowed-down training in its own process.
@@ -18,23 +18,24 @@ DRIVER = """
 import sys
 import time
 sys.path.insert(0, {tests!r})
-import study_fakes
+import fake_runs
+import fake_studies
 from cnnlab import cli
 from cnnlab.training import runfolder
 from cnnlab.training import loop
 from cnnlab.execution import planning
 
 def fit(config, data, *, device="auto", progress=None, prune=None):
-    result = study_fakes.fake_fit(config, data, device=device)
+    result = fake_runs.fake_fit(config, data, device=device)
     for row in result.history[:3]:
         progress({{**row, "member": 0, "epochs": config.epochs}})
         time.sleep(0.3)  # long enough for the display's next redraw to show it
     return result
 
 loop.fit = fit
-runfolder.save_run = study_fakes.fake_save_run
+runfolder.save_run = fake_runs.fake_save_run
 planning.process_count = lambda *args: 1
-data = study_fakes.zeros_cifar()
+data = fake_runs.zeros_cifar()
 import cnnlab.data.datasets
 cnnlab.data.datasets.load_dataset = lambda name, source=None, **options: data
 sys.exit(cli.main(["study", {study!r}, "--out", {out!r}, "--repeats", "1"]))
@@ -43,7 +44,7 @@ sys.exit(cli.main(["study", {study!r}, "--out", {out!r}, "--repeats", "1"]))
 
 def driver(tmp_path: Path) -> list[str]:
     study = tmp_path / "mini.toml"
-    study.write_text(study_fakes.STUDY_TOML)
+    study.write_text(fake_studies.STUDY_TOML)
     code = DRIVER.format(
         tests=str(Path(__file__).parent), study=str(study), out=str(tmp_path / "out")
     )

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 import cnnlab.store as store_module
-import study_fakes
+import fake_runs
+import fake_studies
 import test_search
 from cnnlab.cli import main
 from cnnlab.config import RunConfig
@@ -21,7 +22,7 @@ from cnnlab.store import Store
 from cnnlab.study import pruning, runner
 from cnnlab.study.searchfile import Pruner
 from cnnlab.study.studyfile import load_study
-from cnnlab.training import grouped, loop
+from cnnlab.training import group_net, loop
 
 MEDIAN = 'pruner = { type = "median", startup_trials = 2 }'
 
@@ -35,7 +36,7 @@ def pruned_toml(pruner: str = MEDIAN, trials: int = 8) -> str:
 def fake_save(monkeypatch):
     from cnnlab.training import runfolder
 
-    monkeypatch.setattr(runfolder, "save_run", study_fakes.fake_save_run)
+    monkeypatch.setattr(runfolder, "_save_files", fake_runs.fake_save_run)
 
 
 def _search(path: Path, out: Path, seed_effect: float = 0.003) -> list[RunConfig]:
@@ -45,8 +46,9 @@ def _search(path: Path, out: Path, seed_effect: float = 0.003) -> list[RunConfig
         trained.append(config)
         return test_search.search_fit(config, data, prune=prune, seed_effect=seed_effect)
 
-    data = study_fakes.zeros_cifar()
-    runner.run_study(path, out=out, fit=fit, data=data, echo=lambda line: None)
+    data = fake_runs.zeros_cifar()
+    with fake_studies.fake_training(fit, save_run=None):
+        runner.run_study(path, out=out, data=data, execution=fake_studies.IN_PROCESS)
     return trained
 
 
@@ -85,7 +87,7 @@ def _median_rule(trials: list[tuple[int, list]], batch: int, *, by_seed: bool) -
 def _full_history(record) -> list[dict]:
     """The history the run would have had unpruned (the fake fit's curve is a formula)."""
     config = RunConfig(**record.config)
-    return test_search.search_fit(config, study_fakes.zeros_cifar()).history
+    return test_search.search_fit(config, fake_runs.zeros_cifar()).history
 
 
 def test_the_median_pruner_stops_runs_against_the_same_seed_of_earlier_batches(tmp_path, fake_save):
@@ -225,8 +227,9 @@ def test_a_pruned_run_stops_with_the_weights_of_a_run_that_trained_that_long(tin
 
 def test_a_pruned_member_of_a_group_leaves_the_others_as_they_were(tiny_cifar):
     configs = [_TINY, dataclasses.replace(_TINY, seed=1)]
-    alone = grouped.fit_group(configs, tiny_cifar, device="cpu")
-    pruned = grouped.fit_group(configs, tiny_cifar, device="cpu", prunes=[_stop_after(1), None])
+    alone = group_net.fit_group(configs, tiny_cifar, device="cpu")
+    jobs = [loop.Job(configs[0], _stop_after(1)), loop.Job(configs[1])]
+    pruned = group_net.fit_group(jobs, tiny_cifar, device="cpu")
     assert [r.status for r in pruned] == ["pruned", "done"]
     assert len(pruned[0].history) == 1 and _rows(pruned[0].history) == _rows(alone[0].history[:1])
     assert _rows(pruned[1].history) == _rows(alone[1].history)
@@ -234,7 +237,7 @@ def test_a_pruned_member_of_a_group_leaves_the_others_as_they_were(tiny_cifar):
         assert torch.equal(pruned[1].state_dict[name], tensor), name
     # The pruned member keeps its weights of the epoch it stopped at, not the group's last.
     one_epoch = [dataclasses.replace(config, epochs=1) for config in configs]
-    short = grouped.fit_group(one_epoch, tiny_cifar, device="cpu")
+    short = group_net.fit_group(one_epoch, tiny_cifar, device="cpu")
     for name, tensor in short[0].state_dict.items():
         assert torch.equal(pruned[0].state_dict[name], tensor), name
 

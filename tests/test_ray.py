@@ -16,16 +16,17 @@ from pathlib import Path
 import pytest
 import torch
 
-import study_fakes
+import fake_studies
+import image_folders
 import test_search
 from cnnlab.config import RunConfig, run_id
 from cnnlab.errors import CnnlabError
 from cnnlab.execution import execute, ray_tasks
 from cnnlab.study import plan
 from cnnlab.study.studyfile import load_study
-from cnnlab.training import grouped, loop
+from cnnlab.training import group_net, loop
 from cnnlab.training.metrics import HISTORY_KEYS
-from processes import children_of, command_line, wait_gone
+from proc_table import children_of, command_line, wait_gone
 
 ray = pytest.importorskip("ray", reason="the Ray tests need Ray: pip install 'cnnlab[ray]'")
 
@@ -96,11 +97,11 @@ def _events_on_ray(configs, data, address, **options):
 
 def _assert_each_run_once(events, count: int, epochs: int) -> None:
     """Every run: one `started`, each epoch's row once and in order, then one `done`."""
-    by_run = study_fakes.events_by_run(events)
+    by_run = fake_studies.events_by_run(events)
     assert sorted(by_run) == list(range(count))
     for index, run_events in by_run.items():
         kinds = [event.kind for event in run_events]
-        assert kinds == ["started", *["progress"] * epochs, "done"], (index, kinds)
+        assert kinds == ["started", *["epoch"] * epochs, "result"], (index, kinds)
         assert [event.payload["epoch"] for event in run_events[1:-1]] == list(range(1, epochs + 1))
         result = run_events[-1].payload
         assert result.status == "done"
@@ -137,7 +138,7 @@ def test_a_node_uses_its_own_copy_of_the_data_only_when_the_checksum_matches(tmp
 
 
 def test_the_study_file_chooses_the_backend_and_the_cluster(tmp_path):
-    text = study_fakes.tiny_study_toml("tiny", "{ seed = [0] }")
+    text = fake_studies.tiny_study_toml("tiny", "{ seed = [0] }")
     plain = tmp_path / "plain.toml"
     plain.write_text(text)
     assert (load_study(plain).backend, load_study(plain).address) == ("local", None)
@@ -166,7 +167,7 @@ def test_a_study_trains_on_a_ray_cluster(tiny_cifar, ray_address, tmp_path):
     # tiny_cifar has no file source: the tasks take the arrays from Ray's object store.
     study_file = tmp_path / "tiny.toml"
     study_file.write_text(
-        study_fakes.tiny_study_toml("tiny", "{ seed = [0, 1, 2], l1 = [0, 0.01] }")
+        fake_studies.tiny_study_toml("tiny", "{ seed = [0, 1, 2], l1 = [0, 0.01] }")
     )
     planned = plan.plan_runs(load_study(study_file))
     configs = [run.config for run in planned]
@@ -177,7 +178,7 @@ def test_a_study_trains_on_a_ray_cluster(tiny_cifar, ray_address, tmp_path):
     events = list(execution)
     _assert_each_run_once(events, len(configs), epochs=2)
     for event in events:
-        if event.kind == "done":
+        if event.kind == "result":
             assert event.payload.config == configs[event.index]
             assert set(event.payload.history[0]) == set(HISTORY_KEYS)
     assert not ray.is_initialized()  # the driver left the cluster it joined
@@ -191,7 +192,7 @@ def test_a_killed_ray_worker_is_retried_and_its_run_done_once(tiny_cifar, ray_ad
     for event in ray_tasks.train_on_ray(configs, tiny_cifar, device="cpu", address=ray_address):
         events.append(event)
         most_at_once = max(most_at_once, len(_processes_titled("ray::cnnlab ")))
-        if event.kind == "progress" and event.index == 0 and victim is None:
+        if event.kind == "epoch" and event.index == 0 and victim is None:
             victim = _process_titled(title)
             os.kill(victim, signal.SIGKILL)
     assert victim is not None
@@ -208,19 +209,19 @@ def test_a_run_whose_worker_dies_past_the_retries_fails_with_the_reason(tiny_cif
     events = []
     for event in _train(configs, tiny_cifar, ray_address, max_retries=0):
         events.append(event)
-        if event.kind == "progress" and event.payload["epoch"] == 1:
+        if event.kind == "epoch" and event.payload["epoch"] == 1:
             os.kill(_process_titled(title), signal.SIGKILL)
-    assert [event.kind for event in events if event.kind != "progress"] == ["started", "failed"]
+    assert [event.kind for event in events if event.kind != "epoch"] == ["started", "error"]
     assert events[-1].payload == "its Ray worker process died (1 try)"
 
 
 def test_a_failing_run_fails_once_with_its_reason_and_the_others_finish(tiny_cifar, ray_address):
     configs = [BASE, dataclasses.replace(BASE, train_size=10_000)]
-    by_run = study_fakes.events_by_run(_events_on_ray(configs, tiny_cifar, ray_address))
-    assert [event.kind for event in by_run[1]] == ["started", "failed"]  # not retried
+    by_run = fake_studies.events_by_run(_events_on_ray(configs, tiny_cifar, ray_address))
+    assert [event.kind for event in by_run[1]] == ["started", "error"]  # not retried
     assert "train_size: 10000" in by_run[1][-1].payload
     assert "\n" not in by_run[1][-1].payload
-    assert by_run[0][-1].kind == "done"
+    assert by_run[0][-1].kind == "result"
 
 
 def test_runs_on_ray_end_as_the_same_runs_trained_locally(tiny_cifar, ray_address):
@@ -229,7 +230,7 @@ def test_runs_on_ray_end_as_the_same_runs_trained_locally(tiny_cifar, ray_addres
         dataclasses.replace(BASE, seed=1, l1=1e-2),
         dataclasses.replace(BASE, seed=2, train_size=150),
     ]
-    by_run = study_fakes.events_by_run(_events_on_ray(configs, tiny_cifar, ray_address))
+    by_run = fake_studies.events_by_run(_events_on_ray(configs, tiny_cifar, ray_address))
     saved = torch.get_num_threads()
     torch.set_num_threads(1)  # a Ray task's threads (cpus_per_run): then the arithmetic is equal
     try:
@@ -268,7 +269,7 @@ def test_a_group_task_reports_each_member_under_its_run_index(tiny_cifar, ray_ad
     saved = torch.get_num_threads()
     torch.set_num_threads(1)  # the task's threads
     try:
-        expected = grouped.fit_group(configs, tiny_cifar, device="cpu")
+        expected = group_net.fit_group(configs, tiny_cifar, device="cpu")
     finally:
         torch.set_num_threads(saved)
     ray.init(address=ray_address)
@@ -281,13 +282,13 @@ def test_a_group_task_reports_each_member_under_its_run_index(tiny_cifar, ray_ad
     finally:
         ray.shutdown()
     assert sorted(message[:2] for message in messages) == [
-        *[("progress", 3)] * 2,
-        *[("progress", 7)] * 2,
+        *[("epoch", 3)] * 2,
+        *[("epoch", 7)] * 2,
         ("started", 3),
         ("started", 7),
     ]
     for (kind, result), reference in zip(outcomes, expected, strict=True):
-        assert kind == "done"
+        assert kind == "result"
         assert _without_timings(result.history) == _without_timings(reference.history)
         for name, weight in reference.state_dict.items():
             assert (result.state_dict[name] == weight.numpy()).all(), name
@@ -296,7 +297,7 @@ def test_a_group_task_reports_each_member_under_its_run_index(tiny_cifar, ray_ad
 def test_closing_the_events_cancels_the_tasks_still_out(tiny_cifar, ray_address):
     configs = [dataclasses.replace(BASE, seed=seed, epochs=200) for seed in range(3)]
     events = ray_tasks.train_on_ray(configs, tiny_cifar, device="cpu", address=ray_address)
-    first = next(event for event in events if event.kind == "progress")
+    first = next(event for event in events if event.kind == "epoch")
     titles = [f"ray::{ray_tasks.task_name([configs[first.index]])}"]
     training = _process_titled(titles[0])
     events.close()
@@ -384,10 +385,10 @@ def _image_folder_zip(path: Path) -> Path:
 def test_a_study_through_the_command_resumes_after_its_driver_is_killed(ray_address, tmp_path):
     from cnnlab.store import Store
 
-    data = study_fakes.write_png_folder(tmp_path / "pngs")
+    data = image_folders.write_png_folder(tmp_path / "pngs")
     study_file = tmp_path / "tiny.toml"
     study_file.write_text(
-        study_fakes.tiny_study_toml("ray", "{ seed = [0, 1, 2, 3], l1 = [0.0, 0.01] }").replace(
+        fake_studies.tiny_study_toml("ray", "{ seed = [0, 1, 2, 3], l1 = [0.0, 0.01] }").replace(
             "epochs = 2", "epochs = 4"
         )
     )
@@ -446,10 +447,10 @@ def _descendants(pid: int) -> set[int]:
 
 def test_a_killed_driver_takes_the_local_ray_it_started_with_it(tmp_path):
     # Not the module's head (`ray_address`): a Ray this driver starts, then the driver killed.
-    data = study_fakes.write_png_folder(tmp_path / "pngs")
+    data = image_folders.write_png_folder(tmp_path / "pngs")
     study_file = tmp_path / "tiny.toml"
     study_file.write_text(
-        study_fakes.tiny_study_toml("reaped", "{ seed = [0, 1] }").replace(
+        fake_studies.tiny_study_toml("reaped", "{ seed = [0, 1] }").replace(
             "epochs = 2", "epochs = 200"
         )
     )

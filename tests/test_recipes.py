@@ -19,7 +19,7 @@ from cnnlab.config import ConfigError, RunConfig
 from cnnlab.errors import CnnlabError
 from cnnlab.execution import planning
 from cnnlab.nn import modules
-from cnnlab.training import augment, grouping, loop, optim
+from cnnlab.training import augment, group_plan, loop, optim
 from cnnlab.training.device import images_to_device, normalise
 
 CPU = torch.device("cpu")
@@ -240,8 +240,8 @@ def test_options_that_cannot_run_are_refused_before_training(tiny_cifar, changes
 
 
 def test_only_the_seed_vocabulary_and_plain_loop_train_grouped():
-    assert grouping.groupable(RunConfig()) and grouping.groupable(RunConfig(arch="seed-deep"))
-    assert grouping.groupable(RunConfig(optimizer="torch_adam", l1=0.5, seed=9))
+    assert group_plan.groupable(RunConfig()) and group_plan.groupable(RunConfig(arch="seed-deep"))
+    assert group_plan.groupable(RunConfig(optimizer="torch_adam", l1=0.5, seed=9))
     for changes in (
         {"flip": True},
         {"lr_schedule": "cosine"},
@@ -268,13 +268,13 @@ def test_only_the_seed_vocabulary_and_plain_loop_train_grouped():
             ),
         },
     ):
-        assert not grouping.groupable(dataclasses.replace(RunConfig(), **changes)), changes
+        assert not group_plan.groupable(dataclasses.replace(RunConfig(), **changes)), changes
 
 
 def test_runs_that_cannot_be_grouped_are_groups_of_their_own():
     plain = [RunConfig(seed=seed) for seed in range(3)]
     modern = [RunConfig(seed=seed, flip=True) for seed in range(2)]
-    assert grouping.plan_groups([*plain, *modern], max_members=8) == [[0, 1, 2], [3], [4]]
+    assert group_plan.plan_groups([*plain, *modern], max_members=8) == [[0, 1, 2], [3], [4]]
     assert planning.schedule(modern, torch.device("cpu")) == [[0], [1]]
 
 

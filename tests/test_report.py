@@ -19,7 +19,9 @@ import pytest
 from PIL import Image
 from scipy import stats as scipy_stats
 
-import study_fakes
+import fake_runs
+import fake_studies
+import oracles
 from cnnlab.cli import main
 from cnnlab.errors import CnnlabError
 from cnnlab.report import design, tables
@@ -29,7 +31,6 @@ from cnnlab.report.report import Report, build, write_report
 from cnnlab.store import Store
 from cnnlab.study import runner
 from cnnlab.study.studyfile import load_study
-from cnnlab.training import runfolder
 
 
 @pytest.fixture(scope="module")
@@ -37,15 +38,13 @@ def finished(tmp_path_factory) -> Path:
     """A finished two-seed study (fake training, one diverged run) and its report."""
     folder = tmp_path_factory.mktemp("report")
     path = folder / "mini.toml"
-    path.write_text(study_fakes.STUDY_TOML.replace("[0, 0.0001, 1]", "[0, 0.0001, 1, 100]"))
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(runfolder, "save_run", study_fakes.fake_save_run)
+    path.write_text(fake_studies.STUDY_TOML.replace("[0, 0.0001, 1]", "[0, 0.0001, 1, 100]"))
+    with fake_studies.fake_training(fake_runs.fake_fit):
         outcome = runner.run_study(
             path,
             out=folder / "out",
-            data=study_fakes.zeros_cifar(),
-            fit=study_fakes.fake_fit,
-            echo=lambda line: None,
+            data=fake_runs.zeros_cifar(),
+            execution=fake_studies.IN_PROCESS,
         )
     assert write_report(outcome.study_dir)["html"] == folder / "out" / "report.html"
     return folder / "out"
@@ -324,7 +323,7 @@ def _known_matrix() -> list[list[int]]:
 
 
 def _controlled_fit(config, data, **options):
-    result = study_fakes.fake_fit(config, data, **options)
+    result = fake_runs.fake_fit(config, data, **options)
     key = ("l1", config.l1) if config.l1 in (0.5, 0.7) else ("train_size", config.train_size)
     metrics = {**result.metrics, "test_accuracy": CONTROLLED[key][config.seed]}
     metrics["confusion_matrix"] = {**metrics["confusion_matrix"], "test": _known_matrix()}
@@ -332,7 +331,7 @@ def _controlled_fit(config, data, **options):
 
 
 def _controlled_study(folder: Path, repeats: int | None = None, save_run=None) -> Path:
-    return study_fakes.run_fake_study(
+    return fake_studies.run_fake_study(
         folder,
         CONTROLLED_TOML,
         _controlled_fit,
@@ -389,7 +388,7 @@ FAR = [CONTROLLED[("l1", 0.5)], CONTROLLED[("l1", 0.7)]]
 def test_an_ordered_grid_asks_its_trend_first_then_tukeys_pairs(controlled):
     slope, t, p = _trend(SIZES, [math.log2(n) for n in (5000, 10000, 20000)])
     far = scipy_stats.ttest_ind(FAR[1], FAR[0])  # Student's: the two spreads do not differ
-    holm = study_fakes.holm_by_definition([p, far.pvalue])
+    holm = oracles.holm_by_definition([p, far.pvalue])
     assert f"**Sizes**: test accuracy rises along n: {slope:+.3f} per doubling of n" in controlled
     assert f"statistic {t:.3g}, df 6, p = {p:.2g}, Holm p = {holm[0]:.2g};" in controlled
     for row in (
@@ -495,7 +494,7 @@ def test_the_best_runs_mistakes_and_kernels_are_figures(finished):
 
 def _old_save_run(result, run_dir, class_names, **test_set):
     """save_run as it was: none of the NumPy files the report's new figures read."""
-    paths = study_fakes.fake_save_run(result, run_dir, class_names)
+    paths = fake_runs.fake_save_run(result, run_dir, class_names)
     for name in ("predictions_test", "misclassified_test", "kernels_first"):
         Path(paths.pop(name)).unlink()
     return paths
@@ -503,7 +502,7 @@ def _old_save_run(result, run_dir, class_names, **test_set):
 
 def _garbled_save_run(result, run_dir, class_names, **test_set):
     """save_run whose NumPy files are not NumPy files."""
-    paths = study_fakes.fake_save_run(result, run_dir, class_names)
+    paths = fake_runs.fake_save_run(result, run_dir, class_names)
     for name in ("misclassified_test", "kernels_first"):
         Path(paths[name]).write_bytes(b"not numpy")
     return paths
@@ -591,7 +590,7 @@ ABLATION = {  # test accuracy per variant and seed
 
 
 def _ablation_fit(config, data, **options):
-    result = study_fakes.fake_fit(config, data, **options)
+    result = fake_runs.fake_fit(config, data, **options)
     variant = {0.5: "full recipe", 0.7: "without one part"}[config.l1]
     if config.train_size == 10000:
         variant = "much worse"
@@ -602,12 +601,14 @@ def _ablation_fit(config, data, **options):
 def test_variants_are_each_held_against_the_first(tmp_path):
     path = tmp_path / "ablation.toml"
     path.write_text(ABLATION_TOML)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(runfolder, "save_run", study_fakes.fake_save_run)
+    with fake_studies.fake_training(_ablation_fit):
         outcome = runner.run_study(
-            path, out=tmp_path / "out", data=study_fakes.zeros_cifar(), fit=_ablation_fit
+            path,
+            out=tmp_path / "out",
+            data=fake_runs.zeros_cifar(),
+            execution=fake_studies.IN_PROCESS,
         )
-    written = write_report(outcome.study_dir)
+    written = write_report(outcome.study_dir, explain=False)
     markdown = written["md"].read_text()
     assert re.search(
         r"\| without one part \| [^|]+ \| 0\.400 \[0\.350, 0\.450\] \(3\) \|", markdown

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
-import study_fakes
+import fake_runs
+import fake_studies
 from cnnlab.cli import main
+from cnnlab.config import Execution
 from cnnlab.errors import CnnlabError
 from cnnlab.report.report import build
 from cnnlab.store import Store
@@ -49,9 +51,9 @@ batch_size = { choices = [16, 32, 64] }
 
 
 def search_fit(config, data, *, device="auto", progress=None, prune=None, seed_effect=0.003):
-    """`study_fakes.fake_fit` whose validation accuracy peaks at learning rate 10^-2.5; a run
+    """`fake_runs.fake_fit` whose validation accuracy peaks at learning rate 10^-2.5; a run
     stops where `prune` says, as `loop.fit` stops it."""
-    result = study_fakes.fake_fit(config, data, device=device)
+    result = fake_runs.fake_fit(config, data, device=device)
     score = 0.6 - 0.05 * abs(math.log10(config.learning_rate) + 2.5) - config.batch_size / 1000
     score += seed_effect * config.seed - 2 * (config.l1 or 0)
     for row in result.history:
@@ -75,7 +77,7 @@ def tune(tmp_path) -> Path:
 
 @pytest.fixture
 def fake_save(monkeypatch):
-    monkeypatch.setattr(runfolder, "save_run", study_fakes.fake_save_run)
+    monkeypatch.setattr(runfolder, "_save_files", fake_runs.fake_save_run)
 
 
 def _search(path: Path, out: Path, **options):
@@ -85,8 +87,9 @@ def _search(path: Path, out: Path, **options):
         trained.append(config)
         return search_fit(config, data, device=device, prune=prune)
 
-    options = {"data": study_fakes.zeros_cifar(), "echo": lambda line: None, **options}
-    runner.run_study(path, out=out, fit=fit, **options)
+    options = {"data": fake_runs.zeros_cifar(), **options}
+    with fake_studies.fake_training(fit, save_run=None):
+        runner.run_study(path, out=out, execution=fake_studies.IN_PROCESS, **options)
     return trained
 
 
@@ -257,7 +260,7 @@ def test_a_finished_search_reruns_nothing_and_more_trials_continue_it(tune, tmp_
 
 
 def _start(path: Path, out: Path, seconds: float) -> subprocess.Popen:
-    return study_fakes.start_fake_study(path, out, seconds, fit="test_search.search_fit")
+    return fake_studies.start_fake_study(path, out, seconds, fit="test_search.search_fit")
 
 
 @pytest.mark.parametrize("pruner", ["none", "median"])
@@ -273,14 +276,14 @@ def test_kill_9_during_a_search_resumes_to_the_trials_of_an_uninterrupted_one(
         child = _start(tune, out, seconds=0.15)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            statuses = study_fakes.stored_statuses(out)
+            statuses = fake_studies.stored_statuses(out)
             ended = statuses.count("done") + statuses.count("pruned")
             if ended >= done_before_kill and "running" in statuses:
                 break
             time.sleep(0.01)
         child.send_signal(signal.SIGKILL)
         child.wait()
-        assert study_fakes.stored_statuses(out).count("running") == 1
+        assert fake_studies.stored_statuses(out).count("running") == 1
     child = _start(tune, out, seconds=0)
     assert child.wait(timeout=120) == 0
     clean = tmp_path / "clean"
@@ -385,8 +388,9 @@ def _without_timings(value):
     return value
 
 
-def _real(path: Path, out: Path, data, **options) -> dict:
-    runner.run_study(path, out=out, data=data, device="cpu", **options)
+def _real(path: Path, out: Path, data, **settings) -> dict:
+    execution = Execution(device="cpu", **settings)
+    runner.run_study(path, out=out, data=data, execution=execution)
     with Store.open(out, create=False) as store:
         runs = {r.id: _without_timings((r.status, r.metrics, r.history)) for r in store.runs()}
     return {"trials": _trials(out), "runs": runs}

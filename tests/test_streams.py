@@ -13,11 +13,11 @@ import time
 import pytest
 import torch
 
-import study_fakes
+import fake_studies
 from cnnlab.config import RunConfig
 from cnnlab.errors import CnnlabError
 from cnnlab.execution import execute, planning, threads
-from cnnlab.training import grouped, grouping
+from cnnlab.training import group_net, group_plan
 
 BASE = RunConfig(arch="tiny", train_size=100, epochs=2, batch_size=32)
 # Two groups: the 100-image runs (two seeds, two L1 weights) and the 150-image ones.
@@ -35,15 +35,15 @@ def group_threads() -> list[threading.Thread]:
 
 
 def test_groups_side_by_side_end_as_they_would_one_after_another(tiny_cifar):
-    by_run = study_fakes.events_by_run(
+    by_run = fake_studies.events_by_run(
         threads.train_concurrently(CONFIGS, GROUPS, tiny_cifar, device="cpu", streams=2)
     )
     assert sorted(by_run) == [0, 1, 2, 3]
     for group in GROUPS:
-        alone = grouped.fit_group([CONFIGS[index] for index in group], tiny_cifar, device="cpu")
+        alone = group_net.fit_group([CONFIGS[index] for index in group], tiny_cifar, device="cpu")
         for index, expected in zip(group, alone, strict=True):
             events = by_run[index]
-            assert [event.kind for event in events] == ["started", "progress", "progress", "done"]
+            assert [event.kind for event in events] == ["started", "epoch", "epoch", "result"]
             assert [event.payload["epoch"] for event in events[1:3]] == [1, 2]
             result = events[-1].payload
             assert result.config == CONFIGS[index]
@@ -56,21 +56,21 @@ def test_groups_side_by_side_end_as_they_would_one_after_another(tiny_cifar):
 
 
 def test_a_failing_group_fails_its_runs_and_the_other_group_finishes(tiny_cifar, monkeypatch):
-    real = grouped.train_together
+    real = group_net.train_together
 
-    def refuse_the_first_group(configs, data, **options):
-        if configs[0] == CONFIGS[0]:
+    def refuse_the_first_group(jobs, data, **options):
+        if jobs[0].config == CONFIGS[0]:
             raise RuntimeError("no memory left on the device")
-        return real(configs, data, **options)
+        return real(jobs, data, **options)
 
-    monkeypatch.setattr(grouped, "train_together", refuse_the_first_group)
-    by_run = study_fakes.events_by_run(
+    monkeypatch.setattr(group_net, "train_together", refuse_the_first_group)
+    by_run = fake_studies.events_by_run(
         threads.train_concurrently(CONFIGS, GROUPS, tiny_cifar, device="cpu", streams=2)
     )
     for index in (0, 1):
-        assert by_run[index][-1].kind == "failed"
+        assert by_run[index][-1].kind == "error"
         assert by_run[index][-1].payload == "RuntimeError: no memory left on the device"
-    assert [by_run[index][-1].kind for index in (2, 3)] == ["done", "done"]
+    assert [by_run[index][-1].kind for index in (2, 3)] == ["result", "result"]
 
 
 def test_closing_the_events_stops_every_group_at_its_next_epoch(tiny_cifar):
@@ -80,31 +80,31 @@ def test_closing_the_events_stops_every_group_at_its_next_epoch(tiny_cifar):
     seen = []
     for event in events:
         seen.append(event)
-        if event.kind == "progress":
+        if event.kind == "epoch":
             break
     started = time.perf_counter()
     events.close()
     assert time.perf_counter() - started < 10
     assert not group_threads()
-    assert all(event.kind in ("started", "progress") for event in seen)
+    assert all(event.kind in ("started", "epoch") for event in seen)
 
 
 def test_more_groups_than_streams_queue_up_longest_first(tiny_cifar, monkeypatch):
     order = []
-    real = grouped.train_together
+    real = group_net.train_together
 
-    def note_order(configs, data, **options):
-        order.append(configs[0].train_size)
-        return real(configs, data, **options)
+    def note_order(jobs, data, **options):
+        order.append(jobs[0].config.train_size)
+        return real(jobs, data, **options)
 
-    monkeypatch.setattr(grouped, "train_together", note_order)
+    monkeypatch.setattr(group_net, "train_together", note_order)
     sizes = [100, 150, 120]
     configs = [dataclasses.replace(BASE, train_size=size, epochs=1) for size in sizes]
-    by_run = study_fakes.events_by_run(
+    by_run = fake_studies.events_by_run(
         threads.train_concurrently(configs, [[0], [1], [2]], tiny_cifar, device="cpu", streams=1)
     )
     assert order == [150, 120, 100]
-    assert all(events[-1].kind == "done" for events in by_run.values())
+    assert all(events[-1].kind == "result" for events in by_run.values())
 
 
 def test_stream_count_is_every_group_up_to_eight_or_what_was_asked():
@@ -116,26 +116,26 @@ def test_stream_count_is_every_group_up_to_eight_or_what_was_asked():
         planning.stream_count(6, requested=0)
 
 
-STUDY = study_fakes.tiny_study_toml("streams", "{ train_size = [100, 150], l1 = [0.0, 0.01] }")
+STUDY = fake_studies.tiny_study_toml("streams", "{ train_size = [100, 150], l1 = [0.0, 0.01] }")
 
 
 def test_a_study_records_the_runs_the_streams_report(tiny_cifar, tmp_path, monkeypatch):
     # CUDA's path on the CPU: the study's groups as cnnlab.execution.threads trains them on a GPU.
     def on_streams(configs, target, workers):
-        return grouping.plan_groups(configs, planning.CUDA_MAX_MEMBERS), 2
+        return group_plan.plan_groups(configs, planning.CUDA_MAX_MEMBERS), 2
 
     study_file = tmp_path / "threads.toml"
     study_file.write_text(STUDY)
     lines: list[str] = []
     monkeypatch.setattr(execute, "plan_in_process", on_streams)
-    grouped = study_fakes.study_records(
+    together = fake_studies.study_records(
         study_file, tmp_path / "streams", tiny_cifar, workers=1, echo=lines.append
     )
     monkeypatch.undo()
-    lone = study_fakes.study_records(study_file, tmp_path / "lone", tiny_cifar, workers=1)
+    lone = fake_studies.study_records(study_file, tmp_path / "lone", tiny_cifar, workers=1)
     assert any("2 at a time" in line for line in lines)
-    assert grouped.keys() == lone.keys() and len(lone) == 4
-    for run_id, record in grouped.items():
+    assert together.keys() == lone.keys() and len(lone) == 4
+    for run_id, record in together.items():
         assert record.status == "done"
         assert record.metrics["group_size"] == 2
         assert record.metrics["test_accuracy"] == pytest.approx(

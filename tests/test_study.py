@@ -10,15 +10,17 @@ from pathlib import Path
 
 import pytest
 
-import study_fakes
+import fake_runs
+import fake_studies
 from cnnlab.cli import main
-from cnnlab.config import RunConfig, run_id
+from cnnlab.config import Execution, RunConfig, run_id
 from cnnlab.errors import CnnlabError
 from cnnlab.execution import planning
 from cnnlab.store import Store
-from cnnlab.study import runner
+from cnnlab.study import folder, runner
 from cnnlab.study.plan import plan_runs
-from cnnlab.study.runner import load_study, run_study
+from cnnlab.study.progress import Lines
+from cnnlab.study.runner import StudyRun, load_study, run_study
 from cnnlab.training import loop, runfolder
 
 SEED_STUDY = Path(__file__).parents[1] / "studies" / "seed.toml"
@@ -31,10 +33,10 @@ def fake_training(monkeypatch):
 
     def fit(config, data, *, device="auto", progress=None, prune=None):
         trained.append(config)
-        return study_fakes.fake_fit(config, data, device=device)
+        return fake_runs.fake_fit(config, data, device=device)
 
     monkeypatch.setattr(loop, "fit", fit)
-    monkeypatch.setattr(runfolder, "save_run", study_fakes.fake_save_run)
+    monkeypatch.setattr(runfolder, "_save_files", fake_runs.fake_save_run)
     # The stand-ins live in this process: worker processes would import the real `fit`.
     monkeypatch.setattr(planning, "process_count", lambda runs, device_type, requested=None: 1)
     return trained
@@ -43,18 +45,20 @@ def fake_training(monkeypatch):
 @pytest.fixture
 def tiny_data():
     """Ten black images: the fake runner never looks at them."""
-    return study_fakes.zeros_cifar()
+    return fake_runs.zeros_cifar()
 
 
 @pytest.fixture
 def mini(tmp_path) -> Path:
     path = tmp_path / "mini.toml"
-    path.write_text(study_fakes.STUDY_TOML)
+    path.write_text(fake_studies.STUDY_TOML)
     return path
 
 
-def _run(path, out, data, **options):
-    return run_study(path, out=out, data=data, echo=lambda line: None, **options)
+def _run(path, out, data, *, force=False, device="auto", **options):
+    """The study run as `cnnlab study` runs it (quietly)."""
+    execution = Execution(device=device)
+    return StudyRun(path, out=out, data=data, force=force, execution=execution, **options).run()
 
 
 # --- parsing ----------------------------------------------------------------------------------
@@ -95,7 +99,7 @@ def test_the_run_id_depends_on_the_config_only():
 
 
 def test_integers_and_floats_for_a_float_field_give_one_run(tmp_path):
-    text = study_fakes.STUDY_TOML.replace("l1 = 0.0001\nepochs", "l1 = 0\nepochs")
+    text = fake_studies.STUDY_TOML.replace("l1 = 0.0001\nepochs", "l1 = 0\nepochs")
     path = tmp_path / "a.toml"
     path.write_text(text.replace("grid = { l1 = [0, 0.0001, 1] }", "grid = { l1 = [0.0, 1] }"))
     plan = plan_runs(load_study(path), repeats=1)
@@ -156,8 +160,8 @@ BAD_INPUT = [
 def test_bad_study_files_fail_in_one_line_naming_file_key_and_line(
     tmp_path, capsys, old, new, wrong_line, message
 ):
-    assert old in study_fakes.STUDY_TOML
-    text = study_fakes.STUDY_TOML.replace(old, new, 1)
+    assert old in fake_studies.STUDY_TOML
+    text = fake_studies.STUDY_TOML.replace(old, new, 1)
     path = tmp_path / "bad.toml"
     path.write_text(text)
     lines = [n for n, t in enumerate(text.splitlines(), 1) if wrong_line in t]
@@ -171,7 +175,7 @@ def test_bad_study_files_fail_in_one_line_naming_file_key_and_line(
 
 def test_an_unknown_architecture_names_the_known_ones(tmp_path):
     path = tmp_path / "bad.toml"
-    path.write_text(study_fakes.STUDY_TOML.replace('"seed-maxpool"', '"seed-maxpoool"'))
+    path.write_text(fake_studies.STUDY_TOML.replace('"seed-maxpool"', '"seed-maxpoool"'))
     line = next(n for n, t in enumerate(path.read_text().splitlines(), 1) if "maxpoool" in t)
     with pytest.raises(
         CnnlabError,
@@ -322,7 +326,7 @@ def test_a_read_only_folder_is_one_clear_error(mini, tmp_path, tiny_data, monkey
 def test_two_processes_cannot_run_one_folder(mini, tmp_path, tiny_data):
     out = tmp_path / "out"
     out.mkdir()
-    with runner._locked(out), pytest.raises(CnnlabError, match="another cnnlab process"):
+    with folder._locked(out), pytest.raises(CnnlabError, match="another cnnlab process"):
         _run(mini, out, tiny_data)
 
 
@@ -330,7 +334,7 @@ def test_two_processes_cannot_run_one_folder(mini, tmp_path, tiny_data):
 
 
 def _start(path: Path, out: Path, seconds: float) -> subprocess.Popen:
-    return study_fakes.start_fake_study(path, out, seconds, fit="study_fakes.fake_fit")
+    return fake_studies.start_fake_study(path, out, seconds, fit="fake_runs.fake_fit")
 
 
 def test_kill_9_at_several_points_loses_at_most_the_run_in_progress(mini, tmp_path):
@@ -340,13 +344,13 @@ def test_kill_9_at_several_points_loses_at_most_the_run_in_progress(mini, tmp_pa
         child = _start(mini, out, seconds=0.15)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            statuses = study_fakes.stored_statuses(out)
+            statuses = fake_studies.stored_statuses(out)
             if statuses.count("done") >= done_before_kill and "running" in statuses:
                 break
             time.sleep(0.01)
         child.send_signal(signal.SIGKILL)
         child.wait()
-        statuses = study_fakes.stored_statuses(out)
+        statuses = fake_studies.stored_statuses(out)
         assert len(statuses) == 10 and statuses.count("running") == 1
         assert statuses.count("done") >= done_before_kill
     child = _start(mini, out, seconds=0)
@@ -411,7 +415,7 @@ def test_an_inline_architecture_that_does_not_fit_the_studys_data_names_its_key(
 def test_runs_that_cannot_train_on_the_data_stop_before_any_training(
     mini, tmp_path, fake_training, capsys
 ):
-    small = study_fakes.zeros_cifar(train_count=6000)
+    small = fake_runs.zeros_cifar(train_count=6000)
     with pytest.raises(
         CnnlabError,
         match=r"mini.toml:\d+: experiments.sizes.grid.train_size: 10000 must be between",
@@ -439,7 +443,9 @@ def test_a_study_over_two_datasets_is_watched_as_one(mini, tmp_path, tiny_data, 
     )
     mini.write_text(text)
     lines: list[str] = []
-    outcome = run_study(mini, out=tmp_path / "out", data=tiny_data, repeats=1, echo=lines.append)
+    outcome = run_study(
+        mini, out=tmp_path / "out", data=tiny_data, repeats=1, callbacks=[Lines(lines.append)]
+    )
     assert outcome.counts["done"] == outcome.planned == 6
     # One numbering over both datasets' runs: the watchers see one study.
     starts = [line.split("]")[0] for line in lines if line.startswith("[")]

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import study_fakes
+import image_folders
 from cnnlab.store import Store
-from processes import alive, children_of, command_line, wait_gone
+from proc_table import alive, children_of, command_line, wait_gone
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +42,7 @@ subset_seed = 1
 
 @pytest.fixture(scope="module")
 def png_folder(tmp_path_factory) -> Path:
-    return study_fakes.write_png_folder(tmp_path_factory.mktemp("pngs"))
+    return image_folders.write_png_folder(tmp_path_factory.mktemp("pngs"))
 
 
 @pytest.fixture(scope="module")

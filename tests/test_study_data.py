@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from cnnlab.cli import main
+from cnnlab.config import Execution
 from cnnlab.data.datasets import CIFAR100_COARSE_NAMES, CIFAR100_FINE_NAMES
 from cnnlab.errors import CnnlabError
 from cnnlab.report.report import write_report
@@ -87,7 +88,7 @@ def write_three_classes(root: Path) -> Path:
 def run(tmp_path: Path, text: str, data: Path) -> runner.StudyOutcome:
     path = tmp_path / "custom.toml"
     path.write_text(text)
-    return runner.run_study(path, out=tmp_path / "out", data=data, workers=1)
+    return runner.run_study(path, out=tmp_path / "out", data=data, execution=Execution(workers=1))
 
 
 def test_a_custom_net_trains_on_cifar100_from_a_study_file(tmp_path):

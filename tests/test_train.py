@@ -169,7 +169,7 @@ def test_unavailable_device_says_which_are_there():
 
 
 def test_run_folder_round_trip(tiny_cifar, tiny_run, tmp_path):
-    paths = runfolder.write_run_folder(tiny_run, tmp_path / "run", tiny_cifar.class_names)
+    paths = runfolder.save_run(tiny_run, tmp_path / "run", tiny_cifar.class_names)
     assert all(Path(path).parent == tmp_path / "run" for path in paths.values())
     assert {Path(path).name for path in paths.values()} >= {
         "config.json",

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-import study_fakes
-from cnnlab.config import RunConfig
+import fake_studies
+from cnnlab.config import Execution, RunConfig
 from cnnlab.data.datasets import Dataset
 from cnnlab.execution import execute, planning, processes, transport
 from cnnlab.study import runner
 from cnnlab.training import loop, metrics
-from processes import children_of, wait_gone
+from proc_table import children_of, wait_gone
 
 BASE = RunConfig(arch="tiny", train_size=100, epochs=2, batch_size=32)
 CONFIGS = [
@@ -36,7 +36,7 @@ def run_script(path, source: str) -> subprocess.CompletedProcess:
 
 
 def test_runs_in_workers_end_with_the_weights_of_runs_in_this_process(tiny_cifar):
-    by_run = study_fakes.events_by_run(processes.train_parallel(CONFIGS, tiny_cifar, processes=2))
+    by_run = fake_studies.events_by_run(processes.train_parallel(CONFIGS, tiny_cifar, processes=2))
     assert sorted(by_run) == [0, 1, 2]
     threads = planning.cpu_count() // 2 or 1
     saved = torch.get_num_threads()
@@ -46,7 +46,7 @@ def test_runs_in_workers_end_with_the_weights_of_runs_in_this_process(tiny_cifar
     finally:
         torch.set_num_threads(saved)
     for index, events in by_run.items():
-        assert [event.kind for event in events] == ["started", "progress", "progress", "done"]
+        assert [event.kind for event in events] == ["started", "epoch", "epoch", "result"]
         result = events[-1].payload
         assert result.config == CONFIGS[index]
         assert result.metrics["cpu_threads"] == threads
@@ -63,10 +63,10 @@ def test_runs_in_workers_end_with_the_weights_of_runs_in_this_process(tiny_cifar
 
 def test_a_failing_run_is_reported_and_the_others_finish(tiny_cifar):
     configs = [CONFIGS[0], dataclasses.replace(BASE, train_size=10_000), CONFIGS[1]]
-    by_run = study_fakes.events_by_run(processes.train_parallel(configs, tiny_cifar, processes=2))
-    assert by_run[1][-1].kind == "failed"
+    by_run = fake_studies.events_by_run(processes.train_parallel(configs, tiny_cifar, processes=2))
+    assert by_run[1][-1].kind == "error"
     assert "train_size: 10000" in by_run[1][-1].payload
-    assert [by_run[index][-1].kind for index in (0, 2)] == ["done", "done"]
+    assert [by_run[index][-1].kind for index in (0, 2)] == ["result", "result"]
 
 
 def test_a_killed_worker_fails_its_run_only(tiny_cifar):
@@ -75,7 +75,7 @@ def test_a_killed_worker_fails_its_run_only(tiny_cifar):
     seen, killed = [], False
     for event in processes.train_parallel(configs, tiny_cifar, processes=2):
         seen.append(event)
-        if event.kind == "progress" and not killed:
+        if event.kind == "epoch" and not killed:
             victim = next(
                 child
                 for child in multiprocessing.active_children()
@@ -83,9 +83,9 @@ def test_a_killed_worker_fails_its_run_only(tiny_cifar):
             )
             victim.kill()
             killed = True
-    ends = {event.index: event for event in seen if event.kind in ("done", "failed")}
+    ends = {event.index: event for event in seen if event.kind in ("result", "error")}
     assert sorted(ends) == [0, 1, 2, 3]
-    failed = [event for event in ends.values() if event.kind == "failed"]
+    failed = [event for event in ends.values() if event.kind == "error"]
     assert len(failed) == 1 and "killed by signal 9" in failed[0].payload
 
 
@@ -176,7 +176,7 @@ def test_workers_dying_as_they_start_fail_their_runs_without_blocking_the_parent
     )
     assert finished.returncode == 0, finished.stderr
     assert sorted(finished.stdout.splitlines()) == [
-        f"failed {index} its worker process died (exit code 3)" for index in range(3)
+        f"error {index} its worker process died (exit code 3)" for index in range(3)
     ]
 
 
@@ -213,7 +213,7 @@ def test_the_longest_runs_start_first():
     assert planning.longest_first(configs) == [1, 3, 2, 0]
 
 
-STUDY = study_fakes.tiny_study_toml("parallel", "{ l1 = [0.0, 0.001, 0.01] }")
+STUDY = fake_studies.tiny_study_toml("parallel", "{ l1 = [0.0, 0.001, 0.01] }")
 
 
 def test_a_study_in_workers_records_what_a_study_in_this_process_records(tiny_cifar, tmp_path):
@@ -222,7 +222,7 @@ def test_a_study_in_workers_records_what_a_study_in_this_process_records(tiny_ci
     lines: list[str] = []
 
     def run(out: str, workers_count: int) -> dict:
-        return study_fakes.study_records(
+        return fake_studies.study_records(
             study_file, tmp_path / out, tiny_cifar, workers=workers_count, echo=lines.append
         )
 
@@ -244,7 +244,9 @@ def test_a_bad_worker_count_is_one_clear_error(tiny_cifar, tmp_path, count):
     study_file = tmp_path / "parallel.toml"
     study_file.write_text(STUDY)
     with pytest.raises(runner.CnnlabError, match=f"workers {count}: must be at least 1"):
-        runner.run_study(study_file, out=tmp_path / "out", data=tiny_cifar, workers=count)
+        runner.run_study(
+            study_file, out=tmp_path / "out", data=tiny_cifar, execution=Execution(workers=count)
+        )
     assert not (tmp_path / "out").exists()
     with pytest.raises(runner.CnnlabError, match=f"workers {count}: must be at least 1"):
         execute.train_all([BASE, BASE], tiny_cifar, device="cpu", workers=count)

@@ -7,7 +7,7 @@ The public API, imported lazily so that `import cnnlab` (and `cnnlab.conv.convol
     result = cnnlab.fit(cnnlab.RunConfig(train_size=5000, epochs=20), data)
     outcome = cnnlab.run_study("studies/seed.toml", repeats=1)
     records = cnnlab.load_results(outcome.study_dir)
-    cnnlab.write_report(outcome.study_dir)
+    cnnlab.write_report(outcome.study_dir)        # explains the best runs, then writes
 """
 
 from __future__ import annotations
@@ -37,6 +37,10 @@ _API = {
     "load_study": "cnnlab.study.studyfile",
     "plan_runs": "cnnlab.study.runner",
     "run_study": "cnnlab.study.runner",
+    "StudyRun": "cnnlab.study.runner",
+    "Execution": "cnnlab.config",
+    "Callback": "cnnlab.study.callbacks",
+    "study_and_report": "cnnlab.pipeline.studies",
     "load_results": "cnnlab.store",
     "write_report": "cnnlab.report.report",
     "Report": "cnnlab.report.report",

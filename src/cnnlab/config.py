@@ -11,7 +11,7 @@ import hashlib
 import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from cnnlab.errors import CnnlabError
@@ -93,7 +93,7 @@ class RunConfig:
 class Rule:
     """What one run field accepts: its type, a check of the value, and a line of help."""
 
-    kind: type  # int, float, str or bool (layers have rules of their own, in layers.py)
+    kind: type  # int, float, str or bool (layers have rules of their own, in nn/specs.py)
     check: Callable[[Any], str | None]  # the reason a value is invalid, or None
     help: str
     choices: tuple[str, ...] = ()
@@ -206,7 +206,7 @@ RULES: dict[str, Rule] = {
 }
 FIELDS = tuple(field.name for field in dataclasses.fields(RunConfig))
 # The fields that came after the seed's vocabulary: at their defaults a run trains as Keras's
-# plain loop (the grouped CUDA path, `batched.groupable`, trains only such runs).
+# plain loop (the grouped CUDA path, `group_plan.groupable`, trains only such runs).
 MODERN_FIELDS = FIELDS[FIELDS.index("momentum") :]
 SETTABLE = tuple(name for name in FIELDS if name in RULES)  # every field but inline layers
 DEFAULTS = {field.name: field.default for field in dataclasses.fields(RunConfig)}
@@ -296,6 +296,45 @@ def check_workers(requested: int | None) -> None:
     """A user's count of runs side by side: None (the device's choice) or at least 1."""
     if requested is not None and (isinstance(requested, bool) or requested < 1):
         raise CnnlabError(f"workers {requested!r}: must be at least 1 (1 trains in this process)")
+
+
+@dataclass(frozen=True)
+class Execution:
+    """Where and how a study's runs train: one value, made at the edge (the CLI's options, or
+    the caller's), and handed down whole.
+
+    `device`: "auto", "cpu", "cuda" or "cuda:N". `workers`: runs side by side (CPU worker
+    processes; default one per core) or groups of runs (CUDA streams; default all, up to 8); 1
+    trains one after another in this process. `backend`: "local" or "ray" (None: the study
+    file's, else local); `address`: the Ray cluster to join (None: the study file's, else
+    $RAY_ADDRESS, else a local Ray). `connect_timeout`: seconds an MLflow server or a Ray cluster
+    may take to answer (None: $CNNLAB_CONNECT_TIMEOUT, else 5).
+    """
+
+    device: str = "auto"
+    workers: int | None = None
+    backend: str | None = None
+    address: str | None = None
+    connect_timeout: float | str | None = None
+
+    def __post_init__(self) -> None:
+        check_workers(self.workers)
+        if self.backend is not None and self.backend not in BACKENDS:
+            raise CnnlabError(f"backend {self.backend!r}: expected one of {', '.join(BACKENDS)}")
+
+    def for_study(self, backend: str | None, address: str | None) -> Execution:
+        """These settings, with a study file's backend and address where these leave them
+        unset; an address is refused without the Ray backend (it would connect to nothing)."""
+        chosen = replace(
+            self,
+            backend=self.backend or backend or "local",
+            address=self.address if self.address is not None else address,
+        )
+        if chosen.address and chosen.backend != "ray":
+            raise CnnlabError(
+                f"address {chosen.address!r} is for the Ray backend: add --backend ray"
+            )
+        return chosen
 
 
 # Bumped when the same config starts to give different results (a fidelity fix), so that a

@@ -12,6 +12,7 @@ that change.
 from __future__ import annotations
 
 import contextlib
+import enum
 import json
 import math
 import os
@@ -25,11 +26,24 @@ from typing import Any
 from cnnlab.errors import CnnlabError
 
 DATABASE_NAME = "study.sqlite"
-STATUSES = ("pending", "running", "done", "diverged", "failed", "pruned")
-FINISHED = ("done", "diverged")  # a run in one of these trained all it could: a full result
-# A run in one of these is not trained again: a pruned run (stopped early by a search's pruner,
-# `cnnlab.study.pruning`) is kept as it stopped, but is no full result.
-KEPT = (*FINISHED, "pruned")
+
+
+class Status(enum.StrEnum):
+    """Where a run stands; the values are what the store's `status` column holds (its CHECK)."""
+
+    PENDING = "pending"  # planned, not trained (or interrupted: it is redone)
+    RUNNING = "running"  # a process is training it now
+    DONE = "done"  # trained every epoch
+    DIVERGED = "diverged"  # its loss stopped being finite: a full result up to there
+    FAILED = "failed"  # training raised, or its files could not be written: no result
+    PRUNED = "pruned"  # stopped early by a search's pruner (`cnnlab.study.pruning`)
+
+
+STATUSES = tuple(Status)
+FINISHED = (Status.DONE, Status.DIVERGED)  # trained all it could: a full result
+# A run in one of these is not trained again: a pruned run is kept as it stopped, but is no full
+# result.
+KEPT = (*FINISHED, Status.PRUNED)
 SCHEMA_VERSION = "1"
 
 _RUNS_TABLE = """
@@ -79,7 +93,7 @@ class RunRecord:
     """One row of `runs`, decoded, with the experiments it belongs to."""
 
     id: str
-    status: str
+    status: Status
     config: dict[str, Any]
     seed: int
     metrics: dict[str, Any]
@@ -93,6 +107,18 @@ class RunRecord:
     finished_at: float | None
     # experiment name -> the grid fields that place this run in it
     experiments: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def label(self) -> str:
+        """'sizes: train_size=5000 | l1: l1=0.0001' (what places it, per experiment)."""
+        return places_label(self.experiments)
+
+
+def places_label(experiments: dict[str, dict[str, Any]]) -> str:
+    """A run's places in its experiments as text: 'sizes: train_size=5000 | l1: l1=0.0001'."""
+    return " | ".join(
+        f"{name}: {' '.join(f'{key}={value}' for key, value in fields.items()) or '-'}"
+        for name, fields in experiments.items()
+    )
 
 
 class Store:
@@ -261,13 +287,13 @@ class Store:
         self,
         run_id: str,
         *,
-        status: str,
+        status: Status,
         metrics: dict[str, Any],
         history: list[dict[str, Any]],
         artifacts: dict[str, str],
         reason: str = "",
     ) -> None:
-        """Store a run that ended ('done', 'diverged' or 'pruned') with all it produced."""
+        """Store a run that ended (a status of `KEPT`) with all it produced."""
         assert status in KEPT, status
         fit_seconds = metrics.get("fit_seconds")
         with self._transaction() as connection:
@@ -275,7 +301,7 @@ class Store:
                 "UPDATE runs SET status = ?, metrics = ?, history = ?, artifacts = ?, reason = ?, "
                 "fit_seconds = ?, finished_at = ? WHERE id = ?",
                 (
-                    status,
+                    str(status),
                     _dumps(metrics),
                     _dumps(history),
                     _dumps(artifacts),
@@ -330,7 +356,8 @@ class Store:
         artifacts = _decoded(row[6], dict, where, "artifacts")
         _check_artifacts(artifacts, where)
         if row[1] not in STATUSES:
-            raise CnnlabError(f"{where}: status {str(row[1])[:40]!r} is not one of {STATUSES}")
+            expected = ", ".join(STATUSES)
+            raise CnnlabError(f"{where}: status {str(row[1])[:40]!r} is not one of {expected}")
         for name, value, kinds in (("seed", row[3], int), ("attempts", row[8], int)):
             if not isinstance(value, kinds) or isinstance(value, bool):
                 raise CnnlabError(f"{where}: {name} {str(value)[:40]!r} is not an integer")
@@ -339,7 +366,7 @@ class Store:
                 raise CnnlabError(f"{where}: {name} {str(value)[:40]!r} is not a number")
         return RunRecord(
             id=row[0],
-            status=row[1],
+            status=Status(row[1]),
             config=_decoded(row[2], dict, where, "config"),
             seed=row[3],
             metrics=metrics,

@@ -107,7 +107,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from cnnlab.report.report import write_report
 
-    paths = write_report(args.study_dir)
+    paths = write_report(args.study_dir, explain=not args.no_explain)
     print(f"report: {paths['html']} (and {paths['md']})")
     return 0
 

@@ -90,6 +90,14 @@ def _add_connect_timeout(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_no_explain(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--no-explain",
+        action="store_true",
+        help="skip the explain step (feature maps and Grad-CAM of each experiment's best run)",
+    )
+
+
 def _add_data_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data",
@@ -242,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="log the runs live as they train (repeatable; needs cnnlab[tensorboard|mlflow])",
     )
     _add_connect_timeout(study)
+    _add_no_explain(study)
     study.set_defaults(handler=training.cmd_study)
 
     export = commands.add_parser(
@@ -273,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = commands.add_parser("report", help="write report.md and report.html for a study")
     report.add_argument("study_dir", metavar="STUDY_DIR")
+    _add_no_explain(report)
     report.set_defaults(handler=inspection.cmd_report)
 
     explain = commands.add_parser(

@@ -14,22 +14,16 @@ EXIT_DIVERGED = 3  # `cnnlab train`: the loss became NaN or infinite; the run fo
 # --- one run ----------------------------------------------------------------------------------
 
 
-def _epoch_line(row: dict) -> str:
-    return (
-        f"epoch {row['epoch']:>3}/{row['epochs']}  loss {row['loss']:.4f}  accuracy"
-        f" {row['accuracy']:.4f}  val_loss {row['val_loss']:.4f}  val_accuracy"
-        f" {row['val_accuracy']:.4f}  {row['elapsed']:.1f} s  ETA {row['eta']:.0f} s"
-    )
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     import contextlib
     import time
 
     from cnnlab.data.datasets import load_dataset
     from cnnlab.nn.shapes import resolve_layers
+    from cnnlab.store import Status
     from cnnlab.training import loop, runfolder
     from cnnlab.training.device import resolve_device
+    from cnnlab.training.metrics import epoch_text
 
     config = run_config(args)
     # Mistakes in the arguments surface before the data is decoded.
@@ -52,19 +46,19 @@ def cmd_train(args: argparse.Namespace) -> int:
             task = display.add_task(f"training {config.arch}", total=config.epochs)
 
             def progress(row: dict) -> None:
-                display.console.print(_epoch_line(row))
+                display.console.print(epoch_text(row))
                 display.update(task, completed=row["epoch"])
         else:
 
             def progress(row: dict) -> None:
-                print(_epoch_line(row), flush=True)
+                print(epoch_text(row), flush=True)
 
         result = loop.fit(config, data, device=args.device, progress=progress)
-    runfolder.write_run_folder(
+    runfolder.save_run(
         result, out, data.class_names, test_images=data.test_images, test_labels=data.test_labels
     )
     metrics = result.metrics
-    if result.status == "diverged":
+    if result.status == Status.DIVERGED:
         print(
             f"cnnlab: diverged: the loss is not finite at epoch {metrics['diverged_epoch']};"
             f" run folder {out}",
@@ -101,68 +95,60 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    from cnnlab.study import plan, runner
-    from cnnlab.study.studyfile import load_study
+    from cnnlab.config import Execution
+    from cnnlab.pipeline.studies import study_and_report
+    from cnnlab.store import Status
+    from cnnlab.study.runner import StudyRun, summary_lines
 
-    if args.dry_run:
-        study = load_study(args.study_file)
-        runs = plan.plan_runs(study, args.repeats)
-        for line in plan.describe_plan(runs):
-            print(line)
-        for line in plan.describe_searches(study, args.repeats):
-            print(line)
-        print(f"{len(runs)} runs (dry run: nothing was trained)")
-        return 0
-    timeout = _probe_ray(args)  # a cluster that does not answer fails before anything is written
-    logger = None
-    if args.log:  # a bad spec or a missing extra fails before any data is loaded
-        from cnnlab.tracking import export
-
-        def warn(line: str) -> None:
-            print(f"cnnlab: warning: {line}", file=sys.stderr)
-
-        logger = export.open_loggers(args.log, on_error=warn, timeout=timeout)
-    outcome = runner.run_study(
+    execution = Execution(
+        device=args.device,
+        workers=args.workers,
+        backend=args.backend,
+        address=args.address,
+        connect_timeout=args.connect_timeout,
+    )
+    study = StudyRun(
         args.study_file,
         out=args.out,
         data=args.data,
         repeats=args.repeats,
         force=args.force,
-        device=args.device,
-        workers=args.workers,
-        echo=print,
-        watchers=[_study_display()],
-        logger=logger,
-        backend=args.backend,
-        address=args.address,
+        execution=execution,
     )
-    for line in runner.summary_lines(outcome):
+    if args.dry_run:
+        for line in study.describe():
+            print(line)
+        return 0
+    callbacks = _callbacks(args, study.execution)  # before anything is loaded or written
+    done = study_and_report(study, callbacks, explain=not args.no_explain)
+    for line in summary_lines(done.outcome):
         print(line)
-    from cnnlab.insight.explain import explain_best_runs
-    from cnnlab.report.report import build
-
-    explain_best_runs(outcome.study_dir)  # feature maps and Grad-CAM for the report
-
-    report = build(outcome.study_dir)
-    for line in report.advice:  # too few seeds to tell a difference apart: say how many
+    for line in done.advice:  # too few seeds to tell a difference apart: say how many
         print(f"advice: {line}")
-    print(f"report: {report.write()['html']}")
-    return 1 if outcome.counts.get("failed") else 0
+    print(f"report: {done.paths['html']}")
+    return 1 if done.outcome.counts.get(Status.FAILED) else 0
 
 
-def _probe_ray(args: argparse.Namespace) -> float:
-    """Reach the Ray cluster the study trains on, if any, within the connect timeout (returned)."""
-    from cnnlab.study import runner
+def _callbacks(args: argparse.Namespace, execution) -> list:
+    """The study's display, then its `--log` loggers; a Ray cluster that does not answer, a
+    bad `--log` spec or a missing extra fail here, before anything is written."""
     from cnnlab.tracking import endpoints
 
-    timeout = endpoints.connect_timeout(args.connect_timeout)
-    study = runner.load_study(args.study_file)
-    if (args.backend or study.backend) == "ray":
-        address = args.address
+    timeout = endpoints.connect_timeout(execution.connect_timeout)
+    if execution.backend == "ray":
+        address = execution.address
         if address is None:
-            address = study.address or os.environ.get("RAY_ADDRESS") or None
+            address = os.environ.get("RAY_ADDRESS") or None
         endpoints.probe_ray(address, timeout)
-    return timeout
+    callbacks = [_study_display()]
+    if args.log:
+        from cnnlab.tracking import export
+
+        def warn(line: str) -> None:
+            print(f"cnnlab: warning: {line}", file=sys.stderr)
+
+        callbacks.append(export.open_loggers(args.log, on_error=warn, timeout=timeout))
+    return callbacks
 
 
 def _study_display():

@@ -3,21 +3,32 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
 from typing import Any
 
-KINDS = ("started", "progress", "done", "failed")
+
+class EventKind(enum.StrEnum):
+    """What happened to a run (named apart from the store's statuses, `cnnlab.store.Status`)."""
+
+    STARTED = "started"  # it began training
+    EPOCH = "epoch"  # an epoch ended: the payload is its history row
+    RESULT = "result"  # it ended with a RunResult (whose status says how: done, diverged...)
+    ERROR = "error"  # training raised: the payload is the reason, and there is no result
+
+
+ENDED = (EventKind.RESULT, EventKind.ERROR)
 
 
 @dataclasses.dataclass(frozen=True)
 class Event:
-    """A run `started`, an epoch's `progress` row, `done` (with its RunResult) or `failed`."""
+    """One thing that happened to the run at `index` of the configs trained."""
 
-    kind: str  # one of KINDS
+    kind: EventKind
     index: int  # which of the configs
-    payload: Any = None  # progress: the history row; done: the RunResult; failed: the reason
+    payload: Any = None  # EPOCH: the history row; RESULT: the RunResult; ERROR: the reason
 
     def __post_init__(self) -> None:
-        assert self.kind in KINDS, self.kind
+        object.__setattr__(self, "kind", EventKind(self.kind))
 
 
 def failure_reason(error: BaseException) -> str:

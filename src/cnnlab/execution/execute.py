@@ -1,8 +1,8 @@
 """The one place that trains a list of runs: one entry point, one stream of events, every path.
 
-`execute(configs, data, device=..., workers=...)` picks the path for the device and yields the
-same `events.Event`s on every one of them: `started`, `progress` (one per epoch), then `done`
-with the RunResult or `failed` with the reason. A run that fails is reported, never raised; the
+`execute(runs, data, device=..., workers=...)` picks the path for the device and yields the
+same `events.Event`s on every one of them: STARTED, EPOCH (one per epoch), then RESULT with the
+RunResult or ERROR with the reason. A run that fails is reported, never raised; the
 others go on. Closing the events early (Ctrl-C, an error in the consumer) stops the training.
 
 The paths (see docs/architecture.md):
@@ -27,14 +27,14 @@ from cnnlab.config import BACKENDS, RunConfig, check_workers
 from cnnlab.data.datasets import Dataset
 from cnnlab.errors import CnnlabError
 from cnnlab.execution import planning, processes, ray_tasks, threads
-from cnnlab.execution.events import Event
+from cnnlab.execution.events import ENDED, Event
 from cnnlab.training.device import resolve_device
-from cnnlab.training.loop import Prune
+from cnnlab.training.loop import Job, as_jobs
 from cnnlab.training.metrics import RunResult
 
 
 @dataclass
-class Execution:
+class Training:
     """The events of training some runs, and a line that says how they train."""
 
     events: Iterator[Event]
@@ -49,19 +49,19 @@ class Execution:
 
 
 def execute(
-    configs: Sequence[RunConfig],
+    runs: Sequence[RunConfig | Job],
     data: Dataset,
     *,
     device: str = "auto",
     workers: int | None = None,
     backend: str = "local",
     address: str | None = None,
-    prunes: Sequence[Prune | None] = (),
-) -> Execution:
-    """Train every config by the fastest path for `device`, as a stream of events.
+) -> Training:
+    """Train every run (a config, or a `loop.Job` or anything with a config and a prune, as a
+    study's planned run) by the fastest path for `device`, as a stream of events.
 
-    `prunes` (one per config, or none): told a run's history after each epoch, in whichever
-    process trains it, each may stop its run there (`loop.fit_members`); they must pickle.
+    A run's `prune`, told its history after each epoch in whichever process trains it, may stop
+    it there (`loop.fit_members`); it must pickle.
 
     `workers`: how many runs (CPU processes) or groups (CUDA streams) train at once; None picks
     (one process per core, up to 8 streams); 1 trains one after another in this process.
@@ -69,37 +69,33 @@ def execute(
     local instance; `workers` does not apply).
     """
     check_workers(workers)
+    jobs = as_jobs(runs)
+    configs = [job.config for job in jobs]
     if backend not in BACKENDS:
         raise CnnlabError(f"backend {backend!r}: expected one of {', '.join(BACKENDS)}")
     if backend == "ray":
-        events = ray_tasks.train_on_ray(
-            configs, data, device=device, address=address, prunes=prunes
-        )
-        return Execution(events, ray_tasks.describe(address))
+        events = ray_tasks.train_on_ray(jobs, data, device=device, address=address)
+        return Training(events, ray_tasks.describe(address))
     target = resolve_device(device)
     process_count = planning.process_count(len(configs), target.type, workers)
     thread_count = planning.threads_per_run(workers)
     if process_count > 1:
-        events = processes.train_parallel(
-            configs, data, processes=process_count, threads=thread_count, prunes=prunes
-        )
-        return Execution(
+        events = processes.train_parallel(jobs, data, processes=process_count, threads=thread_count)
+        return Training(
             events,
             f"training on the CPU in {process_count} worker processes side by side,"
             f" {thread_count} thread(s) each",
         )
     groups, count = plan_in_process(configs, target, workers)
-    events = threads.train_concurrently(
-        configs, groups, data, device=target, streams=count, prunes=prunes
-    )
+    events = threads.train_concurrently(jobs, groups, data, device=target, streams=count)
     if target.type == "cpu":
         how = (
             f"training on the CPU in this process, one run after another, {thread_count} thread(s)"
         )
         if count > 1:
             how = f"training {len(groups)} group(s) of runs on the CPU, {count} at a time"
-        return Execution(with_threads(events, thread_count), how)
-    return Execution(
+        return Training(with_threads(events, thread_count), how)
+    return Training(
         events,
         f"training {len(groups)} group(s) of runs on {target}, {count} at a time"
         " (one CUDA stream each)",
@@ -132,7 +128,7 @@ def train_all(
     execution = execute(configs, data, device=device, workers=workers)
     try:
         for event in execution:
-            if event.kind in ("done", "failed"):
+            if event.kind in ENDED:
                 outcomes[event.index] = event.payload
     finally:
         execution.close()

@@ -14,7 +14,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.nn.architectures import get_architecture
 from cnnlab.nn.shapes import dataset_input, forward_flops
 from cnnlab.nn.specs import parse_specs
-from cnnlab.training.grouping import plan_groups
+from cnnlab.training.group_plan import plan_groups
 
 # Groups trained at once on one GPU by default; more streams than this gain nothing on a net
 # this small.

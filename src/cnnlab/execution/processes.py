@@ -30,40 +30,40 @@ import torch
 
 from cnnlab.config import RunConfig
 from cnnlab.data.datasets import Dataset
-from cnnlab.execution.events import Event, failure_reason
+from cnnlab.execution.events import ENDED, Event, EventKind, failure_reason
 from cnnlab.execution.planning import cpu_count, longest_first
 from cnnlab.execution.transport import portable, rebuild, weights_as_arrays, weights_as_tensors
 from cnnlab.training import loop
-from cnnlab.training.loop import Prune
+from cnnlab.training.loop import Job, as_jobs
 
 # How long a worker may take to leave after being told to, before it is killed (seconds).
 _EXIT_GRACE_SECONDS = 5.0
 
 
 def train_parallel(
-    configs: Sequence[RunConfig],
+    jobs: Sequence[Job | RunConfig],
     data: Dataset,
     *,
     processes: int,
     threads: int | None = None,
-    prunes: Sequence[Prune | None] = (),
 ) -> Iterator[Event]:
-    """Train every config with `loop.fit` on the CPU in `processes` workers, as events.
+    """Train every job with `loop.fit` on the CPU in `processes` workers, as events.
 
-    Each worker uses `threads` CPU threads (default: its share of the cores); a run's entry of
-    `prunes` (if any) travels with its config.
+    Each worker uses `threads` CPU threads (default: its share of the cores); a job's `prune`
+    (if any) travels with its config.
 
-    Each run yields `started`, a `progress` event per epoch, then `done` (with its RunResult) or
-    `failed` (with the reason: the run's exception, or its worker's death). Closing the iterator
-    early (an exception in the consumer, Ctrl-C) kills the workers.
+    Each run yields STARTED, an EPOCH event per epoch, then RESULT (with its RunResult) or ERROR
+    (with the reason: the run's exception, or its worker's death). Closing the iterator early
+    (an exception in the consumer, Ctrl-C) kills the workers.
     """
+    jobs = as_jobs(jobs)
     threads = threads or max(1, cpu_count() // processes)
-    waiting = collections.deque(longest_first(configs))
+    waiting = collections.deque(longest_first([job.config for job in jobs]))
     pool = _Pool(portable(data), threads)
     try:
         pool.start_workers(min(processes, len(waiting)))
         for worker in pool.workers:
-            worker.assign(waiting.popleft(), configs, prunes)
+            worker.assign(waiting.popleft(), jobs)
         while any(worker.index is not None for worker in pool.workers):
             busy = [worker for worker in pool.workers if worker.index is not None]
             handles = [worker.connection for worker in busy]
@@ -77,10 +77,10 @@ def train_parallel(
                 if not worker.process.is_alive():
                     if worker.index is not None:
                         lost, worker.index = worker.index, None
-                        yield Event("failed", lost, worker.death())
+                        yield Event(EventKind.ERROR, lost, worker.death())
                     worker = pool.replace(worker) if waiting else None
                 if worker is not None and worker.index is None and waiting:
-                    worker.assign(waiting.popleft(), configs, prunes)
+                    worker.assign(waiting.popleft(), jobs)
         pool.close()
     finally:
         pool.kill()
@@ -94,22 +94,19 @@ class _Worker:
         self.connection = connection
         self.index: int | None = None
 
-    def assign(
-        self, index: int, configs: Sequence[RunConfig], prunes: Sequence[Prune | None]
-    ) -> None:
+    def assign(self, index: int, jobs: Sequence[Job]) -> None:
         self.index = index
-        prune = prunes[index] if prunes else None
         with contextlib.suppress(OSError):  # a dead worker: the caller sees it through is_alive()
-            self.connection.send((index, configs[index], prune))
+            self.connection.send((index, jobs[index]))
 
     def drain(self) -> Iterator[Event]:
         """The events waiting in the pipe; a finished run frees the worker."""
         try:
             while self.connection.poll():
                 kind, index, payload = self.connection.recv()
-                if kind == "done":
+                if kind == EventKind.RESULT:
                     payload = weights_as_tensors(payload)
-                if kind in ("done", "failed"):
+                if kind in ENDED:
                     self.index = None
                 yield Event(kind, index, payload)
         except (EOFError, OSError):
@@ -230,18 +227,18 @@ def _worker_main(
             return
         if task is None:
             return
-        index, config, prune = task
-        connection.send(("started", index, None))
+        index, job = task
+        connection.send((EventKind.STARTED, index, None))
 
         def progress(row: dict[str, Any], index: int = index) -> None:
-            connection.send(("progress", index, row))
+            connection.send((EventKind.EPOCH, index, row))
 
         try:
-            result = loop.fit(config, data, device="cpu", progress=progress, prune=prune)
+            result = loop.fit(job.config, data, device="cpu", progress=progress, prune=job.prune)
         except Exception as error:  # the parent records the run as failed and goes on
-            connection.send(("failed", index, failure_reason(error)))
+            connection.send((EventKind.ERROR, index, failure_reason(error)))
         else:
-            connection.send(("done", index, weights_as_arrays(result)))
+            connection.send((EventKind.RESULT, index, weights_as_arrays(result)))
 
 
 def _die_with_parent(parent_pid: int) -> None:

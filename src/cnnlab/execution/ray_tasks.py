@@ -3,7 +3,7 @@
 Every run (on the CPU) or group of runs (on GPUs: `planning.schedule`'s groups) becomes one Ray
 task that declares what it needs: `cpus_per_run` CPUs, and on GPUs a fraction of one GPU, so that
 several small groups share a device as the local CUDA path trains up to `planning.MAX_STREAMS`
-groups side by side. A task trains as the local paths do (`grouped.train_together`: `loop.fit`
+groups side by side. A task trains as the local paths do (`group_net.train_together`: `loop.fit`
 for a lone run on the CPU, with `cpus_per_run` threads) and returns its RunResults with the
 weights as NumPy arrays; the driver yields the same `events.Event`s as every local path, so the
 study's store and run folders stay at the driver and the nodes need no shared file system.
@@ -46,11 +46,11 @@ import torch
 from cnnlab.config import RunConfig, run_id
 from cnnlab.data.datasets import Dataset, load_dataset
 from cnnlab.errors import CnnlabError
-from cnnlab.execution.events import Event, failure_reason
+from cnnlab.execution.events import Event, EventKind, failure_reason
 from cnnlab.execution.planning import MAX_STREAMS, cpu_count, longest_first, schedule
 from cnnlab.execution.transport import weights_as_arrays, weights_as_tensors
-from cnnlab.training import grouped
-from cnnlab.training.loop import Prune
+from cnnlab.training import group_net
+from cnnlab.training.loop import Job, as_jobs
 
 MISSING_RAY = "--backend ray needs Ray: pip install 'cnnlab[ray]'"
 DEFAULT_MAX_RETRIES = 2  # retries of a task whose worker process or node died
@@ -62,7 +62,7 @@ _POLL_SECONDS = 0.2
 
 
 def train_on_ray(
-    configs: Sequence[RunConfig],
+    jobs: Sequence[Job | RunConfig],
     data: Dataset,
     *,
     device: str = "auto",
@@ -70,11 +70,10 @@ def train_on_ray(
     cpus_per_run: int = 1,
     gpus_per_group: float = GPUS_PER_GROUP,
     max_retries: int = DEFAULT_MAX_RETRIES,
-    prunes: Sequence[Prune | None] = (),
 ) -> Iterator[Event]:
-    """Train every config as Ray tasks, yielding the events every local path yields.
+    """Train every job as Ray tasks, yielding the events every local path yields.
 
-    A run's entry of `prunes` (if any) travels with its task and is asked in the Ray worker.
+    A job's `prune` (if any) travels with its task and is asked in the Ray worker.
 
     `address`: an existing cluster's (`ray.init(address=...)`), else $RAY_ADDRESS, else a Ray
     instance started on this machine with one CPU per core (shut down at the end). A Ray already
@@ -91,14 +90,13 @@ def train_on_ray(
     if max_retries < 0:
         raise CnnlabError(f"max_retries {max_retries!r}: must not be negative")
     return _events(
-        list(configs),
+        as_jobs(jobs),
         data,
         device=device,
         address=address or os.environ.get("RAY_ADDRESS") or None,
         cpus_per_run=cpus_per_run,
         gpus_per_group=gpus_per_group,
         max_retries=max_retries,
-        prunes=list(prunes),
     )
 
 
@@ -124,7 +122,7 @@ def _import_ray() -> Any:
 
 
 def _events(
-    configs: list[RunConfig],
+    jobs: list[Job],
     data: Dataset,
     *,
     device: str,
@@ -132,7 +130,6 @@ def _events(
     cpus_per_run: int,
     gpus_per_group: float,
     max_retries: int,
-    prunes: list[Prune | None],
 ) -> Iterator[Event]:
     ray = _import_ray()
     connected_here = not ray.is_initialized()
@@ -142,6 +139,7 @@ def _events(
     mailbox = None
     try:
         target = _cluster_device(ray, device, cpus_per_run)
+        configs = [job.config for job in jobs]
         groups = schedule(configs, torch.device(target).type)
         mailbox = ray.remote(num_cpus=0)(Mailbox).remote()
         stored = ray.put(_plain(data))  # once per call
@@ -161,12 +159,9 @@ def _events(
         # A group takes about as long as one of its members: the longest first.
         for position in longest_first([configs[group[0]] for group in groups]):
             group = groups[position]
-            members = [configs[index] for index in group]
-            named = task.options(name=task_name(members), **options)
-            chosen = [prunes[index] for index in group] if prunes else []
-            reference = named.remote(
-                members, group, shared, mailbox, target, cpus_per_run, given, chosen
-            )
+            members = [jobs[index] for index in group]
+            named = task.options(name=task_name([job.config for job in members]), **options)
+            reference = named.remote(members, group, shared, mailbox, target, cpus_per_run, given)
             outstanding[reference] = group
         relay = _Relay()
         while outstanding:
@@ -253,7 +248,7 @@ def _release(reaper: subprocess.Popen | None) -> None:
     """Ray was shut down in order: its reaper ends without killing anything."""
     if reaper is not None:
         with contextlib.suppress(OSError):
-            reaper.stdin.write("done\n")
+            reaper.stdin.write("end\n")
             reaper.stdin.close()
         with contextlib.suppress(subprocess.TimeoutExpired):
             reaper.wait(timeout=10)
@@ -276,7 +271,7 @@ def _cluster_device(ray: Any, device: str, cpus_per_run: int) -> str:
 
 
 class Mailbox:
-    """The tasks' messages, ("started" | "progress", run index, row), in the order they came."""
+    """The tasks' messages, (STARTED | EPOCH, run index, row), in the order they came."""
 
     def __init__(self) -> None:
         self.messages: list[tuple[str, int, Any]] = []
@@ -305,12 +300,12 @@ class _Relay:
     def message(self, kind: str, index: int, payload: Any) -> Iterator[Event]:
         if index in self.finished:
             return
-        if kind == "started" and index not in self.started:
+        if kind == EventKind.STARTED and index not in self.started:
             self.started.add(index)
-            yield Event("started", index)
-        elif kind == "progress" and payload["epoch"] > self.last_epoch.get(index, 0):
+            yield Event(EventKind.STARTED, index)
+        elif kind == EventKind.EPOCH and payload["epoch"] > self.last_epoch.get(index, 0):
             self.last_epoch[index] = payload["epoch"]
-            yield Event("progress", index, payload)
+            yield Event(EventKind.EPOCH, index, payload)
 
     def finish(self, kind: str, index: int, payload: Any) -> Iterator[Event]:
         self.finished.add(index)
@@ -320,14 +315,14 @@ class _Relay:
 def _outcomes(
     ray: Any, reference: Any, group: list[int], max_retries: int
 ) -> list[tuple[int, str, Any]]:
-    """(index, "done", RunResult) or (index, "failed", reason) for each run of a finished task."""
+    """(index, RESULT, RunResult) or (index, ERROR, reason) for each run of a finished task."""
     try:
         outcomes = ray.get(reference)
     except ray.exceptions.RayError as error:
         reason = _ray_failure(ray, error, max_retries)
-        return [(index, "failed", reason) for index in group]
+        return [(index, EventKind.ERROR, reason) for index in group]
     return [
-        (index, kind, weights_as_tensors(payload) if kind == "done" else payload)
+        (index, kind, weights_as_tensors(payload) if kind == EventKind.RESULT else payload)
         for index, (kind, payload) in zip(group, outcomes, strict=True)
     ]
 
@@ -365,38 +360,34 @@ class SharedData:
 
 
 def train_task(
-    configs: list[RunConfig],
+    jobs: list[Job | RunConfig],
     indices: list[int],
     shared: SharedData,
     mailbox: Any,
     device: str,
     threads: int,
     given: Dataset | None = None,
-    prunes: Sequence[Prune | None] = (),
 ) -> list[tuple[str, Any]]:
-    """Train one scheduled group in a Ray worker: ("done", RunResult) or ("failed", reason) each.
+    """Train one scheduled group in a Ray worker: (RESULT, RunResult) or (ERROR, reason) each.
 
-    `given`: the data, where the driver passed it whole (it has no file to load); `prunes`: the
-    members' (`loop.fit_members`), or none.
+    `given`: the data, where the driver passed it whole (it has no file to load).
     """
     ray = _import_ray()
     torch.set_num_threads(threads)
-    mailbox.put.remote([("started", index, None) for index in indices])
+    mailbox.put.remote([(EventKind.STARTED, index, None) for index in indices])
 
     def progress(row: dict[str, Any]) -> None:
-        mailbox.put.remote([("progress", indices[row.get("member", 0)], row)])
+        mailbox.put.remote([(EventKind.EPOCH, indices[row.get("member", 0)], row)])
 
     try:
         data = given if given is not None else local_copy(shared.name, shared.source, shared.sha256)
         if data is None or data.train_images.shape != shared.train_shape:
             data = ray.get(shared.stored[0])
-        results = grouped.train_together(
-            configs, data, device=device, progress=progress, prunes=prunes
-        )
-        outcomes = [("done", weights_as_arrays(result)) for result in results]
+        results = group_net.train_together(as_jobs(jobs), data, device=device, progress=progress)
+        outcomes = [(EventKind.RESULT, weights_as_arrays(result)) for result in results]
     except Exception as error:  # the driver records the runs as failed and goes on
         reason = failure_reason(error)
-        outcomes = [("failed", reason) for _ in configs]
+        outcomes = [(EventKind.ERROR, reason) for _ in jobs]
     # A mailbox runs one caller's calls in order: once this one is done, so are the others.
     ray.get(mailbox.put.remote([]))
     return outcomes

@@ -5,8 +5,8 @@
 its head processes to the driver (the kernel kills them with it), but not the processes those
 start: the workers and agents outlive a killed driver by tens of seconds or more. Meanwhile the
 reaper notes the driver's new descendants once a second; the driver tells it Ray's session
-folder (`session DIR`), and `done` before it shuts Ray down itself. At end of input without
-`done` (the driver died), it kills every process it noted and every process writing into the
+folder (`session DIR`), and `end` before it shuts Ray down itself. At end of input without
+`end` (the driver died), it kills every process it noted and every process writing into the
 session's logs.
 """
 
@@ -90,7 +90,7 @@ def main(driver: int) -> None:
         command, _, argument = line.strip().partition(" ")
         if command == "session":
             session.append(argument)
-        elif command == "done":
+        elif command == "end":
             return
     ended.set()
     noting.join()

@@ -7,7 +7,7 @@ trains in a thread of its own with its own stream, and the device runs their ker
 same time. The longest group starts first (by a member's network FLOPs), so the study takes
 about as long as its longest group.
 
-Each thread runs `grouped.train_together` unchanged. What makes that safe on one GPU by
+Each thread runs `group_net.train_together` unchanged. What makes that safe on one GPU by
 construction, not by timing (docs/cuda.md): a thread's CUDA work holds `device.GATE` shared and
 lets it go only between epochs (`pause`), a graph capture holds it alone, so no other thread's
 call (cuDNN's autotuner, a copy to the host) can run during a capture; each thread's stream
@@ -23,7 +23,6 @@ reported as it goes.
 from __future__ import annotations
 
 import contextlib
-import functools
 import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -33,14 +32,14 @@ import torch
 
 from cnnlab.config import RunConfig
 from cnnlab.data.datasets import Dataset
-from cnnlab.execution.events import Event, failure_reason
+from cnnlab.execution.events import Event, EventKind, failure_reason
 from cnnlab.execution.planning import longest_first
-from cnnlab.training import grouped
+from cnnlab.training import group_net
 from cnnlab.training.device import GATE, STREAMS, fast_cuda_math, resolve_device
-from cnnlab.training.loop import Prune
+from cnnlab.training.loop import Job, as_jobs
 from cnnlab.training.metrics import RunResult
 
-# Trains one group: (configs, data, *, device, progress) -> one RunResult per config.
+# Trains one group: (jobs, data, *, device, progress) -> one RunResult per job.
 GroupTrainer = Callable[..., list[RunResult]]
 # How long closing the events waits for the threads to reach an epoch's end (seconds).
 _STOP_GRACE_SECONDS = 60.0
@@ -51,23 +50,23 @@ class _Stopped(Exception):
 
 
 def train_concurrently(
-    configs: Sequence[RunConfig],
+    jobs: Sequence[Job | RunConfig],
     groups: Sequence[Sequence[int]],
     data: Dataset,
     *,
     device: str | torch.device,
     streams: int,
     train_group: GroupTrainer | None = None,
-    prunes: Sequence[Prune | None] = (),
 ) -> Iterator[Event]:
-    """Train `groups` (lists of indices into `configs`), `streams` of them at a time.
+    """Train `groups` (lists of indices into `jobs`), `streams` of them at a time.
 
-    `train_group` trains one group (default `grouped.train_together`; given `prunes`, one per
-    config, it gets its members' as `prunes=`). Yields each member's
-    `started`, `progress` (one per epoch), then `done` with its RunResult or `failed` with the
-    reason, as the worker processes do (`execution.processes`).
+    `train_group` trains one group (default `group_net.train_together`). Yields each member's
+    STARTED, EPOCH (one per epoch), then RESULT with its RunResult or ERROR with the reason, as
+    the worker processes do (`execution.processes`).
     """
-    train_group = train_group or grouped.train_together
+    train_group = train_group or group_net.train_together
+    jobs = as_jobs(jobs)
+    configs = [job.config for job in jobs]
     target = resolve_device(device)
     if target.type == "cuda" and any(config.deterministic for config in configs):
         streams = 1  # the deterministic math is process-wide: no fast group beside it
@@ -84,13 +83,8 @@ def train_concurrently(
     def serve() -> None:
         try:
             while (group := next_group()) is not None:
-                trainer = train_group
-                if prunes:
-                    chosen = [prunes[i] for i in group]
-                    trainer = functools.partial(train_group, prunes=chosen)
-                _train_group(
-                    trainer, [configs[i] for i in group], group, data, target, events, stop
-                )
+                members = [jobs[i] for i in group]
+                _train_group(train_group, members, group, data, target, events, stop)
         finally:
             events.put(None)  # this thread is done
 
@@ -118,7 +112,7 @@ def train_concurrently(
 
 def _train_group(
     train_group: GroupTrainer,
-    configs: list[RunConfig],
+    jobs: list[Job],
     group: list[int],
     data: Dataset,
     target: torch.device,
@@ -126,10 +120,10 @@ def _train_group(
     stop: threading.Event,
 ) -> None:
     for index in group:
-        events.put(Event("started", index))
+        events.put(Event(EventKind.STARTED, index))
 
     def progress(row: dict[str, Any]) -> None:
-        events.put(Event("progress", group[row.get("member", 0)], row))
+        events.put(Event(EventKind.EPOCH, group[row.get("member", 0)], row))
         if stop.is_set():
             raise _Stopped
         GATE.pause()  # an epoch's end: a waiting capture in another thread may run now
@@ -137,16 +131,16 @@ def _train_group(
     try:
         # Every CUDA call of the group is inside the gate's shared hold (docs/cuda.md).
         with GATE.shared(), _own_stream(target):
-            results = train_group(configs, data, device=str(target), progress=progress)
+            results = train_group(jobs, data, device=str(target), progress=progress)
     except _Stopped:
         return
     except Exception as error:  # this group's runs fail; the other groups go on
         reason = failure_reason(error)
         for index in group:
-            events.put(Event("failed", index, reason))
+            events.put(Event(EventKind.ERROR, index, reason))
         return
     for index, result in zip(group, results, strict=True):
-        events.put(Event("done", index, result))
+        events.put(Event(EventKind.RESULT, index, result))
 
 
 @contextlib.contextmanager

@@ -23,7 +23,7 @@ from cnnlab import atomic, plots
 from cnnlab.errors import CnnlabError
 from cnnlab.insight import figures
 from cnnlab.insight.attribution import ImageInsight, conv_layers, explain_image
-from cnnlab.insight.layout import PAGE, REPORTED
+from cnnlab.insight.explain_files import PAGE, REPORTED
 
 DEFAULT_IMAGES = 4  # misclassified test images explained when none are named
 

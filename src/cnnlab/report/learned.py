@@ -8,6 +8,7 @@ report's hand-made ones on the same sample images (`cnnlab convolve --sample`).
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import math
 from pathlib import Path
@@ -17,7 +18,7 @@ import numpy as np
 from cnnlab import plots
 from cnnlab.conv import convolve, imaging
 from cnnlab.conv.kernels import parse_kernel
-from cnnlab.insight.layout import REPORTED
+from cnnlab.insight.explain_files import REPORTED
 from cnnlab.report.document import Document, Image, literal
 from cnnlab.report.tables import point_label
 from cnnlab.store import FINISHED, RunRecord, best_runs
@@ -374,8 +375,21 @@ def inside_section(document: Document, study: Study, records: list[RunRecord], s
             caption = f"{experiment.title}: best run `{record.id[:8]}`, {what}"
             name = f"inside_{record.id[:8]}_{picture.name}"
             document.image(Image(name, picture.read_bytes(), caption))
-    if missing:
+    if missing and not can_explain():
+        document.paragraph(
+            f"Not explained: {', '.join(missing)}. Grad-CAM needs Captum, which is not"
+            " installed: `pip install 'cnnlab[explain]'`, then `cnnlab report` draws them."
+        )
+    elif missing:
         document.paragraph(
             "Not explained (no kept misclassified images, or `cnnlab explain` has not run on"
             f" them): {', '.join(missing)}."
         )
+
+
+def can_explain() -> bool:
+    """Whether the explain extra (Captum, for Grad-CAM) is installed (found, not imported)."""
+    try:
+        return importlib.util.find_spec("captum") is not None
+    except (ImportError, ValueError):  # a broken install
+        return False

@@ -45,7 +45,7 @@ from cnnlab.report.points import Point, point_name, show_reference, stat_of
 from cnnlab.report.search import search_sections
 from cnnlab.report.significance import COMPARISON_FIELDS, comparison_rows, significance_section
 from cnnlab.report.tables import FIELD_LABELS, point_label, show_value
-from cnnlab.store import FINISHED, RunRecord, Store
+from cnnlab.store import FINISHED, RunRecord, Status, Store
 from cnnlab.study.studyfile import VARIANT, Experiment, Study, load_study
 from cnnlab.training.metrics import versions as installed_versions
 
@@ -156,9 +156,28 @@ def build(
     return report
 
 
-def write_report(study_dir: str | os.PathLike[str], **options: Any) -> dict[str, Path]:
-    """Write report.md (+ report_files/*.png), report.html and comparisons.csv; returns paths."""
+def write_report(
+    study_dir: str | os.PathLike[str], *, explain: bool = True, **options: Any
+) -> dict[str, Path]:
+    """Write report.md (+ report_files/*.png), report.html and comparisons.csv; returns paths.
+
+    `explain` (on by default) first runs the explain step (`explain_best_runs`), so the report
+    shows each experiment's best run from inside; `options` go to `build`.
+    """
+    if explain:
+        explain_best_runs(study_dir)
     return build(study_dir, **options).write()
+
+
+def explain_best_runs(study_dir: str | os.PathLike[str]) -> None:
+    """The explain step: `cnnlab explain` on each experiment's best run (RUN_DIR/explain), for
+    the report's "Inside the best runs". Without the explain extra (Captum) nothing is drawn
+    and that section says how to install it."""
+    if not learned.can_explain():
+        return
+    from cnnlab.insight.explain import explain_best_runs as explain_runs
+
+    explain_runs(study_dir)
 
 
 def compose(
@@ -205,7 +224,7 @@ def compose(
         learned.kernel_section(document, best, study_dir)
     document.heading("Observations")
     document.bullets(observed or ["No finished runs yet."])
-    problems = [r for r in records if r.status in ("diverged", "failed")]
+    problems = [r for r in records if r.status in (Status.DIVERGED, Status.FAILED)]
     if problems:
         document.heading("Diverged and failed runs")
         document.table(
@@ -219,7 +238,14 @@ def compose(
 build_report = build  # the name the package root gives it
 
 
-_STATUS_ORDER = ("done", "diverged", "failed", "running", "pending")
+_STATUS_ORDER = (
+    Status.DONE,
+    Status.DIVERGED,
+    Status.PRUNED,
+    Status.FAILED,
+    Status.RUNNING,
+    Status.PENDING,
+)
 
 
 def _experiment_section(

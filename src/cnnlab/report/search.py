@@ -35,7 +35,7 @@ class Trial:
     number: int
     params: dict[str, Any]
     records: list[RunRecord]
-    state: str  # "complete", "pruned", "failed" or "pending" (`search.trial_state`)
+    state: search.TrialStatus  # `search.trial_state`
     value: float | None  # the mean of the metric over the trial's seeds
 
     def epochs(self) -> list[int]:
@@ -130,8 +130,7 @@ def _section(
     document.heading(f"{experiment.title} (search)")
     if experiment.description:
         document.paragraph(experiment.description)
-    kinds = ("complete", "pruned", "failed", "pending")
-    states = {state: sum(t.state == state for t in trials) for state in kinds}
+    states = {state: sum(t.state == state for t in trials) for state in search.TrialStatus}
     seeds = len(trials[0].records) if trials else 0
     document.paragraph(
         f"{len(trials)} of {spec.trials} trials asked of Optuna's {spec.sampler} sampler (seed"
@@ -166,14 +165,17 @@ def _pruning_text(spec, trials: list[Trial]) -> str:
     if spec.pruner is None:
         return "There is no pruning: every trial trains all its epochs."
     options = ", ".join(f"{key} {value}" for key, value in spec.pruner.options)
-    ended = [t for t in trials if t.state in ("complete", "pruned")]
+    ended = [
+        t for t in trials if t.state in (search.TrialStatus.COMPLETE, search.TrialStatus.PRUNED)
+    ]
     trained = sum(sum(t.epochs()) for t in ended)
     full = sum(r.config.get("epochs", 0) for t in ended for r in t.records)
     saved = f" ({1 - trained / full:.0%} fewer)" if full else ""
+    pruned = sum(t.state == search.TrialStatus.PRUNED for t in trials)
     return (
         f"Optuna's {spec.pruner.kind.replace('_', ' ')} pruner ({options}) judged each run after"
         " every epoch against the runs of the same seed in earlier batches; a trial is pruned when"
-        f" one of its runs is. {sum(t.state == 'pruned' for t in trials)} of {len(ended)} ended"
+        f" one of its runs is. {pruned} of {len(ended)} ended"
         f" trials were pruned: their runs trained {trained} of the {full} epochs they would have"
         f" trained unpruned{saved}."
     )

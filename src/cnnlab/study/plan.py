@@ -10,7 +10,7 @@ own rules and reported at the study file's line that sets the offending field. N
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +24,7 @@ from cnnlab.config import (
 )
 from cnnlab.errors import CnnlabError
 from cnnlab.nn.shapes import resolve_layers
+from cnnlab.store import places_label
 from cnnlab.study import search
 from cnnlab.study.searchfile import MAX_REPEATS
 from cnnlab.study.studyfile import Experiment, Study, where
@@ -33,17 +34,23 @@ MAX_RUNS = 100_000  # planned runs in one study (repeats included); more is refu
 
 @dataclass(frozen=True)
 class PlannedRun:
-    """One run of the plan: its id, config, and where it sits in each experiment."""
+    """One run of the plan: its id, config, where it sits in each experiment, and what may stop
+    it early."""
 
     id: str
     config: RunConfig
     experiments: dict[str, dict[str, Any]]  # experiment -> the grid fields that place it there
+    # A search's pruning (`cnnlab.study.pruning`): told the history after each epoch, True stops
+    # the run there (`cnnlab.training.loop.Prune`).
+    prune: Callable[[list[dict[str, float]]], bool] | None = None
+
+    @property
+    def seed(self) -> int:
+        return self.config.seed
 
     def label(self) -> str:
         """'sizes: train_size=5000 | l1: l1=0.0001' (what differs, per experiment)."""
-        return " | ".join(
-            f"{name}: {_fields_text(fields)}" for name, fields in self.experiments.items()
-        )
+        return places_label(self.experiments)
 
 
 def plan_runs(study: Study, repeats: int | None = None) -> list[PlannedRun]:

@@ -1,62 +1,26 @@
 """What a study shows while it trains: plain lines, or a live display on a terminal.
 
-`study.execute_runs` tells each `Watcher` what happens to its runs (begin, started, epoch,
-finished). `Lines` prints one line per event (logs, pipes, notebooks); `LiveDisplay` keeps the
-whole study's progress on screen (runs done and to do, failed, elapsed, an ETA from the runs'
-FLOPs and the measured rate) with one line per run in flight. Exporters
-(`cnnlab.tracking.export`) are
-watchers too.
+Both are study callbacks (`cnnlab.study.callbacks`). `Lines` prints one line per event (logs,
+pipes, notebooks); `LiveDisplay` keeps the whole study's progress on screen (runs done and to
+do, failed, elapsed, an ETA from the runs' FLOPs and the measured rate) with one line per run in
+flight.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from cnnlab.execution.planning import run_flops
-
-if TYPE_CHECKING:
-    from cnnlab.config import RunConfig
-    from cnnlab.store import RunRecord
-
-
-class PlannedRun(Protocol):
-    """What a watcher sees of a planned run (`study.PlannedRun` is one)."""
-
-    id: str
-    config: RunConfig
-
-    def label(self) -> str: ...
-
-
-class Watcher(Protocol):
-    """Told what happens to a study's runs, in order, by `study.execute_runs`."""
-
-    def begin(self, plan: list[PlannedRun], how: str) -> None: ...
-
-    def started(self, run: PlannedRun) -> None: ...
-
-    def epoch(self, run: PlannedRun, row: dict[str, Any]) -> None: ...
-
-    def finished(self, run: PlannedRun, record: RunRecord) -> None: ...
-
-    def close(self) -> None: ...
-
-
-def epoch_text(row: dict[str, Any]) -> str:
-    """One epoch of a run: 'epoch 3/20  loss 1.2345  acc 0.567  val_loss ...  1.2 s'."""
-    return (
-        f"epoch {row['epoch']}/{row.get('epochs', '?')}"
-        f"  loss {row['loss']:.4f}  acc {row['accuracy']:.3f}"
-        f"  val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.3f}"
-        f"  {row['seconds']:.1f} s"
-    )
+from cnnlab.store import RunRecord, Status
+from cnnlab.study.callbacks import Callback, Run, TrainBegin
+from cnnlab.training.metrics import epoch_text
 
 
 def result_text(record: RunRecord) -> str:
     """A finished run: 'done: train 0.600  test 0.490  val 0.480  14.6 s', or why it failed."""
-    if record.status == "failed":
+    if record.status == Status.FAILED:
         return f"failed: {record.reason}"
 
     def number(key: str, form: str) -> str:
@@ -71,7 +35,7 @@ def result_text(record: RunRecord) -> str:
     return f"{line}  ({record.reason})" if record.reason else line
 
 
-class Lines:
+class Lines(Callback):
     """One plain line per event, through `echo` (print by default)."""
 
     def __init__(self, echo: Callable[[str], None] = print):
@@ -79,22 +43,22 @@ class Lines:
         self.total = 0
         self.count = 0
 
-    def begin(self, plan: list[PlannedRun], how: str) -> None:
-        self.total, self.count = len(plan), 0  # a search begins once per batch of trials
-        self.echo(how)
+    def on_message(self, line: str) -> None:
+        self.echo(line)
 
-    def started(self, run: PlannedRun) -> None:
+    def on_train_begin(self, begin: TrainBegin) -> None:
+        self.total, self.count = len(begin.runs), 0  # a search begins once per batch of trials
+        self.echo(begin.how)
+
+    def on_run_begin(self, run: Run, record: RunRecord) -> None:
         self.count += 1
-        self.echo(f"[{self.count}/{self.total}] {run.id}  seed={run.config.seed}  {run.label()}")
+        self.echo(f"[{self.count}/{self.total}] {run.id}  seed={run.seed}  {run.label()}")
 
-    def epoch(self, run: PlannedRun, row: dict[str, Any]) -> None:
+    def on_epoch_end(self, run: Run, row: Mapping[str, Any]) -> None:
         self.echo(f"    {run.id}  {epoch_text(row)}")
 
-    def finished(self, run: PlannedRun, record: RunRecord) -> None:
+    def on_run_end(self, run: Run, record: RunRecord) -> None:
         self.echo(f"    {run.id} {result_text(record)}")
-
-    def close(self) -> None:
-        pass
 
 
 class Estimate:
@@ -126,7 +90,7 @@ def _clock(seconds: float | None) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-class LiveDisplay:
+class LiveDisplay(Callback):
     """The study's progress on a terminal, redrawn in place with rich; finished runs scroll."""
 
     def __init__(self, console: Any = None):
@@ -134,30 +98,33 @@ class LiveDisplay:
 
         self.console = console or Console()
         self.live: Any = None
-        self.in_flight: dict[str, tuple[PlannedRun, dict[str, Any] | None]] = {}
-        self.counts = {"done": 0, "diverged": 0, "failed": 0}
+        self.in_flight: dict[str, tuple[Run, Mapping[str, Any] | None]] = {}
+        self.counts = {Status.DONE: 0, Status.DIVERGED: 0, Status.FAILED: 0}
         self.total = 0
         self.estimate = Estimate({})
 
-    def begin(self, plan: list[PlannedRun], how: str) -> None:
+    def on_message(self, line: str) -> None:
+        self._print(line)
+
+    def on_train_begin(self, begin: TrainBegin) -> None:
         from rich.live import Live
 
-        self.total = len(plan)
-        self.estimate = Estimate({run.id: run_flops(run.config) for run in plan})
-        self._print(how)
+        self.total = len(begin.runs)
+        self.estimate = Estimate({run.id: run_flops(run.config) for run in begin.runs})
+        self._print(begin.how)
         self.live = Live(self._view(), console=self.console, refresh_per_second=4, transient=True)
         self.live.start()
 
-    def started(self, run: PlannedRun) -> None:
+    def on_run_begin(self, run: Run, record: RunRecord) -> None:
         self.in_flight[run.id] = (run, None)
         self._update()
 
-    def epoch(self, run: PlannedRun, row: dict[str, Any]) -> None:
+    def on_epoch_end(self, run: Run, row: Mapping[str, Any]) -> None:
         self.in_flight[run.id] = (run, row)
         self.estimate.fraction[run.id] = row["epoch"] / max(row.get("epochs") or 1, 1)
         self._update()
 
-    def finished(self, run: PlannedRun, record: RunRecord) -> None:
+    def on_run_end(self, run: Run, record: RunRecord) -> None:
         self.in_flight.pop(run.id, None)
         self.estimate.fraction.pop(run.id, None)
         self.estimate.finished.add(run.id)
@@ -165,19 +132,21 @@ class LiveDisplay:
         self._print(f"{run.id}  {run.label()}  {result_text(record)}")
         self._update()
 
-    def close(self) -> None:
+    def on_train_end(self) -> None:
         if self.live is not None:
             self.live.stop()
+            self.live = None
             self._print(self.summary())
 
     def summary(self) -> str:
         """'4/11 runs finished (1 failed, 0 diverged)  elapsed 0:01:02  ETA 0:03:10'."""
         finished = sum(self.counts.values())
         elapsed = time.monotonic() - self.estimate.started_at
-        pruned = f", {self.counts['pruned']} pruned" if self.counts.get("pruned") else ""
+        pruned = self.counts.get(Status.PRUNED)
+        pruned_text = f", {pruned} pruned" if pruned else ""
         return (
-            f"{finished}/{self.total} runs finished ({self.counts['failed']} failed,"
-            f" {self.counts['diverged']} diverged{pruned})  elapsed {_clock(elapsed)}"
+            f"{finished}/{self.total} runs finished ({self.counts[Status.FAILED]} failed,"
+            f" {self.counts[Status.DIVERGED]} diverged{pruned_text})  elapsed {_clock(elapsed)}"
             f"  ETA {_clock(self.estimate.eta_seconds())}"
         )
 

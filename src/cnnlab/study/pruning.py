@@ -16,7 +16,7 @@ is the same on every rerun:
   of them reached) as its intermediate values: what Optuna's samplers read of a pruned trial.
 
 A pruned run keeps its history, weights and scores as they were when it stopped (store status
-"pruned"); it is never trained again, and no report treats it as a full run.
+`Status.PRUNED`); it is never trained again, and no report treats it as a full run.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from cnnlab.store import RunRecord
+from cnnlab.store import KEPT, RunRecord, Status
 from cnnlab.study.searchfile import PRUNER_OPTIONS, Pruner
 
 
@@ -116,11 +116,11 @@ def curve(
     spec: Pruner, direction: str, metric: str, earlier: Sequence[Curve], record: RunRecord
 ) -> Curve | None:
     """A finished or pruned run as a later batch's runs see it; None for a failed one."""
-    if record.status not in ("done", "diverged", "pruned") or not record.history:
+    if record.status not in KEPT or not record.history:
         return None
     values = tuple(float(row.get(metric, math.nan)) for row in record.history)
     notes = judge(spec, direction, earlier, values)[1]
-    return Curve(values, record.status == "pruned", notes)
+    return Curve(values, record.status == Status.PRUNED, notes)
 
 
 def mean_curve(records: Sequence[RunRecord], metric: str) -> list[float]:

@@ -17,6 +17,7 @@ whose runs was pruned is told as pruned.
 
 from __future__ import annotations
 
+import enum
 import math
 import statistics
 import warnings
@@ -32,7 +33,7 @@ from optuna.distributions import (
 )
 from optuna.trial import TrialState
 
-from cnnlab.store import FINISHED, RunRecord
+from cnnlab.store import FINISHED, RunRecord, Status
 from cnnlab.study import pruning
 from cnnlab.study.searchfile import Search, grid_values
 
@@ -105,23 +106,32 @@ def trial_value(records: Sequence[RunRecord], metric: str) -> float | None:
     return statistics.fmean(values) if values else None
 
 
-def trial_state(records: Sequence[RunRecord], metric: str) -> tuple[str, float | None]:
-    """A trial's state ("complete", "pruned", "pending" or "failed") and its value, if any."""
+class TrialStatus(enum.StrEnum):
+    """Where a search's trial stands, from its runs' statuses (the report counts these)."""
+
+    COMPLETE = "complete"  # every run finished with a finite metric: the trial has a value
+    PRUNED = "pruned"  # a run was stopped by the pruner (and none failed)
+    FAILED = "failed"  # a run failed, or the metric is not a finite number
+    PENDING = "pending"  # a run is still to train
+
+
+def trial_state(records: Sequence[RunRecord], metric: str) -> tuple[TrialStatus, float | None]:
+    """A trial's state and its value, if any."""
     value = trial_value(records, metric)
     if value is not None:
-        return "complete", value
+        return TrialStatus.COMPLETE, value
     statuses = {record.status for record in records}
-    if statuses & {"pending", "running"}:
-        return "pending", None
-    if "pruned" in statuses and "failed" not in statuses:
-        return "pruned", None
-    return "failed", None
+    if statuses & {Status.PENDING, Status.RUNNING}:
+        return TrialStatus.PENDING, None
+    if Status.PRUNED in statuses and Status.FAILED not in statuses:
+        return TrialStatus.PRUNED, None
+    return TrialStatus.FAILED, None
 
 
 def tell(study: optuna.Study, trial: optuna.Trial, records: Sequence[RunRecord], metric: str):
     """Tell the sampler a trial's value, or that it was pruned (with its mean curve), or failed."""
     state, value = trial_state(records, metric)
-    curve = pruning.mean_curve(records, metric) if state == "pruned" else []
+    curve = pruning.mean_curve(records, metric) if state == TrialStatus.PRUNED else []
     if value is not None:
         study.tell(trial, value)
     elif curve and all(math.isfinite(v) for v in curve):

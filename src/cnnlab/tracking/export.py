@@ -1,9 +1,8 @@
 """Results where users already look: TensorBoard event files and MLflow runs, live or exported.
 
-A `StudyLogger` follows a study the way `study.execute_runs` sees it: `start` with the store's
-meta and planned runs, then per run `started`, one `epoch` per history row, and `finished` with
-the record read back from the store (or `failed`), and `close`. `export_study` replays a
-finished study's records through the same loggers, so live and exported results are the same.
+A logger is a study callback (`cnnlab.study.callbacks`): told as the study trains (`--log`), or
+by `export_study`, which replays a finished study's records through the same callback methods,
+so live and exported results are the same.
 Both backends are optional extras, imported only when a logger is opened.
 
 Re-exporting is idempotent: TensorBoard gets each run's folder rewritten whole (written beside
@@ -17,28 +16,22 @@ next export completes. Servers are probed first (`endpoints`), with a bounded ti
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from cnnlab.errors import CnnlabError
-from cnnlab.execution.events import Event
-from cnnlab.store import KEPT, RunRecord, Store
+from cnnlab.store import KEPT, Store
+from cnnlab.study.callbacks import Callback, CallbackList, TrainBegin
 from cnnlab.tracking.loggers import (
-    StudyLogger,
-    first_line,
     run_name,
 )
 from cnnlab.tracking.mlflow_logger import MlflowLogger, check_mlflow_uri
 from cnnlab.tracking.tensorboard_logger import TensorBoardLogger
 
 __all__ = [
-    "LoggerGroup",
     "MlflowLogger",
-    "StudyLogger",
     "TensorBoardLogger",
     "export_study",
-    "log_event",
     "open_logger",
     "open_loggers",
     "replay",
@@ -46,47 +39,7 @@ __all__ = [
 ]
 
 
-class LoggerGroup:
-    """Several loggers as one; with `on_error`, a logger that fails is reported and dropped."""
-
-    def __init__(
-        self,
-        loggers: Sequence[tuple[str, StudyLogger]],
-        on_error: Callable[[str], None] | None = None,
-    ):
-        self.loggers = list(loggers)
-        self.on_error = on_error
-
-    def _each(self, method: str, *args: Any) -> None:
-        for spec, logger in list(self.loggers):
-            try:
-                getattr(logger, method)(*args)
-            except Exception as error:
-                if self.on_error is None:
-                    raise
-                self.loggers.remove((spec, logger))
-                self.on_error(f"--log {spec}: {first_line(error)}; no longer logging there")
-
-    def start(self, meta: Mapping[str, str], runs: Sequence[RunRecord]) -> None:
-        self._each("start", meta, runs)
-
-    def started(self, record: RunRecord) -> None:
-        self._each("started", record)
-
-    def epoch(self, run_id: str, row: Mapping[str, Any]) -> None:
-        self._each("epoch", run_id, row)
-
-    def finished(self, record: RunRecord, study_dir: Path) -> None:
-        self._each("finished", record, study_dir)
-
-    def failed(self, run_id: str, reason: str) -> None:
-        self._each("failed", run_id, reason)
-
-    def close(self) -> None:
-        self._each("close")
-
-
-def open_logger(spec: str, timeout: float | None = None) -> StudyLogger:
+def open_logger(spec: str, timeout: float | None = None) -> Callback:
     """`tensorboard:DIR` or `mlflow:URI` (a `--log` value) as a live logger.
 
     `timeout`: seconds to reach a tracking server (default: `endpoints.connect_timeout`).
@@ -113,46 +66,36 @@ def open_loggers(
     specs: Sequence[str],
     on_error: Callable[[str], None] | None = None,
     timeout: float | None = None,
-) -> LoggerGroup:
-    """Every `--log` spec opened: a spec that cannot work raises before any run trains."""
-    return LoggerGroup([(spec, open_logger(spec, timeout)) for spec in specs], on_error)
+) -> CallbackList:
+    """Every `--log` spec opened: a spec that cannot work raises before any run trains.
+
+    With `on_error`, a logger that fails while the study trains is reported and dropped."""
+    loggers = []
+    for spec in specs:
+        logger = open_logger(spec, timeout)
+        logger.name = f"--log {spec}"  # how `on_error` names it
+        loggers.append(logger)
+    return CallbackList(loggers, on_error)
 
 
-def log_event(
-    logger: StudyLogger, store: Store, study_dir: Path, run_id: str, event: Event
-) -> None:
-    """Pass one of execute's events to `logger`, after the store has recorded it."""
-    if event.kind == "started":
-        logger.started(store.get(run_id))
-    elif event.kind == "progress":
-        logger.epoch(run_id, event.payload)
-    elif event.kind == "failed":
-        logger.failed(run_id, event.payload)
-    else:
-        record = store.get(run_id)
-        if record.status in KEPT:  # a run whose files could not be written is 'failed'
-            logger.finished(record, study_dir)
-        else:
-            logger.failed(run_id, record.reason)
-
-
-def replay(study_dir: str | os.PathLike[str], logger: StudyLogger) -> int:
-    """Log every finished run of a study folder as if it were training now; returns how many."""
+def replay(study_dir: str | os.PathLike[str], logger: Callback) -> int:
+    """Tell `logger` every finished run of a study folder as if it were training now (each
+    run's record stands for the run); returns how many."""
     study_dir = Path(study_dir)
     with Store.open(study_dir, create=False) as store:
         meta = store.meta()
         records = store.runs(planned_only=True)
     meta.setdefault("study_name", study_dir.name)
     finished = [record for record in records if record.status in KEPT]
-    logger.start(meta, records)
+    logger.on_train_begin(TrainBegin([], "replayed from the store", study_dir, meta, records))
     try:
         for record in finished:
-            logger.started(record)
+            logger.on_run_begin(record, record)
             for row in record.history:
-                logger.epoch(record.id, row)
-            logger.finished(record, study_dir)
+                logger.on_epoch_end(record, row)
+            logger.on_run_end(record, record)
     finally:
-        logger.close()
+        logger.on_train_end()
     return len(finished)
 
 

@@ -1,4 +1,7 @@
-"""What the TensorBoard and MLflow loggers share: the protocol, names, scalars, extras."""
+"""What the TensorBoard and MLflow loggers share: names, scalars, extras.
+
+Both are study callbacks (`cnnlab.study.callbacks.Callback`).
+"""
 
 from __future__ import annotations
 
@@ -6,8 +9,7 @@ import json
 import math
 import re
 from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from cnnlab.errors import CnnlabError
 from cnnlab.store import RunRecord
@@ -40,28 +42,6 @@ ARTIFACTS = (
     "confusion_test_png",
 )
 MLFLOW_SCHEMES = ("sqlite", "file", "http", "https", "databricks", "postgresql", "mysql", "mssql")
-
-
-class StudyLogger(Protocol):
-    """Where a study's runs are logged as they train (or replayed from the store)."""
-
-    def start(self, meta: Mapping[str, str], runs: Sequence[RunRecord]) -> None:
-        """The study begins: the store's meta (study_name, study_sha256...) and planned runs."""
-
-    def started(self, record: RunRecord) -> None:
-        """A run begins (its record as the store holds it then)."""
-
-    def epoch(self, run_id: str, row: Mapping[str, Any]) -> None:
-        """One history row of a started run: epoch, loss, accuracy, val_loss, val_accuracy..."""
-
-    def finished(self, record: RunRecord, study_dir: Path) -> None:
-        """A run ended 'done' or 'diverged'; `record` is read back from the store."""
-
-    def failed(self, run_id: str, reason: str) -> None:
-        """A started run raised; the store keeps no results for it."""
-
-    def close(self) -> None:
-        """The study ends (also on Ctrl-C or an error): finish what is open."""
 
 
 def final_step(record: RunRecord) -> int:

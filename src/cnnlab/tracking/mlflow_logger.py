@@ -11,13 +11,14 @@ import glob
 import os
 import sqlite3
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from cnnlab.errors import CnnlabError
-from cnnlab.store import RunRecord
+from cnnlab.store import KEPT, RunRecord, Status
+from cnnlab.study.callbacks import Callback, Run, TrainBegin
 from cnnlab.tracking.endpoints import connect_timeout, probe_mlflow
 from cnnlab.tracking.loggers import (
     ARTIFACTS,
@@ -33,7 +34,7 @@ from cnnlab.tracking.loggers import (
 )
 
 
-class MlflowLogger:
+class MlflowLogger(Callback):
     """One parent MLflow run per study (experiment = the study's name), one child per cnnlab run.
 
     A child has the config fields as params, the per-epoch metrics (step = epoch), the final
@@ -84,8 +85,10 @@ class MlflowLogger:
         self._active: dict[str, str] = {}  # cnnlab run id -> MLflow run id being written
         self._skipped: set[str] = set()
         self._pending: dict[str, list[Any]] = {}  # exported: metrics held until the run ends
+        self._study_dir = Path()  # where the runs' artifacts are (`TrainBegin.study_dir`)
 
-    def start(self, meta: Mapping[str, str], runs: Sequence[RunRecord]) -> None:
+    def on_train_begin(self, begin: TrainBegin) -> None:
+        meta, self._study_dir = begin.meta, begin.study_dir
         client = self.client
         name = meta.get("study_name") or "cnnlab"
         experiment = client.get_experiment_by_name(name)
@@ -118,7 +121,7 @@ class MlflowLogger:
         for run in self._search(f"tags.`mlflow.parentRunId` = '{self._parent_id}'"):
             self._existing.setdefault(run.data.tags.get("cnnlab.run_id", ""), []).append(run)
 
-    def started(self, record: RunRecord) -> None:
+    def on_run_begin(self, run: Run, record: RunRecord) -> None:
         entities = self._ml.entities
         self._skipped.discard(record.id)
         existing = self._existing.pop(record.id, [])
@@ -153,21 +156,24 @@ class MlflowLogger:
         ]
         self.client.log_batch(child.info.run_id, params=params)
 
-    def epoch(self, run_id: str, row: Mapping[str, Any]) -> None:
-        if run_id not in self._skipped:
-            self._log(run_id, epoch_scalars(row), int(row["epoch"]))
+    def on_epoch_end(self, run: Run, row: Mapping[str, Any]) -> None:
+        if run.id not in self._skipped:
+            self._log(run.id, epoch_scalars(row), int(row["epoch"]))
 
-    def finished(self, record: RunRecord, study_dir: Path) -> None:
+    def on_run_end(self, run: Run, record: RunRecord) -> None:
+        if record.status not in KEPT:
+            self._failed(record.id, record.reason)
+            return
         if record.id in self._skipped:
             return
         self._log(record.id, final_scalars(record.metrics), final_step(record))
         self._flush(record.id)
         mlflow_id = self._active.pop(record.id)
         for name in ARTIFACTS:
-            path = Path(study_dir) / record.artifacts.get(name, "")
+            path = self._study_dir / record.artifacts.get(name, "")
             if name in record.artifacts and path.is_file():
                 self.client.log_artifact(mlflow_id, str(path))
-        tags = {"cnnlab.status": record.status, "cnnlab.finished_at": repr(record.finished_at)}
+        tags = {"cnnlab.status": str(record.status), "cnnlab.finished_at": repr(record.finished_at)}
         if record.reason:
             tags["cnnlab.reason"] = record.reason
         entities = self._ml.entities
@@ -176,15 +182,15 @@ class MlflowLogger:
         self.client.set_terminated(mlflow_id, "FINISHED", end_time=end)
         self.written += 1
 
-    def failed(self, run_id: str, reason: str) -> None:
+    def _failed(self, run_id: str, reason: str) -> None:
         mlflow_id = self._active.pop(run_id, None)
         self._pending.pop(run_id, None)
         if mlflow_id is not None:
-            self.client.set_tag(mlflow_id, "cnnlab.status", "failed")
+            self.client.set_tag(mlflow_id, "cnnlab.status", str(Status.FAILED))
             self.client.set_tag(mlflow_id, "cnnlab.reason", reason[:5000])
             self.client.set_terminated(mlflow_id, "FAILED")
 
-    def close(self) -> None:
+    def on_train_end(self) -> None:
         try:
             for mlflow_id in self._active.values():
                 self.client.set_terminated(mlflow_id, "KILLED")

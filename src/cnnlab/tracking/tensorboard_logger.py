@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from cnnlab.errors import CnnlabError
-from cnnlab.store import RunRecord
+from cnnlab.store import KEPT, RunRecord, Status
+from cnnlab.study.callbacks import Callback, Run, TrainBegin
 from cnnlab.tracking.loggers import (
     FINAL_METRICS,
     epoch_scalars,
@@ -25,7 +26,7 @@ from cnnlab.tracking.loggers import (
 )
 
 
-class TensorBoardLogger:
+class TensorBoardLogger(Callback):
     """One folder of event files per run, named `run_name`, plus the study's HParams table.
 
     Per run: the per-epoch scalars (step = epoch), the final metrics at the last step, and the
@@ -53,7 +54,8 @@ class TensorBoardLogger:
         self._folders: dict[str, Path] = {}  # run id -> where its events are being written
         self._scratch: Path | None = None
 
-    def start(self, meta: Mapping[str, str], runs: Sequence[RunRecord]) -> None:
+    def on_train_begin(self, begin: TrainBegin) -> None:
+        meta, runs = begin.meta, begin.records
         try:
             self.logdir.mkdir(parents=True, exist_ok=True)
         except OSError as error:
@@ -99,7 +101,7 @@ class TensorBoardLogger:
             if old.name != written.name:
                 old.unlink()
 
-    def started(self, record: RunRecord) -> None:
+    def on_run_begin(self, run: Run, record: RunRecord) -> None:
         name = run_name(record)
         if self.live:
             self._remove_run(record.id)
@@ -122,27 +124,27 @@ class TensorBoardLogger:
             writer, 0, self._hparams_summary(self._tb.metadata.SESSION_START_INFO_TAG, session)
         )
 
-    def epoch(self, run_id: str, row: Mapping[str, Any]) -> None:
-        writer = self._writers[run_id]
+    def on_epoch_end(self, run: Run, row: Mapping[str, Any]) -> None:
+        writer = self._writers[run.id]
         self._add(writer, int(row["epoch"]), self._scalars(epoch_scalars(row)))
         if self.live:
             writer.flush()
 
-    def finished(self, record: RunRecord, study_dir: Path) -> None:
+    def on_run_end(self, run: Run, record: RunRecord) -> None:
+        if record.status not in KEPT:  # failed: no result to log
+            if record.id in self._writers:
+                self._end(record.id, "STATUS_FAILURE", 0)
+            return
         writer = self._writers[record.id]
         self._add(writer, final_step(record), self._scalars(final_scalars(record.metrics)))
-        status = "STATUS_SUCCESS" if record.status == "done" else "STATUS_FAILURE"
+        status = "STATUS_SUCCESS" if record.status == Status.DONE else "STATUS_FAILURE"
         self._end(record.id, status, final_step(record))
         if not self.live:
             self._remove_run(record.id)
             os.replace(self._folders[record.id], self.logdir / self._folders[record.id].name)
         self.written += 1
 
-    def failed(self, run_id: str, reason: str) -> None:
-        if run_id in self._writers:
-            self._end(run_id, "STATUS_FAILURE", 0)
-
-    def close(self) -> None:
+    def on_train_end(self) -> None:
         for run_id in list(self._writers):
             self._end(run_id, "STATUS_UNKNOWN", 0)
         if self._scratch is not None:

@@ -9,13 +9,14 @@ tensors; batches are gathered there by index.
 
 The modern options of a config (`Recipe`: augmentation, a learning-rate schedule, label
 smoothing, a weight average, test-time augmentation, patch whitening) are all off by default;
-off, the loop runs exactly the operations it ran before they existed.
+off, the loop runs Keras's plain operations and nothing else.
 `label_noise` (a planted harm) replaces a known share of the training part's labels before
 training (`noisy_labels`); at 0 the labels are the dataset's, untouched.
 
 `fit_members` is the one training skeleton: the data on the device, the epochs with their
 history rows, progress and divergence, the final scores and the RunResult. `fit` drives it with
-one network (`LoneNet`); `batched.fit_group` with several trained as one (`batched.GroupMembers`).
+one network (`LoneNet`); `group_net.fit_group` with several trained as one
+(`group_net.GroupMembers`).
 """
 
 from __future__ import annotations
@@ -56,8 +57,29 @@ WHITENING_IMAGES = 5000  # training images whose patches set a whitened first la
 # The label-noise draw's own stream, beside the run's seed: np.random.default_rng([seed, tag]).
 LABEL_NOISE_STREAM = 0x6C6E  # "ln"
 Progress = Callable[[dict[str, Any]], None]
-# Told a run's history after each epoch; True stops the run there (status "pruned").
+# Told a run's history after each epoch; True stops the run there (`Status.PRUNED`).
 Prune = Callable[[list[dict[str, float]]], bool]
+
+
+@dataclass(frozen=True)
+class Job:
+    """A run to train: its config, and what may stop it early (a search's pruner), if anything."""
+
+    config: RunConfig
+    prune: Prune | None = None
+
+
+def as_jobs(runs: Sequence[Any]) -> list[Job]:
+    """Configs, jobs, or anything with a `config` and a `prune` (a study's planned run) as jobs."""
+    return [_as_job(run) for run in runs]
+
+
+def _as_job(run: Any) -> Job:
+    if isinstance(run, Job):
+        return run
+    if isinstance(run, RunConfig):
+        return Job(run)
+    return Job(run.config, run.prune)
 
 
 # --- evaluation -------------------------------------------------------------------------------
@@ -347,29 +369,29 @@ class Members(Protocol):
 
 
 def fit_members(
-    configs: Sequence[RunConfig],
+    jobs: Sequence[Job | RunConfig],
     data: Dataset,
     on_device: OnDevice,
     members: Members,
     progress: Progress | None = None,
     *,
     measurements: bool = True,
-    prunes: Sequence[Prune | None] = (),
 ) -> list[RunResult]:
-    """Train `members` (one per config; they share epochs and data) and score them.
+    """Train `members` (one per job; they share epochs and data) and score them.
 
     `progress` gets each member's epoch row with "member", "epochs", "elapsed" and "eta". A
-    member whose loss stops being finite stops there (status "diverged"); the others go on.
-    `prunes` (one per config, or none) may stop a member after an epoch (status "pruned"), the
-    same way. `measurements` adds each member's `measure.Measurer` readings; they read, never
-    change, the training, and their time is left out of the fit time.
+    member whose loss stops being finite stops there (`Status.DIVERGED`); the others go on.
+    A job's `prune` may stop its member after an epoch (`Status.PRUNED`), the same way.
+    `measurements` adds each member's `measure.Measurer` readings; they read, never change, the
+    training, and their time is left out of the fit time.
     """
+    jobs = as_jobs(jobs)
+    configs = [job.config for job in jobs]
     measurer = measure.Measurer(configs, data, on_device) if measurements else None
     epochs = configs[0].epochs
     histories: list[list[dict[str, float]]] = [[] for _ in configs]
     diverged: list[int | None] = [None] * len(configs)
     pruned: list[int | None] = [None] * len(configs)
-    prunes = list(prunes) or [None] * len(configs)
     final_states: list[dict[str, torch.Tensor] | None] = [None] * len(configs)
     validation = slice(on_device.train_count, None)
     started = time.perf_counter()
@@ -393,7 +415,7 @@ def fit_members(
             if not (np.isfinite(row["loss"]) and np.isfinite(row["val_loss"])):
                 diverged[member] = epoch
                 final_states[member] = members.state_dict(member)
-            elif prunes[member] is not None and prunes[member](histories[member]):
+            elif (prune := jobs[member].prune) is not None and prune(histories[member]):
                 pruned[member] = epoch
                 final_states[member] = members.state_dict(member)
         going = [m for m in range(len(configs)) if diverged[m] is None and pruned[m] is None]
@@ -528,7 +550,7 @@ def fit(
     """Train `config` on `data` as Keras would; `progress` gets each epoch's row as it ends.
 
     `measurements` (on by default) records `measure.Measurer`'s readings in the result.
-    `prune`, told the history after each epoch, may stop the run there (status "pruned").
+    `prune`, told the history after each epoch, may stop the run there (`Status.PRUNED`).
     """
     target = resolve_device(device)
     # The deterministic run field's math, else TF32 and the autotuner (docs/cuda.md).
@@ -537,6 +559,5 @@ def fit(
     with fast_math:
         on_device = to_device(config, data, target)
         lone = LoneNet(config, on_device)
-        return fit_members(
-            [config], data, on_device, lone, progress, measurements=measurements, prunes=[prune]
-        )[0]
+        job = Job(config, prune)
+        return fit_members([job], data, on_device, lone, progress, measurements=measurements)[0]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.metadata
 import math
 import platform
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,7 @@ import numpy as np
 
 from cnnlab import __version__
 from cnnlab.config import RunConfig
+from cnnlab.store import Status
 
 # Keras's columns, then the cross-entropy alone ("data_loss", "val_data_loss"): Keras's losses
 # include the kernel penalty, so only the data loss can show over-fitting under a strong L1.
@@ -31,12 +33,25 @@ HISTORY_KEYS = (
 )
 
 
+def epoch_text(row: Mapping[str, Any]) -> str:
+    """One epoch of a run, as `cnnlab train` and a study print it:
+    'epoch 3/20  loss 1.2345  accuracy 0.5670  val_loss 1.3456  val_accuracy 0.5012  1.2 s',
+    then '  ETA 14 s' where the row says how long the run has to go."""
+    line = (
+        f"epoch {row['epoch']}/{row.get('epochs', '?')}  loss {row['loss']:.4f}"
+        f"  accuracy {row['accuracy']:.4f}  val_loss {row['val_loss']:.4f}"
+        f"  val_accuracy {row['val_accuracy']:.4f}  {row['seconds']:.1f} s"
+    )
+    eta = row.get("eta")
+    return f"{line}  ETA {eta:.0f} s" if isinstance(eta, int | float) else line
+
+
 @dataclass
 class RunResult:
     """What a run gives back: per-epoch history, final metrics and the trained weights."""
 
     config: RunConfig
-    status: str  # "done", "diverged" or "pruned" (stopped early by a search's pruner)
+    status: Status  # DONE, DIVERGED or PRUNED (stopped early by a search's pruner)
     history: list[dict[str, float]]  # per epoch: the HISTORY_KEYS
     metrics: dict[str, Any] = field(default_factory=dict)
     state_dict: dict[str, Any] = field(default_factory=dict)  # name -> tensor (or array)
@@ -126,10 +141,10 @@ def make_result(
         "input_shape": list(provenance.input_shape),
         "class_names": list(class_names),
     }
-    status = "done" if diverged_epoch is None else "diverged"
+    status = Status.DONE if diverged_epoch is None else Status.DIVERGED
     if pruned_epoch is not None:
         metrics["pruned_epoch"] = pruned_epoch
-        status = "pruned"
+        status = Status.PRUNED
     predictions = np.asarray(test_scores.predictions).astype(np.int16)
     return RunResult(config, status, history, metrics, state_dict, predictions)
 

@@ -43,7 +43,7 @@ def resolved_config(config: RunConfig) -> dict[str, Any]:
 MISCLASSIFIED_KEPT = 32  # misclassified test images kept for the report's grid
 
 
-def save_run(
+def _save_files(
     result: RunResult,
     run_dir: str | Path,
     class_names: tuple[str, ...] | list[str],
@@ -51,7 +51,7 @@ def save_run(
     test_images: np.ndarray | None = None,
     test_labels: np.ndarray | None = None,
 ) -> dict[str, str]:
-    """Write the run folder (every file atomically); returns artifact name -> path.
+    """Write the run folder's files into `run_dir`; returns artifact name -> path.
 
     With the test set's uint8 images and labels (the set `result.test_predictions` scored), a
     sample of its misclassified images is kept too, so the report needs no data source.
@@ -89,7 +89,7 @@ def save_run(
             plots.save_figure(figure, paths[f"confusion_{split}_png"])
         else:
             del paths[f"confusion_{split}_png"]
-    if result.measurements:  # none from runs trained before measure.py, or with it off
+    if result.measurements:  # none with measurements off
         paths["measurements"] = run_dir / "measurements.json"
         atomic.write_json(paths["measurements"], result.measurements)
     paths.update(_save_arrays(result, run_dir, test_images, test_labels))
@@ -324,14 +324,19 @@ def check_target(run_dir: str | Path) -> None:
     atomic.check_folder_target(run_dir.parent if run_dir.is_dir() else run_dir, "--out")
 
 
-def write_run_folder(
+def save_run(
     result: RunResult, run_dir: str | Path, class_names: Sequence[str], **options: Any
 ) -> dict[str, str]:
-    """`save_run` into a temporary folder that replaces `run_dir` whole once every file is in.
+    """Write a run folder: config, history, metrics, weights, plots and the report's arrays;
+    returns artifact name -> path.
 
-    A failure or a kill never leaves a half-written run folder (see `atomic.atomic_folder`).
+    The files go into a temporary folder that replaces `run_dir` whole once every file is in: a
+    failure or a kill never leaves a half-written run folder (see `atomic.atomic_folder`). With
+    the test set's uint8 images and labels (`test_images`, `test_labels`: the set
+    `result.test_predictions` scored), a sample of its misclassified images is kept too, so the
+    report needs no data source.
     """
     run_dir = Path(run_dir)
     with atomic.atomic_folder(run_dir) as tmp:
-        paths = save_run(result, tmp, class_names, **options)
+        paths = _save_files(result, tmp, class_names, **options)
     return {name: str(run_dir / Path(path).relative_to(tmp)) for name, path in paths.items()}

@@ -8,11 +8,11 @@ import math
 import pytest
 import torch
 
-import study_fakes
+import fake_studies
 from cnnlab.config import RunConfig
 from cnnlab.errors import CnnlabError
 from cnnlab.execution import planning
-from cnnlab.training import grouped, grouping, loop
+from cnnlab.training import group_net, group_plan, loop
 from cnnlab.training.metrics import RunResult
 
 # Every layer kind, the asymmetric 'same' padding of a strided 3x3 conv, a 2x2 strided kernel,
@@ -66,7 +66,7 @@ def assert_same_run(grouped: RunResult, lone: RunResult) -> None:
 
 
 def test_group_members_end_with_the_weights_of_lone_runs(tiny_cifar):
-    results = grouped.fit_group(MEMBERS, tiny_cifar, device="cpu")
+    results = group_net.fit_group(MEMBERS, tiny_cifar, device="cpu")
     assert [result.config for result in results] == MEMBERS
     for result, config in zip(results, MEMBERS, strict=True):
         assert_same_run(result, loop.fit(config, tiny_cifar, device="cpu"))
@@ -77,7 +77,7 @@ def test_group_members_end_with_the_weights_of_lone_runs(tiny_cifar):
 
 def test_a_diverging_member_leaves_the_others_untouched(tiny_cifar):
     exploding = dataclasses.replace(BASE, seed=5, l1=1e38)
-    results = grouped.fit_group([MEMBERS[0], exploding, MEMBERS[1]], tiny_cifar, device="cpu")
+    results = group_net.fit_group([MEMBERS[0], exploding, MEMBERS[1]], tiny_cifar, device="cpu")
     assert results[1].status == "diverged"
     assert results[1].metrics["diverged_epoch"] == 1
     assert len(results[1].history) == 1
@@ -88,8 +88,8 @@ def test_a_diverging_member_leaves_the_others_untouched(tiny_cifar):
 
 def test_epoch_drawn_masks_train_deterministically(tiny_cifar):
     # The mask protocol of the CUDA path, exercised on the CPU through the same static buffers.
-    first = grouped.fit_group(MEMBERS[:2], tiny_cifar, device="cpu", masks="epoch")
-    again = grouped.fit_group(MEMBERS[:2], tiny_cifar, device="cpu", masks="epoch")
+    first = group_net.fit_group(MEMBERS[:2], tiny_cifar, device="cpu", masks="epoch")
+    again = group_net.fit_group(MEMBERS[:2], tiny_cifar, device="cpu", masks="epoch")
     for a, b in zip(first, again, strict=True):
         assert a.history == [
             {**row, "seconds": a_row["seconds"]}
@@ -108,10 +108,10 @@ def test_epoch_drawn_masks_train_deterministically(tiny_cifar):
 def test_plan_groups_puts_only_compatible_runs_together():
     sizes = [dataclasses.replace(BASE, train_size=size) for size in (150, 200)]
     configs = [*MEMBERS, *sizes, dataclasses.replace(BASE, seed=7)]
-    groups = grouping.plan_groups(configs, max_members=3)
+    groups = group_plan.plan_groups(configs, max_members=3)
     assert sorted(index for group in groups for index in group) == list(range(len(configs)))
     for group in groups:
-        assert len({grouping.group_key(configs[index]) for index in group}) == 1
+        assert len({group_plan.group_key(configs[index]) for index in group}) == 1
         assert len(group) <= 3
     # BASE with seeds 0, 1, 2, 7 differs only in member fields: 4 runs -> groups of 3 and 1.
     assert sorted(len(group) for group in groups) == [1, 1, 1, 3]
@@ -119,14 +119,14 @@ def test_plan_groups_puts_only_compatible_runs_together():
 
 def test_a_group_of_incompatible_runs_is_refused(tiny_cifar):
     with pytest.raises(ValueError, match="differ only in"):
-        grouped.fit_group([BASE, dataclasses.replace(BASE, epochs=3)], tiny_cifar, device="cpu")
+        group_net.fit_group([BASE, dataclasses.replace(BASE, epochs=3)], tiny_cifar, device="cpu")
 
 
 def test_a_missing_device_is_a_user_error(tiny_cifar):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     with pytest.raises(CnnlabError, match="available: cpu"):
-        grouped.fit_group(MEMBERS, tiny_cifar, device="cuda")
+        group_net.fit_group(MEMBERS, tiny_cifar, device="cuda")
 
 
 GROUPED_STUDY = """
@@ -155,19 +155,19 @@ grid = { l1 = [0.0, 0.001] }
 
 
 def test_a_study_trained_in_groups_records_what_lone_runs_record(tiny_cifar, tmp_path, monkeypatch):
-    study_file = tmp_path / "grouped.toml"
+    study_file = tmp_path / "group_net.toml"
     study_file.write_text(GROUPED_STUDY)
 
     def run(out: str) -> dict:
         # One worker: in this process, where `schedule` decides.
-        return study_fakes.study_records(study_file, tmp_path / out, tiny_cifar, workers=1)
+        return fake_studies.study_records(study_file, tmp_path / out, tiny_cifar, workers=1)
 
     lone = run("lone")
     # What the CUDA path does: every compatible run in one group (here all four).
     trained_together: list[int] = []
 
     def schedule(configs, device_type):
-        groups = grouping.plan_groups(configs, max_members=8)
+        groups = group_plan.plan_groups(configs, max_members=8)
         trained_together.extend(len(group) for group in groups)
         return groups
 
@@ -185,8 +185,8 @@ def test_a_study_trained_in_groups_records_what_lone_runs_record(tiny_cifar, tmp
 
 def test_a_bfloat16_group_trains_in_mixed_precision(tiny_cifar):
     mixed = [dataclasses.replace(config, precision="bfloat16") for config in MEMBERS[:2]]
-    results = grouped.fit_group(mixed, tiny_cifar, device="cpu")
-    full = grouped.fit_group(MEMBERS[:2], tiny_cifar, device="cpu")
+    results = group_net.fit_group(mixed, tiny_cifar, device="cpu")
+    full = group_net.fit_group(MEMBERS[:2], tiny_cifar, device="cpu")
     for result, reference in zip(results, full, strict=True):
         assert result.status == "done"
         assert all(math.isfinite(row["loss"]) for row in result.history)

@@ -1,5 +1,4 @@
-"""A stand-in for `fit` and `save_run` for orchestration tests: deterministic, instant, no torch.
-Also `study_records`: a study run quietly, read back from its store.
+"""Stand-ins for `fit` and `save_run`: deterministic, instant, no torch.
 
 The numbers follow the seed report's shape (more data helps, large L1 collapses to 0.10) so the
 report's tables, plots and observations have something real to say. Special configs misbehave:
@@ -10,20 +9,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from cnnlab.config import RunConfig
-from cnnlab.store import RunRecord, Store
-from cnnlab.study import runner
-from cnnlab.training import runfolder
+from cnnlab.store import Status
 from cnnlab.training.metrics import RunResult
 
 _PNG = None
@@ -95,7 +87,7 @@ def fake_fit(config: RunConfig, data, *, device="auto", progress=None, prune=Non
     predictions = labels.astype(np.int16)
     wrong = np.arange(len(labels)) % 4 == config.seed % 4  # a quarter of the test set
     predictions[wrong] = (labels[wrong] + 1 + config.seed) % 10
-    status = "diverged" if diverged else "done"
+    status = Status.DIVERGED if diverged else Status.DONE
     return RunResult(config, status, history, metrics, fake_weights(config.seed), predictions)
 
 
@@ -125,40 +117,6 @@ def fake_weights(seed: int) -> dict[str, np.ndarray]:
     )
     jitter = np.random.default_rng(seed).normal(0, 0.1, kernels.shape).astype(np.float32)
     return {"layers.0.weight": (kernels + jitter) / 8, "layers.0.bias": np.zeros(16, np.float32)}
-
-
-def study_records(study_file: Path, out: Path, data, **options) -> dict[str, RunRecord]:
-    """Run `study_file` into `out` on the CPU, no report; its runs' records by id."""
-    options = {"device": "cpu", "echo": lambda line: None, **options}
-    runner.run_study(study_file, out=out, data=data, **options)
-    with Store.open(out, create=False) as store:
-        return {record.id: record for record in store.runs()}
-
-
-def events_by_run(events) -> dict[int, list]:
-    """`events.Event`s (from worker processes or streams) grouped by run index, in order."""
-    by_run: dict[int, list] = {}
-    for event in events:
-        by_run.setdefault(event.index, []).append(event)
-    return by_run
-
-
-def tiny_study_toml(name: str, grid: str) -> str:
-    """A one-repeat, one-experiment study of 2-epoch `tiny` runs on 100 images; `grid` in TOML."""
-    return f"""
-[study]
-name = "{name}"
-repeats = 1
-
-[defaults]
-arch = "tiny"
-train_size = 100
-epochs = 2
-batch_size = 32
-
-[experiments.grid]
-grid = {grid}
-"""
 
 
 def fake_save_run(
@@ -252,135 +210,3 @@ def _tiny_png() -> bytes:
         Image.new("RGB", (120, 60), (40, 120, 200)).save(buffer, format="PNG")
         _PNG = buffer.getvalue()
     return _PNG
-
-
-STUDY_TOML = """
-[study]
-name = "mini"
-description = "A small study for tests."
-repeats = 2
-
-[defaults]
-arch = "seed"
-train_size = 5000
-l1 = 0.0001
-epochs = 4
-
-[experiments.sizes]
-title = "Sizes"
-kind = "size"
-grid = { train_size = [5000, 10000] }
-
-[[experiments.sizes.reference]]
-train_size = 5000
-fit_seconds = 172.7
-train_accuracy = 0.63
-test_accuracy = 0.50
-
-[experiments.l1]
-title = "L1"
-kind = "l1"
-grid = { l1 = [0, 0.0001, 1] }
-
-[[experiments.l1.reference]]
-l1 = 1
-train_accuracy = 0.22
-test_accuracy = 0.22
-
-[experiments.pooling]
-title = "Pooling"
-kind = "pooling"
-grid = { arch = ["seed", "seed-maxpool"] }
-"""
-
-
-def write_png_folder(root: Path) -> Path:
-    """An image-folder CIFAR look-alike: 20 train and 10 test PNGs per class, coloured by class."""
-    import numpy as np
-    from PIL import Image
-
-    from cnnlab.data.datasets import CLASS_NAMES
-
-    rng = np.random.default_rng(0)
-    for split, count in (("train", 20), ("test", 10)):
-        for label, name in enumerate(CLASS_NAMES):
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            for index in range(count):
-                pixels = rng.integers(0, 96, size=(32, 32, 3), dtype=np.uint8)
-                pixels[..., label % 3] += np.uint8(16 * label)
-                Image.fromarray(pixels).save(folder / f"{index:03d}.png")
-    return root
-
-
-_FAKE_STUDY = """
-import sys
-sys.path.insert(0, {tests!r})
-import study_fakes, {module}
-from cnnlab.training import runfolder
-from cnnlab.study import runner
-runfolder.save_run = study_fakes.fake_save_run
-runner.run_study({path!r}, out={out!r}, data=study_fakes.zeros_cifar(), fit={fit})
-"""
-
-
-def start_fake_study(
-    path: Path, out: Path, seconds: float, fit: str = "study_fakes.fake_fit"
-) -> subprocess.Popen:
-    """`run_study` of `path` in a child process with a fake fit (`fit`: "module.function" of the
-    tests) taking `seconds` a run and no real save: a study to kill -9 at a chosen moment."""
-    code = _FAKE_STUDY.format(
-        tests=str(Path(__file__).parent),
-        module=fit.rsplit(".", 1)[0],
-        path=str(path),
-        out=str(out),
-        fit=fit,
-    )
-    env = {**os.environ, "CNNLAB_FAKE_SECONDS": str(seconds)}
-    return subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL)
-
-
-def stored_statuses(out: Path) -> list[str]:
-    """Every run's status in the study folder `out`, as another process sees them now."""
-    try:
-        with sqlite3.connect(out / "study.sqlite", timeout=5) as connection:
-            return [row[0] for row in connection.execute("SELECT status FROM runs")]
-    except sqlite3.Error:
-        return []
-
-
-def run_fake_study(
-    folder: Path,
-    toml: str,
-    fit,
-    *,
-    file_name: str = "study.toml",
-    repeats: int | None = None,
-    save_run=None,
-) -> Path:
-    """`toml` written into `folder` as `file_name` and run there, quietly, with `fit` on
-    `zeros_cifar` (and `save_run`, by default `fake_save_run`); returns the study folder."""
-    path = folder / file_name
-    path.write_text(toml)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(runfolder, "save_run", save_run or fake_save_run)
-        outcome = runner.run_study(
-            path,
-            out=folder / "out",
-            data=zeros_cifar(),
-            fit=fit,
-            repeats=repeats,
-            echo=lambda line: None,
-        )
-    return outcome.study_dir
-
-
-def holm_by_definition(p_values: list[float]) -> list[float]:
-    """Holm's adjusted p by its definition: max over j <= i of (m - j + 1) p_(j), capped at 1
-    (the oracle the reports' corrected verdicts are held to)."""
-    order = sorted(range(len(p_values)), key=p_values.__getitem__)
-    ranked = [min(1.0, (len(p_values) - rank) * p_values[i]) for rank, i in enumerate(order)]
-    adjusted = [0.0] * len(p_values)
-    for rank, index in enumerate(order):
-        adjusted[index] = max(ranked[: rank + 1])
-    return adjusted

@@ -37,7 +37,7 @@ from cnnlab.nn import modules, specs
 from cnnlab.nn.shapes import output_shape, resolve_layers
 from cnnlab.training import loop
 from cnnlab.training.device import GATE, STREAMS, autocast, cuda_math, normalise, resolve_device
-from cnnlab.training.grouping import MEMBER_FIELDS, group_key, groupable
+from cnnlab.training.group_plan import MEMBER_FIELDS, group_key, groupable
 from cnnlab.training.metrics import Evaluation, RunResult
 
 # Set by the first failed capture: afterwards every group in this process trains eagerly, since
@@ -342,23 +342,25 @@ def _evaluate_group(net: GroupNet, images, labels, precision, batch_size=loop.EV
 
 
 def fit_group(
-    configs: Sequence[RunConfig],
+    runs: Sequence[RunConfig | loop.Job],
     data: Dataset,
     *,
     device: str = "auto",
     masks: str | None = None,
     cuda_graph: bool | None = None,
     progress: loop.Progress | None = None,
-    prunes: Sequence[loop.Prune | None] = (),
 ) -> list[RunResult]:
-    """Train compatible runs (see `group_key`) together; one RunResult per config, in order.
+    """Train compatible runs (configs or `loop.Job`s; see `group_key`) together; one RunResult
+    per run, in order.
 
     `masks` "step" or "epoch" and `cuda_graph` default to what suits the device (see the module
-    docstring); `progress` gets each member's epoch row with its index under "member"; `prunes`
-    may stop a member after an epoch, as a diverged one stops (`loop.fit_members`).
+    docstring); `progress` gets each member's epoch row with its index under "member"; a job's
+    `prune` may stop its member after an epoch, as a diverged one stops (`loop.fit_members`).
     On CUDA the group trains in TF32 (fp32 storage, fp32 accumulation), or in the deterministic
     mode its runs ask for (`RunConfig.deterministic`, docs/cuda.md).
     """
+    jobs = loop.as_jobs(runs)
+    configs = [job.config for job in jobs]
     if len({group_key(config) for config in configs}) != 1:
         raise ValueError("fit_group needs runs that differ only in " + ", ".join(MEMBER_FIELDS))
     if len(configs) > 1 and any(config.label_noise for config in configs):
@@ -380,7 +382,7 @@ def fit_group(
             masks=masks or ("epoch" if on_cuda else "step"),
             cuda_graph=on_cuda if cuda_graph is None else cuda_graph,
         )
-        return loop.fit_members(configs, data, on_device, members, progress, prunes=prunes)
+        return loop.fit_members(jobs, data, on_device, members, progress)
 
 
 class GroupMembers:
@@ -469,17 +471,16 @@ class GroupMembers:
 
 
 def train_together(
-    configs: Sequence[RunConfig],
+    jobs: Sequence[loop.Job],
     data: Dataset,
     *,
     device: str = "auto",
     progress: loop.Progress | None = None,
-    prunes: Sequence[loop.Prune | None] = (),
 ) -> list[RunResult]:
     """Train one scheduled group: `loop.fit` for a lone run on the CPU or one that cannot be
-    grouped (`groupable`), else `fit_group`. `prunes`: one per config, or none (`loop.fit`)."""
+    grouped (`groupable`), else `fit_group`."""
     target = resolve_device(device)
-    if len(configs) == 1 and (target.type != "cuda" or not groupable(configs[0])):
-        prune = prunes[0] if prunes else None
-        return [loop.fit(configs[0], data, device=device, progress=progress, prune=prune)]
-    return fit_group(configs, data, device=device, progress=progress, prunes=prunes)
+    if len(jobs) == 1 and (target.type != "cuda" or not groupable(jobs[0].config)):
+        job = jobs[0]
+        return [loop.fit(job.config, data, device=device, progress=progress, prune=job.prune)]
+    return fit_group(jobs, data, device=device, progress=progress)

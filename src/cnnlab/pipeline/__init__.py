@@ -1,0 +1,1 @@
+"""The main job as one library call: a study, its best runs explained, its report, advice."""
