@@ -50,15 +50,12 @@ def plan_runs(study: Study, repeats: int | None = None) -> list[PlannedRun]:
     """The explicit runs of every experiment, deduplicated by id, in declaration order."""
     if repeats is not None and not 1 <= repeats <= MAX_REPEATS:
         raise CnnlabError(f"--repeats {repeats}: must be between 1 and {MAX_REPEATS}")
-    total = sum(
-        math.prod(len(values) for values in experiment.grid.values())
-        * (repeats or experiment.repeats or study.repeats)
-        for experiment in study.experiments
-    )
+    total = run_bound(study, repeats)
     if total > MAX_RUNS:
         raise CnnlabError(
-            f"{study.path}: the study plans {total:,} runs (grid points x repeats); at most"
-            f" {MAX_RUNS:,} are allowed in one study"
+            f"{study.path}: the study plans up to {total:,} runs (grid points x repeats, and"
+            f" each search's trials x repeats + retrained); at most {MAX_RUNS:,} are allowed in"
+            " one study"
         )
     planned: dict[str, PlannedRun] = {}
     for experiment in study.experiments:
@@ -75,10 +72,35 @@ def plan_runs(study: Study, repeats: int | None = None) -> list[PlannedRun]:
                         f" {_fields_text(known)} and {_fields_text(place)} train the same runs;"
                         " make the variants differ"
                     )
-    for experiment in study.searches:  # every bound of a search's space must make a valid run
-        for params in search.corners(experiment.search):
-            search_runs(study, experiment, params, {}, range(1))
+    for experiment in study.searches:
+        check_space(study, experiment)
     return list(planned.values())
+
+
+def run_bound(study: Study, repeats: int | None = None) -> int:
+    """The most runs a study can plan: its grid points x repeats, and each search's trials x
+    repeats + retrained (a grid sampler's trials are its grid's points, counted at parsing)."""
+    grids = sum(
+        math.prod(len(values) for values in experiment.grid.values())
+        * (repeats or experiment.repeats or study.repeats)
+        for experiment in study.experiments
+    )
+    return grids + sum(
+        experiment.search.trials * trial_repeats(study, experiment, repeats)
+        + experiment.search.retrain
+        for experiment in study.searches
+    )
+
+
+def check_space(study: Study, experiment: Experiment) -> None:
+    """Every combination that decides whether a search's draws can run (`search.corners`)
+    makes a valid run, so the search cannot stop at a trial it drew."""
+    for params in search.corners(experiment.search):
+        try:
+            search_runs(study, experiment, params, {}, range(1))
+        except CnnlabError as error:
+            drawn = ", ".join(f"{name}={value!r}" for name, value in params.items())
+            raise CnnlabError(f"{error} (a trial the search can draw: {drawn})") from None
 
 
 def search_runs(
@@ -185,3 +207,5 @@ def describe_searches(study: Study, repeats: int | None = None) -> Iterator[str]
             f" {spec.sampler} sampler (seed {spec.seed}) {spec.batch} at a time"
             + (f", runs judged by the {spec.pruner.kind} pruner" if spec.pruner else "")
         )
+    if study.searches:
+        yield f"up to {run_bound(study, repeats):,} runs in all (limit {MAX_RUNS:,})"
