@@ -2,11 +2,12 @@
 
 Generated search tables: every size is held to the study's run limit and the grid sampler's
 trial cap, counted without building the grid; every step is one line or a step the sampler
-takes.
+takes; a space is refused exactly when some trial its sampler can draw would not run.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import resource
@@ -15,16 +16,20 @@ import sys
 import tracemalloc
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import cnnlab
+import study_fakes
 from cnnlab.cli import main
+from cnnlab.data.datasets import Dataset
 from cnnlab.errors import CnnlabError
-from cnnlab.study import plan, search
+from cnnlab.study import plan, runner, search
 from cnnlab.study.searchfile import MAX_TRIALS, grid_values
 from cnnlab.study.studyfile import load_study
+from cnnlab.training import runfolder
 
 MAX_RUNS = plan.MAX_RUNS
 MEMORY_LIMIT = 3 << 30  # address space for a command: torch's import needs about 1.5 GiB
@@ -228,3 +233,145 @@ def _toml_float(value: float) -> str:
     return {math.inf: "inf", -math.inf: "-inf"}.get(
         value, "nan" if math.isnan(value) else repr(value)
     )
+
+
+# --- a space checked whole ---------------------------------------------------------------------
+
+# Fields that checks combine, each with values valid alone: numbers as (kind, values).
+NUMBERS = {
+    "momentum": (float, [0.0, 0.5, 0.9]),
+    "lr_warmup_epochs": (float, [0.0, 2.0, 5.0]),
+    "epochs": (int, [1, 3, 6]),
+    "weight_decay": (float, [0.0, 1.0, 30.0]),
+    "learning_rate": (float, [0.001, 0.1, 0.5]),
+    "train_size": (int, [10, 100, 5000]),
+    "batch_size": (int, [1, 32, 100000]),
+    "crop_padding": (int, [0, 4, 8]),
+    "cutout": (int, [0, 8, 9]),
+}
+CHOICES = {
+    "optimizer": ["adam", "sgd", "adamw"],
+    "nesterov": [False, True],
+    "dataset": ["digits", "mnist", "cifar10"],
+    "arch": ["tiny", "seed-deep", "strong-s"],
+    "crop_padding_mode": ["constant", "reflect"],
+}
+
+
+@st.composite
+def spaces(draw) -> dict[str, tuple[str, list]]:
+    """A search space over fields that checks combine: field -> (its TOML, every value a sampler
+    can draw, or for a continuous range its ends and a point between)."""
+    names = draw(st.lists(st.sampled_from(sorted({**NUMBERS, **CHOICES})), min_size=2, max_size=5))
+    space = {}
+    for name in dict.fromkeys(names):
+        if name in CHOICES:
+            values = draw(st.lists(st.sampled_from(CHOICES[name]), min_size=1, unique=True))
+            space[name] = (f"{{ choices = {_toml_list(values)} }}", values)
+            continue
+        kind, known = NUMBERS[name]
+        values = draw(st.lists(st.sampled_from(known), min_size=1, max_size=3, unique=True))
+        if len(values) == 1 or draw(st.booleans()):  # choices, in the file's order
+            space[name] = (f"{{ choices = {_toml_list(values)} }}", values)
+            continue
+        low, high = min(values), max(values)
+        middle = (low + high) // 2 if kind is int else (low + high) / 2
+        space[name] = (f"{{ low = {low!r}, high = {high!r} }}", [low, high, middle])
+    return space
+
+
+def _toml_list(values: list) -> str:
+    return "[" + ", ".join(str(v).lower() if isinstance(v, bool) else repr(v) for v in values) + "]"
+
+
+def _runs(study, experiment, params) -> bool:
+    try:
+        plan.search_runs(study, experiment, params, {}, range(1))
+    except CnnlabError:
+        return False
+    return True
+
+
+@settings(
+    max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(space=spaces(), sampler=st.sampled_from(["tpe", "random", "grid"]))
+def test_a_space_is_refused_exactly_when_a_trial_it_can_draw_would_not_run(
+    tmp_path, space, sampler
+):
+    ranged = any("low" in toml for toml, _ in space.values())
+    if sampler == "grid" and ranged:
+        sampler = "random"  # a grid takes a float range only with a step
+    lines = "\n".join(f"{name} = {toml}" for name, (toml, _) in space.items())
+    path = write(tmp_path, study_text(f'sampler = "{sampler}"\ntrials = 1', lines))
+    try:
+        study = load_study(path)
+    except CnnlabError as error:  # a value invalid alone: not this test's question
+        assert_one_line(error, path)
+        return
+    experiment = study.searches[0]
+    every = [
+        dict(zip(space, values, strict=True))
+        for values in itertools.product(*(values for _, values in space.values()))
+    ]
+    failing = [params for params in every if not _runs(study, experiment, params)]
+    try:
+        plan.plan_runs(study)
+    except CnnlabError as error:
+        assert "a trial the search can draw" in assert_one_line(error, path)
+        assert failing, "refused, but every trial the sampler can draw runs"
+        return
+    assert not failing, f"accepted, but {failing[0]} does not run"
+    optuna_study = search.new_study(experiment.search)  # what the sampler draws, all of it runs
+    known = search.distributions(experiment.search)
+    for _ in range(10):
+        assert _runs(study, experiment, optuna_study.ask(known).params)
+
+
+MODES = 'crop_padding_mode = { choices = ["constant", "reflect"] }'
+
+
+def test_the_issues_stuck_searches_are_refused_by_the_dry_run(tmp_path, capsys):
+    spaces_and_messages = [
+        (
+            f"crop_padding = {{ choices = [0, 8] }}\n{MODES}",
+            "crop_padding: 8 pixels: expected 0 to 7 for 8x8 images with reflect padding",
+        ),
+        (
+            "lr_warmup_epochs = { low = 0.0, high = 5.0 }\nepochs = { choices = [10, 3] }",
+            "lr_warmup_epochs: 5.0 must be fewer than the 3 epochs",
+        ),
+    ]
+    for space, message in spaces_and_messages:
+        path = write(tmp_path, study_text('sampler = "tpe"\ntrials = 20', space))
+        assert main(["study", str(path), "--dry-run"]) == 2
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1 and message in error, error
+        field = message.split(":")[0]
+        lines = path.read_text().splitlines()
+        line = next(n for n, t in enumerate(lines, 1) if t.startswith(f"{field} ="))
+        assert f"hostile.toml:{line}: experiments.s.search.space.{field}:" in error, error
+
+
+def _images(side: int) -> Dataset:
+    """An 'images' dataset of `side` x `side` pictures, 10 classes, 30 train images a class."""
+    labels = np.repeat(np.arange(10), 30)
+    images = np.zeros((labels.size, side, side, 3), dtype=np.uint8)
+    names = tuple(f"c{n}" for n in range(10))
+    return Dataset(images, labels, images[:50], labels[:50], names, "synthetic", name="images")
+
+
+def test_a_space_that_does_not_fit_the_loaded_images_trains_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(runfolder, "save_run", study_fakes.fake_save_run)
+    space = f"crop_padding = {{ choices = [0, 6] }}\n{MODES}"
+    text = study_text('sampler = "random"\ntrials = 30\nbatch = 1\nretrain = 0', space)
+    path = write(tmp_path, text.replace('dataset = "digits"', 'dataset = "images"'))
+    trained = []
+
+    def fit(config, data, *, device="auto", progress=None, prune=None):
+        trained.append(config)
+        return study_fakes.fake_fit(config, data, device=device)
+
+    with pytest.raises(CnnlabError, match=r"crop_padding: 6 pixels: expected 0 to 5 for 6x6"):
+        runner.run_study(path, out=tmp_path / "out", data=_images(6), fit=fit, workers=1)
+    assert trained == []

@@ -17,10 +17,11 @@ whose runs was pruned is told as pruned.
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import optuna
@@ -32,6 +33,7 @@ from optuna.distributions import (
 )
 from optuna.trial import TrialState
 
+from cnnlab.config import COMBINED_FIELDS, RULES
 from cnnlab.store import FINISHED, RunRecord
 from cnnlab.study import pruning
 from cnnlab.study.searchfile import Search, grid_values
@@ -82,14 +84,55 @@ def batch_sizes(search: Search) -> list[int]:
     return [search.batch] * full + ([rest] if rest else [])
 
 
-def corners(search: Search) -> list[dict[str, Any]]:
-    """Values that reach every bound and choice of the space: checked before anything trains."""
-    base = {name: p.choices[0] if p.choices else p.low for name, p in search.space.items()}
-    points = [base]
+def corners(search: Search) -> Iterator[dict[str, Any]]:
+    """Every combination of values that decides whether all the space's draws can run: each is
+    checked before anything trains (`plan.check_space`; the runner's against the data).
+
+    A grid sampler may draw any point of its grid (held to MAX_TRIALS points): all of them, one
+    at a time. Other samplers draw anywhere in a range, and every check between fields is
+    monotone in each number it reads (`config.COMBINED_FIELDS`): each group of fields is tried
+    at every combination of its numbers' ends and its other fields' choices, and each field
+    alone at each of its values, the rest of the space at its first values.
+    """
+    if search.sampler == "grid":
+        names = list(search.space)
+        grids = itertools.product(*(grid_values(param) for param in search.space.values()))
+        return (dict(zip(names, values, strict=True)) for values in grids)
+    every, ends = _reachable(search)
+    groups = [((name,), every) for name in search.space]
+    groups += [(group, ends) for group in COMBINED_FIELDS]
+    return _combinations(groups, {name: values[0] for name, values in every.items()})
+
+
+def _reachable(search: Search) -> tuple[dict[str, tuple], dict[str, tuple]]:
+    """Each field's values to try alone (its choices, or its range's ends as the sampler
+    reaches them), and in a group (a list of numbers by its least and greatest)."""
+    every, ends = {}, {}
+    with warnings.catch_warnings():  # a range that `step` does not divide ends lower: said here
+        warnings.simplefilter("ignore", UserWarning)
+        known = distributions(search)
     for name, param in search.space.items():
-        for value in param.choices[1:] if param.choices else (param.high,):
-            points.append({**base, name: value})
-    return points
+        if param.choices:
+            every[name] = param.choices
+            numeric = RULES[name].kind in (int, float)
+            ends[name] = (min(param.choices), max(param.choices)) if numeric else param.choices
+        else:
+            distribution = known[name]
+            every[name] = ends[name] = (distribution.low, distribution.high)
+    return every, ends
+
+
+def _combinations(groups, base: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """`base` with each group's fields at every combination of their values, each once."""
+    seen = set()
+    for group, values in groups:
+        names = [name for name in group if name in values]
+        for chosen in itertools.product(*(values[name] for name in names)):
+            point = {**base, **dict(zip(names, chosen, strict=True))}
+            key = tuple(point.values())
+            if key not in seen:
+                seen.add(key)
+                yield point
 
 
 def trial_value(records: Sequence[RunRecord], metric: str) -> float | None:
