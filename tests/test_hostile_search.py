@@ -13,6 +13,7 @@ import os
 import resource
 import subprocess
 import sys
+import time
 import tracemalloc
 from pathlib import Path
 
@@ -375,3 +376,21 @@ def test_a_space_that_does_not_fit_the_loaded_images_trains_nothing(tmp_path, mo
     with pytest.raises(CnnlabError, match=r"crop_padding: 6 pixels: expected 0 to 5 for 6x6"):
         runner.run_study(path, out=tmp_path / "out", data=_images(6), fit=fit, workers=1)
     assert trained == []
+
+
+def test_a_space_with_too_many_combinations_to_check_is_refused_before_any_is(tmp_path):
+    names = [f"a{n}" for n in range(1500)]
+    flat = '[{ type = "flatten" }, { type = "dense", units = 10, activation = "softmax" }]'
+    tables = "".join(f"\n[architectures.{name}]\nlayers = {flat}\n" for name in names)
+    space = (
+        f"arch = {{ choices = {_toml_list(names)} }}\n"
+        'dataset = { choices = ["digits", "mnist", "cifar10", "fashion-mnist"] }\n'
+        "batch_size = { low = 16, high = 64 }\ntrain_size = { low = 100, high = 1000 }"
+    )
+    path = write(tmp_path, study_text('sampler = "random"\ntrials = 5', space) + tables)
+    study = load_study(path)
+    started = time.perf_counter()
+    with pytest.raises(CnnlabError) as caught:
+        plan.plan_runs(study)
+    assert "more than 10,000 combinations" in assert_one_line(caught.value, path)
+    assert time.perf_counter() - started < 5

@@ -9,6 +9,7 @@ own rules and reported at the study file's line that sets the offending field. N
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from cnnlab.config import (
 from cnnlab.errors import CnnlabError
 from cnnlab.nn.shapes import resolve_layers
 from cnnlab.study import search
-from cnnlab.study.searchfile import MAX_REPEATS
+from cnnlab.study.searchfile import MAX_REPEATS, MAX_TRIALS
 from cnnlab.study.studyfile import Experiment, Study, where
 
 MAX_RUNS = 100_000  # planned runs in one study (repeats included); more is refused, not planned
@@ -93,9 +94,17 @@ def run_bound(study: Study, repeats: int | None = None) -> int:
 
 
 def check_space(study: Study, experiment: Experiment) -> None:
-    """Every combination that decides whether a search's draws can run (`search.corners`)
-    makes a valid run, so the search cannot stop at a trial it drew."""
-    for params in search.corners(experiment.search):
+    """Every combination that decides whether a search's draws can run (`search.corners`, at
+    most MAX_TRIALS of them) makes a valid run, so the search cannot stop at a trial it drew."""
+    points = list(itertools.islice(search.corners(experiment.search), MAX_TRIALS + 1))
+    if len(points) > MAX_TRIALS:
+        keys = ("experiments", experiment.name, "search", "space")
+        raise CnnlabError(
+            f"{where(study, keys)}: more than {MAX_TRIALS:,} combinations of its fields decide"
+            " whether its trials can run (the most checked before training); search fewer"
+            " choices of the fields a check combines together"
+        )
+    for params in points:
         try:
             search_runs(study, experiment, params, {}, range(1))
         except CnnlabError as error:

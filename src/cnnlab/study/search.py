@@ -89,43 +89,47 @@ def corners(search: Search) -> Iterator[dict[str, Any]]:
     checked before anything trains (`plan.check_space`; the runner's against the data).
 
     A grid sampler may draw any point of its grid (held to MAX_TRIALS points): all of them, one
-    at a time. Other samplers draw anywhere in a range, and every check between fields is
-    monotone in each number it reads (`config.COMBINED_FIELDS`): each group of fields is tried
-    at every combination of its numbers' ends and its other fields' choices, and each field
-    alone at each of its values, the rest of the space at its first values.
+    at a time. Other samplers draw anywhere in a range, and every check is monotone in each
+    number it reads (a single value is checked as the file is parsed): each field alone, and
+    each group of fields that a check combines (`config.COMBINED_FIELDS`), is tried at every
+    combination of its numbers' ends and its other fields' choices, the rest of the space at
+    its first values.
     """
     if search.sampler == "grid":
         names = list(search.space)
         grids = itertools.product(*(grid_values(param) for param in search.space.values()))
         return (dict(zip(names, values, strict=True)) for values in grids)
-    every, ends = _reachable(search)
-    groups = [((name,), every) for name in search.space]
-    groups += [(group, ends) for group in COMBINED_FIELDS]
-    return _combinations(groups, {name: values[0] for name, values in every.items()})
+    base, ends = _ends(search)
+    groups = [*((name,) for name in search.space), *COMBINED_FIELDS]
+    return _combinations(groups, base, ends)
 
 
-def _reachable(search: Search) -> tuple[dict[str, tuple], dict[str, tuple]]:
-    """Each field's values to try alone (its choices, or its range's ends as the sampler
-    reaches them), and in a group (a list of numbers by its least and greatest)."""
-    every, ends = {}, {}
+def _ends(search: Search) -> tuple[dict[str, Any], dict[str, tuple]]:
+    """The space's first values, and the values that decide each field: a range's ends as the
+    sampler reaches them, a list of numbers' least and greatest, every other choice."""
     with warnings.catch_warnings():  # a range that `step` does not divide ends lower: said here
         warnings.simplefilter("ignore", UserWarning)
         known = distributions(search)
+    base, ends = {}, {}
     for name, param in search.space.items():
-        if param.choices:
-            every[name] = param.choices
-            numeric = RULES[name].kind in (int, float)
-            ends[name] = (min(param.choices), max(param.choices)) if numeric else param.choices
+        if not param.choices:
+            base[name] = param.low
+            ends[name] = (known[name].low, known[name].high)
+        elif RULES[name].kind in (int, float):
+            base[name] = param.choices[0]
+            ends[name] = (min(param.choices), max(param.choices))
         else:
-            distribution = known[name]
-            every[name] = ends[name] = (distribution.low, distribution.high)
-    return every, ends
+            base[name] = param.choices[0]
+            ends[name] = param.choices
+    return base, ends
 
 
-def _combinations(groups, base: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """`base` with each group's fields at every combination of their values, each once."""
+def _combinations(
+    groups: list[tuple[str, ...]], base: dict[str, Any], values: dict[str, tuple]
+) -> Iterator[dict[str, Any]]:
+    """`base` with each group's fields at every combination of their `values`, each once."""
     seen = set()
-    for group, values in groups:
+    for group in groups:
         names = [name for name in group if name in values]
         for chosen in itertools.product(*(values[name] for name in names)):
             point = {**base, **dict(zip(names, chosen, strict=True))}

@@ -260,8 +260,10 @@ class SearchParsing:
         step = spec.get("step")
         if step is not None:
             number = isinstance(step, int | float) and not isinstance(step, bool)
-            if not (number and math.isfinite(step) and step > 0) or log or (
-                kind is int and not isinstance(step, int)
+            if (
+                not (number and math.isfinite(step) and step > 0)
+                or log
+                or (kind is int and not isinstance(step, int))
             ):
                 self.fail(
                     (*keys, "step"),
