@@ -107,7 +107,8 @@ def corners(search: Search) -> Iterator[dict[str, Any]]:
 def _ends(search: Search) -> tuple[dict[str, Any], dict[str, tuple]]:
     """The space's first values, and the values that decide each field: a range's ends as the
     sampler reaches them, a list of numbers' least and greatest, every other choice."""
-    with warnings.catch_warnings():  # a range that `step` does not divide ends lower: said here
+    with warnings.catch_warnings():  # Optuna warns where `step` does not divide a range: its
+        # lowered `high` is what is used here
         warnings.simplefilter("ignore", UserWarning)
         known = distributions(search)
     base, ends = {}, {}
