@@ -263,6 +263,21 @@ def check_config(
         )
 
 
+# The fields each check between fields reads: `_check_combination`'s, then those made against
+# the data (`check_config`'s train_size, `check_augmentation`, and `shapes.resolve_layers`, whose
+# batch memory grows with batch_size and train_size). Each check is monotone in every number it
+# reads, so a search space runs everywhere if each group runs at every combination of its
+# numbers' ends and its other fields' choices (`cnnlab.study.search.corners`): a new check
+# between fields names its fields here.
+COMBINED_FIELDS: tuple[tuple[str, ...], ...] = (
+    ("optimizer", "momentum", "nesterov"),
+    ("lr_warmup_epochs", "epochs"),
+    ("optimizer", "weight_decay", "learning_rate"),
+    ("dataset", "train_size", "batch_size", "arch"),
+    ("dataset", "crop_padding", "crop_padding_mode", "cutout"),
+)
+
+
 def _check_combination(config: RunConfig) -> None:
     """Fields that are valid alone but not together (each named, never silently ignored)."""
     if config.optimizer != "sgd":

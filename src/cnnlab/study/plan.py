@@ -9,6 +9,7 @@ own rules and reported at the study file's line that sets the offending field. N
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.nn.shapes import resolve_layers
 from cnnlab.store import places_label
 from cnnlab.study import search
-from cnnlab.study.searchfile import MAX_REPEATS
+from cnnlab.study.searchfile import MAX_REPEATS, MAX_TRIALS
 from cnnlab.study.studyfile import Experiment, Study, where
 
 MAX_RUNS = 100_000  # planned runs in one study (repeats included); more is refused, not planned
@@ -57,15 +58,12 @@ def plan_runs(study: Study, repeats: int | None = None) -> list[PlannedRun]:
     """The explicit runs of every experiment, deduplicated by id, in declaration order."""
     if repeats is not None and not 1 <= repeats <= MAX_REPEATS:
         raise CnnlabError(f"--repeats {repeats}: must be between 1 and {MAX_REPEATS}")
-    total = sum(
-        math.prod(len(values) for values in experiment.grid.values())
-        * (repeats or experiment.repeats or study.repeats)
-        for experiment in study.experiments
-    )
+    total = run_bound(study, repeats)
     if total > MAX_RUNS:
         raise CnnlabError(
-            f"{study.path}: the study plans {total:,} runs (grid points x repeats); at most"
-            f" {MAX_RUNS:,} are allowed in one study"
+            f"{study.path}: the study plans up to {total:,} runs (grid points x repeats, and"
+            f" each search's trials x repeats + retrained); at most {MAX_RUNS:,} are allowed in"
+            " one study"
         )
     planned: dict[str, PlannedRun] = {}
     for experiment in study.experiments:
@@ -82,10 +80,43 @@ def plan_runs(study: Study, repeats: int | None = None) -> list[PlannedRun]:
                         f" {_fields_text(known)} and {_fields_text(place)} train the same runs;"
                         " make the variants differ"
                     )
-    for experiment in study.searches:  # every bound of a search's space must make a valid run
-        for params in search.corners(experiment.search):
-            search_runs(study, experiment, params, {}, range(1))
+    for experiment in study.searches:
+        check_space(study, experiment)
     return list(planned.values())
+
+
+def run_bound(study: Study, repeats: int | None = None) -> int:
+    """The most runs a study can plan: its grid points x repeats, and each search's trials x
+    repeats + retrained (a grid sampler's trials are its grid's points, counted at parsing)."""
+    grids = sum(
+        math.prod(len(values) for values in experiment.grid.values())
+        * (repeats or experiment.repeats or study.repeats)
+        for experiment in study.experiments
+    )
+    return grids + sum(
+        experiment.search.trials * trial_repeats(study, experiment, repeats)
+        + experiment.search.retrain
+        for experiment in study.searches
+    )
+
+
+def check_space(study: Study, experiment: Experiment) -> None:
+    """Every combination that decides whether a search's draws can run (`search.corners`, at
+    most MAX_TRIALS of them) makes a valid run, so the search cannot stop at a trial it drew."""
+    points = list(itertools.islice(search.corners(experiment.search), MAX_TRIALS + 1))
+    if len(points) > MAX_TRIALS:
+        keys = ("experiments", experiment.name, "search", "space")
+        raise CnnlabError(
+            f"{where(study, keys)}: more than {MAX_TRIALS:,} combinations of its fields decide"
+            " whether its trials can run (the most checked before training); search fewer"
+            " choices of the fields a check combines together"
+        )
+    for params in points:
+        try:
+            search_runs(study, experiment, params, {}, range(1))
+        except CnnlabError as error:
+            drawn = ", ".join(f"{name}={value!r}" for name, value in params.items())
+            raise CnnlabError(f"{error} (a trial the search can draw: {drawn})") from None
 
 
 def search_runs(
@@ -192,3 +223,5 @@ def describe_searches(study: Study, repeats: int | None = None) -> Iterator[str]
             f" {spec.sampler} sampler (seed {spec.seed}) {spec.batch} at a time"
             + (f", runs judged by the {spec.pruner.kind} pruner" if spec.pruner else "")
         )
+    if study.searches:
+        yield f"up to {run_bound(study, repeats):,} runs in all (limit {MAX_RUNS:,})"

@@ -82,13 +82,13 @@ class StudyRun:
 
     def describe(self) -> list[str]:
         """The plan in lines, as `cnnlab study --dry-run` prints it."""
-        from cnnlab.study.plan import describe_plan
+        from cnnlab.study.plan import MAX_RUNS, describe_plan
 
         runs = self.plan()
         return [
             *describe_plan(runs),
             *describe_searches(self.study, self.repeats),
-            f"{len(runs)} runs (dry run: nothing was trained)",
+            f"{len(runs)} runs planned (limit {MAX_RUNS:,}; dry run: nothing was trained)",
         ]
 
     def run(self, callbacks: Iterable[Callback] = ()) -> StudyOutcome:
@@ -100,6 +100,8 @@ class StudyRun:
         if not (self.study_dir / DATABASE_NAME).exists():
             # A new study trains every run: check them against the data before writing anything.
             self.data.check(plan + self._search_corners())
+        elif self.study.searches:  # a space edited since: every trial it can draw must fit
+            self.data.check(self._search_corners())
         with held(self.study_dir, force=self.force), Store.open(self.study_dir) as store:
             session = _Session(self, store, told)
             skipped = session.start(plan)

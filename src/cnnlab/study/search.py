@@ -18,10 +18,11 @@ whose runs was pruned is told as pruned.
 from __future__ import annotations
 
 import enum
+import itertools
 import math
 import statistics
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import optuna
@@ -33,6 +34,7 @@ from optuna.distributions import (
 )
 from optuna.trial import TrialState
 
+from cnnlab.config import COMBINED_FIELDS, RULES
 from cnnlab.store import FINISHED, RunRecord, Status
 from cnnlab.study import pruning
 from cnnlab.study.searchfile import Search, grid_values
@@ -83,14 +85,60 @@ def batch_sizes(search: Search) -> list[int]:
     return [search.batch] * full + ([rest] if rest else [])
 
 
-def corners(search: Search) -> list[dict[str, Any]]:
-    """Values that reach every bound and choice of the space: checked before anything trains."""
-    base = {name: p.choices[0] if p.choices else p.low for name, p in search.space.items()}
-    points = [base]
+def corners(search: Search) -> Iterator[dict[str, Any]]:
+    """Every combination of values that decides whether all the space's draws can run: each is
+    checked before anything trains (`plan.check_space`; the runner's against the data).
+
+    A grid sampler may draw any point of its grid (held to MAX_TRIALS points): all of them, one
+    at a time. Other samplers draw anywhere in a range, and every check is monotone in each
+    number it reads (a single value is checked as the file is parsed): each field alone, and
+    each group of fields that a check combines (`config.COMBINED_FIELDS`), is tried at every
+    combination of its numbers' ends and its other fields' choices, the rest of the space at
+    its first values.
+    """
+    if search.sampler == "grid":
+        names = list(search.space)
+        grids = itertools.product(*(grid_values(param) for param in search.space.values()))
+        return (dict(zip(names, values, strict=True)) for values in grids)
+    base, ends = _ends(search)
+    groups = [*((name,) for name in search.space), *COMBINED_FIELDS]
+    return _combinations(groups, base, ends)
+
+
+def _ends(search: Search) -> tuple[dict[str, Any], dict[str, tuple]]:
+    """The space's first values, and the values that decide each field: a range's ends as the
+    sampler reaches them, a list of numbers' least and greatest, every other choice."""
+    with warnings.catch_warnings():  # Optuna warns where `step` does not divide a range: its
+        # lowered `high` is what is used here
+        warnings.simplefilter("ignore", UserWarning)
+        known = distributions(search)
+    base, ends = {}, {}
     for name, param in search.space.items():
-        for value in param.choices[1:] if param.choices else (param.high,):
-            points.append({**base, name: value})
-    return points
+        if not param.choices:
+            base[name] = param.low
+            ends[name] = (known[name].low, known[name].high)
+        elif RULES[name].kind in (int, float):
+            base[name] = param.choices[0]
+            ends[name] = (min(param.choices), max(param.choices))
+        else:
+            base[name] = param.choices[0]
+            ends[name] = param.choices
+    return base, ends
+
+
+def _combinations(
+    groups: list[tuple[str, ...]], base: dict[str, Any], values: dict[str, tuple]
+) -> Iterator[dict[str, Any]]:
+    """`base` with each group's fields at every combination of their `values`, each once."""
+    seen = set()
+    for group in groups:
+        names = [name for name in group if name in values]
+        for chosen in itertools.product(*(values[name] for name in names)):
+            point = {**base, **dict(zip(names, chosen, strict=True))}
+            key = tuple(point.values())
+            if key not in seen:
+                seen.add(key)
+                yield point
 
 
 def trial_value(records: Sequence[RunRecord], metric: str) -> float | None:

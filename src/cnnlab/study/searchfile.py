@@ -25,7 +25,9 @@ SAMPLERS = ("tpe", "random", "grid")  # Optuna's samplers a search can use, seed
 # What a search may optimise, with its default direction: validation scores, never the test set.
 SEARCH_METRICS = {"val_accuracy": "maximize", "val_loss": "minimize"}
 DIRECTIONS = ("maximize", "minimize")
-MAX_TRIALS = 10_000  # trials in one search
+MAX_TRIALS = 10_000  # trials in one search, and points in a grid sampler's grid
+# A float range's steps: more than a double's 53 bits of mantissa can tell apart is no step.
+MAX_FLOAT_STEPS = 2**53
 MAX_BATCH = 256  # trials asked together before any is told
 MAX_SAMPLER_SEED = 2**32 - 1  # NumPy's RandomState, under Optuna's samplers, takes 32 bits
 # A search's pruner (`cnnlab.study.pruning`): its options, each cnnlab key -> (Optuna's
@@ -159,13 +161,7 @@ class SearchParsing:
             self.fail((*keys[:-1], name), "set both as a fixed field and in the search's space")
         trials = table.get("trials")
         if sampler == "grid":
-            for name, param in space.items():
-                if grid_values(param) is None:
-                    self.fail(
-                        (*keys, "space", name),
-                        "the grid sampler needs choices, an integer range or a step",
-                    )
-            points = math.prod(len(grid_values(param)) for param in space.values())
+            points = self.grid_points(space, keys)
             trials = points if trials is None else trials
             if trials > points:
                 self.fail(
@@ -185,6 +181,28 @@ class SearchParsing:
             space=space,
             pruner=self.pruner(table.get("pruner", "none"), (*keys, "pruner")),
         )
+
+    def grid_points(self, space: dict[str, Param], keys: tuple[str, ...]) -> int:
+        """The grid's size, counted without building it: at most MAX_TRIALS (Optuna's grid
+        sampler holds every point, and any of them may be drawn)."""
+        sizes = []
+        for name, param in space.items():
+            size = grid_size(param)
+            if size is None:
+                self.fail(
+                    (*keys, "space", name),
+                    "the grid sampler needs choices, an integer range or a step",
+                )
+            sizes.append(size)
+        points = math.prod(sizes)
+        if points > MAX_TRIALS:
+            shown = f"{points:,}" if points < 10**15 else "more than 10^15"
+            self.fail(
+                (*keys, "space"),
+                f"the grid has {shown} points; a grid sampler takes at most {MAX_TRIALS:,}"
+                " (give fewer values or larger steps)",
+            )
+        return points
 
     def pruner(self, spec: Any, keys: tuple[str, ...]) -> Pruner | None:
         """A search's `pruner`: a kind's name, or a table of `type` and that kind's options."""
@@ -242,24 +260,49 @@ class SearchParsing:
         step = spec.get("step")
         if step is not None:
             number = isinstance(step, int | float) and not isinstance(step, bool)
-            if not number or step <= 0 or log or (kind is int and not isinstance(step, int)):
+            if (
+                not (number and math.isfinite(step) and step > 0)
+                or log
+                or (kind is int and not isinstance(step, int))
+            ):
                 self.fail(
                     (*keys, "step"),
-                    f"expected a positive {kind.__name__} (and no log), got {typed_repr(step)}",
+                    f"expected a positive finite {kind.__name__} (and no log), got"
+                    f" {typed_repr(step)}",
                 )
             step = kind(step)
+            if kind is float and not (high - low) / step <= MAX_FLOAT_STEPS:
+                self.fail(
+                    (*keys, "step"),
+                    f"{step!r} cuts the range into more than {MAX_FLOAT_STEPS:,} steps (finer"
+                    " than its numbers can tell apart); give a larger step, or none",
+                )
         return Param(name, low, high, log, step)
 
 
-def grid_values(param: Param) -> tuple[Any, ...] | None:
-    """The values a grid sampler visits for `param`; None for a continuous or log range."""
+def grid_size(param: Param) -> int | None:
+    """How many values a grid sampler visits for `param`, counted, not built; None for a
+    continuous or log range."""
     if param.choices:
-        return param.choices
+        return len(param.choices)
     if param.log or (isinstance(param.low, float) and param.step is None):
         return None
     step = param.step or 1
-    count = math.floor((param.high - param.low) / step + 1e-9) + 1
-    return tuple(param.low + index * step for index in range(count))
+    if isinstance(step, int):
+        return (param.high - param.low) // step + 1
+    return math.floor((param.high - param.low) / step + 1e-9) + 1
+
+
+def grid_values(param: Param) -> tuple[Any, ...] | None:
+    """The values a grid sampler visits for `param`; None for a continuous or log range.
+
+    Built only for a grid the parser has held to MAX_TRIALS points (`grid_size` counts them).
+    """
+    size = grid_size(param)
+    if param.choices or size is None:
+        return param.choices or None
+    step = param.step or 1
+    return tuple(param.low + index * step for index in range(size))
 
 
 def typed_repr(value: Any) -> str:
