@@ -55,6 +55,8 @@ METRIC_LABELS = {
     "fit_seconds": "fit s",
     "parameters": "params",
 }
+# report_files/: replaced whole, where cnnlab wrote it (its figures, before it kept a marker).
+FIGURES = atomic.FolderKind("a report's figures folder", legacy=("*.png",))
 INTERVAL_NOTE = (
     "the t interval (mean ± t·s/√n), not a bootstrap: with 2–5 seeds a percentile bootstrap has"
     " only 3 to 126 distinct resamples of the mean and covers the true mean less often than it"
@@ -111,7 +113,7 @@ class Report:
         """Write report.md (+ report_files/*.png), report.html, comparisons.csv / .json and
         claims.json."""
         # The figures' folder is replaced whole: a full disk never leaves half of it.
-        with atomic.atomic_folder(self.study_dir / FILES_FOLDER) as files:
+        with atomic.atomic_folder(self.study_dir / FILES_FOLDER, "report", FIGURES) as files:
             for image in self.document.images():
                 (files / image.name).write_bytes(image.png)
         paths = {
@@ -158,6 +160,7 @@ def build(
 
 def write_report(study_dir: str | os.PathLike[str], **options: Any) -> dict[str, Path]:
     """Write report.md (+ report_files/*.png), report.html and comparisons.csv; returns paths."""
+    atomic.check_folder_replaceable(Path(study_dir) / FILES_FOLDER, "report", FIGURES)
     return build(study_dir, **options).write()
 
 
