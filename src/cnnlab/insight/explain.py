@@ -276,9 +276,10 @@ def explain(
         for known in [() if label is None else (label,)]
     ]
     pictures: dict[str, bytes] = {}
-    for number, item in enumerate(explained):
-        pictures.update(_pictures(item, number, names))
-    pictures.update(_kernel_picture(run.model))
+    with plots.quiet():  # any number (a NaN probability) makes a figure, not a warning
+        for number, item in enumerate(explained):
+            pictures.update(_pictures(item, number, names))
+        pictures.update(_kernel_picture(run.model))
     notes = [
         f"Run {run_dir}: {run.config.arch} on {run.config.dataset}.",
         f"Grad-CAM (Captum, ReLU'd) on {explained[0].insight.grad_cam_layer or 'no conv layer'};"

@@ -154,7 +154,8 @@ def build(
     )
     options = Options(difference, target_accuracy)
     report = Report(study_dir, Document(f"cnnlab study “{study.name}”"))
-    compose(study, records, meta, study_dir, report, options)
+    with plots.quiet():  # any number the store holds makes a figure, not a warning
+        compose(study, records, meta, study_dir, report, options)
     return report
 
 

@@ -87,6 +87,17 @@ def save_run(
     weights = io.BytesIO()  # torch.save would turn a full disk into a RuntimeError
     torch.save(result.state_dict, weights)
     atomic.write_bytes(paths["weights"], weights.getvalue())
+    with plots.quiet():  # a diverged history (NaN, inf) makes a figure, not a warning
+        _save_figures(result, paths, class_names)
+    if result.measurements:  # none from runs trained before measure.py, or with it off
+        paths["measurements"] = run_dir / "measurements.json"
+        atomic.write_json(paths["measurements"], result.measurements)
+    paths.update(_save_arrays(result, run_dir, test_images, test_labels))
+    return {name: str(path) for name, path in paths.items()}
+
+
+def _save_figures(result: RunResult, paths: dict[str, Path], class_names: Sequence[str]) -> None:
+    """history.png and the confusion matrices (a split without a matrix loses its entry)."""
     title = f"{result.config.arch}, {result.config.train_size:,} images, seed {result.config.seed}"
     plots.save_figure(plots.history_figure(result.history, title), paths["history_png"])
     for split in ("train", "test"):
@@ -98,11 +109,6 @@ def save_run(
             plots.save_figure(figure, paths[f"confusion_{split}_png"])
         else:
             del paths[f"confusion_{split}_png"]
-    if result.measurements:  # none from runs trained before measure.py, or with it off
-        paths["measurements"] = run_dir / "measurements.json"
-        atomic.write_json(paths["measurements"], result.measurements)
-    paths.update(_save_arrays(result, run_dir, test_images, test_labels))
-    return {name: str(path) for name, path in paths.items()}
 
 
 def _save_arrays(
