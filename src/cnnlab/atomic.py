@@ -20,7 +20,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from cnnlab.errors import CnnlabError
 
@@ -259,23 +259,36 @@ def _reason(error: OSError) -> str:
     return error.strerror or errno.errorcode.get(error.errno or 0, "") or type(error).__name__
 
 
-def read_regular(path: str | os.PathLike[str], limit: int, what: str) -> bytes:
-    """The bytes of the regular file at `path`, at most `limit` of them; else one CnnlabError
-    line ending "not WHAT" (a FIFO, a device or a folder is refused unread: nothing hangs)."""
+def open_regular(path: str | os.PathLike[str], limit: int, what: str) -> BinaryIO:
+    """The regular file at `path` open for reading, if it holds at most `limit` bytes; else one
+    CnnlabError line ending "not WHAT" (a FIFO, a device or a folder is refused unread)."""
     try:
         _check_regular(path, os.stat(path), limit, what)
         # O_NONBLOCK: a FIFO swapped in after the stat opens at once, and fstat refuses it.
         descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-        with os.fdopen(descriptor, "rb") as file:
-            _check_regular(path, os.fstat(file.fileno()), limit, what)
-            data = file.read(limit + 1)
+        file = os.fdopen(descriptor, "rb")
     except CnnlabError:
         raise
     except OSError as error:
         raise CnnlabError(f"{path}: cannot read ({_reason(error)}); not {what}") from None
     except ValueError:  # a NUL in the name
         raise CnnlabError(f"{str(path)!r}: not a file name; not {what}") from None
-    if len(data) > limit:
+    try:
+        _check_regular(path, os.fstat(file.fileno()), limit, what)
+    except BaseException:
+        file.close()
+        raise
+    return file
+
+
+def read_regular(path: str | os.PathLike[str], limit: int, what: str) -> bytes:
+    """The bytes of the regular file at `path` (see `open_regular`), at most `limit` of them."""
+    with open_regular(path, limit, what) as file:
+        try:
+            data = file.read(limit + 1)
+        except OSError as error:
+            raise CnnlabError(f"{path}: cannot read ({_reason(error)}); not {what}") from None
+    if len(data) > limit:  # it grew since it was opened
         raise CnnlabError(f"{path}: larger than {limit:,} bytes; not {what}")
     return data
 

@@ -67,11 +67,18 @@ INTERVAL_NOTE = (
 # --- figures ----------------------------------------------------------------------------------
 
 
+MAX_FIGURE_BYTES = 16 << 20  # a run folder's PNG is tens of kilobytes
+
+
 def _artifact(study_dir: Path, record: RunRecord, suffix: str) -> bytes | None:
+    """A run folder's file the store lists, ending in `suffix` (None: absent, or not a file)."""
     for relative in record.artifacts.values():
         path = study_dir / relative
-        if relative.endswith(suffix) and path.is_file():
-            return path.read_bytes()
+        if relative.endswith(suffix) and path.exists():
+            try:
+                return atomic.read_regular(path, MAX_FIGURE_BYTES, "a run's figure")
+            except CnnlabError:
+                return None
     return None
 
 
