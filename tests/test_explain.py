@@ -21,6 +21,7 @@ from PIL import Image
 
 import cnnlab
 import fake_studies
+from cnnlab import atomic
 from cnnlab.cli import main
 from cnnlab.config import RunConfig
 from cnnlab.errors import CnnlabError
@@ -247,7 +248,8 @@ def test_the_cli_explains_a_grayscale_run_by_test_index(digits_run, tmp_path):
     assert done.stdout.startswith(f"explain: {out / 'explain.html'} (2 images, 5 PNGs)")
     with Image.open(out / "image0_attributions.png") as picture:
         assert picture.size[0] > 200
-    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
+    # No temporary left: only the marker that says cnnlab wrote the folder whole.
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == [atomic.MARKER]
 
 
 # --- bad input: one line, exit 2, nothing written ------------------------------------------

@@ -105,3 +105,28 @@ grid = {{ seed = [0] }}
     assert main(["study", str(path), "--dry-run"]) == 2
     error = capsys.readouterr().err.strip()
     assert "\n" not in error and "hostile.toml:" in error and key in error, error
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        (None, None, "the images dataset needs a folder or archive"),
+        ("CNNLAB_DATA_IMAGES", "/no/such/folder", "CNNLAB_DATA_IMAGES /no/such/folder: no such"),
+    ],
+)
+def test_the_dry_run_refuses_data_it_could_not_load(
+    tmp_path, monkeypatch, capsys, variable, value, expected
+):
+    # A dry run reads and downloads nothing, but a source that is missing is one line there,
+    # not later, when the study starts.
+    monkeypatch.delenv("CNNLAB_DATA_IMAGES", raising=False)
+    if variable is not None:
+        monkeypatch.setenv(variable, value)
+    path = tmp_path / "images.toml"
+    path.write_text(
+        '[study]\nname = "imgs"\n[defaults]\ndataset = "images"\narch = "tiny"\n'
+        '[experiments.a]\ntitle = "a"\n'
+    )
+    assert main(["study", str(path), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert expected in err and len(err.splitlines()) == 1

@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from cnnlab import atomic
 from cnnlab.cli import main
 from cnnlab.config import RunConfig
 from cnnlab.errors import CnnlabError
@@ -181,7 +182,8 @@ def test_run_folder_round_trip(tiny_cifar, tiny_run, tmp_path):
         "confusion_train.png",
         "confusion_test.png",
     }
-    assert not [p for p in tmp_path.rglob(".*")]  # no temporary files or folders
+    # No temporary files or folders: only the marker that says cnnlab wrote the folder whole.
+    assert [p.name for p in tmp_path.rglob(".*")] == [atomic.MARKER]
     csv_lines = Path(paths["history_csv"]).read_text().splitlines()
     assert csv_lines[0] == ",".join(HISTORY_KEYS) and len(csv_lines) == 3
     metrics = json.loads(Path(paths["metrics"]).read_text())

@@ -1,15 +1,26 @@
-"""Atomic writes: a file or folder is written under a temporary name beside it, then renamed."""
+"""Files cnnlab writes and reads at a user's paths.
+
+Writes are atomic: a file or folder is written under a temporary name beside it, then renamed.
+A folder is replaced only where cnnlab wrote it whole (`owns`: the marker file it writes lists
+every entry); anything else in the way is refused in one line, before the work that fills it.
+Reads take regular files only, within a size (`read_regular`): a FIFO, a device or a folder is
+one line, never a hang.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fnmatch
 import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from cnnlab.errors import CnnlabError
 
@@ -57,17 +68,35 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> None:
 
 
 TEMPORARY_SUFFIX = ".tmp"  # every temporary file or folder this module makes ends with it
+MARKER = ".cnnlab-folder.json"  # in every folder `atomic_folder` writes: the entries it wrote
+MAX_MARKER_BYTES = 1 << 20
+MAX_NESTING = 4  # cnnlab's folders inside cnnlab's folders (a run folder's explain/)
+
+
+@dataclass(frozen=True)
+class FolderKind:
+    """A kind of folder cnnlab writes: its name in messages, and the entries (fnmatch patterns)
+    it wrote before it kept a marker, so that such a folder is still recognised."""
+
+    name: str  # "a run folder"
+    legacy: tuple[str, ...] = ()
+
+
+ANY_FOLDER = FolderKind("a folder")
 
 
 @contextlib.contextmanager
-def atomic_folder(path: str | os.PathLike[str]) -> Iterator[Path]:
+def atomic_folder(
+    path: str | os.PathLike[str], what: str = "--out", kind: FolderKind = ANY_FOLDER
+) -> Iterator[Path]:
     """Yield an empty temporary folder beside `path`; it replaces `path` if the block succeeds.
 
-    A folder already at `path` is replaced whole (moved aside first, removed after), so readers
-    see the old folder or the new one, never a mixture; a failure or a kill leaves at most a
-    temporary folder, which `remove_temporaries` clears.
+    A folder already at `path` is replaced whole only if it is empty or cnnlab wrote it
+    (`owns`); otherwise CnnlabError, naming `what`. It is moved aside first and removed after,
+    so readers see the old folder or the new one, never a mixture; a failure or a kill leaves
+    at most a temporary folder, which `remove_temporaries` clears.
     """
-    target = Path(path)
+    target = _named_folder(path, what)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(
         tempfile.mkdtemp(prefix=f".{target.name}.", suffix=TEMPORARY_SUFFIX, dir=target.parent)
@@ -78,7 +107,10 @@ def atomic_folder(path: str | os.PathLike[str]) -> Iterator[Path]:
         os.umask(umask)
         tmp.chmod(0o777 & ~umask)
         yield tmp
+        entries = sorted(entry.name for entry in tmp.iterdir())
+        write_json(tmp / MARKER, {"written_by": "cnnlab", "entries": entries})
         if target.exists() or target.is_symlink():
+            _check_owned(target, os.fspath(path), what, kind)  # it may have changed meanwhile
             old = Path(
                 tempfile.mkdtemp(
                     prefix=f".{target.name}.old.", suffix=TEMPORARY_SUFFIX, dir=target.parent
@@ -92,6 +124,54 @@ def atomic_folder(path: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def owns(folder: Path, legacy: tuple[str, ...] = (), depth: int = 0) -> bool:
+    """Whether cnnlab wrote `folder` whole: every entry is listed in its marker, or (a folder
+    written before markers) matches a `legacy` pattern, or is a folder cnnlab wrote itself."""
+    listed = _marker_entries(folder)
+    for entry in folder.iterdir():
+        name = entry.name
+        if name == MARKER or (listed is not None and name in listed):
+            continue
+        if listed is None and any(fnmatch.fnmatchcase(name, pattern) for pattern in legacy):
+            continue
+        nested = entry.is_dir() and not entry.is_symlink() and (entry / MARKER).is_file()
+        if not (nested and depth < MAX_NESTING and owns(entry, depth=depth + 1)):
+            return False
+    return True
+
+
+def _marker_entries(folder: Path) -> set[str] | None:
+    """The names a folder's marker lists; None without a marker cnnlab could have written."""
+    try:
+        marker = json.loads(read_regular(folder / MARKER, MAX_MARKER_BYTES, "a marker"))
+    except (CnnlabError, ValueError, RecursionError):
+        return None
+    entries = marker.get("entries") if isinstance(marker, dict) else None
+    if not isinstance(entries, list) or not all(isinstance(name, str) for name in entries):
+        return None
+    return set(entries)
+
+
+def _check_owned(target: Path, shown: str, what: str, kind: FolderKind) -> None:
+    if not target.is_dir():
+        raise CnnlabError(f"{what} {shown}: exists and is not a folder")
+    if not owns(target, kind.legacy):
+        raise CnnlabError(
+            f"{what} {shown}: not empty and not {kind.name} cnnlab wrote whole (it replaces"
+            " only its own folders); choose another folder, or empty this one"
+        )
+
+
+def _named_folder(path: str | os.PathLike[str], what: str) -> Path:
+    """`path` as an absolute path naming a folder ('', '.', '..' and '/' name none to replace)."""
+    text = os.fspath(path)
+    if not text.strip() or Path(text).name in ("", "..") or "\0" in text:
+        raise CnnlabError(
+            f"{what} {text!r}: name a folder to write (not the current folder, a parent or /)"
+        )
+    return Path(os.path.abspath(text))
 
 
 def remove_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
@@ -113,17 +193,112 @@ def check_folder_target(path: str | os.PathLike[str], what: str) -> None:
     """A folder can be made (or written into) at `path`, checked before the work that fills it.
 
     Permissions do not tell (root, read-only mounts, /proc): a probe folder is made where the
-    write will happen, and removed.
+    write will happen, and removed. Every error of the probe is one line.
     """
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise CnnlabError(f"{what} {path}: exists and is not a folder")
-    nearest = next((p for p in (path, *path.absolute().parents) if p.exists()), Path("/"))
+    shown = os.fspath(path)
+    if not shown.strip() or "\0" in shown:
+        raise CnnlabError(f"{what} {shown!r}: name a folder")
+    try:
+        path = Path(shown)
+        if path.exists() and not path.is_dir():
+            raise CnnlabError(f"{what} {path}: exists and is not a folder")
+        _probe(path if path.is_dir() else path.absolute().parent, path, what)
+    except OSError as error:
+        raise CnnlabError(f"{what} {shown}: cannot write there ({_reason(error)})") from None
+
+
+def check_folder_replaceable(
+    path: str | os.PathLike[str], what: str = "--out", kind: FolderKind = ANY_FOLDER
+) -> None:
+    """`atomic_folder(path, what, kind)` will succeed as far as can be told before the work:
+    `path` names a folder that is new, empty or cnnlab's own whole, in a place that can be
+    written (probed beside it, where the temporary folder will be made)."""
+    target = _named_folder(path, what)
+    try:
+        if target.exists() or target.is_symlink():
+            _check_owned(target, os.fspath(path), what, kind)
+        _probe(target.parent, target, what)
+    except OSError as error:
+        raise CnnlabError(f"{what} {path}: cannot write there ({_reason(error)})") from None
+
+
+def check_file_target(path: str | os.PathLike[str], what: str) -> None:
+    """A file can be written at `path` (by `atomic_path`): probed before the work."""
+    shown = os.fspath(path)
+    if not shown.strip() or "\0" in shown or Path(shown).name in ("", ".", ".."):
+        raise CnnlabError(f"{what} {shown!r}: name a file to write")
+    try:
+        target = Path(os.path.abspath(shown))
+        if target.is_dir():
+            raise CnnlabError(f"{what} {shown}: is a folder; name a file in it")
+        nearest = _nearest(target.parent)
+        if not nearest.is_dir():
+            raise CnnlabError(
+                f"{what} {shown}: cannot write there ({nearest}: not a writable folder)"
+            )
+        _probe(nearest, target, what)
+    except OSError as error:
+        raise CnnlabError(f"{what} {shown}: cannot write there ({_reason(error)})") from None
+
+
+def _probe(folder: Path, path: Path, what: str) -> None:
+    """Make and remove a folder in `folder`, or where it would be created (its nearest existing
+    ancestor, which must be a folder)."""
+    nearest = _nearest(folder)
     if not nearest.is_dir():
         raise CnnlabError(f"{what} {path}: cannot create it: {nearest} is not a folder")
+    os.rmdir(tempfile.mkdtemp(prefix=".cnnlab-probe.", dir=nearest))
+
+
+def _nearest(folder: Path) -> Path:
+    """`folder`, or its nearest ancestor that exists."""
+    return next((p for p in (folder, *folder.absolute().parents) if p.exists()), Path("/"))
+
+
+def _reason(error: OSError) -> str:
+    return error.strerror or errno.errorcode.get(error.errno or 0, "") or type(error).__name__
+
+
+def open_regular(path: str | os.PathLike[str], limit: int, what: str) -> BinaryIO:
+    """The regular file at `path` open for reading, if it holds at most `limit` bytes; else one
+    CnnlabError line ending "not WHAT" (a FIFO, a device or a folder is refused unread)."""
     try:
-        os.rmdir(tempfile.mkdtemp(prefix=".cnnlab-probe.", dir=nearest))
+        _check_regular(path, os.stat(path), limit, what)
+        # O_NONBLOCK: a FIFO swapped in after the stat opens at once, and fstat refuses it.
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        file = os.fdopen(descriptor, "rb")
+    except CnnlabError:
+        raise
     except OSError as error:
-        raise CnnlabError(
-            f"{what} {path}: cannot write there ({error.strerror or error})"
-        ) from None
+        raise CnnlabError(f"{path}: cannot read ({_reason(error)}); not {what}") from None
+    except ValueError:  # a NUL in the name
+        raise CnnlabError(f"{str(path)!r}: not a file name; not {what}") from None
+    try:
+        _check_regular(path, os.fstat(file.fileno()), limit, what)
+    except BaseException:
+        file.close()
+        raise
+    return file
+
+
+def read_regular(path: str | os.PathLike[str], limit: int, what: str) -> bytes:
+    """The bytes of the regular file at `path` (see `open_regular`), at most `limit` of them."""
+    with open_regular(path, limit, what) as file:
+        try:
+            data = file.read(limit + 1)
+        except OSError as error:
+            raise CnnlabError(f"{path}: cannot read ({_reason(error)}); not {what}") from None
+    if len(data) > limit:  # it grew since it was opened
+        raise CnnlabError(f"{path}: larger than {limit:,} bytes; not {what}")
+    return data
+
+
+def _check_regular(
+    path: str | os.PathLike[str], facts: os.stat_result, limit: int, what: str
+) -> None:
+    if stat.S_ISDIR(facts.st_mode):
+        raise CnnlabError(f"{path}: is a folder; not {what}")
+    if not stat.S_ISREG(facts.st_mode):
+        raise CnnlabError(f"{path}: not a regular file (a pipe, socket or device); not {what}")
+    if facts.st_size > limit:
+        raise CnnlabError(f"{path}: larger than {limit:,} bytes; not {what}")

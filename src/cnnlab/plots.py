@@ -10,6 +10,7 @@ import contextlib
 import os
 import warnings
 from collections.abc import Iterator
+from typing import Any
 
 from matplotlib.figure import Figure
 
@@ -19,19 +20,52 @@ from cnnlab.atomic import atomic_path
 COLLAPSED_BELOW = 0.15
 
 
+# An axis reaching beyond this (a hand-edited 1e308 in a store) is drawn cut off at it:
+# matplotlib's tick arithmetic overflows on a span near the largest float.
+LARGEST_DRAWN = 1e100
+
+
 def save_figure(figure: Figure, path: str | os.PathLike[str], dpi: int = 110) -> None:
     """Write `figure` as PNG (or the format of the suffix) atomically."""
-    with atomic_path(path) as tmp, _as_drawn():
+    with atomic_path(path) as tmp, _as_drawn(figure):
         figure.savefig(tmp, dpi=dpi, bbox_inches="tight")
 
 
 @contextlib.contextmanager
-def _as_drawn() -> Iterator[None]:
-    """How every figure is drawn: the overflow warnings of axes spanning values near 1e308 (a
-    hand-edited history) kept quiet."""
+def quiet() -> Iterator[None]:
+    """Figures built from any number a store can hold (1e308, NaN, inf) and any class count:
+    matplotlib's and NumPy's warnings (an overflow in autoscaling, a layout that cannot fit 300
+    class names) kept off stderr; the figures say what they can."""
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
+        warnings.simplefilter("ignore")
         yield
+
+
+@contextlib.contextmanager
+def _as_drawn(figure: Figure) -> Iterator[None]:
+    """How every figure is drawn: quietly, with every axis within LARGEST_DRAWN."""
+    with quiet():
+        for axes in figure.get_axes():
+            _bound_axis(axes.get_xlim, axes.set_xlim, axes.get_xscale() == "log")
+            _bound_axis(axes.get_ylim, axes.set_ylim, axes.get_yscale() == "log")
+        yield
+
+
+def _bound_axis(get: Any, set_: Any, log: bool) -> None:
+    """An axis's limits cut to LARGEST_DRAWN (for a log axis: at least its reciprocal)."""
+    import math
+
+    low, high = (float(limit) for limit in get())
+    smallest = 1 / LARGEST_DRAWN if log else -LARGEST_DRAWN
+    bounded = [
+        min(max(value, smallest), LARGEST_DRAWN) if not math.isnan(value) else 1.0
+        for value in (low, high)
+    ]
+    if bounded == [low, high]:
+        return
+    if bounded[0] == bounded[1]:  # both cut to the same edge
+        bounded = [bounded[0] / 2, bounded[0]] if bounded[0] > 0 else [bounded[0], bounded[0] / 2]
+    set_(*bounded)
 
 
 def plain(text: object) -> str:
@@ -316,23 +350,33 @@ def repeats_needed_figure(
     return figure
 
 
+NUMBERED_UP_TO = 30  # classes whose matrix shows each cell's count (more would be unreadable)
+NAMED_UP_TO = 40  # class names on each axis; with more classes, every k-th is named
+
+
 def confusion_matrix_figure(matrix: list[list[int]], class_names: list[str], title: str) -> Figure:
-    """A confusion matrix with counts in the cells (rows: true class, columns: predicted)."""
+    """A confusion matrix (rows: true class, columns: predicted) drawn as one image, in memory
+    that grows with the pixels, not the classes: counts in the cells up to NUMBERED_UP_TO
+    classes, up to NAMED_UP_TO names on each axis."""
     import numpy as np
 
     counts = np.asarray(matrix)
+    classes = len(counts)
     figure = Figure(figsize=(6.0, 5.2), layout="constrained")
     axes = figure.add_subplot()
-    image = axes.imshow(counts, cmap="Blues")
+    image = axes.imshow(counts, cmap="Blues", interpolation="nearest")
     figure.colorbar(image, ax=axes, shrink=0.8)
-    ticks, names = range(len(class_names)), [plain(name) for name in class_names]
-    axes.set_xticks(ticks, names, rotation=45, ha="right", fontsize="small")
+    step = -(-classes // NAMED_UP_TO) if classes else 1
+    ticks = list(range(0, classes, step))
+    names = [plain(class_names[i]) if i < len(class_names) else str(i) for i in ticks]
+    axes.set_xticks(ticks, names, rotation=45 if step == 1 else 90, ha="right", fontsize="small")
     axes.set_yticks(ticks, names, fontsize="small")
-    threshold = counts.max() / 2 if counts.size else 0
-    for (row, column), value in np.ndenumerate(counts):
-        colour = "white" if value > threshold else "black"
-        axes.text(column, row, str(value), ha="center", va="center", fontsize=7, color=colour)
-    axes.set_xlabel("predicted")
+    if classes <= NUMBERED_UP_TO:
+        threshold = counts.max() / 2 if counts.size else 0
+        for (row, column), value in np.ndenumerate(counts):
+            colour = "white" if value > threshold else "black"
+            axes.text(column, row, str(value), ha="center", va="center", fontsize=7, color=colour)
+    axes.set_xlabel("predicted" if step == 1 else f"predicted (one class in {step} named)")
     axes.set_ylabel("true")
     axes.set_title(title)
     return figure
@@ -597,6 +641,6 @@ def png_bytes(figure: Figure) -> bytes:
     import io
 
     buffer = io.BytesIO()
-    with _as_drawn():
+    with _as_drawn(figure):
         figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     return buffer.getvalue()

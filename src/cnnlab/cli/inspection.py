@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from cnnlab.cli.options import load_options
+from cnnlab.cli.options import load_options, refuse_resizing
 from cnnlab.errors import CnnlabError
 
 # --- convolution ------------------------------------------------------------------------------
@@ -56,11 +56,13 @@ def cmd_summary(args: argparse.Namespace) -> int:
     from cnnlab.nn.architectures import get_architecture
     from cnnlab.nn.summary import format_summary
 
+    refuse_resizing(args, args.dataset, "summary describes the net on them as they are")
+    options = load_options(args)  # --resample without --image-size is refused here too
     shape_and_classes = config.DATASET_SHAPES[args.dataset]
     if shape_and_classes is None:
         from cnnlab.data.datasets import load_dataset
 
-        data = load_dataset(args.dataset, args.data, **load_options(args))
+        data = load_dataset(args.dataset, args.data, **options)
         shape_and_classes = (data.input_shape, data.num_classes)
     layers = get_architecture(args.arch)
     try:

@@ -32,3 +32,20 @@ def load_options(args: argparse.Namespace) -> dict:
             raise CnnlabError("--resample only applies with --image-size (it says how to resize)")
         return {}
     return {"image_size": args.image_size, "resample": args.resample or "bilinear"}
+
+
+def refuse_resizing(args: argparse.Namespace, dataset: str, why: str) -> None:
+    """--image-size on a dataset of fixed-size images, where the command cannot apply it:
+    one line saying `why`, not a resize silently dropped or left unrecorded."""
+    from cnnlab import config
+
+    size = getattr(args, "image_size", None)
+    fixed = config.DATASET_SHAPES.get(dataset)
+    if size is None or fixed is None:
+        return
+    shown = "x".join(map(str, size)) if isinstance(size, tuple) else str(size)
+    height, width, _ = fixed[0]
+    raise CnnlabError(
+        f"--image-size {shown}: {dataset} images are all {height}x{width} and {why};"
+        " --image-size resizes an image-folder dataset (--dataset images)"
+    )

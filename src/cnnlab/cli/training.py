@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from cnnlab.cli.options import load_options, run_config
+from cnnlab.cli.options import load_options, refuse_resizing, run_config
 
 EXIT_DIVERGED = 3  # `cnnlab train`: the loss became NaN or infinite; the run folder is written
 
@@ -27,6 +27,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config = run_config(args)
     # Mistakes in the arguments surface before the data is decoded.
+    refuse_resizing(args, config.dataset, "a run's config does not record a resize")
     resolve_device(args.device)
     if config.dataset != "images":  # an image folder's shape is known once it is read
         resolve_layers(config)

@@ -6,14 +6,18 @@ kernel's output keeps its true range until `to_uint8` turns it into pixels, by a
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 
+from cnnlab import atomic
 from cnnlab.atomic import atomic_path, check_folder_target
 from cnnlab.conv import convolve, kernels
 from cnnlab.errors import CnnlabError
@@ -24,6 +28,7 @@ SCALES = ("clip", "abs", "stretch")
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 SAMPLE_SIZE = (240, 320)  # height, width of the drawn samples
 MAX_IMAGE_PIXELS = 4096 * 4096  # an RGB float64 copy is 400 MB, and each result as much again
+MAX_IMAGE_FILE_BYTES = 256 << 20  # a PNG of that many pixels, barely compressed
 
 
 # --- reading and channels -----------------------------------------------------------------------
@@ -38,8 +43,9 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
         raise CnnlabError(f"image {path} is a directory, not an image file")
     if path.suffix.lower() == ".npy":
         return _read_array(path)
+    content = atomic.read_regular(path, MAX_IMAGE_FILE_BYTES, "an image file")
     try:
-        with Image.open(path) as opened:
+        with _bombs_refused(), Image.open(io.BytesIO(content)) as opened:
             _check_pixels(
                 path, opened.size[0] * opened.size[1], f"{opened.size[0]}x{opened.size[1]}"
             )
@@ -47,11 +53,24 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
             rgb = np.asarray(upright.convert("RGB"), dtype=np.float64)
     except UnidentifiedImageError:
         raise CnnlabError(f"{path} is not an image Pillow can read (PNG, JPEG, ...)") from None
-    except (OSError, ValueError, Image.DecompressionBombError) as error:
+    except (
+        OSError,
+        ValueError,
+        Image.DecompressionBombError,
+        Image.DecompressionBombWarning,
+    ) as error:
         raise CnnlabError(f"cannot read image {path}: {_first_line(error)}") from None
     if rgb.size == 0:
         raise CnnlabError(f"image {path} has no pixels")
     return rgb
+
+
+@contextlib.contextmanager
+def _bombs_refused() -> Iterator[None]:
+    """Pillow's decompression-bomb warning (printed, then the image decoded) as an error."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        yield
 
 
 def _check_pixels(path: Path, pixels: int, size: str) -> None:

@@ -9,6 +9,7 @@ bounded before anything is allocated.
 from __future__ import annotations
 
 import ast
+import io
 import json
 import math
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cnnlab import atomic
 from cnnlab.errors import CnnlabError
 
 # Kernels from a name, a literal or a file stay at most this wide: far past any filter a picture
@@ -144,9 +146,13 @@ def _parametric_kernel(family: str, parameters: str, spec: str) -> tuple[str, np
 
 
 def check_npy_size(path: Path, max_items: int, what: str) -> None:
-    """Refuse a .npy file whose header declares more than `max_items` or more than it holds."""
+    """Refuse a .npy file whose header declares more than `max_items` or more than it holds
+    (and anything but a regular file: a FIFO would never end)."""
+    if not path.exists():
+        raise CnnlabError(f"{what} {path} does not exist")
+    largest = max_items * 16 + (1 << 16)  # complex128 values after a header
     try:
-        with path.open("rb") as handle:
+        with atomic.open_regular(path, largest, f"a {what}") as handle:
             version = np.lib.format.read_magic(handle)
             header = (
                 np.lib.format.read_array_header_1_0
@@ -211,11 +217,8 @@ def _load_kernel_file(path: Path) -> np.ndarray:
             check_npy_size(path, MAX_KERNEL_SIDE**2 * 4, "kernel file")
             kernel = np.load(path, allow_pickle=False)
         else:
-            if path.stat().st_size > MAX_KERNEL_TEXT_BYTES:
-                raise CnnlabError(
-                    f"kernel file {path}: larger than {MAX_KERNEL_TEXT_BYTES:,} bytes of text"
-                )
-            kernel = np.loadtxt(path, ndmin=2, dtype=np.float64)
+            text = atomic.read_regular(path, MAX_KERNEL_TEXT_BYTES, "a kernel file of text")
+            kernel = np.loadtxt(io.BytesIO(text), ndmin=2, dtype=np.float64)
     except FileNotFoundError:
         raise CnnlabError(f"kernel file {path} does not exist") from None
     except (OSError, ValueError) as error:

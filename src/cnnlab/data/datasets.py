@@ -276,6 +276,20 @@ def _read(name: str, source: Path, size: tuple[int, int] | None, resample: str) 
     return read_image_folders(source, image_size=size, resample=resample)
 
 
+def check_source(name: str, data: str | os.PathLike[str] | None = None) -> None:
+    """The source `load_dataset(name, data)` would read exists: checked without reading it and
+    without downloading anything (what a dry run can promise)."""
+    variable = ENVIRONMENT.get(name)
+    if variable is None:  # digits: scikit-learn's copy
+        return
+    for value, origin in ((data, "--data"), (os.environ.get(variable), variable)):
+        if value is not None and str(value) != "":
+            _checked_source(value, f"{origin} {shown(value)}")
+            return
+    if name == "images":
+        _resolve_source(name, None)  # no default source: says what to give
+
+
 def _resolve_source(name: str, data: str | os.PathLike[str] | None) -> Path:
     """The first of: `data`, the dataset's variable, the fetched official files, a download."""
     variable = ENVIRONMENT[name]

@@ -109,6 +109,14 @@ def saliency(model: ConvNet, image: torch.Tensor, target_class: int) -> np.ndarr
     return gradient.detach()[0].amax(0).float().cpu().numpy()
 
 
+def class_count(model: ConvNet) -> int:
+    """How many classes the net scores (the width of its logits for one blank image)."""
+    height, width, channels = model.input_shape
+    model.eval()
+    with torch.no_grad():
+        return int(model(torch.zeros(1, channels, height, width)).shape[1])
+
+
 def explain_image(model: ConvNet, image: np.ndarray, classes: Sequence[int] = ()) -> ImageInsight:
     """One uint8 image (height x width x channels) through `model` (on the CPU, eval mode):
     feature maps, and Grad-CAM and saliency for the predicted class and each of `classes`."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 import json
 import os
 from collections.abc import Sequence
@@ -22,7 +23,7 @@ import numpy as np
 from cnnlab import atomic, plots
 from cnnlab.errors import CnnlabError
 from cnnlab.insight import figures
-from cnnlab.insight.attribution import ImageInsight, conv_layers, explain_image
+from cnnlab.insight.attribution import ImageInsight, class_count, conv_layers, explain_image
 from cnnlab.insight.explain_files import PAGE, REPORTED
 
 DEFAULT_IMAGES = 4  # misclassified test images explained when none are named
@@ -49,14 +50,35 @@ class Explanation:
 
 
 def read_image(path: str | os.PathLike[str], shape: tuple[int, int, int]) -> np.ndarray:
-    """An image file as uint8 (height, width, channels) for a net taking `shape` images."""
+    """An image file as uint8 (height, width, channels) for a net taking `shape` images; its
+    size is checked from its header, before any pixel is decoded."""
     from PIL import Image, UnidentifiedImageError
 
+    from cnnlab.data.image_folders import (
+        MAX_IMAGE_FILE_BYTES,
+        MAX_IMAGE_PIXELS,
+        MAX_IMAGE_SIDE,
+        image_warnings_as_errors,
+    )
+
     height, width, channels = shape
+    content = atomic.read_regular(path, MAX_IMAGE_FILE_BYTES, "an image file cnnlab reads")
     try:
-        with Image.open(path) as opened:
+        with image_warnings_as_errors(), Image.open(io.BytesIO(content)) as opened:
+            if opened.size[0] * opened.size[1] > MAX_IMAGE_PIXELS:
+                raise CnnlabError(
+                    f"{path}: a {opened.size[0]}x{opened.size[1]} image; images may have at most"
+                    f" {MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE} pixels"
+                )
             picture = opened.convert("L" if channels == 1 else "RGB")
-    except (OSError, UnidentifiedImageError, ValueError) as error:
+    except CnnlabError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise CnnlabError(
+            f"{path}: declares more pixels than Pillow decodes safely; images may have at most"
+            f" {MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE} pixels"
+        ) from None
+    except (OSError, UnidentifiedImageError, ValueError, EOFError) as error:
         reason = getattr(error, "strerror", None) or "not an image Pillow can read"
         raise CnnlabError(f"{path}: cannot read it as an image ({reason})") from None
     if picture.size != (width, height):
@@ -121,33 +143,50 @@ def _test_images(
 
 
 def _kept_misclassified(
-    run_dir: Path, count: int = DEFAULT_IMAGES
+    run_dir: Path, run: Any, count: int = DEFAULT_IMAGES
 ) -> list[tuple[str, np.ndarray, int | None]]:
+    from cnnlab.training.artifacts import read_misclassified
+
     path = run_dir / "misclassified_test.npz"
-    none_kept = CnnlabError(
-        f"{run_dir}: keeps no misclassified test images; name images with --image PATH or"
-        " --test-index N"
-    )
-    if not path.is_file():
-        raise none_kept
-    try:
-        with np.load(path, allow_pickle=False) as kept:
-            images, index, true = kept["images"], kept["index"], kept["true"]
-    except (OSError, ValueError, KeyError) as error:
-        raise CnnlabError(f"{path}: not a run's misclassified sample ({error})") from None
+    if not path.exists():
+        raise CnnlabError(
+            f"{run_dir}: keeps no misclassified test images; name images with --image PATH or"
+            " --test-index N"
+        )
+    kept = read_misclassified(path, class_count(run.model))
+    images, index, true = kept["images"], kept["index"], kept["true"]
     if len(images) == 0:
-        raise none_kept
+        raise CnnlabError(
+            f"{run_dir}: kept no misclassified test images (it got every one right); name"
+            " images with --image PATH or --test-index N"
+        )
+    if tuple(images.shape[1:]) != tuple(run.model.input_shape):
+        raise CnnlabError(
+            f"{path}: holds {'x'.join(map(str, images.shape[1:]))} images; the run's net takes"
+            f" {'x'.join(map(str, run.model.input_shape))}"
+        )
     return [
         (f"test image {int(index[i])}", images[i], int(true[i]))
         for i in range(min(count, len(images)))
     ]
 
 
-def check_out(out: Path) -> None:
-    """`out` can be (re)written as an explain folder: new, empty, or an earlier explain folder."""
-    atomic.check_folder_target(out, "--out")  # a probe, not permission bits (root, mounts)
-    if any(out.iterdir() if out.is_dir() else ()) and not (out / PAGE).is_file():
-        raise CnnlabError(f"{out}: not empty and not an explain folder; choose another --out")
+# Replaced whole only where cnnlab wrote it (its files, before it kept a marker).
+EXPLAIN_FOLDER = atomic.FolderKind(
+    "an explain folder",
+    legacy=(
+        PAGE,
+        "explain.json",
+        "kernels_first.png",
+        "image*_feature_maps.png",
+        "image*_attributions.png",
+    ),
+)
+
+
+def check_out(out: str | os.PathLike[str]) -> None:
+    """`out` can be (re)written as an explain folder: new, empty, or one cnnlab wrote."""
+    atomic.check_folder_replaceable(out, "--out", EXPLAIN_FOLDER)
 
 
 def _class_name(names: Sequence[str], index: int | None) -> str:
@@ -220,14 +259,14 @@ def explain(
 
     run_dir = Path(run_dir)
     out_dir = Path(out) if out is not None else run_dir / "explain"
-    check_out(out_dir)
+    check_out(out if out is not None else out_dir)
     run = load_run(run_dir)
     shape = tuple(run.model.input_shape)
     chosen = [(str(path), read_image(path, shape), None) for path in images]
     if test_indices:
         chosen += _test_images(run, test_indices, data, image_size, resample)
     if not chosen:
-        chosen = _kept_misclassified(run_dir, kept)
+        chosen = _kept_misclassified(run_dir, run, kept)
     if samples:
         chosen = [*drawn_samples(shape), *chosen]
     names = list(run.metrics.get("class_names") or [])
@@ -237,9 +276,10 @@ def explain(
         for known in [() if label is None else (label,)]
     ]
     pictures: dict[str, bytes] = {}
-    for number, item in enumerate(explained):
-        pictures.update(_pictures(item, number, names))
-    pictures.update(_kernel_picture(run.model))
+    with plots.quiet():  # any number (a NaN probability) makes a figure, not a warning
+        for number, item in enumerate(explained):
+            pictures.update(_pictures(item, number, names))
+        pictures.update(_kernel_picture(run.model))
     notes = [
         f"Run {run_dir}: {run.config.arch} on {run.config.dataset}.",
         f"Grad-CAM (Captum, ReLU'd) on {explained[0].insight.grad_cam_layer or 'no conv layer'};"
@@ -254,7 +294,7 @@ def explain(
         }
         for item in explained
     ]
-    with atomic.atomic_folder(out_dir) as tmp:
+    with atomic.atomic_folder(out_dir, "--out", EXPLAIN_FOLDER) as tmp:
         for name, data_bytes in pictures.items():
             (tmp / name).write_bytes(data_bytes)
         (tmp / "explain.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")

@@ -122,13 +122,9 @@ def export_model(
     from cnnlab.training.runfolder import load_run
 
     target = Path(onnx_path)
-    if target.is_dir():
-        raise CnnlabError(f"{target}: is a folder; give a file name such as model.onnx")
+    atomic.check_file_target(onnx_path, "--onnx")  # probed before the export's seconds
     if target.exists() and not force:
         raise CnnlabError(f"{target}: exists; pass --force to overwrite it")
-    parent = next((p for p in target.absolute().parents if p.exists()), Path("/"))
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise CnnlabError(f"{target}: cannot write there ({parent}: not a writable folder)")
     run = load_run(run_dir)
     shape = tuple(run.model.input_shape)
     names = [str(name) for name in run.metrics.get("class_names") or []]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from cnnlab.report.report import Report, build, explain_best_runs
+from cnnlab.report.report import Report, build, check_target, explain_best_runs
 from cnnlab.study.callbacks import Callback
 from cnnlab.study.runner import StudyOutcome, StudyRun
 
@@ -33,6 +33,7 @@ def study_and_report(
 ) -> StudyAndReport:
     """Run `study` (`StudyRun.run`), explain each experiment's best run (unless `explain` is
     False; skipped without the explain extra), then build and write the report."""
+    check_target(study.study_dir)  # before the study trains
     outcome = study.run(callbacks)
     if explain:
         explain_best_runs(outcome.study_dir)

@@ -18,11 +18,13 @@ import numpy as np
 from cnnlab import plots
 from cnnlab.conv import convolve, imaging
 from cnnlab.conv.kernels import parse_kernel
+from cnnlab.errors import CnnlabError
 from cnnlab.insight.explain_files import REPORTED
 from cnnlab.report.document import Document, Image, literal
 from cnnlab.report.tables import point_label
 from cnnlab.store import FINISHED, RunRecord, best_runs
 from cnnlab.study.studyfile import Study
+from cnnlab.training import artifacts
 
 CONFUSED_PAIRS = 3  # most-confused class pairs listed per experiment's best run
 HAND_KERNELS = ("laplacian8", "laplacian4-boost")  # the seed report's two kernels (part 1)
@@ -123,28 +125,17 @@ def _run_file(study_dir: Path, record: RunRecord, name: str) -> Path | None:
 def _load_misclassified(path: Path) -> dict[str, np.ndarray] | None:
     """misclassified_test.npz as arrays, or None when it is not what `save_run` writes."""
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {key: archive[key] for key in ("images", "index", "true", "predicted")}
-    except (OSError, ValueError, KeyError, EOFError):
+        return artifacts.read_misclassified(path)
+    except CnnlabError:
         return None
-    images, count = arrays["images"], len(arrays["index"])
-    shapes_fit = images.ndim == 4 and images.shape[0] == count and images.shape[3] in (1, 3)
-    if not shapes_fit or images.dtype != np.uint8:
-        return None
-    if any(arrays[key].shape != (count,) for key in ("index", "true", "predicted")):
-        return None
-    return arrays
 
 
 def _load_kernels(path: Path) -> np.ndarray | None:
     """kernels_first.npy (filters x in x kh x kw), or None when it is not that."""
     try:
-        kernels = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError):
+        return artifacts.read_kernels(path)
+    except CnnlabError:
         return None
-    if kernels.ndim != 4 or kernels.dtype.kind != "f" or not np.isfinite(kernels).all():
-        return None
-    return kernels.astype(np.float64)
 
 
 def best_run_section(

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cnnlab import atomic
 from cnnlab.config import RunConfig
 from cnnlab.errors import CnnlabError
 from cnnlab.nn import facts
@@ -66,10 +67,8 @@ def load_measurements(study_dir: Path, record: RunRecord) -> dict[str, Any] | No
         return None
     path = Path(study_dir) / relative
     try:
-        if path.stat().st_size > MAX_BYTES:
-            return None
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
+        value = json.loads(atomic.read_regular(path, MAX_BYTES, "a run's measurements"))
+    except (ValueError, RecursionError):  # CnnlabError too: not a regular file, too large
         return None
     parts = ("weights", "activations", "gradients")
     if not isinstance(value, dict) or not all(isinstance(value.get(p), dict | list) for p in parts):

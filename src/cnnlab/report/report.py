@@ -55,6 +55,8 @@ METRIC_LABELS = {
     "fit_seconds": "fit s",
     "parameters": "params",
 }
+# report_files/: replaced whole, where cnnlab wrote it (its figures, before it kept a marker).
+FIGURES = atomic.FolderKind("a report's figures folder", legacy=("*.png",))
 INTERVAL_NOTE = (
     "the t interval (mean ± t·s/√n), not a bootstrap: with 2–5 seeds a percentile bootstrap has"
     " only 3 to 126 distinct resamples of the mean and covers the true mean less often than it"
@@ -65,11 +67,18 @@ INTERVAL_NOTE = (
 # --- figures ----------------------------------------------------------------------------------
 
 
+MAX_FIGURE_BYTES = 16 << 20  # a run folder's PNG is tens of kilobytes
+
+
 def _artifact(study_dir: Path, record: RunRecord, suffix: str) -> bytes | None:
+    """A run folder's file the store lists, ending in `suffix` (None: absent, or not a file)."""
     for relative in record.artifacts.values():
         path = study_dir / relative
-        if relative.endswith(suffix) and path.is_file():
-            return path.read_bytes()
+        if relative.endswith(suffix) and path.exists():
+            try:
+                return atomic.read_regular(path, MAX_FIGURE_BYTES, "a run's figure")
+            except CnnlabError:
+                return None
     return None
 
 
@@ -111,7 +120,7 @@ class Report:
         """Write report.md (+ report_files/*.png), report.html, comparisons.csv / .json and
         claims.json."""
         # The figures' folder is replaced whole: a full disk never leaves half of it.
-        with atomic.atomic_folder(self.study_dir / FILES_FOLDER) as files:
+        with atomic.atomic_folder(self.study_dir / FILES_FOLDER, "report", FIGURES) as files:
             for image in self.document.images():
                 (files / image.name).write_bytes(image.png)
         paths = {
@@ -152,7 +161,8 @@ def build(
     )
     options = Options(difference, target_accuracy)
     report = Report(study_dir, Document(f"cnnlab study “{study.name}”"))
-    compose(study, records, meta, study_dir, report, options)
+    with plots.quiet():  # any number the store holds makes a figure, not a warning
+        compose(study, records, meta, study_dir, report, options)
     return report
 
 
@@ -164,9 +174,16 @@ def write_report(
     `explain` (on by default) first runs the explain step (`explain_best_runs`), so the report
     shows each experiment's best run from inside; `options` go to `build`.
     """
+    check_target(study_dir)
     if explain:
         explain_best_runs(study_dir)
     return build(study_dir, **options).write()
+
+
+def check_target(study_dir: str | os.PathLike[str]) -> None:
+    """The report's figures folder can be written: absent, or one cnnlab wrote (one line if
+    not), so a study is refused before it trains rather than after."""
+    atomic.check_folder_replaceable(Path(study_dir) / FILES_FOLDER, "report", FIGURES)
 
 
 def explain_best_runs(study_dir: str | os.PathLike[str]) -> None:

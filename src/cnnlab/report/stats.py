@@ -120,9 +120,12 @@ def hedges_g(first: Sequence[float], second: Sequence[float]) -> float:
 
 
 def probability_of_improvement(first: Sequence[float], second: Sequence[float]) -> float:
-    """The share of (first, second) seed pairs where second beats first; a tie counts half."""
+    """The share of (first, second) seed pairs where second beats first; a tie counts half.
+    NaN (undefined) where a value is not finite: a NaN neither wins nor loses."""
     first_values = np.asarray(first, dtype=np.float64)[:, None]
     second_values = np.asarray(second, dtype=np.float64)[None, :]
+    if not (np.isfinite(first_values).all() and np.isfinite(second_values).all()):
+        return math.nan
     wins = (second_values > first_values).sum() + 0.5 * (second_values == first_values).sum()
     return float(wins / (first_values.size * second_values.size))
 

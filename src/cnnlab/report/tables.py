@@ -11,6 +11,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from cnnlab import atomic
 from cnnlab.errors import CnnlabError
 from cnnlab.report import stats
 from cnnlab.store import FINISHED, RunRecord, Store
@@ -130,11 +131,7 @@ def run_summary(run: str, study_dir: str | None) -> tuple[str, dict[str, Any], d
     """(label, config, metrics) of a run id in `study_dir`, or of a run folder's JSON files."""
     folder = Path(run)
     if study_dir is None and folder.is_dir():
-        try:
-            config = json.loads((folder / "config.json").read_text())
-            metrics = json.loads((folder / "metrics.json").read_text())
-        except (OSError, ValueError) as error:
-            raise CnnlabError(f"{folder}: not a readable run folder ({error})") from None
+        config, metrics = (_run_file(folder / name) for name in ("config.json", "metrics.json"))
         return folder.name, config, metrics
     if study_dir is None:
         # Without --study, look in the studies under ./results (where `cnnlab study` writes).
@@ -148,6 +145,22 @@ def run_summary(run: str, study_dir: str | None) -> tuple[str, dict[str, Any], d
     with Store.open(study_dir, create=False) as store:
         record = store.get(run)
     return record.id, record.config, record.metrics
+
+
+MAX_RUN_FILE_BYTES = 64 << 20  # a run folder's JSON files are kilobytes
+
+
+def _run_file(path: Path) -> dict[str, Any]:
+    """A run folder's JSON object (config.json, metrics.json), read as a regular file."""
+    try:
+        value = json.loads(atomic.read_regular(path, MAX_RUN_FILE_BYTES, "a run folder"))
+    except CnnlabError:
+        raise
+    except (ValueError, RecursionError) as error:  # bad JSON, bad UTF-8, nested too deeply
+        raise CnnlabError(f"{path}: not valid JSON ({type(error).__name__})") from None
+    if not isinstance(value, dict):
+        raise CnnlabError(f"{path}: holds a {type(value).__name__}; a run's file holds an object")
+    return value
 
 
 def _has(database: Path, run: str) -> bool:
@@ -189,8 +202,9 @@ def compare_points(study_dir: str, first: str, second: str) -> str:
     rows = [["runs", *(str(len(values)) for values in samples)]]
     rows.append(["test accuracy", *(_show_mean(values) for values in samples)])
     a, b = samples
-    if len(a) < 2 or len(b) < 2:
-        rows.append(["verdict", "a point with one run: no test (run more seeds)", ""])
+    untestable = _untestable(a, b)
+    if untestable:
+        rows.append(["verdict", untestable, ""])
         return _aligned(["", first, second], rows)
     result = stats.welch_t_test(a, b)
     low, high = stats.difference_interval(a, b)
@@ -209,7 +223,22 @@ def compare_points(study_dir: str, first: str, second: str) -> str:
     return _aligned(["", first, second], [row + [""] * (3 - len(row)) for row in rows])
 
 
+def _untestable(first: list[float], second: list[float]) -> str | None:
+    """Why two points' accuracies cannot be tested (None: they can)."""
+    if not first or not second:
+        return "a point has no run with a test accuracy: no test"
+    if not all(math.isfinite(value) for value in (*first, *second)):
+        return "undefined: a test accuracy is NaN or infinite, so no test and no P(improve)"
+    if len(first) < 2 or len(second) < 2:
+        return "a point with one run: no test (run more seeds)"
+    return None
+
+
 def _show_mean(values: list[float]) -> str:
+    if not values:
+        return "-"
+    if not all(math.isfinite(value) for value in values):
+        return "undefined (" + ", ".join(f"{value:.3f}" for value in values) + ")"
     if len(values) < 2:
         return f"{values[0]:.3f}"
     low, high = stats.mean_interval(values)

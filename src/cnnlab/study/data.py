@@ -45,6 +45,15 @@ class StudyData:
             self.loaded[name] = source
         return self.loaded[name]
 
+    def check_sources(self, runs: Sequence[PlannedRun]) -> None:
+        """The sources `runs` would load exist (nothing read, nothing downloaded)."""
+        from cnnlab.data.datasets import check_source
+
+        for name in by_dataset(runs):
+            source = self.source if name == self.main else None
+            if source is None or isinstance(source, str | os.PathLike):
+                check_source(name, source)
+
     def check(self, runs: Sequence[PlannedRun]) -> None:
         """Every run's config against its data (train size, classes), by the line that sets it."""
         experiments = {e.name: e for e in (*self.study.experiments, *self.study.searches)}

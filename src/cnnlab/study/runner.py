@@ -85,6 +85,7 @@ class StudyRun:
         from cnnlab.study.plan import MAX_RUNS, describe_plan
 
         runs = self.plan()
+        self.data.check_sources(runs)
         return [
             *describe_plan(runs),
             *describe_searches(self.study, self.repeats),

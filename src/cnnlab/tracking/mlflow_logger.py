@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from cnnlab import atomic
 from cnnlab.errors import CnnlabError
 from cnnlab.store import KEPT, RunRecord, Status
 from cnnlab.study.callbacks import Callback, Run, TrainBegin
@@ -261,10 +262,13 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(name) if name and name != ":memory:" else None
 
 
+MAX_DATABASE_BYTES = 1 << 40
+
+
 def is_mlflow_database(path: Path) -> bool:
     """Whether `path` is an SQLite database holding MLflow's tables (its tables only read)."""
     try:
-        with path.open("rb") as file:
+        with atomic.open_regular(path, MAX_DATABASE_BYTES, "an MLflow database") as file:
             if file.read(16) != b"SQLite format 3\x00":
                 return False
         # Not read-only: a database whose writer was killed needs its journal rolled back first.
@@ -275,7 +279,7 @@ def is_mlflow_database(path: Path) -> bool:
             tables = {row[0] for row in connection.execute(query)}
         finally:
             connection.close()
-    except (OSError, sqlite3.Error):
+    except (OSError, sqlite3.Error, CnnlabError):  # a FIFO or a device is no database
         return False
     return {"alembic_version", "experiments", "runs"} <= tables
 

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from cnnlab import atomic
 from cnnlab.errors import CnnlabError
 from cnnlab.store import KEPT, RunRecord, Status
 from cnnlab.study.callbacks import Callback, Run, TrainBegin
@@ -226,14 +227,12 @@ def _hparam_value(value: Any, kind: type) -> bool | float | str:
 
 
 def check_writable(logdir: Path, option: str) -> None:
-    """The log folder, and beside it the scratch folders, can be written: checked, not created."""
-    if logdir.exists() and not logdir.is_dir():
-        raise CnnlabError(f"{option} {logdir}: not a folder")
-    for folder in (logdir, logdir.resolve().parent):
-        place = folder
-        while not place.exists() and place != place.parent:  # the nearest folder that exists
-            place = place.parent
-        if not place.is_dir():
-            raise CnnlabError(f"{option} {logdir}: cannot create it: {place} is not a folder")
-        if not os.access(place, os.W_OK | os.X_OK):
-            raise CnnlabError(f"{option} {logdir}: cannot write in {place}: permission denied")
+    """The log folder, and beside it the scratch folders, can be written: probed, not created
+    (permission bits do not tell: root, read-only mounts, /proc)."""
+    atomic.check_folder_target(logdir, option)
+    if logdir.is_dir():  # new, it is made where the probe ran; else scratch goes beside it
+        try:
+            beside = logdir.resolve().parent
+        except (OSError, RuntimeError) as error:  # a loop of symbolic links
+            raise CnnlabError(f"{option} {logdir}: cannot resolve it ({error})") from None
+        atomic.check_folder_target(beside, f"{option} {logdir}: beside it,")

@@ -40,6 +40,15 @@ def resolved_config(config: RunConfig) -> dict[str, Any]:
     return resolved
 
 
+# Replaced whole only where cnnlab wrote it (its files, before it kept a marker, and explain/).
+RUN_FOLDER = atomic.FolderKind(
+    "a run folder",
+    legacy=(
+        *("config.json", "history.csv", "history.json", "metrics.json", "weights.pt"),
+        *("history.png", "confusion_train.png", "confusion_test.png", "measurements.json"),
+        *("predictions_test.npy", "misclassified_test.npz", "kernels_first.npy", "explain"),
+    ),
+)
 MISCLASSIFIED_KEPT = 32  # misclassified test images kept for the report's grid
 
 
@@ -78,6 +87,17 @@ def _save_files(
     weights = io.BytesIO()  # torch.save would turn a full disk into a RuntimeError
     torch.save(result.state_dict, weights)
     atomic.write_bytes(paths["weights"], weights.getvalue())
+    with plots.quiet():  # a diverged history (NaN, inf) makes a figure, not a warning
+        _save_figures(result, paths, class_names)
+    if result.measurements:  # none with measurements off
+        paths["measurements"] = run_dir / "measurements.json"
+        atomic.write_json(paths["measurements"], result.measurements)
+    paths.update(_save_arrays(result, run_dir, test_images, test_labels))
+    return {name: str(path) for name, path in paths.items()}
+
+
+def _save_figures(result: RunResult, paths: dict[str, Path], class_names: Sequence[str]) -> None:
+    """history.png and the confusion matrices (a split without a matrix loses its entry)."""
     title = f"{result.config.arch}, {result.config.train_size:,} images, seed {result.config.seed}"
     plots.save_figure(plots.history_figure(result.history, title), paths["history_png"])
     for split in ("train", "test"):
@@ -89,11 +109,6 @@ def _save_files(
             plots.save_figure(figure, paths[f"confusion_{split}_png"])
         else:
             del paths[f"confusion_{split}_png"]
-    if result.measurements:  # none with measurements off
-        paths["measurements"] = run_dir / "measurements.json"
-        atomic.write_json(paths["measurements"], result.measurements)
-    paths.update(_save_arrays(result, run_dir, test_images, test_labels))
-    return {name: str(path) for name, path in paths.items()}
 
 
 def _save_arrays(
@@ -212,18 +227,16 @@ def load_run(run_dir: str | Path) -> SavedRun:
             f"{run_dir / 'weights.pt'}: weights do not fit {config.arch} ({reason})"
         ) from None
     measured = run_dir / "measurements.json"  # older folders have none
-    measurements = _json_file(measured, dict) if measured.is_file() else {}
+    measurements = _json_file(measured, dict) if measured.exists() else {}
     return SavedRun(config, history, metrics, model, measurements)
 
 
 def _json_file(path: Path, kind: type) -> Any:
     try:
-        if path.stat().st_size > MAX_JSON_BYTES:
-            raise CnnlabError(f"{path}: larger than {MAX_JSON_BYTES:,} bytes; not a run's file")
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as error:
-        raise CnnlabError(f"{path}: cannot read ({error.strerror}); not a run folder") from None
+        value = json.loads(atomic.read_regular(path, MAX_JSON_BYTES, "a run folder"))
     except (ValueError, RecursionError) as error:  # bad JSON, bad UTF-8, nested too deeply
+        if isinstance(error, CnnlabError):
+            raise
         reason = type(error).__name__ if isinstance(error, RecursionError) else error
         raise CnnlabError(f"{path}: not valid JSON ({reason})") from None
     if not isinstance(value, kind):
@@ -254,16 +267,11 @@ def _config_from(data: dict[str, Any], path: Path) -> RunConfig:
 
 
 def _weights_file(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        size = path.stat().st_size
-    except OSError as error:
-        raise CnnlabError(f"{path}: cannot read ({error.strerror}); not a run folder") from None
-    if size > MAX_WEIGHTS_BYTES:
-        raise CnnlabError(f"{path}: larger than {MAX_WEIGHTS_BYTES:,} bytes; not cnnlab's weights")
+    data = atomic.read_regular(path, MAX_WEIGHTS_BYTES, "a run folder (cnnlab's weights)")
     try:
         with warnings.catch_warnings():  # torch warns about odd pickles before refusing them
             warnings.simplefilter("ignore")
-            state_dict = torch.load(path, map_location="cpu", weights_only=True)
+            state_dict = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception:  # torch's refusal of a pickle, a truncated or empty file, ...
         raise CnnlabError(
             f"{path}: not a plain state_dict of tensors; it will not be loaded (cnnlab only"
@@ -316,12 +324,9 @@ def evaluate_run(
     return results
 
 
-def check_target(run_dir: str | Path) -> None:
+def check_target(run_dir: str | Path, what: str = "--out") -> None:
     """A run folder can be written at `run_dir`: a new path, or a run folder to replace."""
-    run_dir = Path(run_dir)
-    if run_dir.is_dir() and any(run_dir.iterdir()) and not (run_dir / "config.json").is_file():
-        raise CnnlabError(f"{run_dir}: not empty and not a run folder; choose another --out")
-    atomic.check_folder_target(run_dir.parent if run_dir.is_dir() else run_dir, "--out")
+    atomic.check_folder_replaceable(run_dir, what, RUN_FOLDER)
 
 
 def save_run(
@@ -337,6 +342,6 @@ def save_run(
     report needs no data source.
     """
     run_dir = Path(run_dir)
-    with atomic.atomic_folder(run_dir) as tmp:
+    with atomic.atomic_folder(run_dir, "run folder", RUN_FOLDER) as tmp:
         paths = _save_files(result, tmp, class_names, **options)
     return {name: str(run_dir / Path(path).relative_to(tmp)) for name, path in paths.items()}
