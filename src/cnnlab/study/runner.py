@@ -24,6 +24,7 @@ from cnnlab import atomic
 from cnnlab.config import Execution
 from cnnlab.errors import CnnlabError
 from cnnlab.execution.events import EventKind
+from cnnlab.nn.architectures import is_module_net
 from cnnlab.store import DATABASE_NAME, KEPT, RunRecord, Status, Store
 from cnnlab.study import search
 from cnnlab.study.callbacks import Callback, CallbackList, TrainBegin
@@ -100,8 +101,12 @@ class StudyRun:
         if not (self.study_dir / DATABASE_NAME).exists():
             # A new study trains every run: check them against the data before writing anything.
             self.data.check(plan + self._search_corners())
-        elif self.study.searches:  # a space edited since: every trial it can draw must fit
-            self.data.check(self._search_corners())
+        else:  # a space edited since: every trial it can draw must fit; a module net's
+            # package may have changed since: its nets are built again
+            nets = [run for run in plan if is_module_net(run.config)]
+            corners = self._search_corners() if self.study.searches else []
+            if nets or corners:
+                self.data.check(nets + corners)
         with held(self.study_dir, force=self.force), Store.open(self.study_dir) as store:
             session = _Session(self, store, told)
             skipped = session.start(plan)
