@@ -286,7 +286,7 @@ def test_the_example_study_runs_in_workers_resumes_and_reports(site, tmp_path):
     best = out / next(iter(runs.values())).artifacts["weights"]
     explained = _cnnlab(site, "explain", str(best.parent), "--out", str(tmp_path / "explain"))
     assert explained.returncode == 0, explained.stderr
-    page = (tmp_path / "explain" / "index.html").read_text()
+    page = (tmp_path / "explain" / "explain.html").read_text()
     assert "Grad-CAM" in page and "net.blocks" in page  # on the last image-shaped Conv2d
     onnx = str(tmp_path / "senet.onnx")
     exported = _cnnlab(site, "export-model", str(best.parent), "--onnx", onnx)

@@ -174,11 +174,24 @@ class _Session:
             f"study {study.study.name}: {len(plan)} runs, {len(plan) - len(todo)} already"
             f" finished, {len(todo)} to run -> {study.study_dir}"
         )
+        if any(is_module_net(run.config) for run in todo) and self._on_cuda():
+            self.callbacks.on_message(
+                "module nets train one run per CUDA stream: grouping needs layer specs"
+            )
         self.train(todo)
         store.clear_trials()  # the searches replay theirs
         for line in describe_searches(study.study, study.repeats):
             self.callbacks.on_message(line)
         return len(plan) - len(todo)
+
+    def _on_cuda(self) -> bool:
+        """Whether this machine's runs train on CUDA (Ray's nodes decide for themselves)."""
+        execution = self.study.execution
+        if execution.backend != "local" or execution.device == "cpu":
+            return False
+        from cnnlab.training.device import resolve_device  # torch: runs are about to train
+
+        return resolve_device(execution.device).type == "cuda"
 
     def kept(self, run: PlannedRun, record: RunRecord) -> bool:
         """Whether the store keeps `run` as it is: finished with its files intact; a pruned run

@@ -236,9 +236,9 @@ class _Parser(SearchParsing):
         self.net_fields: dict[str, FactoryField] = {}
         self.net_keys: set[str] = set()
         self.net_note = ""
-        inline = document.get("architectures", {})
+        inline = _table(document.get("architectures"))
         for arch in _named_archs(document):
-            if arch in ARCHITECTURES or (isinstance(inline, dict) and arch in inline):
+            if arch in ARCHITECTURES or arch in inline:
                 continue
             if arch not in module_architectures():
                 if not self.check_architectures:
@@ -485,43 +485,45 @@ class _Parser(SearchParsing):
 _NOT_RUN_KEYS = ("layers", "arch_fields", "arch_package")  # set by the file's structure
 
 
+def _table(value: Any) -> dict[str, Any]:
+    """`value` where it is a table, else an empty one (the pre-scan reads unchecked TOML)."""
+    return value if isinstance(value, dict) else {}
+
+
 def _named_archs(document: dict[str, Any]) -> list[str]:
     """Every architecture name a study file's run tables give (before they are checked)."""
-    tables = [document.get("defaults", {})]
-    experiments = document.get("experiments", {})
-    for table in experiments.values() if isinstance(experiments, dict) else ():
-        if not isinstance(table, dict):
-            continue
+    tables = [_table(document.get("defaults"))]
+    for table in map(_table, _table(document.get("experiments")).values()):
         tables.append(table)
-        tables.append({"arch": (table.get("grid") or {}).get("arch")})
-        variants = table.get("variants", [])
-        tables += variants if isinstance(variants, list) else []
-        space = (table.get("search") or {}).get("space") or {}
-        tables.append({"arch": (space.get("arch") or {}).get("choices")})
+        tables.append({"arch": _table(table.get("grid")).get("arch")})
+        variants = table.get("variants")
+        tables += [_table(v) for v in variants] if isinstance(variants, list) else []
+        space = _table(_table(table.get("search")).get("space"))
+        tables.append({"arch": _table(space.get("arch")).get("choices")})
     names = []
     for table in tables:
-        value = table.get("arch") if isinstance(table, dict) else None
+        value = table.get("arch")
         names += value if isinstance(value, list) else [value]
-    return [name for name in dict.fromkeys(names) if isinstance(name, str)]
+    return list(dict.fromkeys(name for name in names if isinstance(name, str)))
 
 
 def _run_table_keys(document: dict[str, Any]) -> set[str]:
     """Every key of a study file's run tables and grids (a finished study's, read leniently)."""
-    keys = set(document.get("defaults", {}))
-    for table in (document.get("experiments") or {}).values():
-        if isinstance(table, dict):
-            keys |= set(table) | set(table.get("grid") or {})
-            for variant in table.get("variants") or []:
-                keys |= set(variant) if isinstance(variant, dict) else set()
+    keys = set(_table(document.get("defaults")))
+    for table in map(_table, _table(document.get("experiments")).values()):
+        keys |= set(table) | set(_table(table.get("grid")))
+        variants = table.get("variants")
+        for variant in variants if isinstance(variants, list) else []:
+            keys |= set(_table(variant))
     return {key for key in keys if isinstance(key, str)} - set(_EXPERIMENT_KEYS) - {"name"}
 
 
 def _arch_keys(document: dict[str, Any], arch: str) -> tuple[str, ...]:
     """The key path of the first run table that names `arch` (for the error's line)."""
-    if document.get("defaults", {}).get("arch") == arch:
+    if _table(document.get("defaults")).get("arch") == arch:
         return ("defaults", "arch")
-    for name, table in (document.get("experiments") or {}).items():
-        if isinstance(table, dict) and arch in str(table):
+    for name, table in _table(document.get("experiments")).items():
+        if arch in str(table):
             return ("experiments", name, "arch")
     return ("defaults", "arch")
 
