@@ -105,6 +105,7 @@ SLOW_TESTS = {
     "test_report.py::test_variants_are_each_held_against_the_first",
     "test_report.py::test_a_single_repeat_makes_no_claim_of_difference_or_cause",
     "test_explain.py::test_a_studys_report_shows_its_best_runs_from_inside",
+    "test_module_nets.py::test_the_example_study_runs_in_workers_resumes_and_reports",
 }
 
 

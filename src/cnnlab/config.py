@@ -87,6 +87,10 @@ class RunConfig:
     # by a wrong class drawn uniformly (a planted harm of known size, for calibration); 0: off
     deterministic: bool = False  # CUDA: deterministic kernels, no TF32, no autotuner, trained
     # alone (never grouped), so a resumed run repeats itself on the same GPU (docs/cuda.md)
+    # A module net (an installed package's factory, nn/architectures.py); None for spec nets,
+    # so their run ids stay as they were.
+    arch_fields: dict[str, Any] | None = None  # the factory's own fields, by keyword
+    arch_package: str | None = None  # the distribution that provides `arch`, as planned
 
 
 @dataclass(frozen=True)
@@ -208,7 +212,8 @@ FIELDS = tuple(field.name for field in dataclasses.fields(RunConfig))
 # The fields that came after the seed's vocabulary: at their defaults a run trains as Keras's
 # plain loop (the grouped CUDA path, `group_plan.groupable`, trains only such runs).
 MODERN_FIELDS = FIELDS[FIELDS.index("momentum") :]
-SETTABLE = tuple(name for name in FIELDS if name in RULES)  # every field but inline layers
+# Every field but inline layers and a module net's fields and package (set by name elsewhere).
+SETTABLE = tuple(name for name in FIELDS if name in RULES)
 DEFAULTS = {field.name: field.default for field in dataclasses.fields(RunConfig)}
 
 
@@ -254,6 +259,9 @@ def check_config(
         if value is not None or DEFAULTS[name] is not None:
             check_value(name, value)
     _check_combination(config)
+    check_arch_fields(config.arch_fields)
+    if config.arch_package is not None and not isinstance(config.arch_package, str):
+        raise ConfigError("arch_package", f"expected a string, got {_show(config.arch_package)}")
     low = classes or 1
     if available is not None and not low <= config.train_size <= available:
         raise ConfigError(
@@ -261,6 +269,26 @@ def check_config(
             f"{config.train_size} must be between {low} (one image per class) and"
             f" {available:,} (the training images available)",
         )
+
+
+FIELD_KINDS = (bool, int, float, str)  # what a module net's factory field may hold
+
+
+def check_arch_fields(fields: Any) -> None:
+    """A module net's fields: None, or names mapped to booleans, numbers or strings."""
+    if fields is None:
+        return
+    if not isinstance(fields, dict):
+        raise ConfigError("arch_fields", f"expected a table of fields, got {_show(fields)}")
+    for name, value in fields.items():
+        if not isinstance(name, str) or name in DEFAULTS:
+            raise ConfigError("arch_fields", f"{name!r} is not a factory field's name")
+        if not isinstance(value, FIELD_KINDS) or (
+            isinstance(value, float) and not math.isfinite(value)
+        ):
+            raise ConfigError(
+                name, f"expected true/false, a finite number or a string, got {_show(value)}"
+            )
 
 
 # The fields each check between fields reads: `_check_combination`'s, then those made against

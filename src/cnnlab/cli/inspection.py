@@ -48,12 +48,34 @@ def cmd_archs(args: argparse.Namespace) -> int:
     width = max(map(len, counts.values()))
     for name, count in counts.items():
         print(f"{name:<14}{count:>{width}} params  {DESCRIPTIONS.get(name, '')}")
+    for line in module_net_lines():
+        print(line)
     return 0
+
+
+def module_net_lines() -> list[str]:
+    """One line per installed module net: its package, fields and description."""
+    from cnnlab.nn import architectures
+
+    lines = []
+    for name, found in architectures.module_architectures().items():
+        try:
+            fields = architectures.factory_fields(name)
+            about = architectures.describe_module_net(name)
+            shown = ", ".join(f"{field}={spec.default!r}" for field, spec in fields.items())
+        except CnnlabError as error:
+            about, shown = f"cannot be loaded: {error}", "-"
+        lines.append(
+            f"{name:<14}module net from {found.package} {found.version}  fields: {shown or '-'}"
+            f"  {about}"
+        )
+    return lines
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
     from cnnlab import config
-    from cnnlab.nn.architectures import get_architecture
+    from cnnlab.config import RunConfig
+    from cnnlab.nn.architectures import get_architecture, is_module_net
     from cnnlab.nn.summary import format_summary
 
     refuse_resizing(args, args.dataset, "summary describes the net on them as they are")
@@ -64,6 +86,8 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
         data = load_dataset(args.dataset, args.data, **options)
         shape_and_classes = (data.input_shape, data.num_classes)
+    if is_module_net(RunConfig(arch=args.arch)):
+        return _module_summary(args, shape_and_classes)
     layers = get_architecture(args.arch)
     try:
         print(format_summary(args.arch, layers, *shape_and_classes, detail=args.detail))
@@ -73,6 +97,18 @@ def cmd_summary(args: argparse.Namespace) -> int:
             f"{args.arch} does not fit {args.dataset} ({'x'.join(map(str, shape))} images,"
             f" {classes} classes): {error}"
         ) from None
+    return 0
+
+
+def _module_summary(args: argparse.Namespace, shape_and_classes: tuple) -> int:
+    from cnnlab.cli.options import with_arch_fields
+    from cnnlab.config import RunConfig
+    from cnnlab.nn.module_nets import build_module_net, check_module_net, module_summary
+
+    config = with_arch_fields(RunConfig(arch=args.arch), args.arch_field)
+    check_module_net(config, *shape_and_classes)
+    model = build_module_net(config, *shape_and_classes)
+    print(module_summary(model, args.arch, shape_and_classes[1]))
     return 0
 
 

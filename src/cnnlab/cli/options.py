@@ -22,7 +22,41 @@ def run_config(args: argparse.Namespace) -> RunConfig:
     except config.ConfigError as error:
         flag = "--" + error.key.replace("_", "-")
         raise CnnlabError(f"{flag} {getattr(run, error.key)}: {error.reason}") from None
-    return run
+    return with_arch_fields(run, getattr(args, "arch_field", []))
+
+
+def with_arch_fields(run: RunConfig, pairs: list[str]) -> RunConfig:
+    """`run` with `--arch-field NAME=VALUE`s (a module net's) and its package, checked."""
+    import dataclasses
+
+    from cnnlab.config import ConfigError
+    from cnnlab.nn import architectures
+
+    if not architectures.is_module_net(run):
+        if pairs:
+            raise CnnlabError(f"--arch-field: {run.arch} takes none (only a module net does)")
+        return run
+    fields = dict(_name_and_value(pair) for pair in pairs)
+    package = architectures.module_architecture(run.arch).package
+    run = dataclasses.replace(run, arch_fields=fields or None, arch_package=package)
+    try:
+        return dataclasses.replace(run, arch_fields=architectures.canonical_fields(run))
+    except ConfigError as error:
+        raise CnnlabError(f"--arch-field {error.key}: {error.reason}") from None
+
+
+def _name_and_value(pair: str) -> tuple[str, object]:
+    """'width=32' -> ('width', 32): the value as TOML reads it, else the text itself."""
+    import tomllib
+
+    name, equals, text = pair.partition("=")
+    if not equals or not name.strip():
+        raise CnnlabError(f"--arch-field {pair!r}: expected NAME=VALUE, e.g. width=32")
+    try:
+        value = tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        value = text
+    return name.strip(), value
 
 
 def load_options(args: argparse.Namespace) -> dict:

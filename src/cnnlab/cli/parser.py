@@ -35,6 +35,18 @@ def _add_run_fields(parser: argparse.ArgumentParser) -> None:
         )
 
 
+def _add_arch_fields(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--arch-field",
+        dest="arch_field",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a module net's own field, passed to its factory (repeatable; VALUE as in TOML:"
+        " 32, 0.5, true, or a string)",
+    )
+
+
 def _boolean(text: str) -> bool:
     """A true/false flag value, as TOML spells it (also yes/no, on/off, 1/0)."""
     value = {"true": True, "yes": True, "on": True, "1": True}.get(text.lower())
@@ -173,10 +185,13 @@ def build_parser() -> argparse.ArgumentParser:
     convolve.add_argument("--out", default="convolved", metavar="DIR")
     convolve.set_defaults(handler=inspection.cmd_convolve)
 
-    archs = commands.add_parser("archs", help="list the registered architectures")
+    archs = commands.add_parser(
+        "archs", help="list the registered architectures and the installed module nets"
+    )
     archs.set_defaults(handler=inspection.cmd_archs)
     summary = commands.add_parser("summary", help="Keras-style layer table of an architecture")
     summary.add_argument("arch", metavar="ARCH")
+    _add_arch_fields(summary)
     _add_data_option(summary)
     _add_dataset_option(summary)
     summary.add_argument(
@@ -189,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train one ConvNet with Keras semantics")
     _add_data_option(train)
     _add_run_fields(train)
+    _add_arch_fields(train)
     _add_dataset_option(train, named=False)
     train.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     train.add_argument("--out", default=None, metavar="DIR", help="run folder to write")

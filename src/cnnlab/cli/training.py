@@ -18,7 +18,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     import contextlib
     import time
 
+    from cnnlab.config import DATASET_SHAPES
     from cnnlab.data.datasets import load_dataset
+    from cnnlab.nn.architectures import is_module_net
+    from cnnlab.nn.module_nets import check_module_net
     from cnnlab.nn.shapes import resolve_layers
     from cnnlab.store import Status
     from cnnlab.training import loop, runfolder
@@ -30,7 +33,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     refuse_resizing(args, config.dataset, "a run's config does not record a resize")
     resolve_device(args.device)
     if config.dataset != "images":  # an image folder's shape is known once it is read
-        resolve_layers(config)
+        if is_module_net(config):
+            check_module_net(config, *DATASET_SHAPES[config.dataset])
+        else:
+            resolve_layers(config)
     data = load_dataset(config.dataset, args.data, **load_options(args))
     loop.subset_indices(config, data)  # the config against the data, before training
     out = args.out or (

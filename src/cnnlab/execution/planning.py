@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from cnnlab.config import TTA_VIEWS, RunConfig, check_workers
 from cnnlab.errors import CnnlabError
-from cnnlab.nn.architectures import get_architecture
+from cnnlab.nn.architectures import get_architecture, is_module_net
 from cnnlab.nn.shapes import dataset_input, forward_flops
 from cnnlab.nn.specs import parse_specs
 from cnnlab.training.group_plan import plan_groups
@@ -32,11 +32,12 @@ def run_flops(
     `input_shape` defaults to the config's named dataset's (an estimate for "images").
     """
     input_shape = input_shape or dataset_input(config)[0]
-    layers = config.layers if config.layers is not None else get_architecture(config.arch)
     try:
+        layers = config.layers if config.layers is not None else get_architecture(config.arch)
         forward = forward_flops(parse_specs(layers), input_shape)
-    except CnnlabError:  # an image folder's net on a guessed shape: no estimate, not an error
-        forward = 0
+    except CnnlabError:  # an image folder's net on a guessed shape: no estimate, not an error;
+        # a module net has no specs to count: its runs weigh by the images they pass through
+        forward = 1 if is_module_net(config) else 0
     trained = int(config.train_size * (1 - config.validation_split))  # Keras floors
     validation = config.train_size - trained
     views = TTA_VIEWS[config.tta]  # forward passes per validation or test image

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnlab.nn.facts import layer_facts
+from cnnlab.nn.module_nets import last_conv
 from cnnlab.nn.modules import ConvNet, KerasConv2d, ResidualBlock
 from cnnlab.nn.specs import Conv, Residual
 
@@ -36,7 +37,10 @@ class ImageInsight:
 
 
 def conv_layers(model: ConvNet) -> list[tuple[str, KerasConv2d]]:
-    """Every conv module with its Keras name (conv2d, conv2d_1, ...), in creation order."""
+    """Every conv module with its Keras name (conv2d, conv2d_1, ...), in creation order; a
+    module net's nn.Conv2d modules by their own names."""
+    if not model.specs:
+        return [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     facts = layer_facts(model.specs, model.input_shape)
     names = [fact.name for fact in facts if fact.kind == "Conv2D"]
     convs = [module for module in model.modules() if isinstance(module, KerasConv2d)]
@@ -53,7 +57,10 @@ def _blocks_post_order(module: nn.Module) -> Iterator[ResidualBlock]:
 
 
 def grad_cam_target(model: ConvNet) -> tuple[str, nn.Module] | None:
-    """The last top-level conv layer or residual block (its Add) before the features go flat."""
+    """The last top-level conv layer or residual block (its Add) before the features go flat;
+    a module net's last nn.Conv2d whose output is an image (`module_nets.last_conv`)."""
+    if not model.specs:
+        return last_conv(model, model.input_shape)
     conv_names = {id(module): name for name, module in conv_layers(model)}
     adds = [fact.name for fact in layer_facts(model.specs, model.input_shape) if fact.kind == "Add"]
     add_names = {

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnlab.errors import CnnlabError
-from cnnlab.nn.architectures import get_architecture
+from cnnlab.nn.architectures import get_architecture, is_module_net
+from cnnlab.nn.module_nets import build_module_net
 from cnnlab.nn.shapes import (
     INPUT_SHAPE,
     NUM_CLASSES,
@@ -435,6 +436,8 @@ def initialise(model: ConvNet, generator: torch.Generator | None = None) -> None
 
 def needs_whitening(model: ConvNet) -> bool:
     """Whether the net's first layer is a conv whose kernel `whiten_first_layer` must set."""
+    if not model.specs:  # a module net: the package's net sets its own weights
+        return False
     first = model.specs[0]
     return isinstance(first, Conv) and first.init == "whiten"
 
@@ -497,12 +500,16 @@ def build_model(
     num_classes: int | None = None,
     *,
     generator: torch.Generator | None = None,
-) -> ConvNet:
-    """A ConvNet (on the CPU, float32) from a RunConfig, a registry name or layer specs.
+) -> nn.Module:
+    """A ConvNet (on the CPU, float32) from a RunConfig, a registry name or layer specs; a
+    module net's config gives its `module_nets.ModuleNet`.
 
     `input_shape` (height, width, channels) and `num_classes` default to the config's dataset's,
     else CIFAR-10's. A whitened first layer is left for `whiten_first_layer`.
     """
+    if hasattr(spec, "arch") and is_module_net(spec):
+        shape, classes = dataset_input(spec)
+        return build_module_net(spec, input_shape or shape, num_classes or classes, generator)
     if hasattr(spec, "arch") and hasattr(spec, "layers"):
         layers = resolve_layers(spec, input_shape, num_classes)
         input_shape = input_shape or dataset_input(spec)[0]
@@ -517,10 +524,11 @@ def build_model(
 
 def count_parameters(model: nn.Module) -> int:
     """Keras's count_params(): every parameter, frozen ones and batch norms' moving statistics
-    included."""
+    included (a module net's torch batch norms too)."""
     moving = sum(
         module.running_mean.numel() + module.running_var.numel()
         for module in model.modules()
-        if isinstance(module, KerasBatchNorm)
+        if isinstance(module, KerasBatchNorm | nn.modules.batchnorm._NormBase)
+        and module.running_mean is not None
     )
     return sum(parameter.numel() for parameter in model.parameters()) + moving

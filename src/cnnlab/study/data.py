@@ -12,12 +12,13 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from cnnlab.config import Execution, RunConfig
+from cnnlab.config import ConfigError, Execution, RunConfig
 from cnnlab.errors import CnnlabError
 from cnnlab.machine import machine_description
+from cnnlab.nn.architectures import is_module_net
 from cnnlab.store import Store
-from cnnlab.study.plan import PlannedRun, check_run
-from cnnlab.study.studyfile import Study
+from cnnlab.study.plan import PlannedRun, check_run, origin
+from cnnlab.study.studyfile import Study, where
 
 
 class StudyData:
@@ -60,7 +61,24 @@ class StudyData:
         for name, group in by_dataset(runs).items():
             data = self.get(name)
             for run in group:
-                check_run(self.study, experiments[next(iter(run.experiments))], run.config, data)
+                experiment = experiments[next(iter(run.experiments))]
+                check_run(self.study, experiment, run.config, data)
+                if is_module_net(run.config):
+                    self._check_net(experiment, run.config, data)
+
+    def _check_net(self, experiment: Any, config: RunConfig, data: Any) -> None:
+        """A module net built and run on a batch of the data's shape, before anything trains."""
+        from cnnlab.nn.module_nets import check_module_net  # torch, only for a module net
+
+        shape, classes = tuple(data.train_images.shape[1:]), len(data.class_names)
+        try:
+            check_module_net(config, shape, classes)
+        except ConfigError as error:
+            keys = origin(self.study, experiment, error.key)
+            raise CnnlabError(f"{where(self.study, keys)}: {error.reason}") from None
+        except CnnlabError as error:
+            keys = origin(self.study, experiment, "arch")
+            raise CnnlabError(f"{where(self.study, keys)}: {error}") from None
 
     def for_training(
         self, runs: Sequence[PlannedRun], store: Store, *, force: bool

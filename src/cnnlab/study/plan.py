@@ -9,6 +9,7 @@ own rules and reported at the study file's line that sets the offending field. N
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from collections.abc import Callable, Iterator
@@ -17,6 +18,7 @@ from typing import Any
 
 from cnnlab.config import (
     DATASET_SHAPES,
+    DEFAULTS,
     ConfigError,
     RunConfig,
     check_config,
@@ -24,6 +26,12 @@ from cnnlab.config import (
     run_id,
 )
 from cnnlab.errors import CnnlabError
+from cnnlab.nn.architectures import (
+    canonical_fields,
+    check_module_fields,
+    is_module_net,
+    module_architecture,
+)
 from cnnlab.nn.shapes import resolve_layers
 from cnnlab.store import places_label
 from cnnlab.study import search
@@ -138,12 +146,26 @@ def _configs(
     fields = dict(fields)
     base_seed = fields.pop("seed", RunConfig.seed)
     arch = fields.get("arch", RunConfig.arch)
+    # A module net's own fields (the file's other keys) go to its factory, by keyword.
+    net_fields = {name: fields.pop(name) for name in list(fields) if name not in DEFAULTS}
     if arch in study.architectures:
         fields["layers"] = study.architectures[arch]
+    elif is_module_net(RunConfig(arch=arch)):
+        fields["arch_fields"] = net_fields or None
+        fields["arch_package"] = _package(study, experiment, arch)
+    if net_fields and "arch_fields" not in fields:
+        name = next(iter(net_fields))
+        keys = origin(study, experiment, name)
+        raise CnnlabError(
+            f"{where(study, keys)}: {arch} is not a module net; only a module net's factory"
+            " takes fields of its own"
+        )
     configs = []
     for offset in offsets:
         config = RunConfig(**fields, seed=base_seed + offset)
         check_run(study, experiment, config)
+        if config.arch_fields is not None:  # checked: those at the factory's default go
+            config = dataclasses.replace(config, arch_fields=canonical_fields(config))
         configs.append(config)
     return configs
 
@@ -173,14 +195,29 @@ def check_run(study: Study, experiment: Experiment, config: RunConfig, data: Any
             (height, width, _), _ = images
             check_run_augmentation(config, height, width)
     except ConfigError as error:
-        keys = _origin(study, experiment, error.key)
+        keys = origin(study, experiment, error.key)
         raise CnnlabError(f"{where(study, keys)}: {error.reason}") from None
-    if images is not None:
+    if is_module_net(config):  # its fields here; its net in `study.data` (torch)
+        try:
+            check_module_fields(config)
+        except ConfigError as error:
+            keys = origin(study, experiment, error.key)
+            raise CnnlabError(f"{where(study, keys)}: {error.reason}") from None
+    elif images is not None:
         try:
             resolve_layers(config, *images)  # the net must fit the images and the classes
         except CnnlabError as error:
-            keys = _origin(study, experiment, "arch")
+            keys = origin(study, experiment, "arch")
             raise CnnlabError(f"{where(study, keys)}: {error}") from None
+
+
+def _package(study: Study, experiment: Experiment, arch: str) -> str:
+    """The installed package that provides module net `arch` (one line where none does)."""
+    try:
+        return module_architecture(arch).package
+    except CnnlabError as error:
+        keys = origin(study, experiment, "arch")
+        raise CnnlabError(f"{where(study, keys)}: {error}") from None
 
 
 def _images_of(config: RunConfig, data: Any) -> tuple[tuple[int, int, int], int] | None:
@@ -190,7 +227,7 @@ def _images_of(config: RunConfig, data: Any) -> tuple[tuple[int, int, int], int]
     return DATASET_SHAPES.get(config.dataset)
 
 
-def _origin(study: Study, experiment: Experiment, field: str) -> tuple[str, ...]:
+def origin(study: Study, experiment: Experiment, field: str) -> tuple[str, ...]:
     """The key path that gives `field` its value in `experiment` (grid, fixed, defaults)."""
     own = ("experiments", experiment.name)
     if experiment.search is not None and field in experiment.search.space:

@@ -24,6 +24,7 @@ from cnnlab import atomic
 from cnnlab.config import Execution
 from cnnlab.errors import CnnlabError
 from cnnlab.execution.events import EventKind
+from cnnlab.nn.architectures import is_module_net
 from cnnlab.store import DATABASE_NAME, KEPT, RunRecord, Status, Store
 from cnnlab.study import search
 from cnnlab.study.callbacks import Callback, CallbackList, TrainBegin
@@ -101,8 +102,12 @@ class StudyRun:
         if not (self.study_dir / DATABASE_NAME).exists():
             # A new study trains every run: check them against the data before writing anything.
             self.data.check(plan + self._search_corners())
-        elif self.study.searches:  # a space edited since: every trial it can draw must fit
-            self.data.check(self._search_corners())
+        else:  # a space edited since: every trial it can draw must fit; a module net's
+            # package may have changed since: its nets are built again
+            nets = [run for run in plan if is_module_net(run.config)]
+            corners = self._search_corners() if self.study.searches else []
+            if nets or corners:
+                self.data.check(nets + corners)
         with held(self.study_dir, force=self.force), Store.open(self.study_dir) as store:
             session = _Session(self, store, told)
             skipped = session.start(plan)
@@ -170,11 +175,24 @@ class _Session:
             f"study {study.study.name}: {len(plan)} runs, {len(plan) - len(todo)} already"
             f" finished, {len(todo)} to run -> {study.study_dir}"
         )
+        if any(is_module_net(run.config) for run in todo) and self._on_cuda():
+            self.callbacks.on_message(
+                "module nets train one run per CUDA stream: grouping needs layer specs"
+            )
         self.train(todo)
         store.clear_trials()  # the searches replay theirs
         for line in describe_searches(study.study, study.repeats):
             self.callbacks.on_message(line)
         return len(plan) - len(todo)
+
+    def _on_cuda(self) -> bool:
+        """Whether this machine's runs train on CUDA (Ray's nodes decide for themselves)."""
+        execution = self.study.execution
+        if execution.backend != "local" or execution.device == "cpu":
+            return False
+        from cnnlab.training.device import resolve_device  # torch: runs are about to train
+
+        return resolve_device(execution.device).type == "cuda"
 
     def kept(self, run: PlannedRun, record: RunRecord) -> bool:
         """Whether the store keeps `run` as it is: finished with its files intact; a pruned run

@@ -152,7 +152,8 @@ class SearchParsing:
         raw_space = table.get("space")
         if not raw_space:
             self.fail((*keys, "space"), "missing: give [..search.space] with at least one field")
-        searchable = [name for name in run_keys if name != "seed"]
+        # A module net's own fields are grid fields, not searched (their kinds are no RULES).
+        searchable = [name for name in run_keys if name != "seed" and name in RULES]
         self.check_keys(raw_space, (*keys, "space"), searchable)
         space = {
             name: self.param(name, spec, (*keys, "space", name)) for name, spec in raw_space.items()

@@ -38,7 +38,14 @@ from typing import Any
 
 from cnnlab.config import BACKENDS, DATASET_SHAPES, ConfigError, RunConfig, check_value
 from cnnlab.errors import CnnlabError
-from cnnlab.nn.architectures import get_architecture
+from cnnlab.nn.architectures import (
+    ARCHITECTURES,
+    FactoryField,
+    factory_fields,
+    get_architecture,
+    module_architecture,
+    module_architectures,
+)
 from cnnlab.nn.shapes import resolve_layers
 from cnnlab.nn.specs import parse_specs
 from cnnlab.study.searchfile import MAX_REPEATS, Search, SearchParsing, typed_repr
@@ -188,7 +195,8 @@ class _Parser(SearchParsing):
         valid = list(valid)
         for key in table:
             if key not in valid:
-                self.fail((*keys, key), f"unknown key; valid keys: {', '.join(valid)}")
+                note = getattr(self, "net_note", "") if "arch" in valid else ""
+                self.fail((*keys, key), f"unknown key; valid keys: {', '.join(valid)}{note}")
 
     def typed(self, value: Any, expected: type, keys: tuple[str, ...]) -> Any:
         ok = isinstance(value, expected) and not (expected is int and isinstance(value, bool))
@@ -197,7 +205,17 @@ class _Parser(SearchParsing):
         return value
 
     def run_field(self, name: str, value: Any, keys: tuple[str, ...]) -> Any:
-        """A run field's value, checked by the config's own rules (`config.check_value`)."""
+        """A run field's value, checked by the config's own rules (`config.check_value`); a
+        module net's field by its factory's signature (each run's net is checked in the plan)."""
+        if name not in self.field_types:
+            if name not in self.net_fields:
+                return value  # a finished study's net that is not installed here
+            kind = self.net_fields[name].kind
+            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+                return float(value)
+            if type(value) is not kind:
+                self.fail(keys, f"expected {_type_name(kind)}, got {typed_repr(value)}")
+            return value
         try:
             return check_value(name, value)
         except ConfigError as error:
@@ -207,8 +225,40 @@ class _Parser(SearchParsing):
         return {
             name: self.run_field(name, value, (*keys, name))
             for name, value in table.items()
-            if name in self.field_types
+            if name in self.field_types or name in self.net_keys
         }
+
+    def module_nets(self, document: dict[str, Any]) -> None:
+        """The fields of the module nets the file names (`self.net_fields`), and every key a run
+        table may hold beside the run fields (`self.net_keys`). A net that is not installed is
+        refused where it is named; a finished study's (`check_architectures` off) lets its
+        tables' other keys through, as they were checked when it ran."""
+        self.net_fields: dict[str, FactoryField] = {}
+        self.net_keys: set[str] = set()
+        self.net_note = ""
+        inline = _table(document.get("architectures"))
+        for arch in _named_archs(document):
+            if arch in ARCHITECTURES or arch in inline:
+                continue
+            if arch not in module_architectures():
+                if not self.check_architectures:
+                    self.net_keys |= _run_table_keys(document)
+                continue  # an unknown name: refused with the key that names it
+            try:
+                fields = factory_fields(arch)
+            except CnnlabError as error:
+                self.fail(_arch_keys(document, arch), str(error))
+            for name, declared in fields.items():
+                if name in _EXPERIMENT_KEYS or name == "name":
+                    self.fail(
+                        _arch_keys(document, arch),
+                        f"{module_architecture(arch).label()}: its field {name!r} is a study"
+                        " file key; rename it in the factory",
+                    )
+                self.net_fields.setdefault(name, declared)
+            found = module_architecture(arch)
+            self.net_note += f"; {found.label()} declares: {', '.join(fields) or 'no fields'}"
+        self.net_keys |= set(self.net_fields)
 
     def study(self, document: dict[str, Any]) -> Study:
         self.check_keys(document, (), ["study", "defaults", "architectures", "experiments"])
@@ -239,7 +289,9 @@ class _Parser(SearchParsing):
         if data is not None:
             data = str((self.path.parent / Path(data).expanduser()).resolve())
 
-        run_keys = [f for f in self.field_types if f != "layers"]
+        self.module_nets(document)
+        run_keys = [f for f in self.field_types if f not in _NOT_RUN_KEYS]
+        run_keys += sorted(self.net_keys - set(run_keys))
         defaults = document.get("defaults", {})
         self.check_keys(defaults, ("defaults",), run_keys)
         defaults = self.run_fields(defaults, ("defaults",))
@@ -430,10 +482,58 @@ class _Parser(SearchParsing):
         return variants
 
 
+_NOT_RUN_KEYS = ("layers", "arch_fields", "arch_package")  # set by the file's structure
+
+
+def _table(value: Any) -> dict[str, Any]:
+    """`value` where it is a table, else an empty one (the pre-scan reads unchecked TOML)."""
+    return value if isinstance(value, dict) else {}
+
+
+def _named_archs(document: dict[str, Any]) -> list[str]:
+    """Every architecture name a study file's run tables give (before they are checked)."""
+    tables = [_table(document.get("defaults"))]
+    for table in map(_table, _table(document.get("experiments")).values()):
+        tables.append(table)
+        tables.append({"arch": _table(table.get("grid")).get("arch")})
+        variants = table.get("variants")
+        tables += [_table(v) for v in variants] if isinstance(variants, list) else []
+        space = _table(_table(table.get("search")).get("space"))
+        tables.append({"arch": _table(space.get("arch")).get("choices")})
+    names = []
+    for table in tables:
+        value = table.get("arch")
+        names += value if isinstance(value, list) else [value]
+    return list(dict.fromkeys(name for name in names if isinstance(name, str)))
+
+
+def _run_table_keys(document: dict[str, Any]) -> set[str]:
+    """Every key of a study file's run tables and grids (a finished study's, read leniently)."""
+    keys = set(_table(document.get("defaults")))
+    for table in map(_table, _table(document.get("experiments")).values()):
+        keys |= set(table) | set(_table(table.get("grid")))
+        variants = table.get("variants")
+        for variant in variants if isinstance(variants, list) else []:
+            keys |= set(_table(variant))
+    return {key for key in keys if isinstance(key, str)} - set(_EXPERIMENT_KEYS) - {"name"}
+
+
+def _arch_keys(document: dict[str, Any], arch: str) -> tuple[str, ...]:
+    """The key path of the first run table that names `arch` (for the error's line)."""
+    if _table(document.get("defaults")).get("arch") == arch:
+        return ("defaults", "arch")
+    for name, table in _table(document.get("experiments")).items():
+        if arch in str(table):
+            return ("experiments", name, "arch")
+    return ("defaults", "arch")
+
+
 def _check_registered(parser: _Parser, arch: str, keys: tuple[str, ...]) -> None:
-    """An architecture that is neither defined in the file nor registered is an error."""
+    """An architecture that is neither defined in the file, registered nor installed is an
+    error."""
     try:
-        get_architecture(arch)
+        if arch not in module_architectures():
+            get_architecture(arch)
     except CnnlabError as error:
         parser.fail(keys, f"{error} (or define it under [architectures.{arch}])")
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from cnnlab.config import DEFAULTS, MODERN_FIELDS, RunConfig
 from cnnlab.nn import specs
-from cnnlab.nn.architectures import get_architecture
+from cnnlab.nn.architectures import get_architecture, is_module_net
 
 # Fields that may differ between the members of one group; every other field must match.
 MEMBER_FIELDS = ("seed", "l1", "l2")
@@ -27,7 +27,10 @@ def group_key(config: RunConfig) -> tuple[Any, ...]:
 
 
 def groupable(config: RunConfig) -> bool:
-    """Whether a GroupNet can train `config`: its layers and training are the seed's kind."""
+    """Whether a GroupNet can train `config`: its layers and training are the seed's kind (a
+    module net has no layer specs to stack: it trains alone, on CUDA one run per stream)."""
+    if is_module_net(config):
+        return False
     if config.optimizer not in GROUP_OPTIMIZERS or any(
         getattr(config, name) != DEFAULTS[name] for name in MODERN_FIELDS
     ):

@@ -40,7 +40,8 @@ from cnnlab.config import (
 )
 from cnnlab.data.datasets import Dataset, stratified_subset, validation_split
 from cnnlab.errors import CnnlabError
-from cnnlab.nn import modules
+from cnnlab.nn import module_nets, modules
+from cnnlab.nn.architectures import is_module_net, register_factory
 from cnnlab.nn.shapes import resolve_layers
 from cnnlab.nn.specs import LayerSpec
 from cnnlab.training import augment, measure, metrics, optim
@@ -242,7 +243,11 @@ def data_input(data: Dataset) -> tuple[tuple[int, int, int], int]:
 
 
 def layers_for(config: RunConfig, data: Dataset) -> tuple[LayerSpec, ...]:
-    """The config's layers, checked against the dataset's images and classes."""
+    """The config's layers, checked against the dataset's images and classes; a module net has
+    none, and is built and run on a batch instead (`module_nets.check_module_net`)."""
+    if is_module_net(config):
+        module_nets.check_module_net(config, *data_input(data))
+        return ()
     return resolve_layers(config, *data_input(data))
 
 
@@ -472,17 +477,27 @@ def _score(configs, data, on_device, members, trained, fit_seconds) -> list[RunR
     return results
 
 
+def new_net(
+    config: RunConfig, on_device: OnDevice, generator: torch.Generator
+) -> modules.ConvNet | module_nets.ModuleNet:
+    """A run's untrained net on the CPU, its initial weights drawn from `generator`."""
+    if is_module_net(config):
+        shape, classes = on_device.input_shape, on_device.num_classes
+        return module_nets.build_module_net(config, shape, classes, generator)
+    model = modules.ConvNet(on_device.layers, on_device.input_shape)
+    modules.initialise(model, generator)
+    return model
+
+
 class LoneNet:
-    """One `ConvNet` as `Members`: Keras's loop, one batch of one network per step."""
+    """One net (a `ConvNet` or a module net) as `Members`: Keras's loop, one batch per step."""
 
     count = 1
 
     def __init__(self, config: RunConfig, on_device: OnDevice):
         device = on_device.images.device
         init_generator, self.shuffle_generator, dropout_generator = generators(config.seed, device)
-        self.model = modules.ConvNet(on_device.layers, on_device.input_shape)
-        modules.initialise(self.model, init_generator)
-        self.model.to(device)
+        self.model = new_net(config, on_device, init_generator).to(device)
         if modules.needs_whitening(self.model):
             first = on_device.images[: min(on_device.train_count, WHITENING_IMAGES)]
             modules.whiten_first_layer(self.model, normalise(first))
@@ -546,12 +561,28 @@ def fit(
     progress: Progress | None = None,
     measurements: bool = True,
     prune: Prune | None = None,
+    factory: Callable[..., torch.nn.Module] | None = None,
 ) -> RunResult:
     """Train `config` on `data` as Keras would; `progress` gets each epoch's row as it ends.
 
     `measurements` (on by default) records `measure.Measurer`'s readings in the result.
     `prune`, told the history after each epoch, may stop the run there (`Status.PRUNED`).
+    `factory` trains a module net straight from Python: `factory(input_shape, num_classes,
+    **config.arch_fields)` under the name `config.arch` (which no architecture may have).
     """
+    if factory is not None:
+        register_factory(config.arch, factory)
+        try:
+            return fit(
+                config,
+                data,
+                device=device,
+                progress=progress,
+                measurements=measurements,
+                prune=prune,
+            )
+        finally:
+            register_factory(config.arch, None)
     target = resolve_device(device)
     # The deterministic run field's math, else TF32 and the autotuner (docs/cuda.md).
     on_cuda = target.type == "cuda"

@@ -27,6 +27,8 @@ import torch.nn.functional as F
 
 from cnnlab.config import RunConfig
 from cnnlab.nn import modules
+from cnnlab.nn.architectures import is_module_net
+from cnnlab.nn.module_nets import loaded_module_net
 from cnnlab.nn.shapes import resolve_layers
 from cnnlab.training.device import images_to_device, normalise
 
@@ -82,6 +84,27 @@ def weight_layers(state: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return measured
 
 
+# A module net's activation layers, found by their type (a net that calls F.relu in its forward
+# pass has none to measure).
+ACTIVATION_MODULES = {
+    torch.nn.ReLU: "relu",
+    torch.nn.ReLU6: "relu6",
+    torch.nn.GELU: "gelu",
+    torch.nn.SiLU: "silu",
+    torch.nn.Mish: "mish",
+    torch.nn.LeakyReLU: "leaky_relu",
+    torch.nn.ELU: "elu",
+    torch.nn.Hardswish: "hardswish",
+    torch.nn.Tanh: "tanh",
+    torch.nn.Sigmoid: "sigmoid",
+}
+
+
+def activation_of(module: torch.nn.Module) -> str:
+    """A layer's activation: a spec layer's own, a torch activation module's by type."""
+    return getattr(module, "activation", None) or ACTIVATION_MODULES.get(type(module), "linear")
+
+
 def activations(model: modules.ConvNet, images: torch.Tensor) -> dict[str, dict[str, Any]]:
     """Per layer with a non-linear activation: zero share, dead-unit share, mean and spread."""
     measured: dict[str, dict[str, Any]] = {}
@@ -92,7 +115,7 @@ def activations(model: modules.ConvNet, images: torch.Tensor) -> dict[str, dict[
             zero = values == 0
             measured[name] = {
                 "kind": kind,
-                "activation": module.activation,
+                "activation": activation_of(module),
                 "units": int(values[0].numel()),
                 "zero_fraction": _number(zero.float().mean()),
                 "dead_fraction": _number(zero.all(0).float().mean()),
@@ -105,7 +128,7 @@ def activations(model: modules.ConvNet, images: torch.Tensor) -> dict[str, dict[
     handles = [
         module.register_forward_hook(record(name, type(module).__name__))
         for name, module in model.named_modules()
-        if getattr(module, "activation", "linear") not in ("linear", "softmax")
+        if activation_of(module) not in ("linear", "softmax")
     ]
     try:
         with torch.inference_mode():
@@ -150,8 +173,11 @@ class Measurer:
         self.test_images = images_to_device(data.test_images[:PROBE_IMAGES], device)
         self.input_shape, self.device = on_device.input_shape, device
         # Each member's own net: grouped members differ in their penalties (l1, l2).
+        self.configs, self.num_classes = list(configs), on_device.num_classes
         self.layers = [
-            resolve_layers(config, on_device.input_shape, on_device.num_classes)
+            None
+            if is_module_net(config)
+            else resolve_layers(config, on_device.input_shape, on_device.num_classes)
             for config in configs
         ]
         self.smoothing = [config.label_smoothing for config in configs]
@@ -188,7 +214,10 @@ class Measurer:
             "seconds": seconds,
         }
 
-    def _model(self, member: int, state: dict[str, Any]) -> modules.ConvNet:
+    def _model(self, member: int, state: dict[str, Any]) -> torch.nn.Module:
+        if self.layers[member] is None:  # a module net: its factory builds the copy
+            config, shape = self.configs[member], self.input_shape
+            return loaded_module_net(config, shape, self.num_classes, state, self.device)
         return lone_model(self.layers[member], self.input_shape, state, self.device)
 
 

@@ -20,11 +20,11 @@ import numpy as np
 import torch
 
 from cnnlab import atomic, plots
-from cnnlab.config import DEFAULTS, ConfigError, RunConfig, check_value
+from cnnlab.config import DEFAULTS, ConfigError, RunConfig, check_arch_fields, check_value
 from cnnlab.data.datasets import Dataset, stratified_subset, validation_split
 from cnnlab.errors import CnnlabError
 from cnnlab.nn import modules
-from cnnlab.nn.architectures import get_architecture
+from cnnlab.nn.architectures import get_architecture, is_module_net
 from cnnlab.training import loop
 from cnnlab.training.device import images_to_device, resolve_device
 from cnnlab.training.metrics import HISTORY_KEYS, Evaluation, RunResult
@@ -33,7 +33,9 @@ from cnnlab.training.metrics import HISTORY_KEYS, Evaluation, RunResult
 def resolved_config(config: RunConfig) -> dict[str, Any]:
     """The config as JSON-ready data, with the registry's layers written out."""
     resolved = dataclasses.asdict(config)
-    if config.layers is None:
+    if is_module_net(config):
+        resolved["layers"] = None  # the package's factory rebuilds it from arch_fields
+    elif config.layers is None:
         resolved["layers"] = [dict(layer) for layer in get_architecture(config.arch)]
     else:
         resolved["layers"] = [dict(layer) for layer in config.layers]
@@ -189,7 +191,7 @@ class SavedRun:
     config: RunConfig
     history: list[dict[str, float]]
     metrics: dict[str, Any]
-    model: modules.ConvNet
+    model: torch.nn.Module  # a modules.ConvNet, or a module net's module_nets.ModuleNet
     measurements: dict[str, Any] = dataclasses.field(default_factory=dict)  # {}: none kept
 
 
@@ -253,6 +255,7 @@ def _config_from(data: dict[str, Any], path: Path) -> RunConfig:
         raise CnnlabError(f"{path}: unknown keys {', '.join(unknown)}")
     fields = dict(data)
     layers = fields.pop("layers", None)
+    module = {name: fields.pop(name, None) for name in ("arch_fields", "arch_package")}
     if layers is not None and not (
         isinstance(layers, list) and all(isinstance(layer, dict) for layer in layers)
     ):
@@ -261,9 +264,13 @@ def _config_from(data: dict[str, Any], path: Path) -> RunConfig:
         for name, value in fields.items():
             if value is not None or DEFAULTS[name] is not None:
                 fields[name] = check_value(name, value)
+        check_arch_fields(module["arch_fields"])
+        if not isinstance(module["arch_package"], str | None):
+            raise ConfigError("arch_package", "expected the name of a package")
+        config = RunConfig(**fields, **module, layers=None if layers is None else tuple(layers))
     except ConfigError as error:
         raise CnnlabError(f"{path}: {error}") from None
-    return RunConfig(**fields, layers=None if layers is None else tuple(layers))
+    return config
 
 
 def _weights_file(path: Path) -> dict[str, torch.Tensor]:
