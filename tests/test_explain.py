@@ -255,6 +255,28 @@ def test_the_cli_explains_a_grayscale_run_by_test_index(digits_run, tmp_path):
 # --- bad input: one line, exit 2, nothing written ------------------------------------------
 
 
+def test_grad_cam_reads_the_layer_named(rgb_run, tmp_path, capsys):
+    # The seed net's convs are conv2d to conv2d_3; Grad-CAM reads the last unless told.
+    run_dir, data = rgb_run
+    first = explain(run_dir, test_indices=[4], data=data, out=tmp_path / "first", layer="conv2d")
+    last = explain(run_dir, test_indices=[4], data=data, out=tmp_path / "last")
+    assert first.images[0].insight.grad_cam_layer == "conv2d"
+    assert last.images[0].insight.grad_cam_layer == "conv2d_3"
+    assert "on conv2d;" in first.page.read_text(encoding="utf-8")
+    predicted = first.images[0].insight.predicted
+    early, late = (
+        first.images[0].insight.grad_cam[predicted],
+        last.images[0].insight.grad_cam[predicted],
+    )
+    assert early.shape == late.shape == (32, 32) and not np.allclose(early, late)
+    error = _cli_error(
+        capsys, ["explain", str(run_dir), "--layer", "dense", "--out", str(tmp_path / "x")]
+    )
+    expected = "--layer 'dense': the net has no such layer; its conv layers: conv2d, conv2d_1,"
+    assert f"{expected} conv2d_2, conv2d_3" in error
+    assert not (tmp_path / "x").exists()
+
+
 def _cli_error(capsys, arguments: list[str]) -> str:
     code = main(arguments)
     error = capsys.readouterr().err

@@ -288,6 +288,10 @@ def test_the_example_study_runs_in_workers_resumes_and_reports(site, tmp_path):
     assert explained.returncode == 0, explained.stderr
     page = (tmp_path / "explain" / "explain.html").read_text()
     assert "Grad-CAM" in page and "net.blocks" in page  # on the last image-shaped Conv2d
+    first_block = ["--layer", "blocks.0", "--out", str(tmp_path / "first")]  # the net's own name
+    explained = _cnnlab(site, "explain", str(best.parent), *first_block)
+    assert explained.returncode == 0, explained.stderr
+    assert "on blocks.0;" in (tmp_path / "first" / "explain.html").read_text()
     onnx = str(tmp_path / "senet.onnx")
     exported = _cnnlab(site, "export-model", str(best.parent), "--onnx", onnx)
     assert exported.returncode == 0 and (tmp_path / "senet.onnx").stat().st_size > 0

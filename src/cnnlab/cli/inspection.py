@@ -162,6 +162,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         test_indices=args.test_index,
         data=args.data,
         out=args.out,
+        layer=args.layer,
         **load_options(args),
     )
     print(f"explain: {done.page} ({len(done.images)} images, {len(done.pngs)} PNGs)")

@@ -317,6 +317,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="the test set's image N (repeatable; default: the run's kept misclassified images)",
     )
     explain.add_argument("--out", metavar="DIR", help="where to write (default: RUN_DIR/explain)")
+    explain.add_argument(
+        "--layer",
+        metavar="NAME",
+        default=None,
+        help="the layer Grad-CAM reads (a conv layer's name as the page lists them; a module"
+        " net's module by its own name; default: the last conv layer)",
+    )
     _add_data_option(explain)
     _add_dataset_option(explain, named=False)
     explain.set_defaults(handler=inspection.cmd_explain)

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cnnlab.errors import CnnlabError
 from cnnlab.nn.facts import layer_facts
 from cnnlab.nn.module_nets import last_conv
 from cnnlab.nn.modules import ConvNet, KerasConv2d, ResidualBlock
@@ -56,9 +57,13 @@ def _blocks_post_order(module: nn.Module) -> Iterator[ResidualBlock]:
         yield module
 
 
-def grad_cam_target(model: ConvNet) -> tuple[str, nn.Module] | None:
-    """The last top-level conv layer or residual block (its Add) before the features go flat;
-    a module net's last nn.Conv2d whose output is an image (`module_nets.last_conv`)."""
+def grad_cam_target(model: ConvNet, layer: str | None = None) -> tuple[str, nn.Module] | None:
+    """The layer Grad-CAM reads: `layer` (a conv layer's name, as `conv_layers` names them; a
+    module net's any module by its own name), else the last top-level conv layer or residual
+    block (its Add) before the features go flat; a module net's last nn.Conv2d whose output is
+    an image (`module_nets.last_conv`)."""
+    if layer is not None:
+        return named_layer(model, layer)
     if not model.specs:
         return last_conv(model, model.input_shape)
     conv_names = {id(module): name for name, module in conv_layers(model)}
@@ -72,6 +77,20 @@ def grad_cam_target(model: ConvNet) -> tuple[str, nn.Module] | None:
         if isinstance(spec, Residual):
             return add_names[id(module)], module
     return None
+
+
+def named_layer(model: ConvNet, layer: str) -> tuple[str, nn.Module]:
+    """The layer `layer` names, or one line listing the names that would do."""
+    known = dict(conv_layers(model))
+    if not model.specs:
+        modules = dict(model.named_modules())
+        known.update(modules)
+        known.update({name.removeprefix("net."): module for name, module in modules.items()})
+    if layer in known and layer:
+        return layer, known[layer]
+    convs = [name.removeprefix("net.") for name, _ in conv_layers(model)]
+    shown = ", ".join(convs[:12]) + (", ..." if len(convs) > 12 else "")
+    raise CnnlabError(f"--layer {layer!r}: the net has no such layer; its conv layers: {shown}")
 
 
 def feature_maps(model: ConvNet, image: torch.Tensor) -> list[tuple[str, np.ndarray]]:
@@ -93,12 +112,15 @@ def feature_maps(model: ConvNet, image: torch.Tensor) -> list[tuple[str, np.ndar
     return [(name, captured[name]) for name, _ in conv_layers(model)]
 
 
-def grad_cam(model: ConvNet, image: torch.Tensor, target_class: int) -> np.ndarray | None:
-    """Captum's Grad-CAM (ReLU'd) of `target_class` on the last conv layer, upsampled
-    bilinearly to the input's size; None for a net without convs."""
+def grad_cam(
+    model: ConvNet, image: torch.Tensor, target_class: int, layer: str | None = None
+) -> np.ndarray | None:
+    """Captum's Grad-CAM (ReLU'd) of `target_class` on `layer` (default: the last conv layer,
+    `grad_cam_target`), upsampled bilinearly to the input's size; None for a net without
+    convs."""
     from captum.attr import LayerAttribution, LayerGradCam
 
-    target = grad_cam_target(model)
+    target = grad_cam_target(model, layer)
     if target is None:
         return None
     cam = LayerGradCam(model, target[1]).attribute(
@@ -124,9 +146,12 @@ def class_count(model: ConvNet) -> int:
         return int(model(torch.zeros(1, channels, height, width)).shape[1])
 
 
-def explain_image(model: ConvNet, image: np.ndarray, classes: Sequence[int] = ()) -> ImageInsight:
+def explain_image(
+    model: ConvNet, image: np.ndarray, classes: Sequence[int] = (), layer: str | None = None
+) -> ImageInsight:
     """One uint8 image (height x width x channels) through `model` (on the CPU, eval mode):
-    feature maps, and Grad-CAM and saliency for the predicted class and each of `classes`."""
+    feature maps, and Grad-CAM (on `layer`, default the last conv layer) and saliency for the
+    predicted class and each of `classes`."""
     model.eval()
     pixels = np.array(image, dtype=np.uint8)  # a writable copy: kept arrays may be read-only
     tensor = torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255
@@ -135,8 +160,8 @@ def explain_image(model: ConvNet, image: np.ndarray, classes: Sequence[int] = ()
     probabilities = F.softmax(logits, 0).cpu().numpy()
     predicted = int(logits.argmax())
     wanted = dict.fromkeys([*classes, predicted])
-    cams = {cls: grad_cam(model, tensor, cls) for cls in wanted}
-    target = grad_cam_target(model)
+    cams = {cls: grad_cam(model, tensor, cls, layer) for cls in wanted}
+    target = grad_cam_target(model, layer)
     return ImageInsight(
         probabilities,
         predicted,

@@ -23,7 +23,13 @@ import numpy as np
 from cnnlab import atomic, plots
 from cnnlab.errors import CnnlabError
 from cnnlab.insight import figures
-from cnnlab.insight.attribution import ImageInsight, class_count, conv_layers, explain_image
+from cnnlab.insight.attribution import (
+    ImageInsight,
+    class_count,
+    conv_layers,
+    explain_image,
+    named_layer,
+)
 from cnnlab.insight.explain_files import PAGE, REPORTED
 
 DEFAULT_IMAGES = 4  # misclassified test images explained when none are named
@@ -249,18 +255,22 @@ def explain(
     resample: str = "bilinear",
     kept: int = DEFAULT_IMAGES,
     samples: bool = False,
+    layer: str | None = None,
 ) -> Explanation:
     """Explain a run folder's net on image files and/or test images (by index; `data` is the
     dataset or its source), by default on the misclassified test images it keeps; writes PNGs
     and explain.html into `out` (default: RUN_DIR/explain); `image_size` and `resample` load
     an image-folder dataset of mixed sizes, as `load_dataset`; `kept`: how many kept images.
-    `samples` puts the two drawn sample images (`drawn_samples`) first."""
+    `samples` puts the two drawn sample images (`drawn_samples`) first; `layer` names the layer
+    Grad-CAM reads (default: the last conv layer)."""
     from cnnlab.training.runfolder import load_run
 
     run_dir = Path(run_dir)
     out_dir = Path(out) if out is not None else run_dir / "explain"
     check_out(out if out is not None else out_dir)
     run = load_run(run_dir)
+    if layer is not None:
+        named_layer(run.model, layer)  # a name that is no layer: one line, before any work
     shape = tuple(run.model.input_shape)
     chosen = [(str(path), read_image(path, shape), None) for path in images]
     if test_indices:
@@ -271,7 +281,7 @@ def explain(
         chosen = [*drawn_samples(shape), *chosen]
     names = list(run.metrics.get("class_names") or [])
     explained = [
-        ExplainedImage(source, image, label, explain_image(run.model, image, known))
+        ExplainedImage(source, image, label, explain_image(run.model, image, known, layer))
         for source, image, label in chosen
         for known in [() if label is None else (label,)]
     ]
