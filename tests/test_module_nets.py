@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import subprocess
@@ -18,7 +19,8 @@ from cnnlab.config import RunConfig, run_id
 from cnnlab.data.datasets import load_dataset
 from cnnlab.errors import CnnlabError
 from cnnlab.nn import architectures, module_nets
-from cnnlab.store import Store
+from cnnlab.report import cost
+from cnnlab.store import RunRecord, Status, Store
 from cnnlab.training import loop, runfolder
 
 TINY = {"dataset": "digits", "train_size": 300, "epochs": 2, "batch_size": 64}
@@ -112,6 +114,26 @@ def test_fit_takes_a_factory_straight_from_python(digits):
     config = RunConfig(arch="mine", arch_fields={"width": 3}, **TINY)
     result = loop.fit(config, digits, device="cpu", factory=tiny_factory)
     assert result.state_dict["net.0.weight"].shape == (3, 1, 3, 3)
+    # Its forward FLOPs are measured (no specs to count them from); the report's cost uses them.
+    net = tiny_factory((8, 8, 1), 10, width=3)
+    assert result.metrics["forward_flops"] == module_nets.flop_count(net, (8, 8, 1)) > 0
+    record = RunRecord(
+        "r",
+        Status.DONE,
+        dataclasses.asdict(config),
+        0,
+        result.metrics,
+        result.history,
+        {},
+        "",
+        1,
+        None,
+        0.0,
+        None,
+        None,
+    )
+    trained = int(config.train_size * (1 - config.validation_split)) * config.epochs
+    assert cost.training_flops([record]) == 3.0 * result.metrics["forward_flops"] * trained
     with pytest.raises(CnnlabError, match="unknown architecture 'mine'"):
         loop.fit(config, digits, device="cpu")  # the factory was for that call only
     with pytest.raises(CnnlabError, match="arch 'seed' names a known architecture"):

@@ -222,9 +222,14 @@ def flop_count(model: nn.Module, input_shape: tuple[int, int, int]) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     height, width, channels = input_shape
+    device = next(model.parameters(), torch.zeros(0)).device
     counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        model.eval()(torch.zeros(1, channels, height, width))
+    training = model.training
+    try:
+        with counter, torch.no_grad():
+            model.eval()(torch.zeros(1, channels, height, width, device=device))
+    finally:
+        model.train(training)
     return int(counter.get_total_flops())
 
 

@@ -167,21 +167,33 @@ def _run_config(config: dict[str, Any]) -> RunConfig | None:
 
 
 def training_flops(records: list[RunRecord]) -> float | None:
-    """Mean training FLOPs of the finished runs: forward and backward over the epochs they ran."""
+    """Mean training FLOPs of the finished runs: forward and backward over the epochs they ran.
+
+    A spec net's forward pass is counted from its specs; a module net's was measured when it
+    trained (`forward_flops`, torch.utils.flop_counter)."""
     totals = []
     for record in records:
         config = _run_config(record.config) if record.status in FINISHED else None
         if config is None:
             continue
-        try:
-            shape = dataset_input(config)[0]
-            forward = forward_flops(resolve_layers(config, shape), shape)
-        except (TypeError, ValueError, KeyError, CnnlabError):
+        forward = _forward_flops(config, record.metrics.get("forward_flops"))
+        if forward is None:
             continue
         trained = int(config.train_size * (1 - config.validation_split))  # Keras floors
         epochs = record.metrics.get("epochs_run") or len(record.history)
         totals.append(3.0 * forward * trained * epochs)  # backward ≈ 2 forwards
     return statistics.fmean(totals) if totals else None
+
+
+def _forward_flops(config: RunConfig, measured: Any) -> float | None:
+    """One image's forward FLOPs: `measured` where the run recorded it, else from the specs."""
+    if isinstance(measured, int | float) and not isinstance(measured, bool) and measured > 0:
+        return float(measured)
+    try:
+        shape = dataset_input(config)[0]
+        return forward_flops(resolve_layers(config, shape), shape)
+    except (TypeError, ValueError, KeyError, CnnlabError):
+        return None
 
 
 def show_giga(flops: float) -> str:

@@ -591,4 +591,7 @@ def fit(
         on_device = to_device(config, data, target)
         lone = LoneNet(config, on_device)
         job = Job(config, prune)
-        return fit_members([job], data, on_device, lone, progress, measurements=measurements)[0]
+        result = fit_members([job], data, on_device, lone, progress, measurements=measurements)[0]
+    if isinstance(lone.model, module_nets.ModuleNet):  # no specs to count: measure it
+        result.metrics["forward_flops"] = module_nets.flop_count(lone.model, on_device.input_shape)
+    return result
