@@ -234,7 +234,8 @@ def test_cli_train_then_evaluate(tiny_folder, tmp_path, capsys):
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     # Not a terminal: one plain line per epoch, then the summary.
-    assert lines[0].startswith("epoch   1/2  loss") and lines[1].startswith("epoch   2/2")
+    assert lines[0].startswith("epoch 1/2  loss") and lines[1].startswith("epoch 2/2")
+    assert lines[0].endswith(" s") and " ETA " in lines[0]  # one epoch line, as a study prints
     assert "test accuracy" in lines[-1] and str(out) in lines[-1]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["epochs_run"] == 2 and metrics["parameters"] == 10_362
