@@ -69,6 +69,7 @@ SLOW_MODULES = {
     "test_hostile_store.py": "a report written for each of 70 hand-edited stores",
     "test_findings.py": "whole reports of controlled studies, one per finding",
     "test_mechanisms.py": "whole reports of measured studies, and the browser",
+    "test_pipeline.py": "whole studies through the library and the command, with their reports",
 }
 # Single tests: subprocesses, real data, whole studies trained.
 SLOW_TESTS = {
@@ -106,6 +107,14 @@ SLOW_TESTS = {
     "test_report.py::test_a_single_repeat_makes_no_claim_of_difference_or_cause",
     "test_explain.py::test_a_studys_report_shows_its_best_runs_from_inside",
     "test_module_nets.py::test_the_example_study_runs_in_workers_resumes_and_reports",
+    "test_report.py::test_a_two_point_experiment_asks_its_one_difference",
+    "test_report.py::test_the_per_class_table_shows_each_experiments_best_run",
+    "test_report.py::test_runs_saved_before_the_new_files_are_reported_without_those_figures",
+    "test_calibration.py::test_a_planted_drop_of_three_spreads_is_found_with_its_sign",
+    "test_hostile_outputs.py::test_the_reports_figures_folder_keeps_a_users_file",
+    "test_hostile_outputs.py::test_a_history_of_any_numbers_draws_without_an_error_or_a_warning",
+    "test_hostile_outputs.py::test_a_confusion_matrix_of_up_to_1000_classes_is_drawn_in_bounded_memory",
+    "test_hostile_outputs.py::test_a_report_on_a_store_of_any_numbers_is_written_quietly",
 }
 
 

@@ -46,7 +46,7 @@ def finished(tmp_path_factory) -> Path:
             data=fake_runs.zeros_cifar(),
             execution=fake_studies.IN_PROCESS,
         )
-    assert write_report(outcome.study_dir)["html"] == folder / "out" / "report.html"
+    assert write_report(outcome.study_dir, explain=False)["html"] == folder / "out" / "report.html"
     return folder / "out"
 
 

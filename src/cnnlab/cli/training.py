@@ -103,7 +103,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_study(args: argparse.Namespace) -> int:
     from cnnlab.config import Execution
-    from cnnlab.pipeline.studies import study_and_report
     from cnnlab.store import Status
     from cnnlab.study.runner import StudyRun, summary_lines
 
@@ -127,6 +126,8 @@ def cmd_study(args: argparse.Namespace) -> int:
             print(line)
         return 0
     callbacks = _callbacks(args, study.execution)  # before anything is loaded or written
+    from cnnlab.pipeline.studies import study_and_report  # the report's stack, only to run
+
     done = study_and_report(study, callbacks, explain=not args.no_explain)
     for line in summary_lines(done.outcome):
         print(line)
